@@ -1,0 +1,314 @@
+//! `config/NAME`: connections to targets. Fields common to every kind live here; each kind adds
+//! its own through [`Backend::connection_fields`]. Secret fields are stored (the host encrypts the
+//! mount's storage) but never returned, never logged and never shown by `Debug`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::backend::{Backend, Backends};
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, FieldValue, Fields};
+use crate::storage::{self, Kv, Storage, StorageError};
+
+pub const PREFIX: &str = "config/";
+
+/// A connection as stored.
+#[derive(Clone)]
+pub struct ConnectionConfig {
+    /// The canonical kind, e.g. `postgres` (an alias given on write is stored canonical).
+    pub plugin_name: String,
+    /// Roles that may use this connection; `*` allows every role. Empty allows none.
+    pub allowed_roles: Vec<String>,
+    pub verify_connection: bool,
+    /// Kind-specific settings that may be shown.
+    pub settings: Map<String, Value>,
+    /// Kind-specific write-only settings.
+    pub secrets: BTreeMap<String, SecretString>,
+}
+
+impl ConnectionConfig {
+    pub fn setting_str(&self, name: &str) -> Option<&str> {
+        self.settings.get(name).and_then(Value::as_str)
+    }
+
+    pub fn setting_i64(&self, name: &str) -> Option<i64> {
+        self.settings.get(name).and_then(Value::as_i64)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<&str> {
+        self.secrets.get(name).map(|s| s.expose_secret())
+    }
+
+    /// What a read returns: everything but the secrets, whose names alone are listed.
+    pub fn public_view(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("plugin_name".into(), json!(self.plugin_name));
+        out.insert("allowed_roles".into(), json!(self.allowed_roles));
+        out.insert("verify_connection".into(), json!(self.verify_connection));
+        out.insert("connection_details".into(), Value::Object(self.settings.clone()));
+        let set: Vec<&String> = self.secrets.keys().collect();
+        out.insert("secret_fields_set".into(), json!(set));
+        out
+    }
+}
+
+impl fmt::Debug for ConnectionConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("plugin_name", &self.plugin_name)
+            .field("allowed_roles", &self.allowed_roles)
+            .field("verify_connection", &self.verify_connection)
+            .field("settings", &self.settings)
+            .field("secrets", &self.secrets.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The storage form. Kept private so that the only way to a plaintext secret is `secret()`.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    plugin_name: String,
+    allowed_roles: Vec<String>,
+    verify_connection: bool,
+    settings: Map<String, Value>,
+    secrets: BTreeMap<String, String>,
+}
+
+impl From<&ConnectionConfig> for Stored {
+    fn from(c: &ConnectionConfig) -> Self {
+        Stored {
+            plugin_name: c.plugin_name.clone(),
+            allowed_roles: c.allowed_roles.clone(),
+            verify_connection: c.verify_connection,
+            settings: c.settings.clone(),
+            secrets: c
+                .secrets
+                .iter()
+                .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
+                .collect(),
+        }
+    }
+}
+
+impl From<Stored> for ConnectionConfig {
+    fn from(s: Stored) -> Self {
+        ConnectionConfig {
+            plugin_name: s.plugin_name,
+            allowed_roles: s.allowed_roles,
+            verify_connection: s.verify_connection,
+            settings: s.settings,
+            secrets: s
+                .secrets
+                .into_iter()
+                .map(|(k, v)| (k, SecretString::from(v)))
+                .collect(),
+        }
+    }
+}
+
+/// The fields every kind accepts.
+pub fn common_fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "plugin_name",
+            FieldType::String,
+            "The kind of target: postgres, … (OpenBao's plugin names such as \
+             postgresql-database-plugin are accepted as aliases). Required when creating.",
+        ),
+        FieldDef::new(
+            "allowed_roles",
+            FieldType::StringList,
+            "Roles allowed to use this connection; \"*\" allows all. Empty allows none.",
+        )
+        .default(FieldValue::StringList(Vec::new())),
+        FieldDef::new(
+            "verify_connection",
+            FieldType::Bool,
+            "Connect to the target before saving, and refuse the configuration if that fails.",
+        )
+        .default(FieldValue::Bool(true)),
+    ]
+}
+
+/// Every field any kind accepts: common ones first, then each kind's, once.
+pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
+    let mut out = common_fields();
+    for b in backends.iter() {
+        for f in b.connection_fields() {
+            if !out.iter().any(|o| o.name == f.name) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<ConnectionConfig>, StorageError> {
+    Ok(storage::get_json::<Stored>(kv, &key(name)).await?.map(Into::into))
+}
+
+async fn save(kv: &dyn Kv, name: &str, config: &ConnectionConfig) -> Result<(), StorageError> {
+    storage::put_json(kv, &key(name), &Stored::from(config)).await
+}
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// Creates or updates `config/NAME`. Fields not given keep their stored values, so a secret can
+/// stay in place while other settings change. The read-merge-write runs in a storage
+/// transaction where the host offers one, so two concurrent updates cannot lose each other's
+/// fields; a conflict is retried.
+pub async fn write(
+    storage: &dyn Storage,
+    backends: &Backends,
+    name: &str,
+    data: &Map<String, Value>,
+) -> Result<ConnectionConfig, Error> {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let tx = storage.begin().await?;
+        let kv: &dyn Kv = match &tx {
+            Some(tx) => tx.as_ref(),
+            None => storage,
+        };
+        let existing = load(kv, name).await?;
+        let merged = match merge(backends, name, existing, data) {
+            Ok(m) => m,
+            Err(e) => {
+                if let Some(tx) = tx {
+                    tx.rollback().await?;
+                }
+                return Err(e);
+            }
+        };
+        let (backend, config) = merged;
+        if config.verify_connection {
+            if let Err(e) = backend.verify_connection(&config).await {
+                if let Some(tx) = tx {
+                    tx.rollback().await?;
+                }
+                tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
+                    "connection verification failed; configuration not saved");
+                return Err(e);
+            }
+        }
+        save(kv, name, &config).await?;
+        match tx {
+            None => return Ok(config),
+            Some(tx) => match tx.commit().await {
+                Ok(()) => return Ok(config),
+                Err(StorageError::Conflict) if attempt < ATTEMPTS => continue,
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Builds the configuration that a write produces, without touching storage or the target.
+fn merge<'b>(
+    backends: &'b Backends,
+    name: &str,
+    existing: Option<ConnectionConfig>,
+    data: &Map<String, Value>,
+) -> Result<(&'b dyn Backend, ConnectionConfig), Error> {
+    let requested = match data.get("plugin_name") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "field 'plugin_name': expected a string naming the kind, got {other}"
+            )));
+        }
+    };
+    let kind_name = match (requested, &existing) {
+        (Some(k), _) => k.to_owned(),
+        (None, Some(e)) => e.plugin_name.clone(),
+        (None, None) => {
+            return Err(Error::bad_request(format!(
+                "field 'plugin_name' is required to create connection '{name}': one of {}",
+                backends.describe()
+            )));
+        }
+    };
+    let backend = backends.find(&kind_name).ok_or_else(|| {
+        Error::bad_request(format!(
+            "field 'plugin_name': unknown kind '{kind_name}'; known kinds: {}",
+            backends.describe()
+        ))
+    })?;
+    if let Some(e) = &existing {
+        if e.plugin_name != backend.kind() {
+            return Err(Error::bad_request(format!(
+                "field 'plugin_name': connection '{name}' is of kind '{}' and cannot become '{}'; \
+                 delete it and create it again",
+                e.plugin_name,
+                backend.kind()
+            )));
+        }
+    }
+
+    let kind_fields = backend.connection_fields();
+    let mut defs = common_fields();
+    defs.extend(kind_fields.iter().cloned());
+    let fields = Fields::parse(&defs, data)?;
+
+    let mut config = existing.unwrap_or_else(|| ConnectionConfig {
+        plugin_name: backend.kind().to_owned(),
+        allowed_roles: Vec::new(),
+        verify_connection: true,
+        settings: Map::new(),
+        secrets: BTreeMap::new(),
+    });
+    if let Some(roles) = fields.list("allowed_roles") {
+        config.allowed_roles = roles.to_vec();
+    }
+    if let Some(v) = fields.bool("verify_connection") {
+        config.verify_connection = v;
+    }
+    for def in &kind_fields {
+        match (fields.get(def.name), def.secret) {
+            (Some(FieldValue::String(s)), true) => {
+                config.secrets.insert(def.name.into(), SecretString::from(s.clone()));
+            }
+            (Some(v), false) => {
+                config.settings.insert(def.name.into(), v.to_json());
+            }
+            (Some(_), true) => unreachable!("secret fields are strings"),
+            (None, _) if !config.settings.contains_key(def.name) && !def.secret => {
+                if let Some(d) = &def.default {
+                    config.settings.insert(def.name.into(), d.to_json());
+                }
+            }
+            (None, _) => {}
+        }
+        let present = config.settings.contains_key(def.name) || config.secrets.contains_key(def.name);
+        if def.required && !present {
+            return Err(Error::bad_request(format!(
+                "field '{}' is required for plugin_name '{}': {}",
+                def.name,
+                backend.kind(),
+                def.description
+            )));
+        }
+    }
+    backend.validate_connection(&config)?;
+    Ok((backend.as_ref(), config))
+}
+
+pub async fn read(kv: &dyn Kv, name: &str) -> Result<Option<Map<String, Value>>, Error> {
+    Ok(load(kv, name).await?.map(|c| c.public_view()))
+}
+
+pub async fn delete(kv: &dyn Kv, name: &str) -> Result<(), Error> {
+    Ok(kv.delete(&key(name)).await?)
+}
+
+pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
+    Ok(kv.list(PREFIX).await?)
+}

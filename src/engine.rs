@@ -1,0 +1,296 @@
+//! The engine of one mount: routes each request to its handler over the mount's storage.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::backend::Backends;
+use crate::connections;
+use crate::error::Error;
+use crate::fields::Fields;
+use crate::openapi;
+use crate::request::{Operation, Request, Response};
+use crate::router::{PathDef, Route, Router};
+use crate::storage::Storage;
+
+/// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
+/// near 1 MiB, so anything larger is refused before it is parsed further.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const ROOT_HELP: &str = "\
+mayfly issues credentials that live only as long as the task they serve: database users, cloud
+sessions and API keys, each recorded in a durable ledger and revoked at its deadline even when the
+host's lease manager fails.";
+
+pub struct Engine {
+    storage: Arc<dyn Storage>,
+    backends: Backends,
+    router: Router,
+    version: String,
+}
+
+impl Engine {
+    pub fn new(storage: Arc<dyn Storage>, backends: Backends, version: impl Into<String>) -> Self {
+        let router = Router {
+            paths: paths(&backends),
+        };
+        Engine {
+            storage,
+            backends,
+            router,
+            version: version.into(),
+        }
+    }
+
+    /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
+    pub fn seal_wrap_storage() -> Vec<String> {
+        vec![connections::PREFIX.to_owned()]
+    }
+
+    pub fn paths(&self) -> &[PathDef] {
+        &self.router.paths
+    }
+
+    pub async fn handle(&self, req: Request) -> Result<Response, Error> {
+        match req.operation {
+            // Never rewrite the path, never fail a request or the minutely rollback.
+            Operation::ResolvePath | Operation::Rollback => return Ok(Response::empty()),
+            Operation::Help => return self.help(&req.path),
+            _ => {}
+        }
+        if req.body_len > MAX_BODY_BYTES {
+            return Err(Error::PayloadTooLarge(format!(
+                "request body of {} bytes is larger than the {MAX_BODY_BYTES} bytes mayfly accepts",
+                req.body_len
+            )));
+        }
+        let m = self.router.find(&req.path)?;
+        let op = req.operation.normalized();
+        if !m.def.operations.contains(&op) {
+            return Err(Error::UnsupportedOperation);
+        }
+        let kv = self.storage.as_ref();
+        match (m.def.route, op) {
+            (Route::ConfigList, Operation::List) => Ok(Response::list(connections::list(kv).await?)),
+            (Route::Config, Operation::Read) => {
+                Ok(connections::read(kv, m.param("name")).await?.map(Response::data).unwrap_or_default())
+            }
+            (Route::Config, Operation::Update) => {
+                let name = m.param("name");
+                let config = connections::write(kv, &self.backends, name, &req.data).await?;
+                tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
+                Ok(Response::empty())
+            }
+            (Route::Config, Operation::Delete) => {
+                connections::delete(kv, m.param("name")).await?;
+                tracing::info!(connection = m.param("name"), "connection deleted");
+                Ok(Response::empty())
+            }
+            _ => Err(Error::UnsupportedOperation),
+        }
+    }
+
+    fn help(&self, path: &str) -> Result<Response, Error> {
+        let mut data = Map::new();
+        if path.is_empty() {
+            let mut text = format!("{ROOT_HELP}\n\n## PATHS\n\n");
+            for p in &self.router.paths {
+                text.push_str(&format!("    {}\n        {}\n\n", p.pattern, p.synopsis));
+            }
+            data.insert("help".into(), Value::String(text));
+            data.insert("openapi".into(), openapi::document(&self.router.paths, &self.version));
+        } else {
+            let m = self.router.find(path)?;
+            data.insert("help".into(), Value::String(m.def.help()));
+        }
+        data.insert("see_also".into(), Value::Null);
+        Ok(Response::data(data))
+    }
+
+    /// Validates a request's fields against its path without acting on it; used by tests and by
+    /// handlers that parse before they load anything.
+    pub fn parse_fields(&self, path: &str, data: &Map<String, Value>) -> Result<Fields, Error> {
+        let m = self.router.find(path)?;
+        Fields::parse(&m.def.fields, data)
+    }
+}
+
+fn paths(backends: &Backends) -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "config/",
+            route: Route::ConfigList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the configured connections.",
+            description: "",
+        },
+        PathDef {
+            pattern: "config/{name}",
+            route: Route::Config,
+            fields: connections::all_fields(backends),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "Configure a connection to a target (a database, a cloud account, an API).",
+            description: "Fields common to all kinds are plugin_name, allowed_roles and \
+                verify_connection; each kind adds its own (postgres: connection_url, username, \
+                password, max_open_connections). Secret fields are write-only: a read lists \
+                which are set, never their values. Fields left out of an update keep their \
+                stored values.",
+        },
+    ]
+}
+
+/// A JSON object from a `json!` literal, for tests and callers that build requests by hand.
+pub fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use crate::backend::Backend;
+    use crate::connections::ConnectionConfig;
+    use crate::fields::{FieldDef, FieldType, FieldValue};
+    use crate::storage::InMemoryStorage;
+    use async_trait::async_trait;
+
+    struct Fake;
+
+    #[async_trait]
+    impl Backend for Fake {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn aliases(&self) -> &'static [&'static str] {
+            &["fake-database-plugin"]
+        }
+        fn connection_fields(&self) -> Vec<FieldDef> {
+            vec![
+                FieldDef::new("url", FieldType::String, "where").required(),
+                FieldDef::new("password", FieldType::String, "secret").secret(),
+                FieldDef::new("pool", FieldType::Int, "size").default(FieldValue::Int(4)),
+            ]
+        }
+        fn validate_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
+            match c.setting_str("url") {
+                Some(u) if u.starts_with("fake://") => Ok(()),
+                _ => Err(Error::bad_request("field 'url': expected fake://…")),
+            }
+        }
+        async fn verify_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
+            if c.setting_str("url") == Some("fake://down") {
+                return Err(Error::bad_request(format!(
+                    "cannot connect: {}",
+                    crate::redact::redact("auth failed for hunter2", &[c.secret("password").unwrap_or("")])
+                )));
+            }
+            Ok(())
+        }
+    }
+
+    fn engine() -> (Engine, InMemoryStorage) {
+        let s = InMemoryStorage::new();
+        let e = Engine::new(Arc::new(s.clone()), Backends::new(vec![Arc::new(Fake)]), "v0.1.0");
+        (e, s)
+    }
+
+    async fn call(e: &Engine, op: Operation, path: &str, data: Value) -> Result<Response, Error> {
+        e.handle(Request::new(op, path).with_data(data)).await
+    }
+
+    #[tokio::test]
+    async fn config_round_trip_hides_secrets() {
+        let (e, s) = engine();
+        let body = json!({"plugin_name": "fake-database-plugin", "url": "fake://db", "password": "hunter2",
+                          "allowed_roles": "a,b"});
+        call(&e, Operation::Update, "config/main", body).await.unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null).await.unwrap();
+        let data = read.data.unwrap();
+        assert_eq!(data["plugin_name"], "fake", "alias stored as the canonical kind");
+        assert_eq!(data["connection_details"]["pool"], 4);
+        assert_eq!(data["allowed_roles"], json!(["a", "b"]));
+        assert_eq!(data["secret_fields_set"], json!(["password"]));
+        assert!(!Value::Object(data).to_string().contains("hunter2"));
+        let dbg = format!("{:?}", connections::load(&s, "main").await.unwrap().unwrap());
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+
+        // An update keeps what it does not mention.
+        call(&e, Operation::Update, "config/main", json!({"pool": 9})).await.unwrap();
+        let c = connections::load(&s, "main").await.unwrap().unwrap();
+        assert_eq!(c.secret("password"), Some("hunter2"));
+        assert_eq!(c.setting_i64("pool"), Some(9));
+
+        let list = call(&e, Operation::List, "config/", Value::Null).await.unwrap();
+        assert_eq!(list.data.unwrap()["keys"], json!(["main"]));
+        call(&e, Operation::Delete, "config/main", Value::Null).await.unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null).await.unwrap();
+        assert_eq!(read.data, None);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_400_that_names_the_field_and_saves_nothing() {
+        let (e, s) = engine();
+        let cases = [
+            (json!({"url": "fake://db"}), "field 'plugin_name' is required"),
+            (json!({"plugin_name": "oracle", "url": "fake://db"}), "unknown kind 'oracle'; known kinds: fake (alias: fake-database-plugin)"),
+            (json!({"plugin_name": 7}), "field 'plugin_name': expected a string"),
+            (json!({"plugin_name": "fake"}), "field 'url' is required"),
+            (json!({"plugin_name": "fake", "url": "fake://db", "colour": "red"}), "unknown field 'colour'"),
+            (json!({"plugin_name": "fake", "url": "fake://db", "pool": "many"}), "field 'pool': expected an integer"),
+            (json!({"plugin_name": "fake", "url": "http://db"}), "field 'url': expected fake://"),
+            (json!({"plugin_name": "fake", "url": "fake://down", "password": "hunter2"}), "cannot connect: auth failed for <redacted>"),
+        ];
+        for (body, expected) in cases {
+            let err = call(&e, Operation::Update, "config/x", body.clone()).await.unwrap_err();
+            assert_eq!(err.status(), 400, "{body}: {err}");
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        assert!(s.dump().is_empty(), "nothing half-created");
+
+        let big = json!({"plugin_name": "fake", "url": "x".repeat(MAX_BODY_BYTES)});
+        let err = call(&e, Operation::Update, "config/x", big).await.unwrap_err();
+        assert_eq!(err.status(), 413);
+        let err = call(&e, Operation::Update, "config/bad name", json!({})).await.unwrap_err();
+        assert!(err.to_string().contains("path segment 'name'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn verification_can_be_skipped_and_kind_cannot_change() {
+        let (e, _) = engine();
+        let body = json!({"plugin_name": "fake", "url": "fake://down", "verify_connection": false});
+        call(&e, Operation::Update, "config/x", body).await.unwrap();
+        // The stored config keeps verify_connection=false, so an update does not verify either.
+        call(&e, Operation::Update, "config/x", json!({"pool": 2})).await.unwrap();
+        let err = call(&e, Operation::Update, "config/x", json!({"verify_connection": true})).await.unwrap_err();
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn host_operations_never_fail() {
+        let (e, _) = engine();
+        for op in [Operation::ResolvePath, Operation::Rollback] {
+            assert_eq!(call(&e, op, "anything/at/all", Value::Null).await, Ok(Response::empty()));
+        }
+        assert_eq!(call(&e, Operation::Read, "nope", Value::Null).await, Err(Error::UnsupportedPath));
+        assert_eq!(call(&e, Operation::List, "config/x", Value::Null).await, Err(Error::UnsupportedOperation));
+    }
+
+    #[tokio::test]
+    async fn help_and_openapi_come_from_the_path_table() {
+        let (e, _) = engine();
+        let root = call(&e, Operation::Help, "", Value::Null).await.unwrap().data.unwrap();
+        let doc = &root["openapi"];
+        assert_eq!(doc["openapi"], "3.0.2");
+        let item = &doc["paths"]["/config/{name}"];
+        assert!(item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["url"].is_object());
+        assert_eq!(item["parameters"][0]["name"], "name");
+        assert!(doc["paths"]["/config/"]["get"].is_object());
+        let help = call(&e, Operation::Help, "config/x", Value::Null).await.unwrap().data.unwrap();
+        let text = help["help"].as_str().unwrap();
+        assert!(text.contains("plugin_name") && text.contains("password (string, write-only)"), "{text}");
+    }
+}

@@ -1,0 +1,70 @@
+//! The engine's errors. Each variant maps to one HTTP status the client sees; messages are shown
+//! to the client verbatim, so they must never contain a secret.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// 400: the request is malformed; the message names the field and what was expected.
+    BadRequest(String),
+    /// 403: the caller may not do this.
+    PermissionDenied(String),
+    /// 404: no such object (for a read the host turns an empty reply into 404 on its own).
+    NotFound(String),
+    /// 404: no path of the engine matches.
+    UnsupportedPath,
+    /// 405: the path exists but does not take this operation.
+    UnsupportedOperation,
+    /// 413: the request body is larger than the engine accepts.
+    PayloadTooLarge(String),
+    /// 502: the target (database, cloud API…) failed or could not be reached.
+    Target(String),
+    /// 500: something inside mayfly or the host failed.
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Error::BadRequest(msg.into())
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Error::Internal(msg.into())
+    }
+
+    /// The HTTP status the client should see.
+    pub fn status(&self) -> u16 {
+        match self {
+            Error::BadRequest(_) => 400,
+            Error::PermissionDenied(_) => 403,
+            Error::NotFound(_) | Error::UnsupportedPath => 404,
+            Error::UnsupportedOperation => 405,
+            Error::PayloadTooLarge(_) => 413,
+            Error::Target(_) => 502,
+            Error::Internal(_) => 500,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadRequest(m)
+            | Error::PermissionDenied(m)
+            | Error::NotFound(m)
+            | Error::PayloadTooLarge(m)
+            | Error::Target(m)
+            | Error::Internal(m) => f.write_str(m),
+            Error::UnsupportedPath => f.write_str("unsupported path"),
+            Error::UnsupportedOperation => f.write_str("unsupported operation"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<crate::storage::StorageError> for Error {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Error::Internal(format!("storage: {e}"))
+    }
+}

@@ -1,0 +1,344 @@
+//! Typed request fields: what a path accepts, parsed and validated from the request's JSON.
+//! Values arrive either as JSON (a write body) or as strings (query parameters of a read or
+//! list), so every type accepts its natural JSON form and a string spelling of it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+/// The largest single string value mayfly accepts. Statements and URLs fit easily; anything
+/// larger is a mistake or an attack, and is refused before it reaches storage or a target.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    String,
+    Int,
+    Bool,
+    /// Seconds: an integer, or a string such as `90`, `90s`, `15m`, `1h30m`, `2d`.
+    Duration,
+    /// A JSON array of strings, or one comma-separated string.
+    StringList,
+}
+
+impl FieldType {
+    /// What the client should send, as said in error messages and help.
+    pub fn expected(self) -> &'static str {
+        match self {
+            FieldType::String => "a string",
+            FieldType::Int => "an integer",
+            FieldType::Bool => "a boolean (true or false)",
+            FieldType::Duration => "a duration: whole seconds or a string such as \"90s\", \"15m\", \"1h\", \"2d\"",
+            FieldType::StringList => "a list of strings or one comma-separated string",
+        }
+    }
+
+    /// The OpenAPI schema type.
+    pub fn openapi_type(self) -> &'static str {
+        match self {
+            FieldType::String | FieldType::Duration => "string",
+            FieldType::Int => "integer",
+            FieldType::Bool => "boolean",
+            FieldType::StringList => "array",
+        }
+    }
+}
+
+/// One field a path accepts.
+#[derive(Debug, Clone)]
+pub struct FieldDef {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub description: &'static str,
+    pub required: bool,
+    /// Accepted on write, stored, never returned on read.
+    pub secret: bool,
+    pub default: Option<FieldValue>,
+}
+
+impl FieldDef {
+    pub const fn new(name: &'static str, ty: FieldType, description: &'static str) -> Self {
+        FieldDef {
+            name,
+            ty,
+            description,
+            required: false,
+            secret: false,
+            default: None,
+        }
+    }
+
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    pub fn secret(mut self) -> Self {
+        self.secret = true;
+        self
+    }
+
+    pub fn default(mut self, value: FieldValue) -> Self {
+        self.default = Some(value);
+        self
+    }
+
+    /// Parses one raw value of this field, naming the field in any error.
+    pub fn parse(&self, raw: &Value) -> Result<FieldValue, Error> {
+        let wrong = || {
+            Error::bad_request(format!(
+                "field '{}': expected {}, got {}",
+                self.name,
+                self.ty.expected(),
+                describe(raw)
+            ))
+        };
+        let value = match (self.ty, raw) {
+            (FieldType::String, Value::String(s)) => FieldValue::String(s.clone()),
+            (FieldType::Int, Value::Number(n)) => FieldValue::Int(n.as_i64().ok_or_else(wrong)?),
+            (FieldType::Int, Value::String(s)) => {
+                FieldValue::Int(s.trim().parse().map_err(|_| wrong())?)
+            }
+            (FieldType::Bool, Value::Bool(b)) => FieldValue::Bool(*b),
+            (FieldType::Bool, Value::String(s)) => FieldValue::Bool(match s.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(wrong()),
+            }),
+            (FieldType::Duration, Value::Number(n)) => {
+                FieldValue::Duration(n.as_u64().ok_or_else(wrong)?)
+            }
+            (FieldType::Duration, Value::String(s)) => {
+                FieldValue::Duration(parse_duration(s).ok_or_else(wrong)?)
+            }
+            (FieldType::StringList, Value::String(s)) => FieldValue::StringList(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+            (FieldType::StringList, Value::Array(items)) => FieldValue::StringList(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(String::from).ok_or_else(wrong))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => return Err(wrong()),
+        };
+        let len = match &value {
+            FieldValue::String(s) => s.len(),
+            FieldValue::StringList(l) => l.iter().map(String::len).sum(),
+            _ => 0,
+        };
+        if len > MAX_FIELD_BYTES {
+            return Err(Error::bad_request(format!(
+                "field '{}': {len} bytes is too long, at most {MAX_FIELD_BYTES} bytes are accepted",
+                self.name
+            )));
+        }
+        Ok(value)
+    }
+}
+
+/// A parsed field value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldValue {
+    String(String),
+    Int(i64),
+    Bool(bool),
+    Duration(u64),
+    StringList(Vec<String>),
+}
+
+impl FieldValue {
+    pub fn to_json(&self) -> Value {
+        match self {
+            FieldValue::String(s) => Value::String(s.clone()),
+            FieldValue::Int(i) => Value::from(*i),
+            FieldValue::Bool(b) => Value::Bool(*b),
+            FieldValue::Duration(secs) => Value::from(*secs),
+            FieldValue::StringList(l) => {
+                Value::Array(l.iter().cloned().map(Value::String).collect())
+            }
+        }
+    }
+}
+
+/// The fields a request set, parsed against the path's definitions.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    values: BTreeMap<&'static str, FieldValue>,
+}
+
+impl Fields {
+    /// Parses `data` against `defs`. Unknown fields are refused with the list of accepted ones;
+    /// `required` is not checked here, since an update may leave a stored value in place.
+    pub fn parse(defs: &[FieldDef], data: &Map<String, Value>) -> Result<Fields, Error> {
+        let mut values = BTreeMap::new();
+        for (key, raw) in data {
+            let def = defs.iter().find(|d| d.name == key).ok_or_else(|| {
+                let known: Vec<&str> = defs.iter().map(|d| d.name).collect();
+                Error::bad_request(format!(
+                    "unknown field '{}': this path accepts {}",
+                    truncate(key, 64),
+                    if known.is_empty() {
+                        "no fields".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })?;
+            if raw.is_null() {
+                continue;
+            }
+            values.insert(def.name, def.parse(raw)?);
+        }
+        Ok(Fields { values })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&FieldValue> {
+        self.values.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        match self.values.get(name) {
+            Some(FieldValue::String(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn bool(&self, name: &str) -> Option<bool> {
+        match self.values.get(name) {
+            Some(FieldValue::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn list(&self, name: &str) -> Option<&[String]> {
+        match self.values.get(name) {
+            Some(FieldValue::StringList(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &FieldValue)> {
+        self.values.iter().map(|(k, v)| (*k, v))
+    }
+}
+
+/// Parses `90`, `90s`, `15m`, `1h30m`, `2d` into seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Some(secs);
+    }
+    let mut total: u64 = 0;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        let n: u64 = number.parse().ok()?;
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        number.clear();
+    }
+    number.is_empty().then_some(total)
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string \"{}\"", truncate(s, 40)),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(max).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn defs() -> Vec<FieldDef> {
+        vec![
+            FieldDef::new("name", FieldType::String, ""),
+            FieldDef::new("count", FieldType::Int, ""),
+            FieldDef::new("on", FieldType::Bool, ""),
+            FieldDef::new("ttl", FieldType::Duration, ""),
+            FieldDef::new("roles", FieldType::StringList, ""),
+        ]
+    }
+
+    fn parse(v: Value) -> Result<Fields, Error> {
+        Fields::parse(&defs(), v.as_object().unwrap())
+    }
+
+    #[test]
+    fn accepts_json_and_string_spellings() {
+        let f = parse(json!({"count": "7", "on": "true", "ttl": "1h30m", "roles": "a, b"})).unwrap();
+        assert_eq!(f.get("count"), Some(&FieldValue::Int(7)));
+        assert_eq!(f.bool("on"), Some(true));
+        assert_eq!(f.get("ttl"), Some(&FieldValue::Duration(5400)));
+        assert_eq!(f.list("roles").unwrap(), ["a", "b"]);
+        let f = parse(json!({"count": 7, "on": false, "ttl": 30, "roles": ["x"]})).unwrap();
+        assert_eq!(f.get("ttl"), Some(&FieldValue::Duration(30)));
+        assert_eq!(f.list("roles").unwrap(), ["x"]);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_the_expected_type() {
+        let e = parse(json!({"count": "seven"})).unwrap_err();
+        assert!(e.to_string().contains("field 'count': expected an integer"), "{e}");
+        let e = parse(json!({"on": 3})).unwrap_err();
+        assert!(e.to_string().contains("field 'on': expected a boolean"), "{e}");
+        let e = parse(json!({"ttl": "soon"})).unwrap_err();
+        assert!(e.to_string().contains("field 'ttl': expected a duration"), "{e}");
+        let e = parse(json!({"bogus": 1})).unwrap_err();
+        assert!(e.to_string().contains("unknown field 'bogus'"), "{e}");
+        assert!(e.to_string().contains("name, count, on, ttl, roles"), "{e}");
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn oversized_values_are_refused() {
+        let e = parse(json!({"name": "x".repeat(MAX_FIELD_BYTES + 1)})).unwrap_err();
+        assert!(e.to_string().contains("field 'name'") && e.to_string().contains("too long"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("45"), Some(45));
+        assert_eq!(parse_duration("2d1s"), Some(172_801));
+        assert_eq!(parse_duration("5x"), None);
+        assert_eq!(parse_duration("5m3"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

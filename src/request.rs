@@ -1,0 +1,141 @@
+//! The engine's request and response, independent of the host protocol.
+
+use serde_json::{Map, Value};
+
+/// What the caller asks the engine to do. `Create` and `Update` are the same to mayfly: the host
+/// sends `create` only when an existence check says the object is missing, and mayfly never says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Read,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    List,
+    Help,
+    /// Sent before every routed request (OpenBao 2.7): may rewrite the path; mayfly never does.
+    ResolvePath,
+    /// Sent every minute and at unmount.
+    Rollback,
+    Renew,
+    Revoke,
+    /// Anything else the host may add in the future.
+    Other,
+}
+
+impl Operation {
+    pub fn parse(op: &str) -> Operation {
+        match op {
+            "read" => Operation::Read,
+            "create" => Operation::Create,
+            "update" => Operation::Update,
+            "patch" => Operation::Patch,
+            "delete" => Operation::Delete,
+            "list" => Operation::List,
+            "help" => Operation::Help,
+            "resolve-path" => Operation::ResolvePath,
+            "rollback" => Operation::Rollback,
+            "renew" => Operation::Renew,
+            "revoke" => Operation::Revoke,
+            _ => Operation::Other,
+        }
+    }
+
+    /// The name used in help text and the OpenAPI document.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Read => "read",
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Patch => "patch",
+            Operation::Delete => "delete",
+            Operation::List => "list",
+            Operation::Help => "help",
+            Operation::ResolvePath => "resolve-path",
+            Operation::Rollback => "rollback",
+            Operation::Renew => "renew",
+            Operation::Revoke => "revoke",
+            Operation::Other => "other",
+        }
+    }
+
+    /// Create and update are one operation to every path of the engine.
+    pub fn normalized(self) -> Operation {
+        match self {
+            Operation::Create => Operation::Update,
+            op => op,
+        }
+    }
+}
+
+/// Who is asking: recorded with what they are given, never secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Requester {
+    pub entity_id: String,
+    pub token_accessor: String,
+    pub display_name: String,
+    pub remote_addr: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub operation: Operation,
+    /// Relative to the mount, e.g. `config/main`; list requests end in `/`.
+    pub path: String,
+    /// The body for writes, the query parameters for read, list and delete.
+    pub data: Map<String, Value>,
+    /// Size in bytes of the body as received, for the body limit.
+    pub body_len: usize,
+    pub requester: Requester,
+}
+
+impl Request {
+    pub fn new(operation: Operation, path: impl Into<String>) -> Self {
+        Request {
+            operation,
+            path: path.into(),
+            data: Map::new(),
+            body_len: 0,
+            requester: Requester::default(),
+        }
+    }
+
+    pub fn with_data(mut self, data: Value) -> Self {
+        if let Value::Object(map) = data {
+            self.body_len = serde_json::to_vec(&map).map(|v| v.len()).unwrap_or(0);
+            self.data = map;
+        }
+        self
+    }
+}
+
+/// What the engine answers. `data: None` on a read means "not found" (the host answers 404);
+/// on a write it means "no content" (204).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Response {
+    pub data: Option<Map<String, Value>>,
+    pub warnings: Vec<String>,
+}
+
+impl Response {
+    pub fn empty() -> Self {
+        Response::default()
+    }
+
+    pub fn data(data: Map<String, Value>) -> Self {
+        Response {
+            data: Some(data),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The reply to a list operation, in the shape every Vault client expects.
+    pub fn list(keys: Vec<String>) -> Self {
+        let mut data = Map::new();
+        data.insert(
+            "keys".into(),
+            Value::Array(keys.into_iter().map(Value::String).collect()),
+        );
+        Response::data(data)
+    }
+}
