@@ -49,7 +49,10 @@ impl ConnectionConfig {
         out.insert("plugin_name".into(), json!(self.plugin_name));
         out.insert("allowed_roles".into(), json!(self.allowed_roles));
         out.insert("verify_connection".into(), json!(self.verify_connection));
-        out.insert("connection_details".into(), Value::Object(self.settings.clone()));
+        out.insert(
+            "connection_details".into(),
+            Value::Object(self.settings.clone()),
+        );
         let set: Vec<&String> = self.secrets.keys().collect();
         out.insert("secret_fields_set".into(), json!(set));
         out
@@ -63,7 +66,14 @@ impl fmt::Debug for ConnectionConfig {
             .field("allowed_roles", &self.allowed_roles)
             .field("verify_connection", &self.verify_connection)
             .field("settings", &self.settings)
-            .field("secrets", &self.secrets.keys().map(|k| (k, "<redacted>")).collect::<Vec<_>>())
+            .field(
+                "secrets",
+                &self
+                    .secrets
+                    .keys()
+                    .map(|k| (k, "<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -148,7 +158,9 @@ pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
 }
 
 pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<ConnectionConfig>, StorageError> {
-    Ok(storage::get_json::<Stored>(kv, &key(name)).await?.map(Into::into))
+    Ok(storage::get_json::<Stored>(kv, &key(name))
+        .await?
+        .map(Into::into))
 }
 
 async fn save(kv: &dyn Kv, name: &str, config: &ConnectionConfig) -> Result<(), StorageError> {
@@ -274,7 +286,9 @@ fn merge<'b>(
     for def in &kind_fields {
         match (fields.get(def.name), def.secret) {
             (Some(FieldValue::String(s)), true) => {
-                config.secrets.insert(def.name.into(), SecretString::from(s.clone()));
+                config
+                    .secrets
+                    .insert(def.name.into(), SecretString::from(s.clone()));
             }
             (Some(v), false) => {
                 config.settings.insert(def.name.into(), v.to_json());
@@ -287,7 +301,8 @@ fn merge<'b>(
             }
             (None, _) => {}
         }
-        let present = config.settings.contains_key(def.name) || config.secrets.contains_key(def.name);
+        let present =
+            config.settings.contains_key(def.name) || config.secrets.contains_key(def.name);
         if def.required && !present {
             return Err(Error::bad_request(format!(
                 "field '{}' is required for plugin_name '{}': {}",

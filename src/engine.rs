@@ -71,10 +71,13 @@ impl Engine {
         }
         let kv = self.storage.as_ref();
         match (m.def.route, op) {
-            (Route::ConfigList, Operation::List) => Ok(Response::list(connections::list(kv).await?)),
-            (Route::Config, Operation::Read) => {
-                Ok(connections::read(kv, m.param("name")).await?.map(Response::data).unwrap_or_default())
+            (Route::ConfigList, Operation::List) => {
+                Ok(Response::list(connections::list(kv).await?))
             }
+            (Route::Config, Operation::Read) => Ok(connections::read(kv, m.param("name"))
+                .await?
+                .map(Response::data)
+                .unwrap_or_default()),
             (Route::Config, Operation::Update) => {
                 let name = m.param("name");
                 let config = connections::write(kv, &self.backends, name, &req.data).await?;
@@ -98,7 +101,10 @@ impl Engine {
                 text.push_str(&format!("    {}\n        {}\n\n", p.pattern, p.synopsis));
             }
             data.insert("help".into(), Value::String(text));
-            data.insert("openapi".into(), openapi::document(&self.router.paths, &self.version));
+            data.insert(
+                "openapi".into(),
+                openapi::document(&self.router.paths, &self.version),
+            );
         } else {
             let m = self.router.find(path)?;
             data.insert("help".into(), Value::String(m.def.help()));
@@ -151,12 +157,12 @@ pub fn object(v: Value) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::backend::Backend;
     use crate::connections::ConnectionConfig;
     use crate::fields::{FieldDef, FieldType, FieldValue};
     use crate::storage::InMemoryStorage;
     use async_trait::async_trait;
+    use serde_json::json;
 
     struct Fake;
 
@@ -185,7 +191,10 @@ mod tests {
             if c.setting_str("url") == Some("fake://down") {
                 return Err(Error::bad_request(format!(
                     "cannot connect: {}",
-                    crate::redact::redact("auth failed for hunter2", &[c.secret("password").unwrap_or("")])
+                    crate::redact::redact(
+                        "auth failed for hunter2",
+                        &[c.secret("password").unwrap_or("")]
+                    )
                 )));
             }
             Ok(())
@@ -194,7 +203,11 @@ mod tests {
 
     fn engine() -> (Engine, InMemoryStorage) {
         let s = InMemoryStorage::new();
-        let e = Engine::new(Arc::new(s.clone()), Backends::new(vec![Arc::new(Fake)]), "v0.1.0");
+        let e = Engine::new(
+            Arc::new(s.clone()),
+            Backends::new(vec![Arc::new(Fake)]),
+            "v0.1.0",
+        );
         (e, s)
     }
 
@@ -207,27 +220,45 @@ mod tests {
         let (e, s) = engine();
         let body = json!({"plugin_name": "fake-database-plugin", "url": "fake://db", "password": "hunter2",
                           "allowed_roles": "a,b"});
-        call(&e, Operation::Update, "config/main", body).await.unwrap();
-        let read = call(&e, Operation::Read, "config/main", Value::Null).await.unwrap();
+        call(&e, Operation::Update, "config/main", body)
+            .await
+            .unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null)
+            .await
+            .unwrap();
         let data = read.data.unwrap();
-        assert_eq!(data["plugin_name"], "fake", "alias stored as the canonical kind");
+        assert_eq!(
+            data["plugin_name"], "fake",
+            "alias stored as the canonical kind"
+        );
         assert_eq!(data["connection_details"]["pool"], 4);
         assert_eq!(data["allowed_roles"], json!(["a", "b"]));
         assert_eq!(data["secret_fields_set"], json!(["password"]));
         assert!(!Value::Object(data).to_string().contains("hunter2"));
-        let dbg = format!("{:?}", connections::load(&s, "main").await.unwrap().unwrap());
+        let dbg = format!(
+            "{:?}",
+            connections::load(&s, "main").await.unwrap().unwrap()
+        );
         assert!(!dbg.contains("hunter2"), "{dbg}");
 
         // An update keeps what it does not mention.
-        call(&e, Operation::Update, "config/main", json!({"pool": 9})).await.unwrap();
+        call(&e, Operation::Update, "config/main", json!({"pool": 9}))
+            .await
+            .unwrap();
         let c = connections::load(&s, "main").await.unwrap().unwrap();
         assert_eq!(c.secret("password"), Some("hunter2"));
         assert_eq!(c.setting_i64("pool"), Some(9));
 
-        let list = call(&e, Operation::List, "config/", Value::Null).await.unwrap();
+        let list = call(&e, Operation::List, "config/", Value::Null)
+            .await
+            .unwrap();
         assert_eq!(list.data.unwrap()["keys"], json!(["main"]));
-        call(&e, Operation::Delete, "config/main", Value::Null).await.unwrap();
-        let read = call(&e, Operation::Read, "config/main", Value::Null).await.unwrap();
+        call(&e, Operation::Delete, "config/main", Value::Null)
+            .await
+            .unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null)
+            .await
+            .unwrap();
         assert_eq!(read.data, None);
     }
 
@@ -235,26 +266,53 @@ mod tests {
     async fn bad_input_is_a_400_that_names_the_field_and_saves_nothing() {
         let (e, s) = engine();
         let cases = [
-            (json!({"url": "fake://db"}), "field 'plugin_name' is required"),
-            (json!({"plugin_name": "oracle", "url": "fake://db"}), "unknown kind 'oracle'; known kinds: fake (alias: fake-database-plugin)"),
-            (json!({"plugin_name": 7}), "field 'plugin_name': expected a string"),
+            (
+                json!({"url": "fake://db"}),
+                "field 'plugin_name' is required",
+            ),
+            (
+                json!({"plugin_name": "oracle", "url": "fake://db"}),
+                "unknown kind 'oracle'; known kinds: fake (alias: fake-database-plugin)",
+            ),
+            (
+                json!({"plugin_name": 7}),
+                "field 'plugin_name': expected a string",
+            ),
             (json!({"plugin_name": "fake"}), "field 'url' is required"),
-            (json!({"plugin_name": "fake", "url": "fake://db", "colour": "red"}), "unknown field 'colour'"),
-            (json!({"plugin_name": "fake", "url": "fake://db", "pool": "many"}), "field 'pool': expected an integer"),
-            (json!({"plugin_name": "fake", "url": "http://db"}), "field 'url': expected fake://"),
-            (json!({"plugin_name": "fake", "url": "fake://down", "password": "hunter2"}), "cannot connect: auth failed for <redacted>"),
+            (
+                json!({"plugin_name": "fake", "url": "fake://db", "colour": "red"}),
+                "unknown field 'colour'",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "fake://db", "pool": "many"}),
+                "field 'pool': expected an integer",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "http://db"}),
+                "field 'url': expected fake://",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "fake://down", "password": "hunter2"}),
+                "cannot connect: auth failed for <redacted>",
+            ),
         ];
         for (body, expected) in cases {
-            let err = call(&e, Operation::Update, "config/x", body.clone()).await.unwrap_err();
+            let err = call(&e, Operation::Update, "config/x", body.clone())
+                .await
+                .unwrap_err();
             assert_eq!(err.status(), 400, "{body}: {err}");
             assert!(err.to_string().contains(expected), "{body}: {err}");
         }
         assert!(s.dump().is_empty(), "nothing half-created");
 
         let big = json!({"plugin_name": "fake", "url": "x".repeat(MAX_BODY_BYTES)});
-        let err = call(&e, Operation::Update, "config/x", big).await.unwrap_err();
+        let err = call(&e, Operation::Update, "config/x", big)
+            .await
+            .unwrap_err();
         assert_eq!(err.status(), 413);
-        let err = call(&e, Operation::Update, "config/bad name", json!({})).await.unwrap_err();
+        let err = call(&e, Operation::Update, "config/bad name", json!({}))
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("path segment 'name'"), "{err}");
     }
 
@@ -264,8 +322,17 @@ mod tests {
         let body = json!({"plugin_name": "fake", "url": "fake://down", "verify_connection": false});
         call(&e, Operation::Update, "config/x", body).await.unwrap();
         // The stored config keeps verify_connection=false, so an update does not verify either.
-        call(&e, Operation::Update, "config/x", json!({"pool": 2})).await.unwrap();
-        let err = call(&e, Operation::Update, "config/x", json!({"verify_connection": true})).await.unwrap_err();
+        call(&e, Operation::Update, "config/x", json!({"pool": 2}))
+            .await
+            .unwrap();
+        let err = call(
+            &e,
+            Operation::Update,
+            "config/x",
+            json!({"verify_connection": true}),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("cannot connect"), "{err}");
     }
 
@@ -273,24 +340,44 @@ mod tests {
     async fn host_operations_never_fail() {
         let (e, _) = engine();
         for op in [Operation::ResolvePath, Operation::Rollback] {
-            assert_eq!(call(&e, op, "anything/at/all", Value::Null).await, Ok(Response::empty()));
+            assert_eq!(
+                call(&e, op, "anything/at/all", Value::Null).await,
+                Ok(Response::empty())
+            );
         }
-        assert_eq!(call(&e, Operation::Read, "nope", Value::Null).await, Err(Error::UnsupportedPath));
-        assert_eq!(call(&e, Operation::List, "config/x", Value::Null).await, Err(Error::UnsupportedOperation));
+        assert_eq!(
+            call(&e, Operation::Read, "nope", Value::Null).await,
+            Err(Error::UnsupportedPath)
+        );
+        assert_eq!(
+            call(&e, Operation::List, "config/x", Value::Null).await,
+            Err(Error::UnsupportedOperation)
+        );
     }
 
     #[tokio::test]
     async fn help_and_openapi_come_from_the_path_table() {
         let (e, _) = engine();
-        let root = call(&e, Operation::Help, "", Value::Null).await.unwrap().data.unwrap();
+        let root = call(&e, Operation::Help, "", Value::Null)
+            .await
+            .unwrap()
+            .data
+            .unwrap();
         let doc = &root["openapi"];
         assert_eq!(doc["openapi"], "3.0.2");
         let item = &doc["paths"]["/config/{name}"];
         assert!(item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["url"].is_object());
         assert_eq!(item["parameters"][0]["name"], "name");
         assert!(doc["paths"]["/config/"]["get"].is_object());
-        let help = call(&e, Operation::Help, "config/x", Value::Null).await.unwrap().data.unwrap();
+        let help = call(&e, Operation::Help, "config/x", Value::Null)
+            .await
+            .unwrap()
+            .data
+            .unwrap();
         let text = help["help"].as_str().unwrap();
-        assert!(text.contains("plugin_name") && text.contains("password (string, write-only)"), "{text}");
+        assert!(
+            text.contains("plugin_name") && text.contains("password (string, write-only)"),
+            "{text}"
+        );
     }
 }

@@ -30,7 +30,9 @@ impl FieldType {
             FieldType::String => "a string",
             FieldType::Int => "an integer",
             FieldType::Bool => "a boolean (true or false)",
-            FieldType::Duration => "a duration: whole seconds or a string such as \"90s\", \"15m\", \"1h\", \"2d\"",
+            FieldType::Duration => {
+                "a duration: whole seconds or a string such as \"90s\", \"15m\", \"1h\", \"2d\""
+            }
             FieldType::StringList => "a list of strings or one comma-separated string",
         }
     }
@@ -303,7 +305,8 @@ mod tests {
 
     #[test]
     fn accepts_json_and_string_spellings() {
-        let f = parse(json!({"count": "7", "on": "true", "ttl": "1h30m", "roles": "a, b"})).unwrap();
+        let f =
+            parse(json!({"count": "7", "on": "true", "ttl": "1h30m", "roles": "a, b"})).unwrap();
         assert_eq!(f.get("count"), Some(&FieldValue::Int(7)));
         assert_eq!(f.bool("on"), Some(true));
         assert_eq!(f.get("ttl"), Some(&FieldValue::Duration(5400)));
@@ -316,11 +319,20 @@ mod tests {
     #[test]
     fn errors_name_the_field_and_the_expected_type() {
         let e = parse(json!({"count": "seven"})).unwrap_err();
-        assert!(e.to_string().contains("field 'count': expected an integer"), "{e}");
+        assert!(
+            e.to_string().contains("field 'count': expected an integer"),
+            "{e}"
+        );
         let e = parse(json!({"on": 3})).unwrap_err();
-        assert!(e.to_string().contains("field 'on': expected a boolean"), "{e}");
+        assert!(
+            e.to_string().contains("field 'on': expected a boolean"),
+            "{e}"
+        );
         let e = parse(json!({"ttl": "soon"})).unwrap_err();
-        assert!(e.to_string().contains("field 'ttl': expected a duration"), "{e}");
+        assert!(
+            e.to_string().contains("field 'ttl': expected a duration"),
+            "{e}"
+        );
         let e = parse(json!({"bogus": 1})).unwrap_err();
         assert!(e.to_string().contains("unknown field 'bogus'"), "{e}");
         assert!(e.to_string().contains("name, count, on, ttl, roles"), "{e}");

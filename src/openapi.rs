@@ -47,7 +47,10 @@ fn path_item(def: &PathDef) -> Value {
             Operation::List => {
                 let list = json!([{"name": "list", "description": "Must be set to `true`",
                     "in": "query", "required": true, "schema": {"type": "string", "enum": ["true"]}}]);
-                item.insert("get".into(), operation(def, &format!("list-{id}"), Some(list)));
+                item.insert(
+                    "get".into(),
+                    operation(def, &format!("list-{id}"), Some(list)),
+                );
             }
             Operation::Update | Operation::Create => {
                 let mut post = operation(def, &format!("write-{id}"), None);
@@ -58,7 +61,10 @@ fn path_item(def: &PathDef) -> Value {
                 item.insert("post".into(), post);
             }
             Operation::Delete => {
-                item.insert("delete".into(), operation(def, &format!("delete-{id}"), None));
+                item.insert(
+                    "delete".into(),
+                    operation(def, &format!("delete-{id}"), None),
+                );
             }
             _ => {}
         }
@@ -96,7 +102,11 @@ fn body_schema(fields: &[FieldDef]) -> Value {
         }
         props.insert(f.name.into(), s);
     }
-    let required: Vec<&str> = fields.iter().filter(|f| f.required).map(|f| f.name).collect();
+    let required: Vec<&str> = fields
+        .iter()
+        .filter(|f| f.required)
+        .map(|f| f.name)
+        .collect();
     let mut schema = json!({"type": "object", "properties": props});
     if !required.is_empty() {
         schema["required"] = json!(required);

@@ -38,7 +38,10 @@ impl PathDef {
 
     /// Plain-text help for `bao path-help`.
     pub fn help(&self) -> String {
-        let mut out = format!("Request:        {}\n\n## DESCRIPTION\n\n{}\n\n", self.pattern, self.synopsis);
+        let mut out = format!(
+            "Request:        {}\n\n## DESCRIPTION\n\n{}\n\n",
+            self.pattern, self.synopsis
+        );
         if !self.description.is_empty() {
             let _ = writeln!(out, "{}\n", self.description.trim());
         }
@@ -58,7 +61,13 @@ impl PathDef {
                 if f.secret {
                     flags.push("write-only");
                 }
-                let _ = writeln!(out, "    {} ({})\n        {}\n", f.name, flags.join(", "), f.description);
+                let _ = writeln!(
+                    out,
+                    "    {} ({})\n        {}\n",
+                    f.name,
+                    flags.join(", "),
+                    f.description
+                );
             }
         }
         out
@@ -150,7 +159,10 @@ mod tests {
             description: "",
         };
         Router {
-            paths: vec![def("config/", Route::ConfigList), def("config/{name}", Route::Config)],
+            paths: vec![
+                def("config/", Route::ConfigList),
+                def("config/{name}", Route::Config),
+            ],
         }
     }
 

@@ -43,15 +43,20 @@ pub trait Transaction: Kv {
     async fn rollback(self: Box<Self>) -> Result<(), StorageError>;
 }
 
-pub async fn get_json<T: DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<Option<T>, StorageError> {
+pub async fn get_json<T: DeserializeOwned>(
+    kv: &dyn Kv,
+    key: &str,
+) -> Result<Option<T>, StorageError> {
     match kv.get(key).await? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StorageError::Corrupt {
-                key: key.to_owned(),
-                reason: e.to_string(),
-            }),
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StorageError::Corrupt {
+                    key: key.to_owned(),
+                    reason: e.to_string(),
+                })
+        }
     }
 }
 
@@ -144,15 +149,25 @@ impl Kv for InMemoryTx {
             return Ok(w.clone());
         }
         let value = self.base.lock().unwrap().get(key).cloned();
-        st.read.entry(key.to_owned()).or_insert_with(|| value.clone());
+        st.read
+            .entry(key.to_owned())
+            .or_insert_with(|| value.clone());
         Ok(value)
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
-        self.state.lock().unwrap().writes.insert(key.to_owned(), Some(value));
+        self.state
+            .lock()
+            .unwrap()
+            .writes
+            .insert(key.to_owned(), Some(value));
         Ok(())
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.state.lock().unwrap().writes.insert(key.to_owned(), None);
+        self.state
+            .lock()
+            .unwrap()
+            .writes
+            .insert(key.to_owned(), None);
         Ok(())
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {

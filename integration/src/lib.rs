@@ -1,0 +1,80 @@
+//! The end-to-end harness: a real OpenBao server that loads the freshly built mayfly binary,
+//! driven over HTTP as any client would, and a private PostgreSQL that checks passwords.
+//! Every process started here is stopped when its handle drops, also when a test fails.
+
+pub mod bao;
+pub mod postgres;
+pub mod process;
+
+pub use bao::Bao;
+pub use postgres::PrivatePostgres;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+/// The workspace root (this crate lives in `integration/`).
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The mayfly binary, built once per test process so a test never runs a stale one.
+/// `MAYFLY_PLUGIN_BIN` points at a prebuilt binary instead.
+pub fn plugin_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("MAYFLY_PLUGIN_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "mayfly-plugin", "--bin", "mayfly"])
+            .current_dir(workspace())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building the mayfly binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target"));
+        target.join("debug").join("mayfly")
+    })
+    .clone()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A fresh scratch directory under the system's temporary directory.
+pub fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "mayfly-it-{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Polls `check` every 50 ms until it holds or `secs` pass; returns whether it held.
+pub fn wait_until(secs: f64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -1,1 +1,176 @@
-fn main() {}
+//! The mayfly binary: what OpenBao or Vault starts as an external secrets plugin (go-plugin v5).
+//! The wire protocol and its traps are described in shared/docs/openbao-plugin-protocol.md.
+
+mod backend_service;
+mod broker;
+mod convert;
+mod host;
+mod lifecycle;
+mod logging;
+mod proto;
+mod tls;
+mod transport;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use mayfly::Backends;
+use tokio::net::UnixListener;
+use tonic::{Request, Response, Status};
+
+use crate::proto::{logical, multiplexing, plugin};
+
+/// The version reported to the host at registration, as semver with a leading `v`.
+pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+
+const MAGIC_COOKIE_KEY: &str = "VAULT_BACKEND_PLUGIN";
+const MAGIC_COOKIE_VALUE: &str = "6669da05-b1c8-4f49-97d9-c8e5bed98e20";
+const DATABASE_COOKIE_KEY: &str = "VAULT_DATABASE_PLUGIN";
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--version") {
+        println!("mayfly {VERSION}");
+        return;
+    }
+    // The host probes unknown binaries as a database plugin and as a v3/v4 backend before v5.
+    // Neither is mayfly: exit quietly and non-zero so the host moves on.
+    if std::env::var_os(DATABASE_COOKIE_KEY).is_some() {
+        std::process::exit(1);
+    }
+    if std::env::var(MAGIC_COOKIE_KEY).as_deref() != Ok(MAGIC_COOKIE_VALUE) {
+        eprintln!("{}", lifecycle::STARTED_BY_HAND);
+        std::process::exit(1);
+    }
+    let versions = std::env::var("PLUGIN_PROTOCOL_VERSIONS").unwrap_or_default();
+    if !versions.split(',').any(|v| v.trim() == "5") {
+        std::process::exit(1);
+    }
+    lifecycle::ignore_sigint();
+    logging::init();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(serve()) {
+        tracing::error!(error = %e, "mayfly could not start");
+        std::process::exit(1);
+    }
+}
+
+fn backends() -> Backends {
+    Backends::new(vec![Arc::new(mayfly_sql::Postgres)])
+}
+
+async fn serve() -> Result<(), String> {
+    let host_pem = std::env::var("PLUGIN_CLIENT_CERT")
+        .map_err(|_| "PLUGIN_CLIENT_CERT is not set: the host must run with AutoMTLS".to_owned())?;
+    let host_cert = tls::der_from_pem(&host_pem).map_err(|e| format!("PLUGIN_CLIENT_CERT: {e}"))?;
+    let identity =
+        tls::Identity::generate().map_err(|e| format!("generating the TLS identity: {e}"))?;
+    let server_tls = tls::server_config(&identity, host_cert.clone()).map_err(|e| e.to_string())?;
+    let client_tls = tls::client_config(&identity, host_cert).map_err(|e| e.to_string())?;
+
+    let path = transport::socket_path();
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let incoming = transport::incoming(
+        listener,
+        tokio_rustls::TlsAcceptor::from(Arc::new(server_tls)),
+    );
+
+    let broker = broker::Broker::new();
+    let backend =
+        backend_service::BackendService::new(broker.clone(), Arc::new(client_tls), backends());
+    lifecycle::watch_startup(backend.setup_seen.clone());
+    lifecycle::watch_parent();
+    lifecycle::exit_on_sigterm();
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("plugin", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let server = tonic::transport::Server::builder()
+        .add_service(
+            proto::pb::backend_server::BackendServer::new(backend)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(plugin::grpc_broker_server::GrpcBrokerServer::new(
+            broker::BrokerService(broker),
+        ))
+        .add_service(plugin::grpc_controller_server::GrpcControllerServer::new(
+            Controller,
+        ))
+        .add_service(logical::plugin_version_server::PluginVersionServer::new(
+            Version,
+        ))
+        .add_service(
+            multiplexing::plugin_multiplexing_server::PluginMultiplexingServer::new(Multiplexing),
+        )
+        .add_service(health_service)
+        .serve_with_incoming(incoming);
+
+    // Only now that the socket is listening may the host be told where it is.
+    let line = format!(
+        "1|5|unix|{}|grpc|{}\n",
+        path.display(),
+        identity.handshake_field()
+    );
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(line.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| e.to_string())?;
+    drop(stdout);
+    lifecycle::silence_stdout();
+    tracing::debug!(socket = %path.display(), "serving");
+
+    let result = server.await.map_err(|e| e.to_string());
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
+/// `plugin.GRPCController`: the host asks us to exit.
+struct Controller;
+
+#[tonic::async_trait]
+impl plugin::grpc_controller_server::GrpcController for Controller {
+    async fn shutdown(&self, _: Request<plugin::Empty>) -> Result<Response<plugin::Empty>, Status> {
+        tracing::info!("shutdown requested by the host");
+        lifecycle::exit_soon();
+        Ok(Response::new(plugin::Empty {}))
+    }
+}
+
+/// `logical.PluginVersion`: the version the catalog records at registration.
+struct Version;
+
+#[tonic::async_trait]
+impl logical::plugin_version_server::PluginVersion for Version {
+    async fn version(
+        &self,
+        _: Request<logical::Empty>,
+    ) -> Result<Response<logical::VersionReply>, Status> {
+        Ok(Response::new(logical::VersionReply {
+            plugin_version: VERSION.into(),
+        }))
+    }
+}
+
+/// One process serves every mount of the catalog entry; state is keyed by multiplex id.
+struct Multiplexing;
+
+#[tonic::async_trait]
+impl multiplexing::plugin_multiplexing_server::PluginMultiplexing for Multiplexing {
+    async fn multiplexing_support(
+        &self,
+        _: Request<multiplexing::MultiplexingSupportRequest>,
+    ) -> Result<Response<multiplexing::MultiplexingSupportResponse>, Status> {
+        Ok(Response::new(multiplexing::MultiplexingSupportResponse {
+            supported: true,
+        }))
+    }
+}

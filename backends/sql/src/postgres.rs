@@ -41,7 +41,11 @@ impl Backend for Postgres {
                  take the username and password fields.",
             )
             .required(),
-            FieldDef::new("username", FieldType::String, "The user mayfly connects as."),
+            FieldDef::new(
+                "username",
+                FieldType::String,
+                "The user mayfly connects as.",
+            ),
             FieldDef::new("password", FieldType::String, "The password of that user.").secret(),
             FieldDef::new(
                 "max_open_connections",
@@ -64,12 +68,13 @@ impl Backend for Postgres {
                 "field 'password' is required: connection_url contains {{password}}",
             ));
         }
-        let url = url::Url::parse(&raw.replace(USERNAME, "u").replace(PASSWORD, "p")).map_err(|e| {
-            Error::bad_request(format!(
-                "field 'connection_url': expected a URL such as \
+        let url =
+            url::Url::parse(&raw.replace(USERNAME, "u").replace(PASSWORD, "p")).map_err(|e| {
+                Error::bad_request(format!(
+                    "field 'connection_url': expected a URL such as \
                  postgres://{{{{username}}}}:{{{{password}}}}@localhost:5432/postgres ({e})"
-            ))
-        })?;
+                ))
+            })?;
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(Error::bad_request(format!(
                 "field 'connection_url': expected the scheme postgres:// or postgresql://, got {}://",
@@ -120,9 +125,12 @@ pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Er
     let with_user = raw.replace(USERNAME, &percent_encode(username));
     let has_password = with_user.contains(PASSWORD);
     // The placeholder stays in the text sqlx parses: the real password never does.
-    let options = PgConnectOptions::from_str(&with_user.replace(PASSWORD, "placeholder")).map_err(|e| {
-        Error::bad_request(format!("field 'connection_url': not a valid PostgreSQL URL: {e}"))
-    })?;
+    let options =
+        PgConnectOptions::from_str(&with_user.replace(PASSWORD, "placeholder")).map_err(|e| {
+            Error::bad_request(format!(
+                "field 'connection_url': not a valid PostgreSQL URL: {e}"
+            ))
+        })?;
     let options = if has_password {
         options.password(config.secret("password").unwrap_or_default())
     } else {

@@ -1,0 +1,253 @@
+//! The host's services, reached through the broker: the mount's storage (implementing the
+//! core's `Storage`) and the SystemView.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mayfly::storage::{Kv, Storage, StorageError, Transaction};
+use tokio::sync::OnceCell;
+use tonic::transport::Channel;
+
+use crate::proto::pb;
+use crate::proto::pb::storage_client::StorageClient;
+use crate::proto::pb::system_view_client::SystemViewClient;
+
+/// The mount's storage on the host. Storage replies carry application errors in a string field
+/// inside a successful gRPC reply; both kinds of failure become `StorageError::Backend`.
+pub struct HostStorage {
+    client: StorageClient<Channel>,
+    transactional: OnceCell<bool>,
+}
+
+impl HostStorage {
+    pub fn new(channel: Channel) -> Self {
+        HostStorage {
+            client: StorageClient::new(channel).max_decoding_message_size(usize::MAX),
+            transactional: OnceCell::new(),
+        }
+    }
+
+    pub async fn is_transactional(&self) -> bool {
+        *self
+            .transactional
+            .get_or_init(|| async {
+                self.client
+                    .clone()
+                    .is_transactional(pb::Empty {})
+                    .await
+                    .map(|r| r.into_inner().transactional)
+                    .unwrap_or(false)
+            })
+            .await
+    }
+}
+
+fn status(e: tonic::Status) -> StorageError {
+    StorageError::Backend(e.message().to_owned())
+}
+
+fn check(err: String) -> Result<(), StorageError> {
+    if err.is_empty() {
+        Ok(())
+    } else {
+        Err(StorageError::Backend(err))
+    }
+}
+
+/// The four operations, inside transaction `txn` or outside it when `txn` is empty.
+async fn get(
+    c: &StorageClient<Channel>,
+    key: &str,
+    txn: &str,
+) -> Result<Option<Vec<u8>>, StorageError> {
+    let r = c
+        .clone()
+        .get(pb::StorageGetArgs {
+            key: key.into(),
+            txn: txn.into(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    check(r.err)?;
+    Ok(r.entry.map(|e| e.value))
+}
+
+async fn put(
+    c: &StorageClient<Channel>,
+    key: &str,
+    value: Vec<u8>,
+    txn: &str,
+) -> Result<(), StorageError> {
+    let entry = pb::StorageEntry {
+        key: key.into(),
+        value,
+        seal_wrap: false,
+    };
+    let r = c
+        .clone()
+        .put(pb::StoragePutArgs {
+            entry: Some(entry),
+            txn: txn.into(),
+        })
+        .await
+        .map_err(status)?;
+    check(r.into_inner().err)
+}
+
+async fn delete(c: &StorageClient<Channel>, key: &str, txn: &str) -> Result<(), StorageError> {
+    let r = c
+        .clone()
+        .delete(pb::StorageDeleteArgs {
+            key: key.into(),
+            txn: txn.into(),
+        })
+        .await
+        .map_err(status)?;
+    check(r.into_inner().err)
+}
+
+async fn list(
+    c: &StorageClient<Channel>,
+    prefix: &str,
+    txn: &str,
+) -> Result<Vec<String>, StorageError> {
+    let r = c
+        .clone()
+        .list(pb::StorageListArgs {
+            prefix: prefix.into(),
+            txn: txn.into(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    check(r.err)?;
+    Ok(r.keys)
+}
+
+#[async_trait]
+impl Kv for HostStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        get(&self.client, key, "").await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        put(&self.client, key, value, "").await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        delete(&self.client, key, "").await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        list(&self.client, prefix, "").await
+    }
+}
+
+#[async_trait]
+impl Storage for HostStorage {
+    async fn begin(&self) -> Result<Option<Box<dyn Transaction>>, StorageError> {
+        if !self.is_transactional().await {
+            return Ok(None);
+        }
+        let r = self
+            .client
+            .clone()
+            .begin_tx(pb::Empty {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        check(r.err)?;
+        Ok(Some(Box::new(HostTx {
+            client: self.client.clone(),
+            txn: r.txn,
+        })))
+    }
+}
+
+struct HostTx {
+    client: StorageClient<Channel>,
+    txn: String,
+}
+
+#[async_trait]
+impl Kv for HostTx {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        get(&self.client, key, &self.txn).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        put(&self.client, key, value, &self.txn).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        delete(&self.client, key, &self.txn).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        list(&self.client, prefix, &self.txn).await
+    }
+}
+
+#[async_trait]
+impl Transaction for HostTx {
+    async fn commit(self: Box<Self>) -> Result<(), StorageError> {
+        let r = self
+            .client
+            .clone()
+            .commit(pb::StorageCommitTxArgs {
+                txn: self.txn.clone(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        // The host reports an optimistic-concurrency failure only as text.
+        if r.err.contains("conflict") {
+            return Err(StorageError::Conflict);
+        }
+        check(r.err)
+    }
+    async fn rollback(self: Box<Self>) -> Result<(), StorageError> {
+        let r = self
+            .client
+            .clone()
+            .rollback(pb::StorageRollbackTxArgs {
+                txn: self.txn.clone(),
+            })
+            .await
+            .map_err(status)?;
+        check(r.into_inner().err)
+    }
+}
+
+/// The host's SystemView: lease limits and environment.
+#[derive(Clone)]
+pub struct HostSystem {
+    client: SystemViewClient<Channel>,
+}
+
+/// What Initialize reports about the host.
+#[derive(Debug)]
+pub struct HostFacts {
+    pub version: String,
+    pub default_lease_ttl: Duration,
+    pub max_lease_ttl: Duration,
+}
+
+impl HostSystem {
+    pub fn new(channel: Channel) -> Self {
+        HostSystem {
+            client: SystemViewClient::new(channel).max_decoding_message_size(usize::MAX),
+        }
+    }
+
+    pub async fn facts(&self) -> Result<HostFacts, tonic::Status> {
+        let mut c = self.client.clone();
+        let env = c.plugin_env(pb::Empty {}).await?.into_inner();
+        let default = c.default_lease_ttl(pb::Empty {}).await?.into_inner().ttl;
+        let max = c.max_lease_ttl(pb::Empty {}).await?.into_inner().ttl;
+        let nanos = |n: i64| Duration::from_nanos(u64::try_from(n).unwrap_or(0));
+        Ok(HostFacts {
+            version: env
+                .plugin_environment
+                .map(|e| e.vault_version)
+                .unwrap_or_default(),
+            default_lease_ttl: nanos(default),
+            max_lease_ttl: nanos(max),
+        })
+    }
+}
