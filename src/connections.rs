@@ -182,44 +182,47 @@ pub async fn write(
     data: &Map<String, Value>,
 ) -> Result<ConnectionConfig, Error> {
     const ATTEMPTS: usize = 3;
-    for attempt in 1..=ATTEMPTS {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let tx = storage.begin().await?;
         let kv: &dyn Kv = match &tx {
             Some(tx) => tx.as_ref(),
             None => storage,
         };
-        let existing = load(kv, name).await?;
-        let merged = match merge(backends, name, existing, data) {
-            Ok(m) => m,
-            Err(e) => {
-                if let Some(tx) = tx {
-                    tx.rollback().await?;
-                }
+        let outcome = prepare_and_save(kv, backends, name, data).await;
+        match (outcome, tx) {
+            (Err(e), Some(tx)) => {
+                tx.rollback().await?;
                 return Err(e);
             }
-        };
-        let (backend, config) = merged;
-        if config.verify_connection {
-            if let Err(e) = backend.verify_connection(&config).await {
-                if let Some(tx) = tx {
-                    tx.rollback().await?;
-                }
-                tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
-                    "connection verification failed; configuration not saved");
-                return Err(e);
-            }
-        }
-        save(kv, name, &config).await?;
-        match tx {
-            None => return Ok(config),
-            Some(tx) => match tx.commit().await {
+            (outcome, None) => return outcome,
+            (Ok(config), Some(tx)) => match tx.commit().await {
                 Ok(()) => return Ok(config),
                 Err(StorageError::Conflict) if attempt < ATTEMPTS => continue,
                 Err(e) => return Err(e.into()),
             },
         }
     }
-    unreachable!("the last attempt returns")
+}
+
+/// Reads, merges, verifies and writes through `kv` (the transaction, where there is one).
+async fn prepare_and_save(
+    kv: &dyn Kv,
+    backends: &Backends,
+    name: &str,
+    data: &Map<String, Value>,
+) -> Result<ConnectionConfig, Error> {
+    let existing = load(kv, name).await?;
+    let (backend, config) = merge(backends, name, existing, data)?;
+    if config.verify_connection {
+        backend.verify_connection(&config).await.inspect_err(|e| {
+            tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
+                "connection verification failed; configuration not saved");
+        })?;
+    }
+    save(kv, name, &config).await?;
+    Ok(config)
 }
 
 /// Builds the configuration that a write produces, without touching storage or the target.
@@ -254,15 +257,16 @@ fn merge<'b>(
             backends.describe()
         ))
     })?;
-    if let Some(e) = &existing {
-        if e.plugin_name != backend.kind() {
-            return Err(Error::bad_request(format!(
-                "field 'plugin_name': connection '{name}' is of kind '{}' and cannot become '{}'; \
-                 delete it and create it again",
-                e.plugin_name,
-                backend.kind()
-            )));
-        }
+    if let Some(e) = existing
+        .as_ref()
+        .filter(|e| e.plugin_name != backend.kind())
+    {
+        return Err(Error::bad_request(format!(
+            "field 'plugin_name': connection '{name}' is of kind '{}' and cannot become '{}'; \
+             delete it and create it again",
+            e.plugin_name,
+            backend.kind()
+        )));
     }
 
     let kind_fields = backend.connection_fields();

