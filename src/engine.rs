@@ -7,7 +7,6 @@ use serde_json::{Map, Value};
 use crate::backend::Backends;
 use crate::connections;
 use crate::error::Error;
-use crate::fields::Fields;
 use crate::openapi;
 use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
@@ -112,13 +111,6 @@ impl Engine {
         data.insert("see_also".into(), Value::Null);
         Ok(Response::data(data))
     }
-
-    /// Validates a request's fields against its path without acting on it; used by tests and by
-    /// handlers that parse before they load anything.
-    pub fn parse_fields(&self, path: &str, data: &Map<String, Value>) -> Result<Fields, Error> {
-        let m = self.router.find(path)?;
-        Fields::parse(&m.def.fields, data)
-    }
 }
 
 fn paths(backends: &Backends) -> Vec<PathDef> {
@@ -144,14 +136,6 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
                 stored values.",
         },
     ]
-}
-
-/// A JSON object from a `json!` literal, for tests and callers that build requests by hand.
-pub fn object(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
 }
 
 #[cfg(test)]

@@ -89,6 +89,11 @@ impl Bao {
         bao
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
     pub fn plugin_path(&self) -> &Path {
         &self.plugin
     }

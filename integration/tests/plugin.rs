@@ -331,3 +331,17 @@ fn a_plugin_error_shows_in_the_server_log_at_error_level() {
     });
     assert!(found, "no ERROR line in:\n{}", bao.log());
 }
+
+#[test]
+fn the_plugin_exits_on_its_own_when_the_server_is_killed() {
+    let bao = Bao::with_mayfly();
+    let pids = bao.plugin_pids();
+    assert_eq!(pids.len(), 1);
+    // SIGKILL the server alone (not its group): nothing tells the plugin, it must notice.
+    process::signal(bao.pid(), libc::SIGKILL);
+    assert!(
+        wait_until(10.0, || bao.plugin_pids().is_empty()),
+        "mayfly outlived its server: {:?}",
+        bao.plugin_pids()
+    );
+}

@@ -89,7 +89,9 @@ pub fn incoming(
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
             };
