@@ -172,9 +172,13 @@ fn key(name: &str) -> String {
 }
 
 /// Creates or updates `config/NAME`. Fields not given keep their stored values, so a secret can
-/// stay in place while other settings change. The read-merge-write runs in a storage
-/// transaction where the host offers one, so two concurrent updates cannot lose each other's
-/// fields; a conflict is retried.
+/// stay in place while other settings change.
+///
+/// The merge and the connection check run against what is stored now, outside any transaction,
+/// because the check talks to the target and may take seconds. The write then happens in a
+/// storage transaction (where the host offers one) only if the stored value is still the one
+/// that was merged, so two concurrent updates cannot lose each other's fields; otherwise the
+/// whole write is tried again.
 pub async fn write(
     storage: &dyn Storage,
     backends: &Backends,
@@ -182,47 +186,51 @@ pub async fn write(
     data: &Map<String, Value>,
 ) -> Result<ConnectionConfig, Error> {
     const ATTEMPTS: usize = 3;
+    let key = key(name);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let tx = storage.begin().await?;
-        let kv: &dyn Kv = match &tx {
-            Some(tx) => tx.as_ref(),
-            None => storage,
+        let base = storage.get(&key).await?;
+        let existing = base
+            .as_deref()
+            .map(|b| storage::decode_json::<Stored>(&key, b).map(ConnectionConfig::from))
+            .transpose()?;
+        let (backend, config) = merge(backends, name, existing, data)?;
+        if config.verify_connection {
+            backend.verify_connection(&config).await.inspect_err(|e| {
+                tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
+                    "connection verification failed; configuration not saved");
+            })?;
+        }
+        let Some(tx) = storage.begin().await? else {
+            save(storage, name, &config).await?;
+            return Ok(config);
         };
-        let outcome = prepare_and_save(kv, backends, name, data).await;
-        match (outcome, tx) {
-            (Err(e), Some(tx)) => {
+        let unchanged = match tx.get(&key).await {
+            Ok(now) => now == base,
+            Err(e) => {
                 tx.rollback().await?;
-                return Err(e);
+                return Err(e.into());
             }
-            (outcome, None) => return outcome,
-            (Ok(config), Some(tx)) => match tx.commit().await {
-                Ok(()) => return Ok(config),
-                Err(StorageError::Conflict) if attempt < ATTEMPTS => continue,
-                Err(e) => return Err(e.into()),
-            },
+        };
+        let outcome = if unchanged {
+            match save(tx.as_ref(), name, &config).await {
+                Ok(()) => tx.commit().await,
+                Err(e) => {
+                    tx.rollback().await?;
+                    Err(e)
+                }
+            }
+        } else {
+            tx.rollback().await?;
+            Err(StorageError::Conflict)
+        };
+        match outcome {
+            Ok(()) => return Ok(config),
+            Err(StorageError::Conflict) if attempt < ATTEMPTS => continue,
+            Err(e) => return Err(e.into()),
         }
     }
-}
-
-/// Reads, merges, verifies and writes through `kv` (the transaction, where there is one).
-async fn prepare_and_save(
-    kv: &dyn Kv,
-    backends: &Backends,
-    name: &str,
-    data: &Map<String, Value>,
-) -> Result<ConnectionConfig, Error> {
-    let existing = load(kv, name).await?;
-    let (backend, config) = merge(backends, name, existing, data)?;
-    if config.verify_connection {
-        backend.verify_connection(&config).await.inspect_err(|e| {
-            tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
-                "connection verification failed; configuration not saved");
-        })?;
-    }
-    save(kv, name, &config).await?;
-    Ok(config)
 }
 
 /// Builds the configuration that a write produces, without touching storage or the target.
@@ -330,4 +338,74 @@ pub async fn delete(kv: &dyn Kv, name: &str) -> Result<(), Error> {
 
 pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
     Ok(kv.list(PREFIX).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::InMemoryStorage;
+
+    /// A kind whose connection check lets another writer change the stored config once, as a
+    /// concurrent update landing during a slow verification would.
+    struct Interfering {
+        storage: InMemoryStorage,
+        done: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Backend for Interfering {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn connection_fields(&self) -> Vec<FieldDef> {
+            vec![
+                FieldDef::new("a", FieldType::String, ""),
+                FieldDef::new("b", FieldType::String, ""),
+            ]
+        }
+        fn validate_connection(&self, _: &ConnectionConfig) -> Result<(), Error> {
+            Ok(())
+        }
+        async fn verify_connection(&self, _: &ConnectionConfig) -> Result<(), Error> {
+            if !self.done.swap(true, Ordering::SeqCst) {
+                let mut other = load(&self.storage, "c").await.unwrap().unwrap();
+                other.settings.insert("b".into(), json!("theirs"));
+                save(&self.storage, "c", &other).await.unwrap();
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_landing_during_verification_is_not_lost() {
+        let storage = InMemoryStorage::new();
+        let backend = Arc::new(Interfering {
+            storage: storage.clone(),
+            done: AtomicBool::new(true),
+        });
+        let backends = Backends::new(vec![backend.clone()]);
+        let create = json!({"plugin_name": "fake", "a": "0", "b": "0"});
+        write(&storage, &backends, "c", create.as_object().unwrap())
+            .await
+            .unwrap();
+
+        backend.done.store(false, Ordering::SeqCst);
+        let update = json!({"a": "mine"});
+        let saved = write(&storage, &backends, "c", update.as_object().unwrap())
+            .await
+            .unwrap();
+        let stored = load(&storage, "c").await.unwrap().unwrap();
+        assert_eq!(stored.settings["a"], "mine");
+        assert_eq!(
+            stored.settings["b"], "theirs",
+            "the concurrent update survived"
+        );
+        assert_eq!(saved.settings, stored.settings);
+    }
 }

@@ -46,10 +46,6 @@ impl Engine {
         vec![connections::PREFIX.to_owned()]
     }
 
-    pub fn paths(&self) -> &[PathDef] {
-        &self.router.paths
-    }
-
     pub async fn handle(&self, req: Request) -> Result<Response, Error> {
         match req.operation {
             // Never rewrite the path, never fail a request or the minutely rollback.

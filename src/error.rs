@@ -9,8 +9,6 @@ pub enum Error {
     BadRequest(String),
     /// 403: the caller may not do this.
     PermissionDenied(String),
-    /// 404: no such object (for a read the host turns an empty reply into 404 on its own).
-    NotFound(String),
     /// 404: no path of the engine matches.
     UnsupportedPath,
     /// 405: the path exists but does not take this operation.
@@ -28,16 +26,12 @@ impl Error {
         Error::BadRequest(msg.into())
     }
 
-    pub fn internal(msg: impl Into<String>) -> Self {
-        Error::Internal(msg.into())
-    }
-
     /// The HTTP status the client should see.
     pub fn status(&self) -> u16 {
         match self {
             Error::BadRequest(_) => 400,
             Error::PermissionDenied(_) => 403,
-            Error::NotFound(_) | Error::UnsupportedPath => 404,
+            Error::UnsupportedPath => 404,
             Error::UnsupportedOperation => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::Target(_) => 502,
@@ -51,7 +45,6 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(m)
             | Error::PermissionDenied(m)
-            | Error::NotFound(m)
             | Error::PayloadTooLarge(m)
             | Error::Target(m)
             | Error::Internal(m) => f.write_str(m),

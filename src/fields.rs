@@ -205,10 +205,6 @@ impl Fields {
         self.values.get(name)
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.values.contains_key(name)
-    }
-
     pub fn str(&self, name: &str) -> Option<&str> {
         match self.values.get(name) {
             Some(FieldValue::String(s)) => Some(s),
@@ -228,10 +224,6 @@ impl Fields {
             Some(FieldValue::StringList(l)) => Some(l),
             _ => None,
         }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &FieldValue)> {
-        self.values.iter().map(|(k, v)| (*k, v))
     }
 }
 

@@ -47,17 +47,18 @@ pub async fn get_json<T: DeserializeOwned>(
     kv: &dyn Kv,
     key: &str,
 ) -> Result<Option<T>, StorageError> {
-    match kv.get(key).await? {
-        None => Ok(None),
-        Some(bytes) => {
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StorageError::Corrupt {
-                    key: key.to_owned(),
-                    reason: e.to_string(),
-                })
-        }
-    }
+    kv.get(key)
+        .await?
+        .map(|bytes| decode_json(key, &bytes))
+        .transpose()
+}
+
+/// Decodes a value read from `key`, naming the key if it is corrupt.
+pub fn decode_json<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 pub async fn put_json<T: Serialize>(kv: &dyn Kv, key: &str, value: &T) -> Result<(), StorageError> {

@@ -2,7 +2,7 @@
 //! copy of the freshly built mayfly binary.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -92,10 +92,6 @@ impl Bao {
     /// The server's process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
-    }
-
-    pub fn plugin_path(&self) -> &Path {
-        &self.plugin
     }
 
     pub fn sha256(&self) -> String {

@@ -16,7 +16,7 @@ pub const SUPERUSER: &str = "mayfly_admin";
 pub const SUPERUSER_PASSWORD: &str = "adm1n-Pa55word-for-tests";
 
 fn bin_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("MAYFLY_PG_BIN") {
+    if let Some(p) = std::env::var_os("MAYFLY_PG_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

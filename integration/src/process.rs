@@ -47,12 +47,3 @@ pub fn signal_group(pgid: i32, sig: i32) {
         libc::kill(-pgid, sig);
     }
 }
-
-/// Resident memory of `pid` in KiB.
-pub fn rss_kib(pid: i32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}

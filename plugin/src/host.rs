@@ -27,18 +27,21 @@ impl HostStorage {
         }
     }
 
+    /// Whether the host's storage takes transactions. Only an answer is cached: a failed call
+    /// (the host busy, a reconnect) says "no" this once and asks again next time.
     pub async fn is_transactional(&self) -> bool {
-        *self
-            .transactional
-            .get_or_init(|| async {
-                self.client
-                    .clone()
-                    .is_transactional(pb::Empty {})
-                    .await
-                    .map(|r| r.into_inner().transactional)
-                    .unwrap_or(false)
-            })
+        let ask = || async {
+            self.client
+                .clone()
+                .is_transactional(pb::Empty {})
+                .await
+                .map(|r| r.into_inner().transactional)
+        };
+        self.transactional
+            .get_or_try_init(ask)
             .await
+            .copied()
+            .unwrap_or(false)
     }
 }
 
