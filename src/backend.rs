@@ -1,15 +1,66 @@
-//! What a target kind implements. The core owns every lifecycle decision; a backend only knows
-//! how to talk to its target. This surface is the connection part: the settings a kind
-//! accepts, their offline validation, and a live check. Issuing and revoking principals join it
-//! with the credential lifecycle.
+//! What a target kind implements. The core owns every lifecycle decision (names, deadlines,
+//! the ledger, retries, batching); a backend only knows how to talk to its target.
+//!
+//! A [`Backend`] describes a kind: the connection and role settings it accepts and their offline
+//! validation. [`Backend::connect`] gives a [`Target`]: a live handle (a connection pool) on
+//! which principals are created, renewed and revoked.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::{Map, Value};
 
 use crate::connections::ConnectionConfig;
 use crate::error::Error;
 use crate::fields::FieldDef;
+
+/// A principal to create. `settings` are the role's kind-specific settings (statements…).
+pub struct NewPrincipal<'a> {
+    pub name: &'a str,
+    pub password: &'a SecretString,
+    /// Unix seconds: the target should refuse the principal after this, where it can.
+    pub expires: u64,
+    pub settings: &'a Map<String, Value>,
+}
+
+/// How a batch revocation went. Principals already gone count as revoked: revocation is
+/// idempotent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revoked {
+    /// Principals that existed and were removed.
+    pub removed: usize,
+    /// Principals that were already gone.
+    pub already_gone: usize,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Creates the principal, all or nothing: on error nothing of it is left on the target.
+    async fn create(&self, principal: &NewPrincipal<'_>) -> Result<(), Error>;
+
+    /// Moves the principal's target-side expiry to `expires` (unix seconds).
+    async fn renew(
+        &self,
+        name: &str,
+        expires: u64,
+        settings: &Map<String, Value>,
+    ) -> Result<(), Error>;
+
+    /// Revokes every principal in `names` (all created with `settings`). A principal that does
+    /// not exist is a success. An error means the batch as a whole may not have been revoked.
+    async fn revoke(
+        &self,
+        names: &[String],
+        settings: &Map<String, Value>,
+    ) -> Result<Revoked, Error>;
+
+    /// The principals on the target whose name starts with `mark`.
+    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error>;
+
+    /// Changes the password of the connection's own user to `new_password`.
+    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error>;
+}
 
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -31,6 +82,20 @@ pub trait Backend: Send + Sync {
     /// Connects to the target once with these settings. The error carries the target's own
     /// message with every secret removed.
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error>;
+
+    /// A handle on the target for these settings. It may connect lazily: errors then come from
+    /// the handle's operations.
+    async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error>;
+
+    /// The role fields this kind accepts beyond the common ones.
+    fn role_fields(&self) -> Vec<FieldDef>;
+
+    /// Checks a role's kind-specific settings without contacting the target. `sample_name` is
+    /// a name the role's `username_template` makes, for checking statements with it.
+    fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error>;
+
+    /// Checks a principal name that a role's `username_template` produced.
+    fn validate_principal(&self, name: &str) -> Result<(), Error>;
 }
 
 /// The kinds this build of mayfly knows, looked up by canonical name or alias.

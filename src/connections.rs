@@ -43,6 +43,22 @@ impl ConnectionConfig {
         self.secrets.get(name).map(|s| s.expose_secret())
     }
 
+    /// A hash of everything that affects how mayfly connects, secrets included, so a cached
+    /// connection is dropped when the configuration changes. It never leaves the process.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.plugin_name.hash(&mut h);
+        Value::Object(self.settings.clone())
+            .to_string()
+            .hash(&mut h);
+        for (k, v) in &self.secrets {
+            k.hash(&mut h);
+            v.expose_secret().hash(&mut h);
+        }
+        h.finish()
+    }
+
     /// What a read returns: everything but the secrets, whose names alone are listed.
     pub fn public_view(&self) -> Map<String, Value> {
         let mut out = Map::new();
@@ -378,6 +394,21 @@ mod tests {
                 other.settings.insert("b".into(), json!("theirs"));
                 save(&self.storage, "c", &other).await.unwrap();
             }
+            Ok(())
+        }
+        async fn connect(
+            &self,
+            _: &ConnectionConfig,
+        ) -> Result<Arc<dyn crate::backend::Target>, Error> {
+            Err(Error::Internal("not used by this test".into()))
+        }
+        fn role_fields(&self) -> Vec<FieldDef> {
+            Vec::new()
+        }
+        fn validate_role(&self, _: &Map<String, Value>, _: &str) -> Result<(), Error> {
+            Ok(())
+        }
+        fn validate_principal(&self, _: &str) -> Result<(), Error> {
             Ok(())
         }
     }

@@ -1,16 +1,19 @@
 //! The engine of one mount: routes each request to its handler over the mount's storage.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use crate::backend::Backends;
-use crate::connections;
-use crate::error::Error;
-use crate::openapi;
+use crate::host::Host;
+use crate::mount::{CrashHook, MountCore, Targets};
 use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
+use crate::scheduler::Scheduler;
 use crate::storage::Storage;
+use crate::{connections, creds, roles};
+use crate::{error::Error, openapi};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
 /// near 1 MiB, so anything larger is refused before it is parsed further.
@@ -22,22 +25,64 @@ sessions and API keys, each recorded in a durable ledger and revoked at its dead
 host's lease manager fails.";
 
 pub struct Engine {
-    storage: Arc<dyn Storage>,
-    backends: Backends,
+    core: Arc<MountCore>,
     router: Router,
     version: String,
+    /// Set while the scheduler runs; sending `true` stops it.
+    stop: Mutex<Option<watch::Sender<bool>>>,
 }
 
 impl Engine {
-    pub fn new(storage: Arc<dyn Storage>, backends: Backends, version: impl Into<String>) -> Self {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        backends: Backends,
+        host: Arc<dyn Host>,
+        version: impl Into<String>,
+    ) -> Self {
+        Engine::with_crash_hook(storage, backends, host, version, None)
+    }
+
+    /// As [`Engine::new`], with a hook called at each step of issuance (for crash tests).
+    pub fn with_crash_hook(
+        storage: Arc<dyn Storage>,
+        backends: Backends,
+        host: Arc<dyn Host>,
+        version: impl Into<String>,
+        crash_hook: Option<CrashHook>,
+    ) -> Self {
         let router = Router {
             paths: paths(&backends),
         };
         Engine {
-            storage,
-            backends,
+            core: Arc::new(MountCore {
+                storage,
+                backends,
+                host,
+                targets: Targets::default(),
+                scheduler: Scheduler::default(),
+                crash_hook,
+            }),
             router,
             version: version.into(),
+            stop: Mutex::new(None),
+        }
+    }
+
+    /// Starts the mount's scheduler (once storage is usable: at the host's Initialize).
+    pub fn start(&self) {
+        let mut stop = self.stop.lock().unwrap();
+        if stop.is_none() {
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(Scheduler::run(self.core.clone(), rx));
+            *stop = Some(tx);
+        }
+    }
+
+    /// Stops the scheduler (at Cleanup). Work it had not started is picked up from the ledger
+    /// by the next process.
+    pub fn stop(&self) {
+        if let Some(tx) = self.stop.lock().unwrap().take() {
+            let _ = tx.send(true);
         }
     }
 
@@ -53,6 +98,11 @@ impl Engine {
             Operation::Help => return self.help(&req.path),
             _ => {}
         }
+        match req.operation {
+            Operation::Renew => return creds::renew(&self.core, &req).await,
+            Operation::Revoke => return creds::revoke(&self.core, &req).await,
+            _ => {}
+        }
         if req.body_len > MAX_BODY_BYTES {
             return Err(Error::PayloadTooLarge(format!(
                 "request body of {} bytes is larger than the {MAX_BODY_BYTES} bytes mayfly accepts",
@@ -64,7 +114,8 @@ impl Engine {
         if !m.def.operations.contains(&op) {
             return Err(Error::UnsupportedOperation);
         }
-        let kv = self.storage.as_ref();
+        let kv = self.core.storage.as_ref();
+        let backends = &self.core.backends;
         match (m.def.route, op) {
             (Route::ConfigList, Operation::List) => {
                 Ok(Response::list(connections::list(kv).await?))
@@ -75,7 +126,7 @@ impl Engine {
                 .unwrap_or_default()),
             (Route::Config, Operation::Update) => {
                 let name = m.param("name");
-                let config = connections::write(kv, &self.backends, name, &req.data).await?;
+                let config = connections::write(kv, backends, name, &req.data).await?;
                 tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
                 Ok(Response::empty())
             }
@@ -84,6 +135,30 @@ impl Engine {
                 tracing::info!(connection = m.param("name"), "connection deleted");
                 Ok(Response::empty())
             }
+            (Route::RoleList, Operation::List) => Ok(Response::list(roles::list(kv).await?)),
+            (Route::Role, Operation::Read) => Ok(roles::load(kv, m.param("name"))
+                .await?
+                .map(|r| Response::data(r.view()))
+                .unwrap_or_default()),
+            (Route::Role, Operation::Update) => {
+                let name = m.param("name");
+                let warnings = roles::write(kv, backends, name, &req.data).await?;
+                tracing::info!(role = name, "role saved");
+                Ok(Response {
+                    warnings,
+                    ..Response::empty()
+                })
+            }
+            (Route::Role, Operation::Delete) => {
+                roles::delete(kv, m.param("name")).await?;
+                tracing::info!(role = m.param("name"), "role deleted");
+                Ok(Response::empty())
+            }
+            (Route::Creds, Operation::Read | Operation::Update) => {
+                creds::issue(&self.core, m.param("role"), &req).await
+            }
+            (Route::LeaseList, Operation::List) => creds::list_leases(&self.core, &req).await,
+            (Route::Lease, Operation::Read) => creds::read_lease(&self.core, m.param("id")).await,
             _ => Err(Error::UnsupportedOperation),
         }
     }
@@ -131,61 +206,72 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
                 which are set, never their values. Fields left out of an update keep their \
                 stored values.",
         },
+        PathDef {
+            pattern: "roles/",
+            route: Route::RoleList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the roles.",
+            description: "",
+        },
+        PathDef {
+            pattern: "roles/{name}",
+            route: Route::Role,
+            fields: roles::all_fields(backends),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A dynamic role: which connection, how principals are created, renewed \
+                and revoked, and how long they live.",
+            description: "Common fields are db_name, default_ttl, max_ttl, username_template \
+                and password_policy; each kind adds its own (postgres: creation_statements, \
+                revocation_statements, renew_statements, member_of). Statements use OpenBao's \
+                placeholders {{name}}, {{username}}, {{password}} and {{expiration}}. Fields \
+                left out of an update keep their stored values.",
+        },
+        PathDef {
+            pattern: "creds/{role}",
+            route: Route::Creds,
+            fields: creds::fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Issue a credential of a role, as a lease.",
+            description: "The credential is recorded in the ledger before it is created on the \
+                target, and revoked at its deadline by mayfly itself, whether or not the host \
+                revokes the lease.",
+        },
+        PathDef {
+            pattern: "leases/",
+            route: Route::LeaseList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the credentials in the ledger; filter with role= and state=.",
+            description: "States: intent (being issued), active, revoking (due or failing; \
+                see revocation_attempts and last_error), revoked (kept three days for audit).",
+        },
+        PathDef {
+            pattern: "leases/{id}",
+            route: Route::Lease,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "One credential's ledger record: principal, state, deadline, requester, \
+                revocation attempts and last error. Never a secret.",
+            description: "",
+        },
     ]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Backend;
-    use crate::connections::ConnectionConfig;
-    use crate::fields::{FieldDef, FieldType, FieldValue};
+    use crate::host::FixedHost;
     use crate::storage::InMemoryStorage;
-    use async_trait::async_trait;
+    use crate::testkit::Fake;
     use serde_json::json;
-
-    struct Fake;
-
-    #[async_trait]
-    impl Backend for Fake {
-        fn kind(&self) -> &'static str {
-            "fake"
-        }
-        fn aliases(&self) -> &'static [&'static str] {
-            &["fake-database-plugin"]
-        }
-        fn connection_fields(&self) -> Vec<FieldDef> {
-            vec![
-                FieldDef::new("url", FieldType::String, "where").required(),
-                FieldDef::new("password", FieldType::String, "secret").secret(),
-                FieldDef::new("pool", FieldType::Int, "size").default(FieldValue::Int(4)),
-            ]
-        }
-        fn validate_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
-            match c.setting_str("url") {
-                Some(u) if u.starts_with("fake://") => Ok(()),
-                _ => Err(Error::bad_request("field 'url': expected fake://…")),
-            }
-        }
-        async fn verify_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
-            if c.setting_str("url") == Some("fake://down") {
-                return Err(Error::bad_request(format!(
-                    "cannot connect: {}",
-                    crate::redact::redact(
-                        "auth failed for hunter2",
-                        &[c.secret("password").unwrap_or("")]
-                    )
-                )));
-            }
-            Ok(())
-        }
-    }
 
     fn engine() -> (Engine, InMemoryStorage) {
         let s = InMemoryStorage::new();
         let e = Engine::new(
             Arc::new(s.clone()),
-            Backends::new(vec![Arc::new(Fake)]),
+            Backends::new(vec![Arc::new(Fake::default())]),
+            Arc::new(FixedHost::default()),
             "v0.1.0",
         );
         (e, s)

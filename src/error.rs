@@ -15,8 +15,10 @@ pub enum Error {
     UnsupportedOperation,
     /// 413: the request body is larger than the engine accepts.
     PayloadTooLarge(String),
-    /// 502: the target (database, cloud API…) failed or could not be reached.
+    /// 502: the target (database, cloud API…) refused or failed the operation.
     Target(String),
+    /// 503: the target could not be reached at all; nothing was done on it.
+    Unavailable(String),
     /// 500: something inside mayfly or the host failed.
     Internal(String),
 }
@@ -35,6 +37,7 @@ impl Error {
             Error::UnsupportedOperation => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::Target(_) => 502,
+            Error::Unavailable(_) => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -47,6 +50,7 @@ impl fmt::Display for Error {
             | Error::PermissionDenied(m)
             | Error::PayloadTooLarge(m)
             | Error::Target(m)
+            | Error::Unavailable(m)
             | Error::Internal(m) => f.write_str(m),
             Error::UnsupportedPath => f.write_str("unsupported path"),
             Error::UnsupportedOperation => f.write_str("unsupported operation"),

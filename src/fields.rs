@@ -21,6 +21,9 @@ pub enum FieldType {
     Duration,
     /// A JSON array of strings, or one comma-separated string.
     StringList,
+    /// SQL or similar text: a JSON array of strings, or one string kept whole (commas in a
+    /// statement are not separators).
+    Statements,
 }
 
 impl FieldType {
@@ -34,6 +37,7 @@ impl FieldType {
                 "a duration: whole seconds or a string such as \"90s\", \"15m\", \"1h\", \"2d\""
             }
             FieldType::StringList => "a list of strings or one comma-separated string",
+            FieldType::Statements => "a string or a list of strings",
         }
     }
 
@@ -43,7 +47,7 @@ impl FieldType {
             FieldType::String | FieldType::Duration => "string",
             FieldType::Int => "integer",
             FieldType::Bool => "boolean",
-            FieldType::StringList => "array",
+            FieldType::StringList | FieldType::Statements => "array",
         }
     }
 }
@@ -122,12 +126,18 @@ impl FieldDef {
                     .map(String::from)
                     .collect(),
             ),
-            (FieldType::StringList, Value::Array(items)) => FieldValue::StringList(
-                items
-                    .iter()
-                    .map(|i| i.as_str().map(String::from).ok_or_else(wrong))
-                    .collect::<Result<_, _>>()?,
-            ),
+            (FieldType::Statements, Value::String(s)) if s.trim().is_empty() => {
+                FieldValue::StringList(Vec::new())
+            }
+            (FieldType::Statements, Value::String(s)) => FieldValue::StringList(vec![s.clone()]),
+            (FieldType::StringList | FieldType::Statements, Value::Array(items)) => {
+                FieldValue::StringList(
+                    items
+                        .iter()
+                        .map(|i| i.as_str().map(String::from).ok_or_else(wrong))
+                        .collect::<Result<_, _>>()?,
+                )
+            }
             _ => return Err(wrong()),
         };
         let len = match &value {
@@ -215,6 +225,21 @@ impl Fields {
     pub fn bool(&self, name: &str) -> Option<bool> {
         match self.values.get(name) {
             Some(FieldValue::Bool(b)) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self, name: &str) -> Option<i64> {
+        match self.values.get(name) {
+            Some(FieldValue::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// A duration field, in seconds.
+    pub fn duration(&self, name: &str) -> Option<u64> {
+        match self.values.get(name) {
+            Some(FieldValue::Duration(d)) => Some(*d),
             _ => None,
         }
     }

@@ -5,17 +5,27 @@
 
 pub mod backend;
 pub mod connections;
+pub mod creds;
 pub mod engine;
 pub mod error;
 pub mod fields;
+pub mod host;
+pub mod ledger;
+pub mod mount;
 pub mod openapi;
 pub mod redact;
 pub mod request;
+pub mod roles;
 pub mod router;
+pub mod scheduler;
 pub mod storage;
+pub mod template;
+#[cfg(test)]
+mod testkit;
 
-pub use backend::{Backend, Backends};
+pub use backend::{Backend, Backends, NewPrincipal, Revoked, Target};
 pub use engine::Engine;
 pub use error::Error;
-pub use request::{Operation, Request, Requester, Response};
+pub use host::Host;
+pub use request::{LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
 pub use storage::{InMemoryStorage, Storage, StorageError, Transaction};

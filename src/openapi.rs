@@ -90,7 +90,7 @@ fn body_schema(fields: &[FieldDef]) -> Value {
     for f in fields {
         let mut s = json!({"type": f.ty.openapi_type(), "description": f.description});
         match f.ty {
-            FieldType::StringList => s["items"] = json!({"type": "string"}),
+            FieldType::StringList | FieldType::Statements => s["items"] = json!({"type": "string"}),
             FieldType::Duration => s["format"] = json!("duration"),
             _ => {}
         }

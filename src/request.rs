@@ -87,6 +87,29 @@ pub struct Request {
     /// Size in bytes of the body as received, for the body limit.
     pub body_len: usize,
     pub requester: Requester,
+    /// The lease a `renew` or `revoke` is about.
+    pub lease: Option<LeaseInfo>,
+}
+
+/// What the host sends back about a lease it holds: the `internal_data` mayfly gave it, and
+/// the host's view of its timing. Durations are seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseInfo {
+    pub internal_data: Map<String, Value>,
+    pub lease_id: String,
+    /// The increment the client asked for on renew; 0 when none.
+    pub increment: u64,
+    pub max_ttl: u64,
+}
+
+/// A lease for the host to create (on issuance) or extend (on renew). Durations are seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseGrant {
+    pub ttl: u64,
+    pub max_ttl: u64,
+    pub renewable: bool,
+    /// Stored by the host, never shown to the client, given back on renew and revoke.
+    pub internal_data: Map<String, Value>,
 }
 
 impl Request {
@@ -97,6 +120,7 @@ impl Request {
             data: Map::new(),
             body_len: 0,
             requester: Requester::default(),
+            lease: None,
         }
     }
 
@@ -115,6 +139,7 @@ impl Request {
 pub struct Response {
     pub data: Option<Map<String, Value>>,
     pub warnings: Vec<String>,
+    pub lease: Option<LeaseGrant>,
 }
 
 impl Response {
@@ -126,6 +151,7 @@ impl Response {
         Response {
             data: Some(data),
             warnings: Vec::new(),
+            lease: None,
         }
     }
 

@@ -14,6 +14,11 @@ use crate::request::Operation;
 pub enum Route {
     ConfigList,
     Config,
+    RoleList,
+    Role,
+    Creds,
+    LeaseList,
+    Lease,
 }
 
 #[derive(Debug, Clone)]

@@ -1,7 +1,7 @@
-//! A real OpenBao dev server on a free loopback port, with its own plugin directory holding a
-//! copy of the freshly built mayfly binary.
+//! A real OpenBao server on a free loopback port, with its own plugin directory holding a copy
+//! of the freshly built mayfly binary: a dev server (in-memory storage), or a persistent one
+//! (raft storage, initialised and unsealed by the harness) that can be restarted.
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -15,10 +15,14 @@ pub const ROOT_TOKEN: &str = "mayfly-test-root";
 pub struct Bao {
     child: Option<Child>,
     pub addr: String,
+    port: u16,
     dir: PathBuf,
     plugin: PathBuf,
     log: PathBuf,
     agent: ureq::Agent,
+    token: String,
+    /// Set for a persistent server: its unseal key.
+    unseal_key: Option<String>,
 }
 
 /// The `bao` binary: `MAYFLY_BAO`, else the project's virtualenv, else the PATH.
@@ -35,50 +39,162 @@ pub fn bao_binary() -> PathBuf {
 }
 
 impl Bao {
-    /// Starts the server and waits until it answers. Plugins are registered by the test.
-    pub fn start() -> Bao {
+    fn new() -> Bao {
         let dir = crate::scratch_dir("bao");
         let plugins = dir.join("plugins");
         std::fs::create_dir_all(&plugins).unwrap();
         let plugin = plugins.join("mayfly");
         std::fs::copy(crate::plugin_binary(), &plugin).expect("copying the plugin binary");
         let port = crate::free_port();
-        let addr = format!("http://127.0.0.1:{port}");
-        let log = dir.join("bao.log");
-        let out = File::create(&log).unwrap();
-        let mut cmd = Command::new(bao_binary());
-        cmd.args([
-            "server",
-            "-dev",
-            &format!("-dev-root-token-id={ROOT_TOKEN}"),
-            &format!("-dev-listen-address=127.0.0.1:{port}"),
-            &format!("-dev-plugin-dir={}", plugins.display()),
-            "-dev-plugin-init=false",
-            "-log-level=debug",
-        ])
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
-        // Its own process group, so that teardown reaches every plugin it spawned.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("starting bao (run scripts/setup first)");
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(60)))
+            .timeout_global(Some(Duration::from_secs(120)))
             .build()
             .into();
-        let bao = Bao {
-            child: Some(child),
-            addr,
+        Bao {
+            child: None,
+            addr: format!("http://127.0.0.1:{port}"),
+            port,
+            log: dir.join("bao.log"),
             dir,
             plugin,
-            log,
             agent,
-        };
+            token: ROOT_TOKEN.to_owned(),
+            unseal_key: None,
+        }
+    }
+
+    /// Spawns `bao server` with `args` and `env`; its output is appended to the log.
+    fn spawn(&mut self, args: &[String], env: &[(&str, &str)]) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(bao_binary());
+        cmd.arg("server")
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        // Its own process group, so that teardown reaches every plugin it spawned.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        self.child = Some(cmd.spawn().expect("starting bao (run scripts/setup first)"));
+    }
+
+    /// Starts a dev server and waits until it answers. Plugins are registered by the test.
+    pub fn start() -> Bao {
+        let mut bao = Bao::new();
+        let args = vec![
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address=127.0.0.1:{}", bao.port),
+            format!("-dev-plugin-dir={}", bao.dir.join("plugins").display()),
+            "-dev-plugin-init=false".to_owned(),
+            "-log-level=debug".to_owned(),
+        ];
+        bao.spawn(&args, &[]);
         let up = crate::wait_until(30.0, || bao.get("sys/health").0 == 200);
         assert!(up, "OpenBao did not come up; log:\n{}", bao.log());
         bao
+    }
+
+    /// Starts a server with raft storage (kept across restarts) and the raw storage endpoint
+    /// on, initialises it with one unseal key and unseals it.
+    pub fn start_persistent() -> Bao {
+        let mut bao = Bao::new();
+        let config = format!(
+            r#"storage "raft" {{
+  path = "{data}"
+  node_id = "mayfly-test"
+}}
+cluster_addr = "http://127.0.0.1:{cluster_port}"
+listener "tcp" {{
+  address = "127.0.0.1:{port}"
+  tls_disable = true
+}}
+plugin_directory = "{plugins}"
+api_addr = "http://127.0.0.1:{port}"
+raw_storage_endpoint = true
+log_level = "debug"
+"#,
+            data = bao.dir.join("data").display(),
+            cluster_port = crate::free_port(),
+            plugins = bao.dir.join("plugins").display(),
+            port = bao.port,
+        );
+        std::fs::write(bao.dir.join("config.hcl"), config).unwrap();
+        std::fs::create_dir_all(bao.dir.join("data")).unwrap();
+        bao.launch_persistent(&[]);
+        let (status, body) = bao.put(
+            "sys/init",
+            serde_json::json!({"secret_shares": 1, "secret_threshold": 1}),
+        );
+        assert_eq!(status, 200, "init: {body}");
+        bao.token = body["root_token"].as_str().unwrap().to_owned();
+        bao.unseal_key = Some(body["keys_base64"][0].as_str().unwrap().to_owned());
+        bao.unseal();
+        bao
+    }
+
+    fn launch_persistent(&mut self, env: &[(&str, &str)]) {
+        let config = self.dir.join("config.hcl").display().to_string();
+        self.spawn(&[format!("-config={config}")], env);
+        // Sealed or uninitialised servers answer sys/health with 501 or 503.
+        let up = crate::wait_until(30.0, || self.get("sys/health").0 != 0);
+        assert!(up, "OpenBao did not come up; log:\n{}", self.log());
+    }
+
+    fn unseal(&self) {
+        let key = self.unseal_key.clone().expect("a persistent server");
+        let (status, body) = self.put("sys/unseal", serde_json::json!({ "key": key }));
+        assert_eq!(status, 200, "unseal: {body}");
+        let active = crate::wait_until(30.0, || self.get("sys/health").0 == 200);
+        assert!(
+            active,
+            "OpenBao did not become active; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Stops a persistent server (SIGTERM) and starts it again with `env` added to its
+    /// environment (which its plugins inherit), then unseals it. Mounts come back with their
+    /// plugins started at unseal.
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        self.launch_persistent(env);
+        self.unseal();
+    }
+
+    /// The storage of mount `path` as the host holds it, decrypted: every key under the
+    /// mount's storage prefix and its value (needs the raw storage endpoint: persistent servers).
+    pub fn raw_mount_storage(&self, path: &str) -> Vec<(String, String)> {
+        let (_, mounts) = self.get("sys/mounts");
+        let uuid = mounts["data"][format!("{path}/")]["uuid"]
+            .as_str()
+            .expect("mount uuid")
+            .to_owned();
+        let mut out = Vec::new();
+        let mut folders = vec![format!("logical/{uuid}/")];
+        while let Some(folder) = folders.pop() {
+            let (_, listed) = self.list(&format!("sys/raw/{folder}"));
+            for key in listed["data"]["keys"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+            {
+                let key = format!("{folder}{}", key.as_str().unwrap());
+                if key.ends_with('/') {
+                    folders.push(key);
+                } else {
+                    let (_, v) = self.get(&format!("sys/raw/{key}"));
+                    out.push((key, v["data"]["value"].as_str().unwrap_or("").to_owned()));
+                }
+            }
+        }
+        out
     }
 
     /// Starts a server with mayfly registered by SHA-256 and mounted at `mayfly/`.
@@ -112,7 +228,7 @@ impl Bao {
         let out = Command::new(bao_binary())
             .args(args)
             .env("BAO_ADDR", &self.addr)
-            .env("BAO_TOKEN", ROOT_TOKEN)
+            .env("BAO_TOKEN", &self.token)
             .stdin(Stdio::null())
             .output()
             .expect("running the bao CLI");
@@ -153,17 +269,17 @@ impl Bao {
             ("GET", _) => self
                 .agent
                 .get(&url)
-                .header("X-Vault-Token", ROOT_TOKEN)
+                .header("X-Vault-Token", &self.token)
                 .call(),
             ("DELETE", _) => self
                 .agent
                 .delete(&url)
-                .header("X-Vault-Token", ROOT_TOKEN)
+                .header("X-Vault-Token", &self.token)
                 .call(),
             ("PUT", b) => self
                 .agent
                 .put(&url)
-                .header("X-Vault-Token", ROOT_TOKEN)
+                .header("X-Vault-Token", &self.token)
                 .header("Content-Type", "application/json")
                 .send(b.unwrap_or_default()),
             (m, _) => panic!("unsupported method {m}"),
@@ -196,7 +312,8 @@ impl Bao {
     }
 
     pub fn list(&self, path: &str) -> (u16, Value) {
-        self.get(&format!("{path}?list=true"))
+        let sep = if path.contains('?') { '&' } else { '?' };
+        self.get(&format!("{path}{sep}list=true"))
     }
 
     /// Live mayfly processes started from this server's plugin directory.

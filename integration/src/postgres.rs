@@ -70,6 +70,15 @@ impl PrivatePostgres {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = crate::free_port();
+        let pg = PrivatePostgres { port, dir, bin };
+        pg.resume();
+        pg
+    }
+
+    /// Starts the cluster again after [`PrivatePostgres::halt`], on the same port.
+    pub fn resume(&self) {
+        let (port, dir, bin) = (self.port, &self.dir, &self.bin);
+        let data = dir.join("data");
         let options = format!(
             "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
             dir.display()
@@ -93,7 +102,87 @@ impl PrivatePostgres {
             String::from_utf8_lossy(&out.stderr),
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        PrivatePostgres { port, dir, bin }
+    }
+
+    /// Stops the cluster at once (as a crash or an outage would), keeping its data.
+    pub fn halt(&self) {
+        let pg_ctl = self.bin.join("pg_ctl");
+        let out = as_postgres(&[
+            pg_ctl.to_str().unwrap(),
+            "-D",
+            self.dir.join("data").to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]);
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Runs `sql` with psql as `user`; returns the unaligned output or psql's error text.
+    pub fn psql_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args([
+                "-d",
+                "postgres",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .expect("running psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Runs `sql` as the superuser; panics on failure.
+    pub fn admin(&self, sql: &str) -> String {
+        self.psql_as(SUPERUSER, SUPERUSER_PASSWORD, sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The roles whose names start with `prefix`.
+    pub fn roles_like(&self, prefix: &str) -> Vec<String> {
+        let out = self.admin(&format!(
+            "SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{prefix}') ORDER BY 1"
+        ));
+        out.lines()
+            .map(str::to_owned)
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// A psql session as `user` that stays open for `secs`, for tests that a revocation ends
+    /// open sessions.
+    pub fn open_session(&self, user: &str, password: &str, secs: u32) -> std::process::Child {
+        Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args([
+                "-d",
+                "postgres",
+                "-X",
+                "-c",
+                &format!("SELECT pg_sleep({secs})"),
+            ])
+            .env("PGPASSWORD", password)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running psql")
     }
 
     /// A URL with mayfly's placeholders, for `connection_url`.

@@ -93,10 +93,17 @@ impl pb::backend_server::Backend for BackendService {
         // Setup must not touch storage: the host refuses writes now and, during the
         // registration probe, every callback fails.
         let storage = Arc::new(HostStorage::new(channel.clone()));
+        let system = HostSystem::new(channel);
         let mount = Mount {
-            engine: Engine::new(storage.clone(), self.backends.clone(), crate::VERSION),
+            engine: Engine::with_crash_hook(
+                storage.clone(),
+                self.backends.clone(),
+                Arc::new(system.clone()),
+                crate::VERSION,
+                crate::lifecycle::crash_hook(),
+            ),
             storage,
-            system: HostSystem::new(channel),
+            system,
         };
         self.mounts
             .lock()
@@ -112,6 +119,9 @@ impl pb::backend_server::Backend for BackendService {
         request: Request<pb::InitializeArgs>,
     ) -> Result<Response<pb::InitializeReply>, Status> {
         let mount = self.mount(&request)?;
+        // Storage is usable from here on: the scheduler picks up the ledger where the last
+        // process left it.
+        mount.engine.start();
         // Informational only: an Initialize error would not roll the mount back anyway, so
         // problems are logged, and configuration is validated on each request instead.
         let transactional = mount.storage.is_transactional().await;
@@ -169,7 +179,9 @@ impl pb::backend_server::Backend for BackendService {
     async fn cleanup(&self, request: Request<pb::Empty>) -> Result<Response<pb::Empty>, Status> {
         // The host may send Cleanup twice; the second finds nothing to remove.
         let id = multiplex_id(&request);
-        if self.mounts.lock().unwrap().remove(&id).is_some() {
+        let removed = self.mounts.lock().unwrap().remove(&id);
+        if let Some(mount) = removed {
+            mount.engine.stop();
             tracing::info!(multiplex_id = %id, "mount cleaned up");
         }
         Ok(Response::new(pb::Empty {}))

@@ -1,6 +1,6 @@
 //! Between the host's protocol messages and the core's request model (protocol document §4).
 
-use mayfly::{Error, Operation, Request, Requester, Response};
+use mayfly::{Error, LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
 use serde_json::{Map, Value};
 
 use crate::proto::pb;
@@ -19,7 +19,20 @@ pub fn request(req: pb::Request) -> Result<Request, Error> {
             }
         },
     };
+    let lease = req.secret.map(|secret| {
+        let options = secret.lease_options.unwrap_or_default();
+        LeaseInfo {
+            internal_data: match serde_json::from_str(&secret.internal_data) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            },
+            lease_id: secret.lease_id,
+            increment: seconds(options.increment),
+            max_ttl: seconds(options.max_ttl),
+        }
+    });
     Ok(Request {
+        lease,
         operation: Operation::parse(&req.operation),
         path: req.path,
         data,
@@ -31,6 +44,30 @@ pub fn request(req: pb::Request) -> Result<Request, Error> {
             remote_addr: req.connection.map(|c| c.remote_addr).unwrap_or_default(),
         },
     })
+}
+
+fn seconds(nanos: i64) -> u64 {
+    u64::try_from(nanos).unwrap_or(0) / 1_000_000_000
+}
+
+fn nanos(secs: u64) -> i64 {
+    i64::try_from(secs.saturating_mul(1_000_000_000)).unwrap_or(i64::MAX)
+}
+
+/// The host's lease for a grant. `issue_time` must be set whenever lease options are (the
+/// host fails the request with "invalid nil Timestamp" otherwise).
+fn secret(grant: LeaseGrant) -> pb::Secret {
+    pb::Secret {
+        lease_options: Some(pb::LeaseOptions {
+            ttl: nanos(grant.ttl),
+            renewable: grant.renewable,
+            increment: 0,
+            issue_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            max_ttl: nanos(grant.max_ttl),
+        }),
+        internal_data: Value::Object(grant.internal_data).to_string(),
+        lease_id: String::new(),
+    }
 }
 
 /// The host reply for a core result. `data` is always JSON text (`null` when empty), never "".
@@ -45,14 +82,17 @@ pub fn reply(result: Result<Response, Error>) -> pb::HandleRequestReply {
         ..Default::default()
     };
     match result {
-        Ok(resp) if resp.data.is_none() && resp.warnings.is_empty() => {
+        Ok(resp) if resp.data.is_none() && resp.warnings.is_empty() && resp.lease.is_none() => {
             pb::HandleRequestReply::default()
         }
         Ok(resp) => pb::HandleRequestReply {
-            response: Some(response(
-                resp.data.map(Value::Object).unwrap_or(Value::Null),
-                resp.warnings,
-            )),
+            response: Some(pb::Response {
+                secret: resp.lease.map(secret),
+                ..response(
+                    resp.data.map(Value::Object).unwrap_or(Value::Null),
+                    resp.warnings,
+                )
+            }),
             err: None,
         },
         Err(Error::BadRequest(msg)) => pb::HandleRequestReply {

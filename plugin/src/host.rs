@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mayfly::storage::{Kv, Storage, StorageError, Transaction};
+use secrecy::SecretString;
 use tokio::sync::OnceCell;
 use tonic::transport::Channel;
 
@@ -243,7 +244,6 @@ impl HostSystem {
         let env = c.plugin_env(pb::Empty {}).await?.into_inner();
         let default = c.default_lease_ttl(pb::Empty {}).await?.into_inner().ttl;
         let max = c.max_lease_ttl(pb::Empty {}).await?.into_inner().ttl;
-        let nanos = |n: i64| Duration::from_nanos(u64::try_from(n).unwrap_or(0));
         Ok(HostFacts {
             version: env
                 .plugin_environment
@@ -252,5 +252,54 @@ impl HostSystem {
             default_lease_ttl: nanos(default),
             max_lease_ttl: nanos(max),
         })
+    }
+}
+
+fn nanos(n: i64) -> Duration {
+    Duration::from_nanos(u64::try_from(n).unwrap_or(0))
+}
+
+fn unavailable(what: &str, e: tonic::Status) -> mayfly::Error {
+    mayfly::Error::Internal(format!("the host did not answer {what}: {}", e.message()))
+}
+
+/// The engine's view of the host: the mount's lease limits (which follow `secrets tune`) and
+/// the host's password policies.
+#[async_trait]
+impl mayfly::Host for HostSystem {
+    async fn default_lease_ttl(&self) -> Result<Duration, mayfly::Error> {
+        let r = self.client.clone().default_lease_ttl(pb::Empty {}).await;
+        Ok(nanos(
+            r.map_err(|e| unavailable("DefaultLeaseTTL", e))?
+                .into_inner()
+                .ttl,
+        ))
+    }
+
+    async fn max_lease_ttl(&self) -> Result<Duration, mayfly::Error> {
+        let r = self.client.clone().max_lease_ttl(pb::Empty {}).await;
+        Ok(nanos(
+            r.map_err(|e| unavailable("MaxLeaseTTL", e))?
+                .into_inner()
+                .ttl,
+        ))
+    }
+
+    async fn generate_password(&self, policy: &str) -> Result<SecretString, mayfly::Error> {
+        let r = self
+            .client
+            .clone()
+            .generate_password_from_policy(pb::GeneratePasswordFromPolicyRequest {
+                policy_name: policy.to_owned(),
+            })
+            .await
+            .map_err(|e| {
+                mayfly::Error::bad_request(format!(
+                    "field 'password_policy': the host could not generate a password from \
+                     policy '{policy}': {}",
+                    e.message()
+                ))
+            })?;
+        Ok(SecretString::from(r.into_inner().password))
     }
 }

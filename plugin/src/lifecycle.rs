@@ -102,3 +102,20 @@ pub fn exit_on_sigterm() {
         }
     });
 }
+
+/// For crash-safety tests only: `MAYFLY_TEST_CRASH_AT=after_intent|after_create|before_reply`
+/// makes the process SIGKILL itself at that step of issuance, as a power cut would. Unset (as in
+/// every real deployment) it does nothing.
+pub fn crash_hook() -> Option<mayfly::mount::CrashHook> {
+    let at = std::env::var("MAYFLY_TEST_CRASH_AT").ok()?;
+    tracing::warn!(at = %at, "MAYFLY_TEST_CRASH_AT is set: this process will kill itself while issuing");
+    Some(std::sync::Arc::new(move |point: &'static str| {
+        if point == at {
+            tracing::warn!(point, "crash point reached; killing this process");
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+        }
+    }))
+}

@@ -5,15 +5,20 @@
 //! placeholder is parsed as is and the password is set on the parsed options afterwards.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::{percent_encode, redact};
-use mayfly::{Backend, Error};
-use sqlx::postgres::PgConnectOptions;
+use mayfly::{Backend, Error, NewPrincipal, Revoked, Target};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
+
+use crate::statements::{self, Values, quote_identifier, quote_literal};
 
 const USERNAME: &str = "{{username}}";
 const PASSWORD: &str = "{{password}}";
@@ -53,6 +58,23 @@ impl Backend for Postgres {
                 "The most connections mayfly keeps open to this database.",
             )
             .default(FieldValue::Int(4)),
+            FieldDef::new(
+                "tls_ca",
+                FieldType::String,
+                "PEM certificates of the CAs that sign the server's certificate. With it, \
+                 mayfly verifies the server (sslmode=verify-full unless the URL sets sslmode).",
+            ),
+            FieldDef::new(
+                "tls_certificate",
+                FieldType::String,
+                "PEM client certificate, for servers that authenticate clients by certificate.",
+            ),
+            FieldDef::new(
+                "private_key",
+                FieldType::String,
+                "PEM private key of tls_certificate.",
+            )
+            .secret(),
         ]
     }
 
@@ -87,6 +109,23 @@ impl Backend for Postgres {
                  and give the password in the write-only 'password' field, so it is never shown on read",
             ));
         }
+        for (field, value) in [
+            ("tls_ca", config.setting_str("tls_ca")),
+            ("tls_certificate", config.setting_str("tls_certificate")),
+            ("private_key", config.secret("private_key")),
+        ] {
+            if value.is_some_and(|v| !v.contains("-----BEGIN ")) {
+                return Err(Error::bad_request(format!(
+                    "field '{field}': expected PEM text (-----BEGIN …-----)"
+                )));
+            }
+        }
+        if config.setting_str("tls_certificate").is_some() != config.secret("private_key").is_some()
+        {
+            return Err(Error::bad_request(
+                "fields 'tls_certificate' and 'private_key' go together: give both or neither",
+            ));
+        }
         match config.setting_i64("max_open_connections") {
             Some(n) if (1..=1000).contains(&n) => Ok(()),
             other => Err(Error::bad_request(format!(
@@ -116,6 +155,380 @@ impl Backend for Postgres {
             ))),
         }
     }
+
+    async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
+        let max = config.setting_i64("max_open_connections").unwrap_or(4);
+        let pool = PgPoolOptions::new()
+            .max_connections(u32::try_from(max).unwrap_or(4))
+            .min_connections(0)
+            .acquire_timeout(VERIFY_TIMEOUT)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(connect_options(config)?);
+        Ok(Arc::new(PgTarget {
+            pool,
+            secrets: [config.secret("password"), config.secret("private_key")]
+                .into_iter()
+                .flatten()
+                .map(|s| SecretString::from(s.to_owned()))
+                .collect(),
+        }))
+    }
+
+    fn role_fields(&self) -> Vec<FieldDef> {
+        vec![
+            FieldDef::new(
+                "creation_statements",
+                FieldType::Statements,
+                "SQL run in one transaction to create the user, with {{name}}, {{password}} and \
+                 {{expiration}}. mayfly then always sets VALID UNTIL the deadline. Without it, \
+                 mayfly creates a LOGIN user that is a member of member_of.",
+            ),
+            FieldDef::new(
+                "revocation_statements",
+                FieldType::Statements,
+                "SQL run to remove the user, with {{name}}. Without it, mayfly blocks new \
+                 logins, terminates the user's sessions and drops the user (reassigning and \
+                 dropping what it owns if needed). A user already gone counts as revoked.",
+            ),
+            FieldDef::new(
+                "renew_statements",
+                FieldType::Statements,
+                "SQL run on renew, with {{name}} and {{expiration}}. Without it, mayfly moves \
+                 VALID UNTIL to the new deadline.",
+            ),
+            FieldDef::new(
+                "member_of",
+                FieldType::StringList,
+                "Group roles the user joins (grants by membership, not per-user object grants). \
+                 Used when creation_statements is not given.",
+            ),
+        ]
+    }
+
+    fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error> {
+        let groups = list(settings, "member_of");
+        for g in &groups {
+            check_identifier(g)
+                .map_err(|e| Error::bad_request(format!("field 'member_of': {e}")))?;
+        }
+        let creation = list(settings, "creation_statements");
+        if creation.is_empty() && groups.is_empty() {
+            return Err(Error::bad_request(
+                "field 'creation_statements' or 'member_of' is required: say how the user gets \
+                 its privileges (statements, or group roles to join)",
+            ));
+        }
+        if !creation.is_empty()
+            && !creation
+                .iter()
+                .any(|s| s.contains("{{name}}") || s.contains("{{username}}"))
+        {
+            return Err(Error::bad_request(
+                "field 'creation_statements': no statement mentions {{name}}",
+            ));
+        }
+        let sample = Values {
+            name: sample_name,
+            password: Some("Sample0password"),
+            expiration: Some("2000-01-01 00:00:00+0000"),
+        };
+        for field in [
+            "creation_statements",
+            "revocation_statements",
+            "renew_statements",
+        ] {
+            for (i, stmt) in list(settings, field).iter().enumerate() {
+                if stmt.trim().is_empty() {
+                    return Err(Error::bad_request(format!(
+                        "field '{field}': statement {} is empty",
+                        i + 1
+                    )));
+                }
+                statements::render(stmt, &sample).map_err(|e| {
+                    Error::bad_request(format!(
+                        "field '{field}': statement {} with a name made by username_template \
+                         ('{}'): {e}",
+                        i + 1,
+                        sample_name.escape_default()
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_principal(&self, name: &str) -> Result<(), Error> {
+        check_identifier(name).map_err(Error::bad_request)
+    }
+}
+
+/// A PostgreSQL role name mayfly will put in quotes: 1 to 63 bytes, no double quote, no
+/// control characters.
+fn check_identifier(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!(
+            "a PostgreSQL role name must be 1 to 63 bytes, got {} bytes",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c == '"' || c.is_control()) {
+        return Err(format!(
+            "role name '{}' contains a double quote or a control character",
+            name.escape_default()
+        ));
+    }
+    Ok(())
+}
+
+fn list(settings: &Map<String, Value>, field: &str) -> Vec<String> {
+    settings
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `2006-01-02 15:04:05+0000`, the form OpenBao gives `{{expiration}}`.
+pub fn expiration(unix: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+0000",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// A pool on one PostgreSQL database, as configured by one connection.
+struct PgTarget {
+    pool: PgPool,
+    /// The connection's own secrets, removed from every error message.
+    secrets: Vec<SecretString>,
+}
+
+/// SQLSTATE 2BP01: the role still owns objects or holds privileges.
+const DEPENDENT_OBJECTS: &str = "2BP01";
+
+impl PgTarget {
+    /// The core's error for a failed operation, with every secret removed. Failures to reach
+    /// the server at all are `Unavailable`: nothing was done.
+    fn fail(&self, what: &str, e: &sqlx::Error, extra: &[&str]) -> Error {
+        let mut secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
+        secrets.extend_from_slice(extra);
+        let text = redact(&e.to_string(), &secrets);
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Error::Unavailable(format!("PostgreSQL cannot be reached ({what}): {text}"))
+            }
+            _ => Error::Target(format!("PostgreSQL {what}: {text}")),
+        }
+    }
+
+    async fn existing(&self, names: &[String]) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail("cannot look up roles", &e, &[]))
+    }
+}
+
+fn render_all(field: &str, stmts: &[String], values: &Values<'_>) -> Result<Vec<String>, Error> {
+    stmts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            statements::render(s, values)
+                .map_err(|e| Error::bad_request(format!("{field} statement {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Runs `sql` in one transaction, all of it or none, in one round trip: PostgreSQL runs the
+/// statements of one simple-protocol query as a single transaction. Each statement ends on a
+/// new line, so a trailing `--` comment cannot swallow the separator.
+async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx::Error> {
+    let script: String = sql.iter().map(|s| format!("{s}\n;\n")).collect();
+    sqlx::raw_sql(&script).execute(pool).await.map(|_| ())
+}
+
+#[async_trait]
+impl Target for PgTarget {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+        let password = p.password.expose_secret();
+        let exp = expiration(p.expires);
+        let values = Values {
+            name: p.name,
+            password: Some(password),
+            expiration: Some(&exp),
+        };
+        let mut sql = render_all(
+            "creation_statements",
+            &list(p.settings, "creation_statements"),
+            &values,
+        )?;
+        if sql.is_empty() {
+            let groups: Vec<String> = list(p.settings, "member_of")
+                .iter()
+                .map(|g| quote_identifier(g))
+                .collect();
+            let mut create = format!(
+                "CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
+                quote_identifier(p.name),
+                quote_literal(password),
+                quote_literal(&exp)
+            );
+            if !groups.is_empty() {
+                create.push_str(&format!(" IN ROLE {}", groups.join(", ")));
+            }
+            sql.push(create);
+        }
+        // Whatever the statements said, the user stops working at its deadline.
+        sql.push(format!(
+            "ALTER ROLE {} VALID UNTIL {}",
+            quote_identifier(p.name),
+            quote_literal(&exp)
+        ));
+        run_in_transaction(&self.pool, sql)
+            .await
+            .map_err(|e| self.fail("refused the new user", &e, &[password]))
+    }
+
+    async fn renew(
+        &self,
+        name: &str,
+        expires: u64,
+        settings: &Map<String, Value>,
+    ) -> Result<(), Error> {
+        if self.existing(&[name.to_owned()]).await?.is_empty() {
+            return Err(Error::Target(format!(
+                "user '{name}' no longer exists in PostgreSQL"
+            )));
+        }
+        let exp = expiration(expires);
+        let values = Values {
+            name,
+            password: None,
+            expiration: Some(&exp),
+        };
+        let mut sql = render_all(
+            "renew_statements",
+            &list(settings, "renew_statements"),
+            &values,
+        )?;
+        if sql.is_empty() {
+            sql.push(format!(
+                "ALTER ROLE {} VALID UNTIL {}",
+                quote_identifier(name),
+                quote_literal(&exp)
+            ));
+        }
+        run_in_transaction(&self.pool, sql)
+            .await
+            .map_err(|e| self.fail("refused the renewal", &e, &[]))
+    }
+
+    async fn revoke(
+        &self,
+        names: &[String],
+        settings: &Map<String, Value>,
+    ) -> Result<Revoked, Error> {
+        let existing = self.existing(names).await?;
+        let outcome = Revoked {
+            removed: existing.len(),
+            already_gone: names.len() - existing.len(),
+        };
+        if existing.is_empty() {
+            return Ok(outcome);
+        }
+        let fail = |e: sqlx::Error| self.fail("refused the revocation", &e, &[]);
+        let custom = list(settings, "revocation_statements");
+        if !custom.is_empty() {
+            let mut sql = Vec::new();
+            for name in &existing {
+                let values = Values {
+                    name,
+                    password: None,
+                    expiration: None,
+                };
+                sql.extend(render_all("revocation_statements", &custom, &values)?);
+            }
+            run_in_transaction(&self.pool, sql).await.map_err(fail)?;
+            return Ok(outcome);
+        }
+
+        let quoted: Vec<String> = existing.iter().map(|n| quote_identifier(n)).collect();
+        // No new sessions, then end the open ones, then drop: a user cannot slip in between.
+        let nologin: String = quoted
+            .iter()
+            .map(|q| format!("ALTER ROLE {q} NOLOGIN;"))
+            .collect();
+        sqlx::raw_sql(&nologin)
+            .execute(&self.pool)
+            .await
+            .map_err(fail)?;
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)",
+        )
+        .bind(&existing)
+        .execute(&self.pool)
+        .await
+        .map_err(fail)?;
+        let list = quoted.join(", ");
+        let drop = format!("DROP ROLE IF EXISTS {list}");
+        match run_in_transaction(&self.pool, vec![drop.clone()]).await {
+            Ok(()) => Ok(outcome),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(DEPENDENT_OBJECTS) => {
+                // The users own objects or hold grants of their own: hand the objects to
+                // mayfly's user, drop the grants, then the users.
+                let sql = vec![
+                    format!("REASSIGN OWNED BY {list} TO CURRENT_USER"),
+                    format!("DROP OWNED BY {list}"),
+                    drop,
+                ];
+                run_in_transaction(&self.pool, sql).await.map_err(fail)?;
+                Ok(outcome)
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(
+            "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
+        )
+        .bind(mark)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("cannot list roles", &e, &[]))
+    }
+
+    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
+        let password = new_password.expose_secret();
+        if password.contains(['\\', '\0']) {
+            return Err(Error::bad_request(
+                "the new password contains a backslash or NUL, which mayfly does not send",
+            ));
+        }
+        let sql = format!(
+            "ALTER ROLE CURRENT_USER WITH PASSWORD {}",
+            quote_literal(password)
+        );
+        sqlx::raw_sql(&sql)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("refused the new password", &e, &[password]))
+    }
 }
 
 /// The sqlx options for a connection: placeholders filled, the password set after parsing.
@@ -136,6 +549,22 @@ pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Er
     } else {
         options
     };
+    let mut options = options;
+    if let Some(ca) = config.setting_str("tls_ca") {
+        options = options.ssl_root_cert_from_pem(ca.as_bytes().to_vec());
+        if !with_user.contains("sslmode=") {
+            options = options.ssl_mode(PgSslMode::VerifyFull);
+        }
+    }
+    if let (Some(cert), Some(key)) = (
+        config.setting_str("tls_certificate"),
+        config.secret("private_key"),
+    ) {
+        options = options
+            .ssl_client_cert_from_pem(cert.as_bytes())
+            .ssl_client_key_from_pem(key.as_bytes());
+    }
+    // Statements carry passwords: sqlx must never log them.
     Ok(options
         .application_name("mayfly")
         .log_statements(tracing::log::LevelFilter::Off))

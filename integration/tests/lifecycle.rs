@@ -1,0 +1,420 @@
+//! The credential lifecycle end to end: a real OpenBao loads mayfly, which issues, renews and
+//! revokes users in a private PostgreSQL that checks passwords.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
+use mayfly_integration::{Bao, PrivatePostgres, wait_until};
+use serde_json::{Value, json};
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A connection `db` to the private cluster, a group role, and role `app` from `role`.
+fn configure(bao: &Bao, pg: &PrivatePostgres, role: Value) {
+    let (status, body) = bao.put(
+        "mayfly/config/db",
+        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.template_url(),
+               "username": SUPERUSER, "password": SUPERUSER_PASSWORD, "allowed_roles": "*"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    pg.admin(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'app_readers') \
+         THEN CREATE ROLE app_readers NOLOGIN; END IF; END $$",
+    );
+    let (status, body) = bao.put("mayfly/roles/app", role);
+    assert!(status == 200 || status == 204, "{status} {body}");
+}
+
+struct Cred {
+    user: String,
+    password: String,
+    lease_id: String,
+    lease_duration: u64,
+}
+
+fn issue(bao: &Bao, path: &str) -> Cred {
+    let (status, body) = bao.get(path);
+    assert_eq!(status, 200, "{body}\n{}", bao.log());
+    Cred {
+        user: body["data"]["username"].as_str().unwrap().to_owned(),
+        password: body["data"]["password"].as_str().unwrap().to_owned(),
+        lease_id: body["lease_id"].as_str().unwrap().to_owned(),
+        lease_duration: body["lease_duration"].as_u64().unwrap(),
+    }
+}
+
+/// The ledger record of the credential whose principal is `user`.
+fn ledger_record(bao: &Bao, user: &str) -> Value {
+    let (_, list) = bao.list("mayfly/leases/");
+    let info = list["data"]["key_info"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let id = info
+        .iter()
+        .find(|(_, v)| v["principal"] == user)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| panic!("no ledger record for {user}: {list}"));
+    let (status, body) = bao.get(&format!("mayfly/leases/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+fn valid_until(pg: &PrivatePostgres, user: &str) -> u64 {
+    pg.admin(&format!(
+        "SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = '{user}'"
+    ))
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn issue_login_renew_revoke_ends_sessions_and_leaks_no_secret() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    // A role written as OpenBao's documentation writes it.
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "default_ttl": 60, "max_ttl": "1h",
+               "creation_statements": [
+                   "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+                   "GRANT app_readers TO \"{{name}}\";"]}),
+    );
+    let issued_at = now();
+    let cred = issue(&bao, "mayfly/creds/app");
+    assert!(cred.user.starts_with("mf-app-"), "{}", cred.user);
+    assert_eq!(cred.lease_duration, 60);
+    assert_eq!(
+        pg.psql_as(&cred.user, &cred.password, "SELECT current_user")
+            .unwrap(),
+        cred.user
+    );
+    assert_eq!(
+        pg.psql_as(&cred.user, "wrong-password", "SELECT 1")
+            .unwrap_err()
+            .contains("password authentication failed"),
+        true
+    );
+    let first_expiry = valid_until(&pg, &cred.user);
+    assert!((issued_at + 58..=issued_at + 62).contains(&first_expiry));
+    let record = ledger_record(&bao, &cred.user);
+    assert_eq!(record["state"], "active");
+    assert_eq!(record["requester"]["display_name"], "token");
+
+    let mut session = pg.open_session(&cred.user, &cred.password, 300);
+    let open = wait_until(10.0, || {
+        pg.admin(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'",
+            cred.user
+        )) == "1"
+    });
+    assert!(open, "the user's session did not open");
+
+    let (status, body) = bao.put(
+        "sys/leases/renew",
+        json!({"lease_id": cred.lease_id, "increment": 600}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lease_duration"], 600);
+    assert!(valid_until(&pg, &cred.user) >= first_expiry + 530);
+    let record = ledger_record(&bao, &cred.user);
+    assert!(record["deadline"].as_u64().unwrap() >= issued_at + 600);
+
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        pg.roles_like(&cred.user).is_empty(),
+        "the user outlived revoke"
+    );
+    let ended = wait_until(10.0, || matches!(session.try_wait(), Ok(Some(_))));
+    assert!(ended, "the open session survived revocation");
+    assert!(!session.wait().unwrap().success());
+    assert!(pg.psql_as(&cred.user, &cred.password, "SELECT 1").is_err());
+    let record = ledger_record(&bao, &cred.user);
+    assert_eq!(record["state"], "revoked");
+    assert_eq!(record["revocation_attempts"], 1);
+    assert_eq!(record["lease_id"], cred.lease_id.as_str());
+
+    // Nothing secret in the plugin's log (the server log carries it), the ledger or errors.
+    let (_, bad) = bao.get("mayfly/creds/app?ttl=soon");
+    let (_, leases) = bao.list("mayfly/leases/");
+    let scanned = format!("{}{record}{leases}{bad}", bao.log());
+    for secret in [cred.password.as_str(), SUPERUSER_PASSWORD] {
+        assert!(!scanned.contains(secret), "a password leaked");
+    }
+    assert!(
+        bao.log().contains("credential revoked"),
+        "the log shows the lifecycle"
+    );
+}
+
+#[test]
+fn expiry_alone_drops_the_user_and_a_forced_revoke_cannot_save_it() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": ["app_readers"], "default_ttl": 3, "max_ttl": 600}),
+    );
+
+    // Expiry alone.
+    let start = Instant::now();
+    let cred = issue(&bao, "mayfly/creds/app");
+    assert_eq!(cred.lease_duration, 3);
+    pg.psql_as(&cred.user, &cred.password, "SELECT 1").unwrap();
+    let member = pg.admin(&format!(
+        "SELECT pg_has_role('{}', 'app_readers', 'MEMBER')",
+        cred.user
+    ));
+    assert_eq!(member, "t", "grants come by group membership");
+    assert!(wait_until(8.0, || pg.roles_like(&cred.user).is_empty()));
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "dropped before its deadline"
+    );
+
+    // A forced revoke while the database is down: the host drops its lease whatever the
+    // plugin says; mayfly's ledger still drops the user by its deadline.
+    let cred = issue(&bao, "mayfly/creds/app?ttl=40");
+    let deadline = now() + 40;
+    pg.halt();
+    let (status, body) = bao.put("sys/leases/revoke-force/mayfly/creds/app", json!({}));
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = bao.put("sys/leases/lookup", json!({"lease_id": cred.lease_id}));
+    assert_eq!(status, 400, "the host still has the lease");
+    let record = ledger_record(&bao, &cred.user);
+    assert_eq!(record["state"], "revoking", "{record}");
+    assert!(
+        record["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL"),
+        "{record}"
+    );
+    pg.resume();
+    assert!(wait_until(30.0, || pg.roles_like(&cred.user).is_empty()));
+    assert!(now() <= deadline, "dropped after its deadline");
+    assert_eq!(ledger_record(&bao, &cred.user)["state"], "revoked");
+}
+
+#[test]
+fn a_user_dropped_by_hand_is_revoked_on_the_first_attempt() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers"}),
+    );
+    let cred = issue(&bao, "mayfly/creds/app");
+    pg.admin(&format!("DROP ROLE \"{}\"", cred.user));
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let record = ledger_record(&bao, &cred.user);
+    assert_eq!(record["state"], "revoked");
+    assert_eq!(record["revocation_attempts"], 1);
+    assert_eq!(record["last_error"], Value::Null);
+}
+
+#[test]
+fn injection_attempts_are_refused_and_create_nothing() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers"}),
+    );
+    let errors = |body: &Value| body["errors"].to_string();
+    let cases = [
+        (
+            "mayfly/roles/evil",
+            json!({"db_name": "db", "member_of": "app_readers",
+                   "username_template": "x\"; DROP ROLE mayfly_admin; --{{random 4}}"}),
+            "username_template",
+        ),
+        (
+            "mayfly/roles/evil",
+            json!({"db_name": "db", "member_of": "app_readers\"; DROP TABLE x; --"}),
+            "member_of",
+        ),
+        (
+            "mayfly/roles/evil",
+            json!({"db_name": "db",
+                   "username_template": "mf-{{random 4}}'; DROP ROLE mayfly_admin; --",
+                   "creation_statements": "CREATE ROLE \"{{name}}\" LOGIN; \
+                       COMMENT ON ROLE \"{{name}}\" IS 'issued as {{name}}'"}),
+            "single quote",
+        ),
+        (
+            "mayfly/roles/ev'il",
+            json!({"db_name": "db", "member_of": "app_readers"}),
+            "path segment",
+        ),
+        (
+            "mayfly/creds/app",
+            json!({"ttl": "1h'; DROP ROLE mayfly_admin; --"}),
+            "field 'ttl'",
+        ),
+        (
+            "mayfly/creds/app",
+            json!({"username": "admin"}),
+            "unknown field 'username'",
+        ),
+    ];
+    for (path, body, expected) in cases {
+        let (status, reply) = bao.put(path, body.clone());
+        assert_eq!(status, 400, "{path} {body}: {reply}");
+        assert!(errors(&reply).contains(expected), "{path} {body}: {reply}");
+    }
+    let (status, _) = bao.get("mayfly/roles/evil");
+    assert_eq!(status, 404, "a refused role was saved");
+    assert!(
+        pg.roles_like("mf-").is_empty(),
+        "a refused request created a user"
+    );
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'mayfly_admin'"),
+        "1"
+    );
+}
+
+/// With the plugin SIGKILLed at each step of issuance and OpenBao restarted, no user created
+/// by mayfly outlives its deadline, and mayfly's storage holds no password.
+#[test]
+fn a_crash_at_any_step_of_issuance_leaves_no_user_past_its_deadline() {
+    let pg = PrivatePostgres::start();
+    let mut bao = Bao::start_persistent();
+    bao.register();
+    bao.enable("mayfly");
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 20}),
+    );
+    for step in ["after_intent", "after_create", "before_reply"] {
+        bao.restart(&[("MAYFLY_TEST_CRASH_AT", step)]);
+        let issued = now();
+        let (status, body) = bao.get("mayfly/creds/app");
+        assert_eq!(status, 500, "{step}: the crash did not happen: {body}");
+        bao.restart(&[]);
+        let users = pg.roles_like("mf-");
+        match step {
+            "after_intent" => assert!(users.is_empty(), "{step}: {users:?}"),
+            _ => assert_eq!(
+                users.len(),
+                1,
+                "{step}: the user should exist until its deadline"
+            ),
+        }
+        let all_revoked = || {
+            let (_, list) = bao.list("mayfly/leases/");
+            list["data"]["key_info"]
+                .as_object()
+                .is_some_and(|m| m.values().all(|v| v["state"] == "revoked"))
+        };
+        let done = wait_until(40.0, || pg.roles_like("mf-").is_empty() && all_revoked());
+        assert!(
+            done,
+            "{step}: a user or intent outlived its deadline\n{}",
+            bao.log()
+        );
+        let late = now().saturating_sub(issued + 20);
+        assert!(late <= 3, "{step}: revoked {late}s after its deadline");
+    }
+    // One normal issuance, then look at everything mayfly stored.
+    let cred = issue(&bao, "mayfly/creds/app");
+    let stored = bao.raw_mount_storage("mayfly");
+    assert!(
+        stored.iter().any(|(k, _)| k.contains("ledger/creds/")),
+        "{stored:?}"
+    );
+    for (key, value) in &stored {
+        assert!(
+            !value.contains(&cred.password),
+            "the user's password is stored at {key}"
+        );
+    }
+    assert!(!bao.log().contains(&cred.password));
+}
+
+/// PostgreSQL down through expiry for longer than the host's own retry window (six attempts
+/// over about ten minutes): mayfly keeps retrying, shows the failures, never lets the host
+/// mark the lease irrevocable, and drops every user within one backoff of recovery.
+/// `MAYFLY_TEST_OUTAGE_SECS` shortens the outage for local runs; CI uses the full 660 s.
+#[test]
+fn an_outage_longer_than_the_host_retry_window_loses_no_revocation() {
+    let outage: u64 = std::env::var("MAYFLY_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(660);
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 5}),
+    );
+    let users: Vec<String> = (0..3)
+        .map(|_| issue(&bao, "mayfly/creds/app").user)
+        .collect();
+    pg.halt();
+    let down_at = Instant::now();
+    let failing = wait_until(30.0, || {
+        let (_, list) = bao.list("mayfly/leases/?state=revoking");
+        list["data"]["keys"]
+            .as_array()
+            .is_some_and(|k| k.len() == 3)
+    });
+    assert!(failing, "leases/ did not show the failing revocations");
+    let record = ledger_record(&bao, &users[0]);
+    assert!(
+        record["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("PostgreSQL"),
+        "{record}"
+    );
+    while down_at.elapsed() < Duration::from_secs(outage) {
+        let (_, count) = bao.get("sys/leases/count?type=irrevocable");
+        assert_eq!(
+            count["data"]["lease_count"], 0,
+            "the host marked a lease irrevocable"
+        );
+        std::thread::sleep(Duration::from_secs(10));
+    }
+    let attempts = ledger_record(&bao, &users[0])["revocation_attempts"]
+        .as_u64()
+        .unwrap();
+    if outage >= 600 {
+        assert!(attempts > 6, "only {attempts} attempts in {outage}s");
+    }
+    pg.resume();
+    let recovered = Instant::now();
+    let gone = wait_until(300.0 + 15.0, || {
+        users.iter().all(|u| pg.roles_like(u).is_empty())
+    });
+    assert!(gone, "users left after recovery\n{}", bao.log());
+    eprintln!(
+        "outage {outage}s: {attempts} attempts before recovery; all dropped {:.1}s after it",
+        recovered.elapsed().as_secs_f64()
+    );
+    for u in &users {
+        assert_eq!(ledger_record(&bao, u)["state"], "revoked");
+    }
+    let (_, count) = bao.get("sys/leases/count?type=irrevocable");
+    assert_eq!(count["data"]["lease_count"], 0);
+}

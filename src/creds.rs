@@ -1,0 +1,586 @@
+//! `creds/ROLE`: issuing a credential, and the host's `renew` and `revoke` of its lease.
+//!
+//! Issuance writes the ledger record as an intent before anything exists on the target, creates
+//! the principal, then marks the record active. A crash at any step leaves a record the
+//! scheduler will revoke: an intent at the earlier of a short grace period and the deadline, an
+//! active credential at its deadline.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, Fields};
+use crate::host::{default_password, now, random_lower};
+use crate::ledger::{self, Credential, State};
+use crate::mount::MountCore;
+use crate::request::{LeaseGrant, Request, Response};
+use crate::roles;
+use crate::scheduler::Outcome;
+use crate::template;
+
+/// How long creating a principal on the target may take.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// When an intent that never became active is revoked, at the latest: well past the longest
+/// issuance (connection wait plus [`CREATE_TIMEOUT`]), so a slow issuance is never undercut.
+pub const INTENT_GRACE_SECS: u64 = 90;
+/// `internal_data` keys: the Go framework's dispatch key (kept for compatibility) and the
+/// ledger record.
+const SECRET_TYPE: &str = "secret_type";
+const CRED_ID: &str = "cred_id";
+
+pub fn fields() -> Vec<FieldDef> {
+    vec![FieldDef::new(
+        "ttl",
+        FieldType::Duration,
+        "How long the credential should live; capped by the role's max_ttl and the mount's \
+         maximum. Defaults to the role's default_ttl.",
+    )]
+}
+
+pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<Response, Error> {
+    let kv = core.storage.as_ref();
+    let fields = Fields::parse(&fields(), &req.data)?;
+    let role = roles::load(kv, role_name)
+        .await?
+        .ok_or_else(|| Error::bad_request(format!("unknown role '{role_name}'")))?;
+    let (config, backend) = roles::connection(kv, &core.backends, &role.db_name).await?;
+    if !config
+        .allowed_roles
+        .iter()
+        .any(|r| r == "*" || r == role_name)
+    {
+        return Err(Error::PermissionDenied(format!(
+            "role '{role_name}' is not in allowed_roles of connection '{}'",
+            role.db_name
+        )));
+    }
+
+    let mut warnings = Vec::new();
+    let mount_max = core.host.max_lease_ttl().await?.as_secs();
+    let max_ttl = match role.max_ttl {
+        0 => mount_max,
+        m => m.min(mount_max),
+    };
+    let mut ttl = match (fields.duration("ttl"), role.default_ttl) {
+        (Some(t), _) if t > 0 => t,
+        (_, 0) => core.host.default_lease_ttl().await?.as_secs(),
+        (_, d) => d,
+    };
+    if ttl > max_ttl {
+        warnings.push(format!(
+            "ttl of {ttl}s is longer than the maximum of {max_ttl}s; capped"
+        ));
+        ttl = max_ttl;
+    }
+
+    let principal = template::render(
+        role.username_template(),
+        &template::Inputs {
+            role_name,
+            display_name: &req.requester.display_name,
+        },
+    )?;
+    backend.validate_principal(&principal).map_err(|e| {
+        Error::bad_request(format!(
+            "the name made by username_template from this request is refused: {e}"
+        ))
+    })?;
+    let password = if role.password_policy.is_empty() {
+        default_password()
+    } else {
+        core.host.generate_password(&role.password_policy).await?
+    };
+
+    let now = now();
+    let deadline = now + ttl;
+    let mut cred = Credential {
+        id: random_lower(20),
+        role: role_name.to_owned(),
+        connection: role.db_name.clone(),
+        principal: principal.clone(),
+        state: State::Intent,
+        created_at: now,
+        deadline,
+        max_deadline: now + max_ttl,
+        default_ttl: if role.default_ttl > 0 {
+            role.default_ttl
+        } else {
+            ttl
+        },
+        due: deadline.min(now + INTENT_GRACE_SECS),
+        requester: (&req.requester).into(),
+        lease_id: None,
+        attempts: 0,
+        last_error: None,
+        last_attempt_at: None,
+        revoke_requested_at: None,
+        revoke_reason: None,
+        revoked_at: None,
+        settings: role.settings.clone(),
+    };
+    ledger::store(kv, &cred, None).await?;
+    core.scheduler.track(cred.due, &cred.id);
+    core.crash_point("after_intent");
+
+    let created = async {
+        let target = core.target(&role.db_name).await?;
+        let new = crate::backend::NewPrincipal {
+            name: &principal,
+            password: &password,
+            expires: deadline,
+            settings: &role.settings,
+        };
+        match tokio::time::timeout(CREATE_TIMEOUT, target.create(&new)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Target(format!(
+                "the target did not create the principal within {}s",
+                CREATE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+    .await;
+    if let Err(e) = created {
+        // Nothing should exist, but a timeout leaves that unsure: revoke now, idempotently.
+        cred.state = State::Revoking;
+        cred.revoke_reason = Some("creation failed".into());
+        cred.last_error = Some(e.to_string());
+        let previous = cred.due;
+        cred.due = now;
+        if ledger::store(kv, &cred, Some(previous)).await.is_ok() {
+            core.scheduler.track(cred.due, &cred.id);
+        }
+        tracing::warn!(cred_id = %cred.id, role = role_name, error = %e, "issuance failed");
+        return Err(e);
+    }
+    core.crash_point("after_create");
+
+    let previous = cred.due;
+    cred.state = State::Active;
+    cred.due = deadline;
+    ledger::store(kv, &cred, Some(previous)).await?;
+    core.scheduler.track(cred.due, &cred.id);
+    core.crash_point("before_reply");
+    tracing::info!(cred_id = %cred.id, role = role_name, connection = %role.db_name,
+        principal = %principal, ttl_s = ttl, entity_id = %req.requester.entity_id,
+        token_accessor = %req.requester.token_accessor, "credential issued");
+
+    let mut data = Map::new();
+    data.insert("username".into(), json!(principal));
+    {
+        use secrecy::ExposeSecret;
+        data.insert("password".into(), json!(password.expose_secret()));
+    }
+    let mut internal = Map::new();
+    internal.insert(SECRET_TYPE.into(), json!("creds"));
+    internal.insert(CRED_ID.into(), json!(cred.id));
+    Ok(Response {
+        data: Some(data),
+        warnings,
+        lease: Some(LeaseGrant {
+            ttl,
+            max_ttl,
+            renewable: true,
+            internal_data: internal,
+        }),
+    })
+}
+
+fn cred_id(req: &Request) -> Option<String> {
+    req.lease
+        .as_ref()?
+        .internal_data
+        .get(CRED_ID)?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The host's `renew`: moves the deadline (and the target-side expiry) and echoes what the
+/// host must keep (protocol document §5.2: the reply replaces the stored lease).
+pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
+    let kv = core.storage.as_ref();
+    let lease = req.lease.clone().unwrap_or_default();
+    let id = cred_id(req)
+        .ok_or_else(|| Error::bad_request("this lease carries no mayfly credential id"))?;
+    let mut cred = ledger::load(kv, &id)
+        .await?
+        .ok_or_else(|| Error::bad_request(format!("credential '{id}' is not in the ledger")))?;
+    if cred.state != State::Active {
+        return Err(Error::bad_request(format!(
+            "credential '{id}' is {} and cannot be renewed",
+            cred.state.name()
+        )));
+    }
+    let now = now();
+    let increment = if lease.increment > 0 {
+        lease.increment
+    } else {
+        cred.default_ttl
+    };
+    let deadline = (now + increment).min(cred.max_deadline);
+    if deadline <= now {
+        return Err(Error::bad_request(format!(
+            "credential '{id}' has reached its max_ttl and cannot be renewed"
+        )));
+    }
+    let target = core.target(&cred.connection).await?;
+    match tokio::time::timeout(
+        CREATE_TIMEOUT,
+        target.renew(&cred.principal, deadline, &cred.settings),
+    )
+    .await
+    {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::Target(format!(
+                "the target did not renew within {}s",
+                CREATE_TIMEOUT.as_secs()
+            )));
+        }
+    }
+    let previous = cred.due;
+    cred.deadline = deadline;
+    cred.due = deadline;
+    ledger::store(kv, &cred, Some(previous)).await?;
+    core.scheduler.track(cred.due, &cred.id);
+    tracing::info!(cred_id = %id, role = %cred.role, principal = %cred.principal,
+        ttl_s = deadline - now, "credential renewed");
+    Ok(Response {
+        data: Some(req.data.clone()),
+        warnings: Vec::new(),
+        lease: Some(LeaseGrant {
+            ttl: deadline - now,
+            max_ttl: lease.max_ttl,
+            renewable: true,
+            internal_data: lease.internal_data,
+        }),
+    })
+}
+
+/// The host's `revoke`. It joins the scheduler's next batch and returns once that batch is
+/// recorded. A revocation that fails on the target still returns success: the ledger now owns
+/// it and retries without end, which the host's own retry (six attempts, then "irrevocable")
+/// would not.
+pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> {
+    let Some(id) = cred_id(req) else {
+        tracing::warn!("revoke of a lease without a mayfly credential id; nothing to do");
+        return Ok(Response::empty());
+    };
+    let lease_id = req
+        .lease
+        .as_ref()
+        .map(|l| l.lease_id.clone())
+        .filter(|l| !l.is_empty());
+    match core
+        .scheduler
+        .revoke_now(&id, "revoked through the host", lease_id)
+        .await?
+    {
+        Outcome::Revoked => {}
+        Outcome::Failing(msg) => {
+            tracing::warn!(cred_id = %id, error = %msg,
+                "revocation failed on the target; mayfly's ledger keeps retrying it")
+        }
+    }
+    Ok(Response::empty())
+}
+
+/// `leases/`: the ledger as operators see it, filtered by `role` and `state`.
+pub async fn list_leases(core: &MountCore, req: &Request) -> Result<Response, Error> {
+    let defs = vec![
+        FieldDef::new("role", FieldType::String, "Only credentials of this role."),
+        FieldDef::new(
+            "state",
+            FieldType::String,
+            "Only credentials in this state: intent, active, revoking or revoked.",
+        ),
+        FieldDef::new("list", FieldType::Bool, "Set by the client for LIST."),
+    ];
+    let fields = Fields::parse(&defs, &req.data)?;
+    let state = match fields.str("state") {
+        None => None,
+        Some(s) => Some(State::parse(s).ok_or_else(|| {
+            Error::bad_request(format!(
+                "field 'state': expected intent, active, revoking or revoked, got \"{s}\""
+            ))
+        })?),
+    };
+    let kv = core.storage.as_ref();
+    let ids = ledger::ids(kv).await?;
+    let creds = ledger::load_all(kv, &ids).await?;
+    let mut keys = Vec::new();
+    let mut info = Map::new();
+    for c in creds {
+        if fields.str("role").is_some_and(|r| r != c.role) || state.is_some_and(|s| s != c.state) {
+            continue;
+        }
+        keys.push(c.id.clone());
+        info.insert(
+            c.id.clone(),
+            json!({"role": c.role, "state": c.state.name(), "principal": c.principal,
+                   "deadline": c.deadline, "revocation_attempts": c.attempts,
+                   "last_error": c.last_error}),
+        );
+    }
+    let mut resp = Response::list(keys);
+    if let Some(d) = resp.data.as_mut() {
+        d.insert("key_info".into(), Value::Object(info));
+    }
+    Ok(resp)
+}
+
+pub async fn read_lease(core: &MountCore, id: &str) -> Result<Response, Error> {
+    Ok(ledger::load(core.storage.as_ref(), id)
+        .await?
+        .map(|c| Response::data(c.view()))
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+
+    use crate::host::FixedHost;
+    use crate::request::{LeaseInfo, Operation, Request};
+    use crate::storage::InMemoryStorage;
+    use crate::testkit::Fake;
+    use crate::{Backends, Engine};
+
+    use super::*;
+
+    struct Setup {
+        engine: Engine,
+        fake: Arc<Fake>,
+        storage: InMemoryStorage,
+    }
+
+    async fn setup() -> Setup {
+        let storage = InMemoryStorage::new();
+        let fake = Arc::new(Fake::default());
+        let engine = Engine::new(
+            Arc::new(storage.clone()),
+            Backends::new(vec![fake.clone()]),
+            Arc::new(FixedHost::default()),
+            "v0",
+        );
+        engine.start();
+        let call = |path: &str, body: Value| {
+            engine.handle(Request::new(Operation::Update, path).with_data(body))
+        };
+        call(
+            "config/db",
+            json!({"plugin_name": "fake", "url": "fake://x", "password": "hunter2",
+                   "allowed_roles": "app"}),
+        )
+        .await
+        .unwrap();
+        call(
+            "roles/app",
+            json!({"db_name": "db", "default_ttl": "1h", "max_ttl": "2h"}),
+        )
+        .await
+        .unwrap();
+        Setup {
+            engine,
+            fake,
+            storage,
+        }
+    }
+
+    async fn issue(s: &Setup, body: Value) -> Response {
+        s.engine
+            .handle(Request::new(Operation::Read, "creds/app").with_data(body))
+            .await
+            .unwrap()
+    }
+
+    fn lease_request(op: Operation, resp: &Response, increment: u64) -> Request {
+        let mut req = Request::new(op, "creds/app");
+        req.data = resp.data.clone().unwrap();
+        req.lease = Some(LeaseInfo {
+            internal_data: resp.lease.as_ref().unwrap().internal_data.clone(),
+            lease_id: "mayfly/creds/app/abc".into(),
+            increment,
+            max_ttl: 7200,
+        });
+        req
+    }
+
+    fn record(s: &Setup, resp: &Response) -> Credential {
+        let id = resp.lease.as_ref().unwrap().internal_data["cred_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let bytes = s.storage.dump()[&format!("{}{id}", ledger::RECORDS)].clone();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn issue_renew_revoke_and_nothing_secret_in_storage() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": "30m"})).await;
+        let data = resp.data.clone().unwrap();
+        let user = data["username"].as_str().unwrap().to_owned();
+        let password = data["password"].as_str().unwrap().to_owned();
+        assert!(user.starts_with("mf-app-"), "{user}");
+        assert_eq!(password.len(), 32);
+        assert!(s.fake.target.has(&user));
+        let lease = resp.lease.clone().unwrap();
+        assert_eq!(
+            (lease.ttl, lease.max_ttl, lease.renewable),
+            (1800, 7200, true)
+        );
+        let cred = record(&s, &resp);
+        assert_eq!(cred.state, State::Active);
+        assert_eq!(cred.deadline - cred.created_at, 1800);
+
+        let renewed = s
+            .engine
+            .handle(lease_request(Operation::Renew, &resp, 3600))
+            .await
+            .unwrap();
+        assert_eq!(renewed.data, resp.data, "renew echoes data");
+        let grant = renewed.lease.unwrap();
+        assert_eq!((grant.ttl, grant.max_ttl), (3600, 7200));
+        assert_eq!(grant.internal_data, lease.internal_data);
+        assert_eq!(record(&s, &resp).deadline - cred.created_at, 3600);
+
+        s.engine
+            .handle(lease_request(Operation::Revoke, &resp, 0))
+            .await
+            .unwrap();
+        assert!(!s.fake.target.has(&user));
+        let cred = record(&s, &resp);
+        assert_eq!(cred.state, State::Revoked);
+        assert_eq!(cred.lease_id.as_deref(), Some("mayfly/creds/app/abc"));
+        // A second revoke (the host retrying) is a success and touches nothing.
+        s.engine
+            .handle(lease_request(Operation::Revoke, &resp, 0))
+            .await
+            .unwrap();
+        assert_eq!(record(&s, &resp).attempts, 1);
+        let err = s
+            .engine
+            .handle(lease_request(Operation::Renew, &resp, 0))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("is revoked"), "{err}");
+
+        for (key, value) in s.storage.dump() {
+            let text = String::from_utf8_lossy(&value);
+            assert!(!text.contains(&password), "password stored at {key}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ttl_is_capped_and_roles_are_enforced() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": "5h"})).await;
+        assert_eq!(resp.lease.unwrap().ttl, 7200);
+        assert!(resp.warnings[0].contains("capped"), "{:?}", resp.warnings);
+        let resp = issue(&s, json!({})).await;
+        assert_eq!(resp.lease.unwrap().ttl, 3600);
+        let err = s
+            .engine
+            .handle(
+                Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": "1h; drop"})),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("field 'ttl'"), "{err}");
+        s.engine
+            .handle(
+                Request::new(Operation::Update, "roles/other").with_data(json!({"db_name": "db"})),
+            )
+            .await
+            .unwrap();
+        let err = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/other"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        let mut req = Request::new(Operation::Read, "creds/app");
+        req.requester.display_name = "x\"; DROP ROLE admin; --".into();
+        let err = s.engine.handle(req).await.unwrap_err();
+        assert_eq!(err.status(), 400, "{err}");
+        assert_eq!(
+            s.fake.target.count(),
+            2,
+            "the refused request created nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn deadline_alone_revokes_in_one_batch() {
+        let s = setup().await;
+        for _ in 0..20 {
+            issue(&s, json!({"ttl": 2})).await;
+        }
+        assert_eq!(s.fake.target.count(), 20);
+        let gone = wait(6.0, || s.fake.target.count() == 0).await;
+        assert!(gone, "{} principals left", s.fake.target.count());
+        // Issuance may straddle a second boundary: at most two deadlines, so two batches.
+        assert!(s.fake.target.revoke_calls.load(Ordering::SeqCst) <= 2);
+        assert!(s.fake.target.largest_batch.load(Ordering::SeqCst) >= 10);
+    }
+
+    #[tokio::test]
+    async fn failing_revocations_are_retried_and_recorded() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": 1})).await;
+        s.fake.target.down.store(true, Ordering::SeqCst);
+        let failing = wait(5.0, || {
+            let c = record(&s, &resp);
+            c.state == State::Revoking && c.attempts >= 1
+        })
+        .await;
+        assert!(failing);
+        let c = record(&s, &resp);
+        assert_eq!(c.last_error.as_deref(), Some("fake target is down"));
+        assert!(c.due > c.last_attempt_at.unwrap() && c.due - c.last_attempt_at.unwrap() <= 5);
+        s.fake.target.down.store(false, Ordering::SeqCst);
+        assert!(wait(8.0, || record(&s, &resp).state == State::Revoked).await);
+        assert_eq!(s.fake.target.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_intent_left_by_a_crash_is_revoked_by_a_new_scheduler() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": 1})).await;
+        // Put the record back to an intent, as a crash between create and activation leaves it.
+        let mut cred = record(&s, &resp);
+        s.engine.stop();
+        let previous = cred.due;
+        cred.state = State::Intent;
+        cred.due = cred.deadline;
+        ledger::store(&s.storage, &cred, Some(previous))
+            .await
+            .unwrap();
+        let fresh = Engine::new(
+            Arc::new(s.storage.clone()),
+            Backends::new(vec![s.fake.clone()]),
+            Arc::new(FixedHost::default()),
+            "v0",
+        );
+        fresh.start();
+        assert!(wait(5.0, || s.fake.target.count() == 0).await);
+        let c = record(&s, &resp);
+        assert_eq!(c.state, State::Revoked);
+        assert_eq!(c.revoke_reason.as_deref(), Some("issuance never completed"));
+    }
+
+    async fn wait(secs: f64, mut check: impl FnMut() -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
+        while std::time::Instant::now() < end {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        check()
+    }
+}

@@ -1,0 +1,86 @@
+//! What the engine asks of the host beyond storage: the mount's lease limits and password
+//! generation by the host's named password policies. The plugin crate implements it over the
+//! host's SystemView; [`FixedHost`] serves the core's own tests.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::Rng;
+use secrecy::SecretString;
+
+use crate::error::Error;
+
+#[async_trait]
+pub trait Host: Send + Sync {
+    /// The mount's default lease TTL (what a role without `default_ttl` gets).
+    async fn default_lease_ttl(&self) -> Result<Duration, Error>;
+    /// The mount's maximum lease TTL: no credential lives longer.
+    async fn max_lease_ttl(&self) -> Result<Duration, Error>;
+    /// A password from the host's password policy `policy`.
+    async fn generate_password(&self, policy: &str) -> Result<SecretString, Error>;
+}
+
+/// A host with fixed limits and no password policies.
+pub struct FixedHost {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+}
+
+impl Default for FixedHost {
+    /// OpenBao's own defaults: 768 hours for both.
+    fn default() -> Self {
+        FixedHost {
+            default_ttl: Duration::from_secs(768 * 3600),
+            max_ttl: Duration::from_secs(768 * 3600),
+        }
+    }
+}
+
+#[async_trait]
+impl Host for FixedHost {
+    async fn default_lease_ttl(&self) -> Result<Duration, Error> {
+        Ok(self.default_ttl)
+    }
+    async fn max_lease_ttl(&self) -> Result<Duration, Error> {
+        Ok(self.max_ttl)
+    }
+    async fn generate_password(&self, policy: &str) -> Result<SecretString, Error> {
+        Err(Error::bad_request(format!(
+            "field 'password_policy': this host has no password policy '{policy}'"
+        )))
+    }
+}
+
+/// The password a role without `password_policy` gets: 32 letters and digits from the
+/// operating system's CSPRNG (about 190 bits). Letters and digits only, so the password is
+/// safe inside any quoting a target's statements use.
+pub fn default_password() -> SecretString {
+    SecretString::from(random_string(32))
+}
+
+/// `len` random letters and digits from a CSPRNG (`rand`'s thread generator is ChaCha-based and
+/// seeded by the OS).
+pub fn random_string(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// `len` random lowercase letters and digits: for ids and names that must survive case folding.
+pub fn random_lower(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,249 @@
+//! The ledger: one record per credential, in the mount's storage, holding what revocation needs
+//! and nothing secret. A record is written as an `intent` before anything exists on the target,
+//! becomes `active` once the principal exists, `revoking` while a revocation is due or failing,
+//! and `revoked` when the principal is gone; revoked records are kept for [`RETENTION_SECS`]
+//! for audit, then deleted.
+//!
+//! The due index (`ledger/due/<bucket>/<due>_<id>`, buckets of [`BUCKET_SECS`]) says when the
+//! scheduler must next look at each record, so start-up reads only the buckets that are due soon
+//! instead of every record.
+
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::request::Requester;
+use crate::storage::{self, Kv, StorageError};
+
+pub const RECORDS: &str = "ledger/creds/";
+pub const DUE: &str = "ledger/due/";
+/// Width of a due-index bucket.
+pub const BUCKET_SECS: u64 = 60;
+/// How long a revoked record stays listed under `leases/`.
+pub const RETENTION_SECS: u64 = 3 * 24 * 3600;
+/// Storage calls made at once when many records change together.
+const PARALLEL: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Name and deadline chosen; the principal may or may not exist on the target yet.
+    Intent,
+    /// The principal exists and was handed out.
+    Active,
+    /// Revocation is due and has not succeeded yet.
+    Revoking,
+    /// The principal is gone.
+    Revoked,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Intent => "intent",
+            State::Active => "active",
+            State::Revoking => "revoking",
+            State::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Intent,
+            State::Active,
+            State::Revoking,
+            State::Revoked,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
+    }
+}
+
+/// Who asked for the credential. Nothing here is secret (the token accessor is not the token).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequesterRecord {
+    pub entity_id: String,
+    pub token_accessor: String,
+    pub display_name: String,
+    pub remote_addr: String,
+}
+
+impl From<&Requester> for RequesterRecord {
+    fn from(r: &Requester) -> Self {
+        RequesterRecord {
+            entity_id: r.entity_id.clone(),
+            token_accessor: r.token_accessor.clone(),
+            display_name: r.display_name.clone(),
+            remote_addr: r.remote_addr.clone(),
+        }
+    }
+}
+
+/// One credential. Times are unix seconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: String,
+    pub role: String,
+    pub connection: String,
+    pub principal: String,
+    pub state: State,
+    pub created_at: u64,
+    /// When the credential must be gone.
+    pub deadline: u64,
+    /// The latest deadline renewals may reach.
+    pub max_deadline: u64,
+    /// The TTL a renew without an increment gets.
+    pub default_ttl: u64,
+    /// When the scheduler next looks at this record (the due index key).
+    pub due: u64,
+    pub requester: RequesterRecord,
+    /// The host's lease id, learnt from its first revoke call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    /// Revocation attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<u64>,
+    /// When revocation first became due, for "failing since".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_requested_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
+    /// The role's target settings at issuance (statements), so the credential can be revoked
+    /// as it was created even if the role changes or is deleted. Never secret.
+    pub settings: Map<String, Value>,
+}
+
+impl Credential {
+    /// The operator's view under `leases/`.
+    pub fn view(&self) -> Map<String, Value> {
+        let mut v = json!({
+            "id": self.id,
+            "role": self.role,
+            "connection": self.connection,
+            "principal": self.principal,
+            "state": self.state.name(),
+            "created_at": self.created_at,
+            "deadline": self.deadline,
+            "max_deadline": self.max_deadline,
+            "next_check_at": self.due,
+            "requester": {
+                "entity_id": self.requester.entity_id,
+                "token_accessor": self.requester.token_accessor,
+                "display_name": self.requester.display_name,
+                "remote_addr": self.requester.remote_addr,
+            },
+            "lease_id": self.lease_id,
+            "revocation_attempts": self.attempts,
+            "last_error": self.last_error,
+            "last_attempt_at": self.last_attempt_at,
+            "revoke_requested_at": self.revoke_requested_at,
+            "revoke_reason": self.revoke_reason,
+            "revoked_at": self.revoked_at,
+        });
+        std::mem::take(v.as_object_mut().expect("an object"))
+    }
+}
+
+pub fn bucket(t: u64) -> u64 {
+    t / BUCKET_SECS
+}
+
+fn record_key(id: &str) -> String {
+    format!("{RECORDS}{id}")
+}
+
+fn due_key(due: u64, id: &str) -> String {
+    format!("{DUE}{:012}/{due:012}_{id}", bucket(due))
+}
+
+pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Credential>, StorageError> {
+    storage::get_json(kv, &record_key(id)).await
+}
+
+/// Writes `cred` and indexes it at `cred.due`, removing its index entry at `previous_due`.
+/// The new index entry is written first, so a crash between the writes leaves the record
+/// reachable by the scheduler (a stale entry is harmless: the scheduler drops it).
+pub async fn store(
+    kv: &dyn Kv,
+    cred: &Credential,
+    previous_due: Option<u64>,
+) -> Result<(), StorageError> {
+    kv.put(&due_key(cred.due, &cred.id), Vec::new()).await?;
+    storage::put_json(kv, &record_key(&cred.id), cred).await?;
+    if let Some(old) = previous_due.filter(|old| *old != cred.due) {
+        kv.delete(&due_key(old, &cred.id)).await?;
+    }
+    Ok(())
+}
+
+/// Stores many records at once, in parallel. Each item is (record, previous due).
+pub async fn store_all(
+    kv: &dyn Kv,
+    items: &[(Credential, Option<u64>)],
+) -> Vec<Result<(), StorageError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PARALLEL) {
+        let writes: Vec<_> = chunk.iter().map(|(c, p)| store(kv, c, *p)).collect();
+        out.extend(join_all(writes).await);
+    }
+    out
+}
+
+/// Deletes a record and its index entry.
+pub async fn remove(kv: &dyn Kv, cred: &Credential) -> Result<(), StorageError> {
+    kv.delete(&record_key(&cred.id)).await?;
+    kv.delete(&due_key(cred.due, &cred.id)).await
+}
+
+/// Deletes one index entry (one the scheduler found stale).
+pub async fn remove_due(kv: &dyn Kv, due: u64, id: &str) -> Result<(), StorageError> {
+    kv.delete(&due_key(due, id)).await
+}
+
+/// The buckets that have index entries, in order.
+pub async fn due_buckets(kv: &dyn Kv) -> Result<Vec<u64>, StorageError> {
+    Ok(kv
+        .list(DUE)
+        .await?
+        .iter()
+        .filter_map(|b| b.trim_end_matches('/').parse().ok())
+        .collect())
+}
+
+/// The (due, id) entries of one bucket.
+pub async fn bucket_entries(kv: &dyn Kv, bucket: u64) -> Result<Vec<(u64, String)>, StorageError> {
+    Ok(kv
+        .list(&format!("{DUE}{bucket:012}/"))
+        .await?
+        .iter()
+        .filter_map(|e| {
+            let (due, id) = e.split_once('_')?;
+            Some((due.parse().ok()?, id.to_owned()))
+        })
+        .collect())
+}
+
+/// Every record id.
+pub async fn ids(kv: &dyn Kv) -> Result<Vec<String>, StorageError> {
+    kv.list(RECORDS).await
+}
+
+/// Loads many records at once, in parallel; missing ones are skipped.
+pub async fn load_all(kv: &dyn Kv, ids: &[String]) -> Result<Vec<Credential>, StorageError> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(PARALLEL) {
+        let reads: Vec<_> = chunk.iter().map(|id| load(kv, id)).collect();
+        for r in join_all(reads).await {
+            if let Some(c) = r? {
+                out.push(c);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,251 @@
+//! `roles/NAME`: dynamic roles. A role names its connection (`db_name`, as in OpenBao), its
+//! TTLs, how principal names and passwords are made, and kind-specific settings (statements for
+//! SQL kinds) that the connection's backend validates.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::backend::{Backend, Backends};
+use crate::connections::{self, ConnectionConfig};
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, Fields};
+use crate::storage::{self, Kv};
+use crate::template::{self, DEFAULT_USERNAME_TEMPLATE, MARK};
+
+pub const PREFIX: &str = "roles/";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Role {
+    /// The connection (`config/NAME`) this role issues on.
+    pub db_name: String,
+    /// Seconds; 0 means the mount's default.
+    pub default_ttl: u64,
+    /// Seconds; 0 means the mount's maximum.
+    pub max_ttl: u64,
+    /// Empty means [`DEFAULT_USERNAME_TEMPLATE`].
+    pub username_template: String,
+    /// A host password policy; empty means mayfly's CSPRNG default.
+    pub password_policy: String,
+    /// Kind-specific settings (statements…), never secret.
+    pub settings: Map<String, Value>,
+}
+
+impl Role {
+    pub fn username_template(&self) -> &str {
+        if self.username_template.is_empty() {
+            DEFAULT_USERNAME_TEMPLATE
+        } else {
+            &self.username_template
+        }
+    }
+
+    pub fn view(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("db_name".into(), json!(self.db_name));
+        out.insert("default_ttl".into(), json!(self.default_ttl));
+        out.insert("max_ttl".into(), json!(self.max_ttl));
+        out.insert("username_template".into(), json!(self.username_template));
+        out.insert("password_policy".into(), json!(self.password_policy));
+        for (k, v) in &self.settings {
+            out.insert(k.clone(), v.clone());
+        }
+        out
+    }
+}
+
+pub fn common_fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "db_name",
+            FieldType::String,
+            "The connection (config/NAME) this role issues credentials on. Required when creating.",
+        ),
+        FieldDef::new(
+            "default_ttl",
+            FieldType::Duration,
+            "The lease TTL when the request gives none; 0 uses the mount's default.",
+        ),
+        FieldDef::new(
+            "max_ttl",
+            FieldType::Duration,
+            "The longest a credential of this role may live, renewals included; 0 uses the \
+             mount's maximum.",
+        ),
+        FieldDef::new(
+            "username_template",
+            FieldType::String,
+            "How principal names are made, in OpenBao's template syntax (.RoleName, \
+             .DisplayName, random, truncate, printf, …). The default starts every name with \
+             'mf-', the mark mayfly uses to find its principals on a target.",
+        ),
+        FieldDef::new(
+            "password_policy",
+            FieldType::String,
+            "A host password policy (sys/policies/password) for generated passwords; without \
+             it mayfly uses 32 random letters and digits.",
+        ),
+    ]
+}
+
+/// Every role field any kind accepts.
+pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
+    let mut out = common_fields();
+    for b in backends.iter() {
+        for f in b.role_fields() {
+            if !out.iter().any(|o| o.name == f.name) {
+                out.push(f);
+            }
+        }
+    }
+    out
+}
+
+fn key(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<Role>, Error> {
+    Ok(storage::get_json(kv, &key(name)).await?)
+}
+
+pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
+    Ok(kv.list(PREFIX).await?)
+}
+
+pub async fn delete(kv: &dyn Kv, name: &str) -> Result<(), Error> {
+    Ok(kv.delete(&key(name)).await?)
+}
+
+/// The connection of a role and its backend, or a 400 that says what is missing.
+pub async fn connection<'b>(
+    kv: &dyn Kv,
+    backends: &'b Backends,
+    db_name: &str,
+) -> Result<(ConnectionConfig, &'b dyn Backend), Error> {
+    let config = connections::load(kv, db_name).await?.ok_or_else(|| {
+        Error::bad_request(format!(
+            "field 'db_name': no connection named '{db_name}' (configure config/{db_name} first)"
+        ))
+    })?;
+    let backend = backends.find(&config.plugin_name).ok_or_else(|| {
+        Error::Internal(format!(
+            "connection '{db_name}' is of kind '{}', which this build does not know",
+            config.plugin_name
+        ))
+    })?;
+    Ok((config, backend.as_ref()))
+}
+
+/// Creates or updates `roles/NAME`; fields left out keep their stored values. Returns the
+/// warnings the operator should see.
+pub async fn write(
+    kv: &dyn Kv,
+    backends: &Backends,
+    name: &str,
+    data: &Map<String, Value>,
+) -> Result<Vec<String>, Error> {
+    let existing = load(kv, name).await?;
+    // Parse against every known field first, so an unknown one is named before anything else.
+    Fields::parse(&all_fields(backends), data)?;
+    let common = Fields::parse(
+        &common_fields(),
+        &data
+            .iter()
+            .filter(|(k, _)| common_fields().iter().any(|f| f.name == k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )?;
+    let db_name = match (common.str("db_name"), &existing) {
+        (Some(n), _) => n.to_owned(),
+        (None, Some(e)) => e.db_name.clone(),
+        (None, None) => {
+            return Err(Error::bad_request(format!(
+                "field 'db_name' is required to create role '{name}'"
+            )));
+        }
+    };
+    let (config, backend) = connection(kv, backends, &db_name).await?;
+
+    let mut role = existing.unwrap_or(Role {
+        db_name: db_name.clone(),
+        default_ttl: 0,
+        max_ttl: 0,
+        username_template: String::new(),
+        password_policy: String::new(),
+        settings: Map::new(),
+    });
+    if role.db_name != db_name {
+        // Settings belong to a kind; a role moved to another connection starts them afresh
+        // only if the kind changes.
+        let old = connections::load(kv, &role.db_name).await?;
+        if old.is_none_or(|o| o.plugin_name != config.plugin_name) {
+            role.settings.clear();
+        }
+        role.db_name = db_name.clone();
+    }
+    if let Some(v) = common.duration("default_ttl") {
+        role.default_ttl = v;
+    }
+    if let Some(v) = common.duration("max_ttl") {
+        role.max_ttl = v;
+    }
+    if let Some(v) = common.str("username_template") {
+        role.username_template = v.to_owned();
+    }
+    if let Some(v) = common.str("password_policy") {
+        role.password_policy = v.to_owned();
+    }
+    let kind_defs = backend.role_fields();
+    for (k, v) in data {
+        if common_fields().iter().any(|f| f.name == k.as_str()) {
+            continue;
+        }
+        let Some(def) = kind_defs.iter().find(|d| d.name == k.as_str()) else {
+            return Err(Error::bad_request(format!(
+                "field '{k}' does not apply to connections of kind '{}'",
+                config.plugin_name
+            )));
+        };
+        if v.is_null() {
+            role.settings.remove(def.name);
+        } else {
+            role.settings
+                .insert(def.name.to_owned(), def.parse(v)?.to_json());
+        }
+    }
+
+    if role.max_ttl != 0 && role.default_ttl > role.max_ttl {
+        return Err(Error::bad_request(format!(
+            "field 'default_ttl': {}s is longer than max_ttl {}s",
+            role.default_ttl, role.max_ttl
+        )));
+    }
+    let sample = template::render(
+        role.username_template(),
+        &template::Inputs {
+            role_name: name,
+            display_name: "token",
+        },
+    )?;
+    backend
+        .validate_principal(&sample)
+        .map_err(|e| Error::bad_request(format!("field 'username_template': {e}")))?;
+    backend.validate_role(&role.settings, &sample)?;
+
+    let mut warnings = Vec::new();
+    if !sample.starts_with(MARK) {
+        warnings.push(format!(
+            "username_template makes names such as '{sample}', without the '{MARK}' mark: \
+             mayfly cannot tell these principals from others on the target when it looks for \
+             orphans"
+        ));
+    }
+    if !config.allowed_roles.iter().any(|r| r == "*" || r == name) {
+        warnings.push(format!(
+            "connection '{db_name}' does not list '{name}' in allowed_roles: issuing will be \
+             refused until it does"
+        ));
+    }
+    storage::put_json(kv, &key(name), &role).await?;
+    Ok(warnings)
+}

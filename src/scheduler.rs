@@ -1,0 +1,376 @@
+//! The scheduler: revokes every credential at its deadline on its own, whether or not the host
+//! calls revoke, revokes intents that never became active, retries failures without end with
+//! capped backoff, and purges revoked records after their retention.
+//!
+//! It keeps in memory only the index entries due within the next bucket (the "horizon"), loaded
+//! bucket by bucket from the due index, so start-up work does not grow with the number of live
+//! credentials. Host revoke calls join the same loop: each waits for the batch it joined to be
+//! revoked on the target and recorded in the ledger (group commit).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::Rng;
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::error::Error;
+use crate::host::now;
+use crate::ledger::{self, BUCKET_SECS, Credential, RETENTION_SECS, State, bucket};
+use crate::mount::MountCore;
+
+/// The longest wait between two revocation attempts of one credential.
+pub const MAX_BACKOFF_SECS: u64 = 300;
+const FIRST_BACKOFF_SECS: u64 = 5;
+/// The most principals revoked in one call to a target.
+const MAX_BATCH: usize = 1000;
+/// How long one revocation call to a target may take before it counts as failed.
+const REVOKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The wait before attempt `attempts + 1`: 5 s doubling per failure, never above
+/// [`MAX_BACKOFF_SECS`], with up to 10 % taken off at random so that credentials that failed
+/// together do not retry in lockstep forever.
+pub fn backoff(attempts: u32) -> u64 {
+    let base = FIRST_BACKOFF_SECS
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
+        .min(MAX_BACKOFF_SECS);
+    let jitter = rand::rng().random_range(0..=base / 10);
+    (base - jitter).max(1)
+}
+
+/// How a revocation the host asked for ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Gone from the target (now or before).
+    Revoked,
+    /// The target refused or was unreachable; the ledger holds it and retries.
+    Failing(String),
+}
+
+struct Waiting {
+    id: String,
+    reason: &'static str,
+    lease_id: Option<String>,
+    done: oneshot::Sender<Outcome>,
+}
+
+#[derive(Default)]
+pub struct Scheduler {
+    wake: Notify,
+    /// (due, id) entries within the horizon.
+    soon: Mutex<BTreeSet<(u64, String)>>,
+    /// The last bucket loaded into `soon`; `None` before the first load.
+    horizon: Mutex<Option<u64>>,
+    requests: Mutex<Vec<Waiting>>,
+}
+
+impl Scheduler {
+    /// Tells the scheduler that `id` is now indexed at `due`.
+    pub fn track(&self, due: u64, id: &str) {
+        let within = self
+            .horizon
+            .lock()
+            .unwrap()
+            .is_some_and(|h| bucket(due) <= h);
+        if within {
+            self.soon.lock().unwrap().insert((due, id.to_owned()));
+            self.wake.notify_one();
+        }
+    }
+
+    /// Revokes `id` in the next batch and waits until that batch is recorded.
+    pub async fn revoke_now(
+        &self,
+        id: &str,
+        reason: &'static str,
+        lease_id: Option<String>,
+    ) -> Result<Outcome, Error> {
+        let (done, wait) = oneshot::channel();
+        self.requests.lock().unwrap().push(Waiting {
+            id: id.to_owned(),
+            reason,
+            lease_id,
+            done,
+        });
+        self.wake.notify_one();
+        wait.await
+            .map_err(|_| Error::Internal("the scheduler stopped before revoking".into()))
+    }
+
+    /// Runs until `stop` turns true.
+    pub async fn run(core: std::sync::Arc<MountCore>, mut stop: watch::Receiver<bool>) {
+        let s = &core.scheduler;
+        tracing::info!("scheduler started");
+        while !*stop.borrow() {
+            let now = now();
+            if let Err(e) = s.load_horizon(&core, now).await {
+                tracing::warn!(error = %e, "could not read the due index; retrying");
+            }
+            let requests = std::mem::take(&mut *s.requests.lock().unwrap());
+            let due = s.take_due(now);
+            if requests.is_empty() && due.is_empty() {
+                let next_bucket = (bucket(now) + 1) * BUCKET_SECS;
+                let next = s
+                    .soon
+                    .lock()
+                    .unwrap()
+                    .first()
+                    .map_or(next_bucket, |(d, _)| (*d).min(next_bucket));
+                let wait = Duration::from_secs(next.saturating_sub(now).clamp(1, BUCKET_SECS));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = s.wake.notified() => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+            process(&core, now, due, requests).await;
+        }
+        tracing::info!("scheduler stopped");
+    }
+
+    /// Loads the due index up to the bucket after `now`'s into memory. The horizon moves first,
+    /// so an entry written while the bucket is being listed is tracked by its writer.
+    async fn load_horizon(&self, core: &MountCore, now: u64) -> Result<(), Error> {
+        let target = bucket(now) + 1;
+        let previous = {
+            let mut h = self.horizon.lock().unwrap();
+            let previous = *h;
+            if previous.is_some_and(|p| p >= target) {
+                return Ok(());
+            }
+            *h = Some(target);
+            previous
+        };
+        let kv = core.storage.as_ref();
+        let result = async {
+            for b in ledger::due_buckets(kv).await? {
+                if b > target || previous.is_some_and(|p| b <= p) {
+                    continue;
+                }
+                let entries = ledger::bucket_entries(kv, b).await?;
+                self.soon.lock().unwrap().extend(entries);
+            }
+            Ok::<(), Error>(())
+        }
+        .await;
+        if result.is_err() {
+            *self.horizon.lock().unwrap() = previous;
+        }
+        result
+    }
+
+    fn take_due(&self, now: u64) -> Vec<(u64, String)> {
+        let mut soon = self.soon.lock().unwrap();
+        let later = soon.split_off(&(now + 1, String::new()));
+        std::mem::replace(&mut *soon, later).into_iter().collect()
+    }
+}
+
+/// A credential to revoke in this pass, with the host calls waiting for it.
+struct Work {
+    cred: Credential,
+    reason: String,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+}
+
+async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: Vec<Waiting>) {
+    let kv = core.storage.as_ref();
+    let mut work: BTreeMap<String, Work> = BTreeMap::new();
+
+    for (entry_due, id) in due {
+        let cred = match ledger::load(kv, &id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => {
+                let _ = ledger::remove_due(kv, entry_due, &id).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(cred_id = %id, error = %e, "could not read a ledger record; retrying");
+                core.scheduler
+                    .soon
+                    .lock()
+                    .unwrap()
+                    .insert((now + backoff(1), id));
+                continue;
+            }
+        };
+        if cred.due != entry_due {
+            // Renewed or rescheduled since this entry was written (or an in-memory retry
+            // after a storage failure, which has no stored entry to remove).
+            let _ = ledger::remove_due(kv, entry_due, &id).await;
+        }
+        if cred.due > now || work.contains_key(&id) {
+            continue;
+        }
+        let reason = match cred.state {
+            State::Revoked => {
+                if let Err(e) = ledger::remove(kv, &cred).await {
+                    tracing::warn!(cred_id = %id, error = %e, "could not purge a revoked record");
+                }
+                continue;
+            }
+            State::Intent => "issuance never completed".to_owned(),
+            State::Active => "deadline reached".to_owned(),
+            State::Revoking => cred
+                .revoke_reason
+                .clone()
+                .unwrap_or_else(|| "retry".to_owned()),
+        };
+        work.insert(
+            id,
+            Work {
+                cred,
+                reason,
+                waiters: Vec::new(),
+            },
+        );
+    }
+
+    for req in requests {
+        if let Some(w) = work.get_mut(&req.id) {
+            w.waiters.push(req.done);
+            if req.lease_id.is_some() {
+                w.cred.lease_id = req.lease_id;
+            }
+            continue;
+        }
+        match ledger::load(kv, &req.id).await {
+            Ok(Some(mut cred)) if cred.state != State::Revoked => {
+                if req.lease_id.is_some() {
+                    cred.lease_id = req.lease_id;
+                }
+                work.insert(
+                    req.id,
+                    Work {
+                        cred,
+                        reason: req.reason.to_owned(),
+                        waiters: vec![req.done],
+                    },
+                );
+            }
+            // Already revoked, or never recorded (purged long ago): nothing left to do.
+            Ok(_) => {
+                let _ = req.done.send(Outcome::Revoked);
+            }
+            Err(e) => {
+                let _ = req.done.send(Outcome::Failing(format!(
+                    "could not read the ledger record: {e}"
+                )));
+            }
+        }
+    }
+
+    // One batch per connection and set of revocation settings.
+    let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
+    for (_, w) in work {
+        let key = (
+            w.cred.connection.clone(),
+            Value::Object(w.cred.settings.clone()).to_string(),
+        );
+        groups.entry(key).or_default().push(w);
+    }
+    for ((connection, _), mut group) in groups {
+        while !group.is_empty() {
+            let rest = group.split_off(group.len().min(MAX_BATCH));
+            let batch = std::mem::replace(&mut group, rest);
+            revoke_batch(core, now, &connection, batch).await;
+        }
+    }
+}
+
+async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<Work>) {
+    let settings: Map<String, Value> = batch[0].cred.settings.clone();
+    let names: Vec<String> = batch.iter().map(|w| w.cred.principal.clone()).collect();
+    let results: Vec<Result<(), String>> = match core.target(connection).await {
+        Err(e) => vec![Err(e.to_string()); batch.len()],
+        Ok(target) => {
+            let call = |names: Vec<String>| {
+                let target = target.clone();
+                let settings = settings.clone();
+                async move {
+                    match tokio::time::timeout(REVOKE_TIMEOUT, target.revoke(&names, &settings))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => Err(Error::Unavailable(format!(
+                            "the target did not answer within {}s",
+                            REVOKE_TIMEOUT.as_secs()
+                        ))),
+                    }
+                }
+            };
+            match call(names.clone()).await {
+                Ok(_) => vec![Ok(()); batch.len()],
+                // One bad principal must not hold the others back: try each alone. Not when
+                // the target is unreachable: each attempt would only wait out its own timeout.
+                Err(e) if batch.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+                    tracing::warn!(connection, batch = batch.len(), error = %e,
+                        "batch revocation failed; revoking one by one");
+                    let mut out = Vec::with_capacity(names.len());
+                    for n in names {
+                        out.push(call(vec![n]).await.map(|_| ()).map_err(|e| e.to_string()));
+                    }
+                    out
+                }
+                Err(e) => vec![Err(e.to_string()); batch.len()],
+            }
+        }
+    };
+
+    let mut updates = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    for (w, result) in batch.into_iter().zip(results) {
+        let mut cred = w.cred;
+        let previous_due = cred.due;
+        cred.attempts += 1;
+        cred.last_attempt_at = Some(now);
+        cred.revoke_requested_at.get_or_insert(now);
+        cred.revoke_reason.get_or_insert(w.reason.clone());
+        let outcome = match result {
+            Ok(()) => {
+                cred.state = State::Revoked;
+                cred.revoked_at = Some(now);
+                cred.due = now + RETENTION_SECS;
+                tracing::info!(cred_id = %cred.id, role = %cred.role, principal = %cred.principal,
+                    lease_id = cred.lease_id.as_deref().unwrap_or(""),
+                    entity_id = %cred.requester.entity_id, reason = %w.reason,
+                    attempts = cred.attempts, "credential revoked");
+                Outcome::Revoked
+            }
+            Err(msg) => {
+                cred.state = State::Revoking;
+                cred.due = now + backoff(cred.attempts);
+                cred.last_error = Some(msg.clone());
+                tracing::warn!(cred_id = %cred.id, role = %cred.role, principal = %cred.principal,
+                    attempts = cred.attempts, retry_in_s = cred.due - now, error = %msg,
+                    "revocation failed; will retry");
+                Outcome::Failing(msg)
+            }
+        };
+        replies.push((w.waiters, outcome));
+        updates.push((cred, Some(previous_due)));
+    }
+    let stored = ledger::store_all(core.storage.as_ref(), &updates).await;
+    for ((cred, _), result) in updates.iter().zip(stored) {
+        match result {
+            Ok(()) => core.scheduler.track(cred.due, &cred.id),
+            Err(e) => {
+                // The old index entry still points at the record: it comes round again.
+                tracing::error!(cred_id = %cred.id, error = %e,
+                    "could not record a revocation outcome in the ledger");
+                core.scheduler
+                    .soon
+                    .lock()
+                    .unwrap()
+                    .insert((now + backoff(1), cred.id.clone()));
+            }
+        }
+    }
+    for (waiters, outcome) in replies {
+        for w in waiters {
+            let _ = w.send(outcome.clone());
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! `username_template`: the subset of Go templates that OpenBao's database engine documents, so
+//! that templates written for OpenBao work unchanged.
+//!
+//! Fields: `.RoleName`, `.DisplayName`. Functions: `random N`, `truncate N`, `lowercase`,
+//! `uppercase`, `replace OLD NEW`, `printf FORMAT ARGS…` (`%s`, `%d`, `%%`), `unix_time`,
+//! `unix_time_millis`, `uuid`. Pipes (`x | truncate 8`) pass their value as the last argument,
+//! and parentheses group a pipeline.
+
+use crate::error::Error;
+use crate::host::{now, random_lower, random_string};
+
+/// mayfly's default: a mark, the role, the requester's display name and randomness, cut to
+/// PostgreSQL's 63-byte identifier limit. Lowercase, so the name needs no case care.
+pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | truncate 63 | lowercase }}"#;
+
+/// The prefix of every principal the default template makes: how mayfly's principals are told
+/// apart from everyone else's on a target.
+pub const MARK: &str = "mf-";
+
+pub struct Inputs<'a> {
+    pub role_name: &'a str,
+    pub display_name: &'a str,
+}
+
+/// Renders `template`. Errors name the field `username_template`.
+pub fn render(template: &str, inputs: &Inputs<'_>) -> Result<String, Error> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| bad("an action opened with {{ is never closed with }}"))?;
+        let tokens = tokenize(&after[..end])?;
+        let mut parser = Parser {
+            tokens: &tokens,
+            pos: 0,
+            inputs,
+        };
+        let value = parser.pipeline()?;
+        if parser.pos != tokens.len() {
+            return Err(bad("unexpected text after the end of an action"));
+        }
+        out.push_str(&value.text());
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn bad(msg: impl std::fmt::Display) -> Error {
+    Error::bad_request(format!("field 'username_template': {msg}"))
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Field(String),
+    Ident(String),
+    Str(String),
+    Int(i64),
+    Pipe,
+    Open,
+    Close,
+}
+
+fn tokenize(text: &str) -> Result<Vec<Token>, Error> {
+    let mut tokens = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    while let Some(&(i, c)) = chars.peek() {
+        match c {
+            c if c.is_whitespace() => {
+                chars.next();
+            }
+            '|' => {
+                chars.next();
+                tokens.push(Token::Pipe);
+            }
+            '(' => {
+                chars.next();
+                tokens.push(Token::Open);
+            }
+            ')' => {
+                chars.next();
+                tokens.push(Token::Close);
+            }
+            '"' => {
+                chars.next();
+                let mut s = String::new();
+                loop {
+                    match chars.next() {
+                        Some((_, '"')) => break,
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => s.push('\n'),
+                            Some((_, 't')) => s.push('\t'),
+                            Some((_, c)) => s.push(c),
+                            None => return Err(bad("a string is never closed")),
+                        },
+                        Some((_, c)) => s.push(c),
+                        None => return Err(bad("a string is never closed")),
+                    }
+                }
+                tokens.push(Token::Str(s));
+            }
+            _ => {
+                let mut end = i;
+                while let Some(&(j, c)) = chars.peek() {
+                    if c.is_whitespace() || matches!(c, '|' | '(' | ')' | '"') {
+                        break;
+                    }
+                    end = j + c.len_utf8();
+                    chars.next();
+                }
+                let word = &text[i..end];
+                tokens.push(if let Some(field) = word.strip_prefix('.') {
+                    Token::Field(field.to_owned())
+                } else if let Ok(n) = word.parse::<i64>() {
+                    Token::Int(n)
+                } else {
+                    Token::Ident(word.to_owned())
+                });
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+#[derive(Debug, Clone)]
+enum Val {
+    Str(String),
+    Int(i64),
+}
+
+impl Val {
+    fn text(&self) -> String {
+        match self {
+            Val::Str(s) => s.clone(),
+            Val::Int(i) => i.to_string(),
+        }
+    }
+}
+
+struct Parser<'t, 'i> {
+    tokens: &'t [Token],
+    pos: usize,
+    inputs: &'i Inputs<'i>,
+}
+
+impl Parser<'_, '_> {
+    fn pipeline(&mut self) -> Result<Val, Error> {
+        let mut value = self.command(None)?;
+        while self.tokens.get(self.pos) == Some(&Token::Pipe) {
+            self.pos += 1;
+            value = self.command(Some(value))?;
+        }
+        Ok(value)
+    }
+
+    /// One command: a function call with its arguments (and the piped value last), or a lone
+    /// operand.
+    fn command(&mut self, piped: Option<Val>) -> Result<Val, Error> {
+        let Some(first) = self.tokens.get(self.pos).cloned() else {
+            return Err(bad("an action or pipe stage is empty"));
+        };
+        if let Token::Ident(name) = first {
+            self.pos += 1;
+            let mut args = Vec::new();
+            while let Some(t) = self.tokens.get(self.pos) {
+                if matches!(t, Token::Pipe | Token::Close) {
+                    break;
+                }
+                args.push(self.operand()?);
+            }
+            args.extend(piped);
+            return call(&name, args);
+        }
+        let value = self.operand()?;
+        if piped.is_some() {
+            return Err(bad("only a function can follow '|'"));
+        }
+        Ok(value)
+    }
+
+    fn operand(&mut self) -> Result<Val, Error> {
+        let token = self.tokens.get(self.pos).cloned();
+        self.pos += 1;
+        match token {
+            Some(Token::Str(s)) => Ok(Val::Str(s)),
+            Some(Token::Int(n)) => Ok(Val::Int(n)),
+            Some(Token::Field(f)) => match f.as_str() {
+                "RoleName" => Ok(Val::Str(self.inputs.role_name.to_owned())),
+                "DisplayName" => Ok(Val::Str(self.inputs.display_name.to_owned())),
+                other => Err(bad(format!(
+                    "unknown field '.{other}'; known fields: .RoleName, .DisplayName"
+                ))),
+            },
+            Some(Token::Ident(name)) => call(&name, Vec::new()),
+            Some(Token::Open) => {
+                let value = self.pipeline()?;
+                if self.tokens.get(self.pos) != Some(&Token::Close) {
+                    return Err(bad("a '(' is never closed"));
+                }
+                self.pos += 1;
+                Ok(value)
+            }
+            Some(Token::Pipe) | Some(Token::Close) | None => {
+                Err(bad("expected a value, a field or a function"))
+            }
+        }
+    }
+}
+
+fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
+    let int = |v: &Val| match v {
+        Val::Int(i) if *i >= 0 => Ok(*i as usize),
+        _ => Err(bad(format!("{name}: expected a non-negative integer"))),
+    };
+    let arity = |n: usize| {
+        if args.len() == n {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "{name} takes {n} argument(s), got {}",
+                args.len()
+            )))
+        }
+    };
+    match name {
+        "random" => {
+            arity(1)?;
+            let n = int(&args[0])?;
+            if n > 128 {
+                return Err(bad("random: at most 128 characters"));
+            }
+            Ok(Val::Str(random_string(n)))
+        }
+        "truncate" => {
+            arity(2)?;
+            let n = int(&args[0])?;
+            Ok(Val::Str(args[1].text().chars().take(n).collect()))
+        }
+        "lowercase" => {
+            arity(1)?;
+            Ok(Val::Str(args[0].text().to_lowercase()))
+        }
+        "uppercase" => {
+            arity(1)?;
+            Ok(Val::Str(args[0].text().to_uppercase()))
+        }
+        "replace" => {
+            arity(3)?;
+            Ok(Val::Str(
+                args[2].text().replace(&args[0].text(), &args[1].text()),
+            ))
+        }
+        "unix_time" => {
+            arity(0)?;
+            Ok(Val::Int(now() as i64))
+        }
+        "unix_time_millis" => {
+            arity(0)?;
+            let ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            Ok(Val::Int(ms))
+        }
+        "uuid" => {
+            arity(0)?;
+            let h = random_lower(32)
+                .chars()
+                .map(|c| if c.is_ascii_digit() { c } else { hex_of(c) })
+                .collect::<String>();
+            Ok(Val::Str(format!(
+                "{}-{}-4{}-a{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[13..16],
+                &h[17..20],
+                &h[20..32]
+            )))
+        }
+        "printf" => {
+            let Some((format, rest)) = args.split_first() else {
+                return Err(bad("printf needs a format"));
+            };
+            printf(&format.text(), rest).map(Val::Str)
+        }
+        other => Err(bad(format!(
+            "unknown function '{other}'; known functions: random, truncate, lowercase, \
+             uppercase, replace, printf, unix_time, unix_time_millis, uuid"
+        ))),
+    }
+}
+
+/// Maps a random lowercase letter onto a hex digit, for `uuid`.
+fn hex_of(c: char) -> char {
+    b"0123456789abcdef"[(c as usize) % 16] as char
+}
+
+fn printf(format: &str, args: &[Val]) -> Result<String, Error> {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('s') | Some('d') | Some('v') => {
+                let arg = args
+                    .next()
+                    .ok_or_else(|| bad("printf: more verbs than arguments"))?;
+                out.push_str(&arg.text());
+            }
+            other => {
+                return Err(bad(format!(
+                    "printf: unsupported verb %{}; use %s, %d or %%",
+                    other.map(String::from).unwrap_or_default()
+                )));
+            }
+        }
+    }
+    if args.next().is_some() {
+        return Err(bad("printf: more arguments than verbs"));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IN: Inputs = Inputs {
+        role_name: "Reader-Role-With-A-Long-Name",
+        display_name: "token-abc",
+    };
+
+    #[test]
+    fn default_template_is_marked_short_and_lowercase() {
+        let name = render(DEFAULT_USERNAME_TEMPLATE, &IN).unwrap();
+        assert!(name.starts_with("mf-reader-role-with-token-ab-"), "{name}");
+        assert!(name.len() <= 63 && name == name.to_lowercase(), "{name}");
+        assert_ne!(name, render(DEFAULT_USERNAME_TEMPLATE, &IN).unwrap());
+    }
+
+    #[test]
+    fn openbao_documented_template_works_unchanged() {
+        let t = r#"{{ printf "v-%s-%s-%s-%s" (.DisplayName | truncate 8) (.RoleName | truncate 8) (random 20) (unix_time) | truncate 63 }}"#;
+        let name = render(t, &IN).unwrap();
+        assert!(name.starts_with("v-token-ab-Reader-R-"), "{name}");
+        assert_eq!(name.len(), "v-token-ab-Reader-R-".len() + 20 + 1 + 10);
+        let t = r#"app_{{.RoleName | lowercase | replace "-" "_"}}_{{random 4}}"#;
+        assert!(
+            render(t, &IN)
+                .unwrap()
+                .starts_with("app_reader_role_with_a_long_name_")
+        );
+    }
+
+    #[test]
+    fn bad_templates_name_the_field() {
+        for t in [
+            "{{.Nope}}",
+            "{{ random }}",
+            "{{ frobnicate 3 }}",
+            "{{ .RoleName",
+            "{{ printf \"%q\" .RoleName }}",
+            "{{ (random 3 }}",
+        ] {
+            let e = render(t, &IN).unwrap_err();
+            assert!(
+                e.to_string().starts_with("field 'username_template'"),
+                "{t}: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! A fake target kind for the core's own tests: principals live in a set in memory, and the
+//! target can be switched to fail, as a database that went down would.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::backend::{Backend, NewPrincipal, Revoked, Target};
+use crate::connections::ConnectionConfig;
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, FieldValue};
+
+#[derive(Default)]
+pub struct FakeTarget {
+    pub principals: Mutex<BTreeSet<String>>,
+    pub down: AtomicBool,
+    /// Revoke calls made, and the largest batch seen.
+    pub revoke_calls: AtomicUsize,
+    pub largest_batch: AtomicUsize,
+}
+
+impl FakeTarget {
+    fn check(&self) -> Result<(), Error> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(Error::Unavailable("fake target is down".into()))
+        } else {
+            Ok(())
+        }
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.principals.lock().unwrap().contains(name)
+    }
+    pub fn count(&self) -> usize {
+        self.principals.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl Target for FakeTarget {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+        self.check()?;
+        self.principals.lock().unwrap().insert(p.name.to_owned());
+        Ok(())
+    }
+    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+        self.check()?;
+        if self.has(name) {
+            Ok(())
+        } else {
+            Err(Error::Target(format!("{name} is gone")))
+        }
+    }
+    async fn revoke(&self, names: &[String], _: &Map<String, Value>) -> Result<Revoked, Error> {
+        self.check()?;
+        self.revoke_calls.fetch_add(1, Ordering::SeqCst);
+        self.largest_batch.fetch_max(names.len(), Ordering::SeqCst);
+        let mut set = self.principals.lock().unwrap();
+        let mut r = Revoked::default();
+        for n in names {
+            if set.remove(n) {
+                r.removed += 1;
+            } else {
+                r.already_gone += 1;
+            }
+        }
+        Ok(r)
+    }
+    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+        self.check()?;
+        let set = self.principals.lock().unwrap();
+        Ok(set
+            .iter()
+            .filter(|n| n.starts_with(mark))
+            .cloned()
+            .collect())
+    }
+    async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {
+        self.check()
+    }
+}
+
+/// The fake kind; every connection of it shares one [`FakeTarget`].
+#[derive(Default)]
+pub struct Fake {
+    pub target: Arc<FakeTarget>,
+}
+
+#[async_trait]
+impl Backend for Fake {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+    fn aliases(&self) -> &'static [&'static str] {
+        &["fake-database-plugin"]
+    }
+    fn connection_fields(&self) -> Vec<FieldDef> {
+        vec![
+            FieldDef::new("url", FieldType::String, "where").required(),
+            FieldDef::new("password", FieldType::String, "secret").secret(),
+            FieldDef::new("pool", FieldType::Int, "size").default(FieldValue::Int(4)),
+        ]
+    }
+    fn validate_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
+        match c.setting_str("url") {
+            Some(u) if u.starts_with("fake://") => Ok(()),
+            _ => Err(Error::bad_request("field 'url': expected fake://…")),
+        }
+    }
+    async fn verify_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
+        if c.setting_str("url") == Some("fake://down") {
+            return Err(Error::bad_request(format!(
+                "cannot connect: {}",
+                crate::redact::redact(
+                    "auth failed for hunter2",
+                    &[c.secret("password").unwrap_or("")]
+                )
+            )));
+        }
+        Ok(())
+    }
+    async fn connect(&self, _: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
+        Ok(self.target.clone())
+    }
+    fn role_fields(&self) -> Vec<FieldDef> {
+        vec![FieldDef::new(
+            "creation_statements",
+            FieldType::Statements,
+            "what to run",
+        )]
+    }
+    fn validate_role(&self, _: &Map<String, Value>, _: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    fn validate_principal(&self, name: &str) -> Result<(), Error> {
+        if name.contains('"') {
+            Err(Error::bad_request(format!(
+                "name {name:?} contains a double quote"
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
