@@ -41,9 +41,10 @@ pub fn fields() -> Vec<FieldDef> {
 pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
     let fields = Fields::parse(&fields(), &req.data)?;
-    let role = roles::load(kv, role_name)
-        .await?
-        .ok_or_else(|| Error::bad_request(format!("unknown role '{role_name}'")))?;
+    // Independent round trips to the host, made together.
+    let (role, mount_max) = tokio::join!(roles::load(kv, role_name), core.host.max_lease_ttl());
+    let role = role?.ok_or_else(|| Error::bad_request(format!("unknown role '{role_name}'")))?;
+    let mount_max = mount_max?.as_secs();
     let (config, backend) = roles::connection(kv, &core.backends, &role.db_name).await?;
     if !config
         .allowed_roles
@@ -57,11 +58,11 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     }
 
     let mut warnings = Vec::new();
-    let mount_max = core.host.max_lease_ttl().await?.as_secs();
     let max_ttl = match role.max_ttl {
         0 => mount_max,
         m => m.min(mount_max),
     };
+    // Asked only when needed: each question is a round trip to the host.
     let mut ttl = match (fields.duration("ttl"), role.default_ttl) {
         (Some(t), _) if t > 0 => t,
         (_, 0) => core.host.default_lease_ttl().await?.as_secs(),
@@ -124,7 +125,7 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     core.crash_point("after_intent");
 
     let created = async {
-        let target = core.target(&role.db_name).await?;
+        let target = core.target_for(&role.db_name, &config).await?;
         let new = crate::backend::NewPrincipal {
             name: &principal,
             password: &password,
@@ -155,11 +156,10 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     }
     core.crash_point("after_create");
 
-    let previous = cred.due;
+    // One write: the record stays indexed at its intent's due time, where the scheduler finds
+    // it active and moves it to its deadline, off the request path.
     cred.state = State::Active;
-    cred.due = deadline;
-    ledger::store(kv, &cred, Some(previous)).await?;
-    core.scheduler.track(cred.due, &cred.id);
+    ledger::store(kv, &cred, Some(cred.due)).await?;
     core.crash_point("before_reply");
     tracing::info!(cred_id = %cred.id, role = role_name, connection = %role.db_name,
         principal = %principal, ttl_s = ttl, entity_id = %req.requester.entity_id,

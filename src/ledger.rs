@@ -166,7 +166,8 @@ pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Credential>, StorageEr
     storage::get_json(kv, &record_key(id)).await
 }
 
-/// Writes `cred` and indexes it at `cred.due`, removing its index entry at `previous_due`.
+/// Writes `cred` and indexes it at `cred.due` (unless it already is: `previous_due` says where
+/// its index entry is now), removing its index entry at `previous_due`.
 /// The new index entry is written first, so a crash between the writes leaves the record
 /// reachable by the scheduler (a stale entry is harmless: the scheduler drops it).
 pub async fn store(
@@ -174,7 +175,9 @@ pub async fn store(
     cred: &Credential,
     previous_due: Option<u64>,
 ) -> Result<(), StorageError> {
-    kv.put(&due_key(cred.due, &cred.id), Vec::new()).await?;
+    if previous_due != Some(cred.due) {
+        kv.put(&due_key(cred.due, &cred.id), Vec::new()).await?;
+    }
     storage::put_json(kv, &record_key(&cred.id), cred).await?;
     if let Some(old) = previous_due.filter(|old| *old != cred.due) {
         kv.delete(&due_key(old, &cred.id)).await?;

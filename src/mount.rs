@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backends, Target};
-use crate::connections;
+use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::host::Host;
 use crate::scheduler::Scheduler;
@@ -37,6 +37,15 @@ impl MountCore {
         let config = connections::load(self.storage.as_ref(), name)
             .await?
             .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
+        self.target_for(name, &config).await
+    }
+
+    /// As [`MountCore::target`], for a configuration the caller has just loaded.
+    pub async fn target_for(
+        &self,
+        name: &str,
+        config: &ConnectionConfig,
+    ) -> Result<Arc<dyn Target>, Error> {
         let fingerprint = config.fingerprint();
         if let Some((f, t)) = self.targets.map.lock().unwrap().get(name)
             && *f == fingerprint
@@ -49,7 +58,7 @@ impl MountCore {
                 config.plugin_name
             ))
         })?;
-        let target = backend.connect(&config).await?;
+        let target = backend.connect(config).await?;
         self.targets
             .map
             .lock()

@@ -204,6 +204,23 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
         if cred.due > now || work.contains_key(&id) {
             continue;
         }
+        if cred.state == State::Active && cred.deadline > now {
+            // Indexed at its intent's due time; from now on it waits for its deadline.
+            let mut moved = cred.clone();
+            moved.due = cred.deadline;
+            match ledger::store(kv, &moved, Some(cred.due)).await {
+                Ok(()) => core.scheduler.track(moved.due, &id),
+                Err(e) => {
+                    tracing::warn!(cred_id = %id, error = %e, "could not reschedule a record");
+                    core.scheduler
+                        .soon
+                        .lock()
+                        .unwrap()
+                        .insert((now + backoff(1), id));
+                }
+            }
+            continue;
+        }
         let reason = match cred.state {
             State::Revoked => {
                 if let Err(e) = ledger::remove(kv, &cred).await {

@@ -84,7 +84,9 @@ fn issue_login_renew_revoke_ends_sessions_and_leaks_no_secret() {
         json!({"db_name": "db", "default_ttl": 60, "max_ttl": "1h",
                "creation_statements": [
                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-                   "GRANT app_readers TO \"{{name}}\";"]}),
+                   "GRANT app_readers TO \"{{name}}\";",
+                   // Slower than sqlx's 1 s slow-statement alert, which would log the SQL.
+                   "SELECT pg_sleep(1.2);"]}),
     );
     let issued_at = now();
     let cred = issue(&bao, "mayfly/creds/app");

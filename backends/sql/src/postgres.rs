@@ -564,8 +564,10 @@ pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Er
             .ssl_client_cert_from_pem(cert.as_bytes())
             .ssl_client_key_from_pem(key.as_bytes());
     }
-    // Statements carry passwords: sqlx must never log them.
+    // Statements carry passwords: sqlx must never log them, slow ones included (it logs
+    // those at warn by default, statement text and all).
     Ok(options
         .application_name("mayfly")
-        .log_statements(tracing::log::LevelFilter::Off))
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::ZERO))
 }
