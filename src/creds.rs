@@ -15,7 +15,6 @@ use crate::host::{default_password, now, random_lower};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{LeaseGrant, Request, Response};
-use crate::roles;
 use crate::scheduler::Outcome;
 use crate::template;
 
@@ -42,10 +41,21 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     let kv = core.storage.as_ref();
     let fields = Fields::parse(&fields(), &req.data)?;
     // Independent round trips to the host, made together.
-    let (role, mount_max) = tokio::join!(roles::load(kv, role_name), core.host.max_lease_ttl());
+    let (role, mount_max) = tokio::join!(core.role(role_name), core.max_lease_ttl());
     let role = role?.ok_or_else(|| Error::bad_request(format!("unknown role '{role_name}'")))?;
     let mount_max = mount_max?.as_secs();
-    let (config, backend) = roles::connection(kv, &core.backends, &role.db_name).await?;
+    let config = core.connection(&role.db_name).await?.ok_or_else(|| {
+        Error::bad_request(format!(
+            "role '{role_name}' uses connection '{}', which does not exist",
+            role.db_name
+        ))
+    })?;
+    let backend = core.backends.find(&config.plugin_name).ok_or_else(|| {
+        Error::Internal(format!(
+            "connection '{}' is of kind '{}', which this build does not know",
+            role.db_name, config.plugin_name
+        ))
+    })?;
     if !config
         .allowed_roles
         .iter()
@@ -483,6 +493,15 @@ mod tests {
         assert!(resp.warnings[0].contains("capped"), "{:?}", resp.warnings);
         let resp = issue(&s, json!({})).await;
         assert_eq!(resp.lease.unwrap().ttl, 3600);
+        // Roles are cached; a write through the engine takes effect at once.
+        s.engine
+            .handle(
+                Request::new(Operation::Update, "roles/app")
+                    .with_data(json!({"default_ttl": "10m"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(issue(&s, json!({})).await.lease.unwrap().ttl, 600);
         let err = s
             .engine
             .handle(
@@ -509,7 +528,7 @@ mod tests {
         assert_eq!(err.status(), 400, "{err}");
         assert_eq!(
             s.fake.target.count(),
-            2,
+            3,
             "the refused request created nothing"
         );
     }

@@ -61,6 +61,7 @@ impl Engine {
                 targets: Targets::default(),
                 scheduler: Scheduler::default(),
                 crash_hook,
+                cache: Default::default(),
             }),
             router,
             version: version.into(),
@@ -114,6 +115,29 @@ impl Engine {
         if !m.def.operations.contains(&op) {
             return Err(Error::UnsupportedOperation);
         }
+        if matches!(m.def.route, Route::Config | Route::Role)
+            && matches!(op, Operation::Update | Operation::Delete)
+        {
+            // Before and after: a request racing this write cannot leave a stale entry behind.
+            self.core.invalidate();
+            let result = self.route(&m, op, &req).await;
+            self.core.invalidate();
+            return result;
+        }
+        self.route(&m, op, &req).await
+    }
+
+    /// Storage changed behind the engine's back (the host's InvalidateKey).
+    pub fn invalidate(&self) {
+        self.core.invalidate();
+    }
+
+    async fn route(
+        &self,
+        m: &crate::router::Matched<'_>,
+        op: Operation,
+        req: &Request,
+    ) -> Result<Response, Error> {
         let kv = self.core.storage.as_ref();
         let backends = &self.core.backends;
         match (m.def.route, op) {
@@ -155,9 +179,9 @@ impl Engine {
                 Ok(Response::empty())
             }
             (Route::Creds, Operation::Read | Operation::Update) => {
-                creds::issue(&self.core, m.param("role"), &req).await
+                creds::issue(&self.core, m.param("role"), req).await
             }
-            (Route::LeaseList, Operation::List) => creds::list_leases(&self.core, &req).await,
+            (Route::LeaseList, Operation::List) => creds::list_leases(&self.core, req).await,
             (Route::Lease, Operation::Read) => creds::read_lease(&self.core, m.param("id")).await,
             _ => Err(Error::UnsupportedOperation),
         }

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::backend::{Backends, Target};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::host::Host;
+use crate::roles::{self, Role};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
 
@@ -22,7 +24,22 @@ pub struct MountCore {
     pub targets: Targets,
     pub scheduler: Scheduler,
     pub crash_hook: Option<CrashHook>,
+    pub cache: Cache,
 }
+
+/// Roles and connections as last read, and the mount's maximum TTL, so that issuance does not
+/// ask the host for them on every request. Every write to `config/` or `roles/` through this
+/// mount, and every InvalidateKey from the host, empties it.
+#[derive(Default)]
+pub struct Cache {
+    roles: Mutex<HashMap<String, Role>>,
+    connections: Mutex<HashMap<String, ConnectionConfig>>,
+    max_ttl: Mutex<Option<(Instant, Duration)>>,
+}
+
+/// How long the mount's maximum TTL is reused. `secrets tune` takes effect within this; the
+/// host caps its own lease at once, and its revoke reaches mayfly at that earlier time.
+const MAX_TTL_REUSE: Duration = Duration::from_secs(5);
 
 impl MountCore {
     pub fn crash_point(&self, point: &'static str) {
@@ -31,10 +48,58 @@ impl MountCore {
         }
     }
 
+    pub fn invalidate(&self) {
+        self.cache.roles.lock().unwrap().clear();
+        self.cache.connections.lock().unwrap().clear();
+        *self.cache.max_ttl.lock().unwrap() = None;
+    }
+
+    pub async fn role(&self, name: &str) -> Result<Option<Role>, Error> {
+        if let Some(r) = self.cache.roles.lock().unwrap().get(name) {
+            return Ok(Some(r.clone()));
+        }
+        let role = roles::load(self.storage.as_ref(), name).await?;
+        if let Some(r) = &role {
+            self.cache
+                .roles
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), r.clone());
+        }
+        Ok(role)
+    }
+
+    pub async fn connection(&self, name: &str) -> Result<Option<ConnectionConfig>, Error> {
+        if let Some(c) = self.cache.connections.lock().unwrap().get(name) {
+            return Ok(Some(c.clone()));
+        }
+        let config = connections::load(self.storage.as_ref(), name).await?;
+        if let Some(c) = &config {
+            self.cache
+                .connections
+                .lock()
+                .unwrap()
+                .insert(name.to_owned(), c.clone());
+        }
+        Ok(config)
+    }
+
+    pub async fn max_lease_ttl(&self) -> Result<Duration, Error> {
+        if let Some((at, ttl)) = *self.cache.max_ttl.lock().unwrap()
+            && at.elapsed() < MAX_TTL_REUSE
+        {
+            return Ok(ttl);
+        }
+        let ttl = self.host.max_lease_ttl().await?;
+        *self.cache.max_ttl.lock().unwrap() = Some((Instant::now(), ttl));
+        Ok(ttl)
+    }
+
     /// The live handle on connection `name`, connecting (or reconnecting after a
     /// configuration change) as needed.
     pub async fn target(&self, name: &str) -> Result<Arc<dyn Target>, Error> {
-        let config = connections::load(self.storage.as_ref(), name)
+        let config = self
+            .connection(name)
             .await?
             .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
         self.target_for(name, &config).await

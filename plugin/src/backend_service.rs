@@ -189,9 +189,12 @@ impl pb::backend_server::Backend for BackendService {
 
     async fn invalidate_key(
         &self,
-        _request: Request<pb::InvalidateKeyArgs>,
+        request: Request<pb::InvalidateKeyArgs>,
     ) -> Result<Response<pb::Empty>, Status> {
-        // mayfly caches nothing from storage yet.
+        // Roles and connections are cached: any change the host reports empties the cache.
+        if let Ok(mount) = self.mount(&request) {
+            mount.engine.invalidate();
+        }
         Ok(Response::new(pb::Empty {}))
     }
 
