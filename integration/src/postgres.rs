@@ -9,6 +9,8 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// With TLS on: the PEM of the CA that signed the server's certificate.
+    pub tls_ca: Option<String>,
 }
 
 /// The superuser of the private cluster and its password.
@@ -41,6 +43,15 @@ fn as_postgres(cmd: &[&str]) -> std::process::Output {
 
 impl PrivatePostgres {
     pub fn start() -> PrivatePostgres {
+        Self::start_with(false)
+    }
+
+    /// A cluster that also takes TLS, with a certificate for 127.0.0.1 from a fresh CA.
+    pub fn start_tls() -> PrivatePostgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> PrivatePostgres {
         let dir = crate::scratch_dir("pg");
         let data = dir.join("data");
         let pwfile = dir.join("pw");
@@ -69,8 +80,14 @@ impl PrivatePostgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let tls_ca = tls.then(|| make_certificates(&dir));
         let port = crate::free_port();
-        let pg = PrivatePostgres { port, dir, bin };
+        let pg = PrivatePostgres {
+            port,
+            dir,
+            bin,
+            tls_ca,
+        };
         pg.resume();
         pg
     }
@@ -79,10 +96,16 @@ impl PrivatePostgres {
     pub fn resume(&self) {
         let (port, dir, bin) = (self.port, &self.dir, &self.bin);
         let data = dir.join("data");
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off -c max_connections=200",
             dir.display()
         );
+        if self.tls_ca.is_some() {
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.pem -c ssl_key_file={0}/server.key",
+                dir.display()
+            ));
+        }
         let pg_ctl = bin.join("pg_ctl");
         let log = dir.join("pg.log");
         let out = as_postgres(&[
@@ -192,6 +215,93 @@ impl PrivatePostgres {
             self.port
         )
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir` (readable by the
+/// `postgres` user, the key only by it); returns the CA's PEM.
+pub fn make_certificates(dir: &std::path::Path) -> String {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            "/CN=mayfly test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    for (file, mode) in [("server.key", "600"), ("server.pem", "644")] {
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.join(file))
+            .status()
+            .unwrap();
+        Command::new("chmod")
+            .arg(mode)
+            .arg(dir.join(file))
+            .status()
+            .unwrap();
+    }
+    std::fs::read_to_string(dir.join("ca.pem")).unwrap()
 }
 
 impl Drop for PrivatePostgres {

@@ -420,3 +420,38 @@ fn an_outage_longer_than_the_host_retry_window_loses_no_revocation() {
     let (_, count) = bao.get("sys/leases/count?type=irrevocable");
     assert_eq!(count["data"]["lease_count"], 0);
 }
+
+#[test]
+fn tls_ca_makes_mayfly_verify_the_server_and_encrypt() {
+    let pg = PrivatePostgres::start_tls();
+    let bao = Bao::with_mayfly();
+    let stranger_dir = mayfly_integration::scratch_dir("ca");
+    let stranger = mayfly_integration::postgres::make_certificates(&stranger_dir);
+    let config = |ca: &str| {
+        json!({"plugin_name": "postgres", "connection_url": pg.template_url(),
+               "username": SUPERUSER, "password": SUPERUSER_PASSWORD,
+               "allowed_roles": "*", "tls_ca": ca})
+    };
+    let (status, body) = bao.put("mayfly/config/db", config(&stranger));
+    assert_eq!(
+        status, 400,
+        "a server signed by another CA was accepted: {body}"
+    );
+    assert!(body.to_string().contains("cannot connect"), "{body}");
+    let (status, body) = bao.put("mayfly/config/db", config(pg.tls_ca.as_ref().unwrap()));
+    assert_eq!(status, 204, "{body}");
+    pg.admin("CREATE ROLE app_readers NOLOGIN");
+    let (status, body) = bao.put(
+        "mayfly/roles/app",
+        json!({"db_name": "db", "member_of": "app_readers"}),
+    );
+    assert!(status < 300, "{body}");
+    let cred = issue(&bao, "mayfly/creds/app");
+    pg.psql_as(&cred.user, &cred.password, "SELECT 1").unwrap();
+    let encrypted = pg.admin(
+        "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'mayfly'",
+    );
+    assert_eq!(encrypted, "t", "mayfly's connections are not encrypted");
+    let _ = std::fs::remove_dir_all(stranger_dir);
+}
