@@ -115,6 +115,21 @@ impl Backends {
             .find(|b| b.kind() == name || b.aliases().contains(&name))
     }
 
+    /// The backend of stored connection `name`. A kind this build does not know (a connection
+    /// written by another build) is an internal error.
+    pub fn for_connection(
+        &self,
+        name: &str,
+        config: &ConnectionConfig,
+    ) -> Result<&Arc<dyn Backend>, Error> {
+        self.find(&config.plugin_name).ok_or_else(|| {
+            Error::Internal(format!(
+                "connection '{name}' is of kind '{}', which this build does not know",
+                config.plugin_name
+            ))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
         self.list.iter()
     }

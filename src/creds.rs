@@ -50,12 +50,7 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
             role.db_name
         ))
     })?;
-    let backend = core.backends.find(&config.plugin_name).ok_or_else(|| {
-        Error::Internal(format!(
-            "connection '{}' is of kind '{}', which this build does not know",
-            role.db_name, config.plugin_name
-        ))
-    })?;
+    let backend = core.backends.for_connection(&role.db_name, &config)?;
     if !config
         .allowed_roles
         .iter()

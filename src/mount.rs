@@ -117,12 +117,7 @@ impl MountCore {
         {
             return Ok(t.clone());
         }
-        let backend = self.backends.find(&config.plugin_name).ok_or_else(|| {
-            Error::Internal(format!(
-                "connection '{name}' is of kind '{}', which this build does not know",
-                config.plugin_name
-            ))
-        })?;
+        let backend = self.backends.for_connection(name, config)?;
         let target = backend.connect(config).await?;
         self.targets
             .map

@@ -127,12 +127,7 @@ pub async fn connection<'b>(
             "field 'db_name': no connection named '{db_name}' (configure config/{db_name} first)"
         ))
     })?;
-    let backend = backends.find(&config.plugin_name).ok_or_else(|| {
-        Error::Internal(format!(
-            "connection '{db_name}' is of kind '{}', which this build does not know",
-            config.plugin_name
-        ))
-    })?;
+    let backend = backends.for_connection(db_name, &config)?;
     Ok((config, backend.as_ref()))
 }
 

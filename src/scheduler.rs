@@ -161,6 +161,12 @@ impl Scheduler {
         result
     }
 
+    /// Looks at `id` again shortly, after its record could not be read or written. Such an
+    /// entry has no stored twin; when it comes up, the record's own due time decides.
+    fn look_again(&self, now: u64, id: String) {
+        self.soon.lock().unwrap().insert((now + backoff(1), id));
+    }
+
     fn take_due(&self, now: u64) -> Vec<(u64, String)> {
         let mut soon = self.soon.lock().unwrap();
         let later = soon.split_off(&(now + 1, String::new()));
@@ -188,11 +194,7 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
             }
             Err(e) => {
                 tracing::warn!(cred_id = %id, error = %e, "could not read a ledger record; retrying");
-                core.scheduler
-                    .soon
-                    .lock()
-                    .unwrap()
-                    .insert((now + backoff(1), id));
+                core.scheduler.look_again(now, id);
                 continue;
             }
         };
@@ -212,11 +214,7 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
                 Ok(()) => core.scheduler.track(moved.due, &id),
                 Err(e) => {
                     tracing::warn!(cred_id = %id, error = %e, "could not reschedule a record");
-                    core.scheduler
-                        .soon
-                        .lock()
-                        .unwrap()
-                        .insert((now + backoff(1), id));
+                    core.scheduler.look_again(now, id);
                 }
             }
             continue;
@@ -377,11 +375,7 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 // The old index entry still points at the record: it comes round again.
                 tracing::error!(cred_id = %cred.id, error = %e,
                     "could not record a revocation outcome in the ledger");
-                core.scheduler
-                    .soon
-                    .lock()
-                    .unwrap()
-                    .insert((now + backoff(1), cred.id.clone()));
+                core.scheduler.look_again(now, cred.id.clone());
             }
         }
     }
