@@ -58,22 +58,25 @@ pub fn default_password() -> SecretString {
     SecretString::from(random_string(32))
 }
 
-/// `len` random letters and digits from a CSPRNG (`rand`'s thread generator is ChaCha-based and
-/// seeded by the OS).
+/// `len` random letters and digits.
 pub fn random_string(len: usize) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+    random_from(
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789",
+        len,
+    )
 }
 
 /// `len` random lowercase letters and digits: for ids and names that must survive case folding.
 pub fn random_lower(len: usize) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    random_from(b"abcdefghijklmnopqrstuvwxyz0123456789", len)
+}
+
+/// `len` characters of `alphabet` from a CSPRNG (`rand`'s thread generator is ChaCha-based and
+/// seeded by the OS).
+fn random_from(alphabet: &[u8], len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .map(|_| alphabet[rng.random_range(0..alphabet.len())] as char)
         .collect()
 }
 
