@@ -1,5 +1,7 @@
 //! The engine's request and response, independent of the host protocol.
 
+use std::fmt;
+
 use serde_json::{Map, Value};
 
 /// What the caller asks the engine to do. `Create` and `Update` are the same to mayfly: the host
@@ -77,7 +79,9 @@ pub struct Requester {
     pub remote_addr: String,
 }
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the names in `data`, never the values: a config write carries the target's
+/// password, and a renew or revoke the issued one.
+#[derive(Clone)]
 pub struct Request {
     pub operation: Operation,
     /// Relative to the mount, e.g. `config/main`; list requests end in `/`.
@@ -134,12 +138,41 @@ impl Request {
 }
 
 /// What the engine answers. `data: None` on a read means "not found" (the host answers 404);
-/// on a write it means "no content" (204).
-#[derive(Debug, Clone, Default, PartialEq)]
+/// on a write it means "no content" (204). `Debug` shows the names in `data`, never the values
+/// (an issued credential's password is one).
+#[derive(Clone, Default, PartialEq)]
 pub struct Response {
     pub data: Option<Map<String, Value>>,
     pub warnings: Vec<String>,
     pub lease: Option<LeaseGrant>,
+}
+
+/// The keys of a data map, for `Debug` output that must not show values.
+fn keys(data: &Map<String, Value>) -> Vec<&str> {
+    data.keys().map(String::as_str).collect()
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("operation", &self.operation)
+            .field("path", &self.path)
+            .field("data_keys", &keys(&self.data))
+            .field("body_len", &self.body_len)
+            .field("requester", &self.requester)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Response {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("data_keys", &self.data.as_ref().map(keys))
+            .field("warnings", &self.warnings)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 impl Response {
@@ -163,5 +196,24 @@ impl Response {
             Value::Array(keys.into_iter().map(Value::String).collect()),
         );
         Response::data(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn debug_never_shows_data_values() {
+        let req = Request::new(Operation::Update, "config/db")
+            .with_data(json!({"password": "hunter2", "url": "x"}));
+        let resp = Response::data(req.data.clone());
+        for text in [format!("{req:?}"), format!("{resp:?}")] {
+            assert!(
+                !text.contains("hunter2") && text.contains("password"),
+                "{text}"
+            );
+        }
     }
 }
