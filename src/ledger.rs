@@ -240,13 +240,21 @@ pub async fn ids(kv: &dyn Kv) -> Result<Vec<String>, StorageError> {
 /// Loads many records at once, in parallel; missing ones are skipped.
 pub async fn load_all(kv: &dyn Kv, ids: &[String]) -> Result<Vec<Credential>, StorageError> {
     let mut out = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(PARALLEL) {
-        let reads: Vec<_> = chunk.iter().map(|id| load(kv, id)).collect();
-        for r in join_all(reads).await {
-            if let Some(c) = r? {
-                out.push(c);
-            }
-        }
+    for r in load_each(kv, ids).await {
+        out.extend(r?);
     }
     Ok(out)
+}
+
+/// Loads many records at once, in parallel, with each one's own outcome, in the order of `ids`.
+pub async fn load_each(
+    kv: &dyn Kv,
+    ids: &[String],
+) -> Vec<Result<Option<Credential>, StorageError>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(PARALLEL) {
+        let reads: Vec<_> = chunk.iter().map(|id| load(kv, id)).collect();
+        out.extend(join_all(reads).await);
+    }
+    out
 }

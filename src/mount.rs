@@ -55,33 +55,17 @@ impl MountCore {
     }
 
     pub async fn role(&self, name: &str) -> Result<Option<Role>, Error> {
-        if let Some(r) = self.cache.roles.lock().unwrap().get(name) {
-            return Ok(Some(r.clone()));
-        }
-        let role = roles::load(self.storage.as_ref(), name).await?;
-        if let Some(r) = &role {
-            self.cache
-                .roles
-                .lock()
-                .unwrap()
-                .insert(name.to_owned(), r.clone());
-        }
-        Ok(role)
+        cached(
+            &self.cache.roles,
+            name,
+            roles::load(self.storage.as_ref(), name),
+        )
+        .await
     }
 
     pub async fn connection(&self, name: &str) -> Result<Option<ConnectionConfig>, Error> {
-        if let Some(c) = self.cache.connections.lock().unwrap().get(name) {
-            return Ok(Some(c.clone()));
-        }
-        let config = connections::load(self.storage.as_ref(), name).await?;
-        if let Some(c) = &config {
-            self.cache
-                .connections
-                .lock()
-                .unwrap()
-                .insert(name.to_owned(), c.clone());
-        }
-        Ok(config)
+        let load = async { Ok(connections::load(self.storage.as_ref(), name).await?) };
+        cached(&self.cache.connections, name, load).await
     }
 
     pub async fn max_lease_ttl(&self) -> Result<Duration, Error> {
@@ -137,3 +121,20 @@ pub struct Targets {
 
 /// A handle and the fingerprint of the configuration it was made from.
 type Cached = (u64, Arc<dyn Target>);
+
+/// `map[name]`, or what `load` finds, remembered if found (absence is not cached, so a
+/// connection or role created elsewhere is seen at once).
+async fn cached<T: Clone>(
+    map: &Mutex<HashMap<String, T>>,
+    name: &str,
+    load: impl std::future::Future<Output = Result<Option<T>, Error>>,
+) -> Result<Option<T>, Error> {
+    if let Some(v) = map.lock().unwrap().get(name) {
+        return Ok(Some(v.clone()));
+    }
+    let value = load.await?;
+    if let Some(v) = &value {
+        map.lock().unwrap().insert(name.to_owned(), v.clone());
+    }
+    Ok(value)
+}

@@ -142,14 +142,13 @@ pub async fn write(
     let existing = load(kv, name).await?;
     // Parse against every known field first, so an unknown one is named before anything else.
     Fields::parse(&all_fields(backends), data)?;
-    let common = Fields::parse(
-        &common_fields(),
-        &data
-            .iter()
-            .filter(|(k, _)| common_fields().iter().any(|f| f.name == k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )?;
+    let common_defs = common_fields();
+    let is_common = |k: &str| common_defs.iter().any(|f| f.name == k);
+    let (common_data, kind_data): (Map<String, Value>, Map<String, Value>) = data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .partition(|(k, _)| is_common(k));
+    let common = Fields::parse(&common_defs, &common_data)?;
     let db_name = match (common.str("db_name"), &existing) {
         (Some(n), _) => n.to_owned(),
         (None, Some(e)) => e.db_name.clone(),
@@ -191,10 +190,7 @@ pub async fn write(
         role.password_policy = v.to_owned();
     }
     let kind_defs = backend.role_fields();
-    for (k, v) in data {
-        if common_fields().iter().any(|f| f.name == k.as_str()) {
-            continue;
-        }
+    for (k, v) in &kind_data {
         let Some(def) = kind_defs.iter().find(|d| d.name == k.as_str()) else {
             return Err(Error::bad_request(format!(
                 "field '{k}' does not apply to connections of kind '{}'",

@@ -185,8 +185,11 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
     let kv = core.storage.as_ref();
     let mut work: BTreeMap<String, Work> = BTreeMap::new();
 
-    for (entry_due, id) in due {
-        let cred = match ledger::load(kv, &id).await {
+    // Many credentials often fall due together: read their records in parallel.
+    let ids: Vec<String> = due.iter().map(|(_, id)| id.clone()).collect();
+    let loaded = ledger::load_each(kv, &ids).await;
+    for ((entry_due, id), record) in due.into_iter().zip(loaded) {
+        let cred = match record {
             Ok(Some(c)) => c,
             Ok(None) => {
                 let _ = ledger::remove_due(kv, entry_due, &id).await;
