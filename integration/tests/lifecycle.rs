@@ -454,3 +454,84 @@ fn tls_ca_makes_mayfly_verify_the_server_and_encrypt() {
     assert_eq!(encrypted, "t", "mayfly's connections are not encrypted");
     let _ = std::fs::remove_dir_all(stranger_dir);
 }
+
+/// A host password policy, custom renew and revocation statements, and a user that owns
+/// objects (so a plain DROP ROLE fails and mayfly reassigns what it owns first).
+#[test]
+fn password_policy_custom_statements_and_owned_objects() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    let policy = "length = 24\nrule \"charset\" {\n  charset = \"abcdefghijklmnopqrstuvwxyz\"\n}\n";
+    let (status, body) = bao.put("sys/policies/password/lower24", json!({"policy": policy}));
+    assert!(status < 300, "{body}");
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "password_policy": "lower24", "default_ttl": 600,
+               "creation_statements": [
+                   "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+                   "GRANT CREATE ON SCHEMA public TO \"{{name}}\";"],
+               "renew_statements": "ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'; \
+                                    COMMENT ON ROLE \"{{name}}\" IS 'renewed'"}),
+    );
+    let cred = issue(&bao, "mayfly/creds/app");
+    assert_eq!(cred.password.len(), 24);
+    assert!(
+        cred.password.chars().all(|c| c.is_ascii_lowercase()),
+        "policy not applied"
+    );
+    pg.psql_as(
+        &cred.user,
+        &cred.password,
+        "CREATE TABLE owned_by_user (x int)",
+    )
+    .unwrap();
+
+    let (status, body) = bao.put(
+        "sys/leases/renew",
+        json!({"lease_id": cred.lease_id, "increment": 300}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let comment = pg.admin(&format!(
+        "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = '{}'",
+        cred.user
+    ));
+    assert_eq!(comment, "renewed", "renew_statements did not run");
+
+    // Default revocation: the grant and the table make DROP ROLE fail; mayfly reassigns.
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(pg.roles_like(&cred.user).is_empty(), "{}", bao.log());
+    assert_eq!(
+        pg.admin("SELECT tableowner FROM pg_tables WHERE tablename = 'owned_by_user'"),
+        SUPERUSER
+    );
+    assert_eq!(ledger_record(&bao, &cred.user)["state"], "revoked");
+
+    // Custom revocation statements run instead of the default.
+    let (status, body) = bao.put(
+        "mayfly/roles/app",
+        json!({"creation_statements": "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}'",
+               "revocation_statements": ["ALTER ROLE \"{{name}}\" NOLOGIN",
+                                         "COMMENT ON ROLE \"{{name}}\" IS 'retired'"]}),
+    );
+    assert!(status < 300, "{body}");
+    let cred = issue(&bao, "mayfly/creds/app");
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let kept = pg.admin(&format!(
+        "SELECT rolcanlogin::text || ' ' || shobj_description(oid, 'pg_authid') \
+         FROM pg_roles WHERE rolname = '{}'",
+        cred.user
+    ));
+    assert_eq!(
+        kept, "false retired",
+        "revocation_statements did not replace the default"
+    );
+}
