@@ -315,10 +315,12 @@ fn a_crash_at_any_step_of_issuance_leaves_no_user_past_its_deadline() {
         let users = pg.roles_like("mf-");
         match step {
             "after_intent" => assert!(users.is_empty(), "{step}: {users:?}"),
-            _ => assert_eq!(
-                users.len(),
-                1,
-                "{step}: the user should exist until its deadline"
+            // OpenBao may see the plugin die before the request's error arrives and then
+            // retries the request once on a new process, which crashes at the same step: one
+            // or two users, each recorded in the ledger.
+            _ => assert!(
+                (1..=2).contains(&users.len()),
+                "{step}: the user should exist until its deadline: {users:?}"
             ),
         }
         let all_revoked = || {
