@@ -26,12 +26,12 @@ pub struct NewPrincipal<'a> {
 
 /// How a batch revocation went. Principals already gone count as revoked: revocation is
 /// idempotent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Revoked {
-    /// Principals that existed and were removed.
+    /// How many principals existed and were removed.
     pub removed: usize,
-    /// Principals that were already gone.
-    pub already_gone: usize,
+    /// The principals that were already gone (dropped by hand, or revoked before a crash).
+    pub already_gone: Vec<String>,
 }
 
 #[async_trait]

@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use crate::audit::{self, Action, Event};
+use crate::cidr::Cidr;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::{default_password, now, random_lower};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
-use crate::request::{LeaseGrant, Request, Response};
+use crate::request::{LeaseGrant, Request, Requester, Response};
+use crate::roles::Role;
 use crate::scheduler::Outcome;
+use crate::tasks::{self, Task};
 use crate::template;
 
 /// How long creating a principal on the target may take.
@@ -29,21 +33,99 @@ const SECRET_TYPE: &str = "secret_type";
 const CRED_ID: &str = "cred_id";
 
 pub fn fields() -> Vec<FieldDef> {
-    vec![FieldDef::new(
-        "ttl",
-        FieldType::Duration,
-        "How long the credential should live; capped by the role's max_ttl and the mount's \
-         maximum. Defaults to the role's default_ttl.",
-    )]
+    vec![
+        FieldDef::new(
+            "ttl",
+            FieldType::Duration,
+            "How long the credential should live; capped by the role's max_ttl, the time left \
+             in its task and the mount's maximum. Defaults to the role's default_ttl.",
+        ),
+        FieldDef::new(
+            "task_id",
+            FieldType::String,
+            "The task (tasks/ID) the credential is for: it never outlives the task, and ending \
+             the task revokes it.",
+        ),
+    ]
 }
 
+/// What an issuance got as far as, for its audit event.
+#[derive(Default)]
+struct Trail {
+    cred_id: String,
+    task_id: String,
+    connection: String,
+    principal: String,
+}
+
+/// `creds/ROLE`: issues one credential and emits one audit event, whatever the outcome.
 pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<Response, Error> {
+    let mut trail = Trail::default();
+    let result = issue_traced(core, role_name, req, &mut trail).await;
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "issued",
+            format!("ttl {}s", r.lease.as_ref().map_or(0, |l| l.ttl),),
+        ),
+        Err(e @ Error::PermissionDenied(_)) => ("denied", e.to_string()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    let r = &req.requester;
+    audit::emit(
+        Action::Issue,
+        outcome,
+        &Event {
+            cred_id: &trail.cred_id,
+            task_id: &trail.task_id,
+            role: role_name,
+            connection: &trail.connection,
+            principal: &trail.principal,
+            entity_id: &r.entity_id,
+            token_accessor: &r.token_accessor,
+            remote_addr: &r.remote_addr,
+            lease_id: "",
+            detail: &detail,
+        },
+    );
+    result
+}
+
+/// Which limit set a credential's TTL, as the response's `ttl_bound` says.
+fn capped(ttl: &mut u64, bound: &mut &'static str, limit: u64, name: &'static str) {
+    if limit < *ttl {
+        *ttl = limit;
+        *bound = name;
+    }
+}
+
+async fn issue_traced(
+    core: &MountCore,
+    role_name: &str,
+    req: &Request,
+    trail: &mut Trail,
+) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
     let fields = Fields::parse(&fields(), &req.data)?;
     // Independent round trips to the host, made together.
     let (role, mount_max) = tokio::join!(core.role(role_name), core.max_lease_ttl());
     let role = role?.ok_or_else(|| Error::bad_request(format!("unknown role '{role_name}'")))?;
     let mount_max = mount_max?.as_secs();
+    trail.connection = role.db_name.clone();
+    check_bindings(core, role_name, &role, &req.requester).await?;
+    let now = now();
+    let task = match fields.str("task_id") {
+        Some(id) => {
+            trail.task_id = id.to_owned();
+            Some(usable_task(core, id, role_name, &role, &req.requester, now).await?)
+        }
+        None if role.require_task => {
+            return Err(Error::bad_request(format!(
+                "field 'task_id' is required: role '{role_name}' issues only under a task \
+                 (create one at tasks/)"
+            )));
+        }
+        None => None,
+    };
     let config = core.connection(&role.db_name).await?.ok_or_else(|| {
         Error::bad_request(format!(
             "role '{role_name}' uses connection '{}', which does not exist",
@@ -62,22 +144,38 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
         )));
     }
 
+    // The TTL is the shortest of what is asked (or the default), the role's max_ttl, the time
+    // left in the task and the mount's maximum; `bound` names the one that applied.
+    let (mut ttl, mut bound) = match (fields.duration("ttl"), role.default_ttl) {
+        (Some(t), _) if t > 0 => (t, "requested"),
+        (_, 0) => (
+            core.host.default_lease_ttl().await?.as_secs(),
+            "mount_default_ttl",
+        ),
+        (_, d) => (d, "role_default_ttl"),
+    };
+    let wanted = ttl;
+    let mut max_ttl = mount_max;
+    if role.max_ttl != 0 {
+        capped(&mut ttl, &mut bound, role.max_ttl, "role_max_ttl");
+        max_ttl = max_ttl.min(role.max_ttl);
+    }
+    if let Some(t) = &task {
+        let left = t.deadline - now;
+        capped(&mut ttl, &mut bound, left, "task");
+        max_ttl = max_ttl.min(left);
+    }
+    capped(&mut ttl, &mut bound, mount_max, "mount_max_ttl");
     let mut warnings = Vec::new();
-    let max_ttl = match role.max_ttl {
-        0 => mount_max,
-        m => m.min(mount_max),
-    };
-    // Asked only when needed: each question is a round trip to the host.
-    let mut ttl = match (fields.duration("ttl"), role.default_ttl) {
-        (Some(t), _) if t > 0 => t,
-        (_, 0) => core.host.default_lease_ttl().await?.as_secs(),
-        (_, d) => d,
-    };
-    if ttl > max_ttl {
+    if ttl < wanted {
+        let by = match bound {
+            "task" => "the time left in its task",
+            "role_max_ttl" => "the role's max_ttl",
+            _ => "the mount's maximum TTL",
+        };
         warnings.push(format!(
-            "ttl of {ttl}s is longer than the maximum of {max_ttl}s; capped"
+            "ttl of {wanted}s is longer than {by} ({ttl}s); capped to {ttl}s"
         ));
-        ttl = max_ttl;
     }
 
     let principal = template::render(
@@ -92,13 +190,13 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
             "the name made by username_template from this request is refused: {e}"
         ))
     })?;
+    trail.principal = principal.clone();
     let password = if role.password_policy.is_empty() {
         default_password()
     } else {
         core.host.generate_password(&role.password_policy).await?
     };
 
-    let now = now();
     let deadline = now + ttl;
     let mut cred = Credential {
         id: random_lower(20),
@@ -116,6 +214,7 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
         },
         due: deadline.min(now + INTENT_GRACE_SECS),
         requester: (&req.requester).into(),
+        task_id: task.as_ref().map(|t| t.id.clone()),
         lease_id: None,
         attempts: 0,
         last_error: None,
@@ -125,6 +224,7 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
         revoked_at: None,
         settings: role.settings.clone(),
     };
+    trail.cred_id = cred.id.clone();
     ledger::store(kv, &cred, None).await?;
     core.scheduler.track(cred.due, &cred.id);
     core.crash_point("after_intent");
@@ -148,33 +248,42 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     .await;
     if let Err(e) = created {
         // Nothing should exist, but a timeout leaves that unsure: revoke now, idempotently.
-        cred.state = State::Revoking;
-        cred.revoke_reason = Some("creation failed".into());
-        cred.last_error = Some(e.to_string());
-        let previous = cred.due;
-        cred.due = now;
-        if ledger::store(kv, &cred, Some(previous)).await.is_ok() {
-            core.scheduler.track(cred.due, &cred.id);
-        }
-        tracing::warn!(cred_id = %cred.id, role = role_name, error = %e, "issuance failed");
+        schedule_revocation(core, &mut cred, "creation failed", Some(e.to_string())).await;
         return Err(e);
     }
     core.crash_point("after_create");
 
+    // A task's end or an operator may have revoked the intent while the principal was being
+    // created: then it must go again, now that it exists.
+    if let Some(current) = ledger::load(kv, &cred.id).await?
+        && current.state != State::Intent
+    {
+        return Err(revoked_while_issuing(core, cred).await);
+    }
     // One write: the record stays indexed at its intent's due time, where the scheduler finds
     // it active and moves it to its deadline, off the request path.
     cred.state = State::Active;
     ledger::store(kv, &cred, Some(cred.due)).await?;
+    // A task ended between its check above and the intent's write lists no such credential:
+    // look again now that the credential is on record.
+    if let Some(t) = &task
+        && !tasks::load(kv, &t.id)
+            .await?
+            .is_some_and(|t| t.is_open(crate::host::now()))
+    {
+        return Err(revoked_while_issuing(core, cred).await);
+    }
     core.crash_point("before_reply");
-    tracing::info!(cred_id = %cred.id, role = role_name, connection = %role.db_name,
-        principal = %principal, ttl_s = ttl, entity_id = %req.requester.entity_id,
-        token_accessor = %req.requester.token_accessor, "credential issued");
 
     let mut data = Map::new();
     data.insert("username".into(), json!(principal));
     {
         use secrecy::ExposeSecret;
         data.insert("password".into(), json!(password.expose_secret()));
+    }
+    data.insert("ttl_bound".into(), json!(bound));
+    if let Some(t) = &task {
+        data.insert("task_id".into(), json!(t.id));
     }
     let mut internal = Map::new();
     internal.insert(SECRET_TYPE.into(), json!("creds"));
@@ -191,6 +300,117 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
     })
 }
 
+/// Marks `cred` for revocation now and hands it to the scheduler.
+async fn schedule_revocation(
+    core: &MountCore,
+    cred: &mut Credential,
+    reason: &str,
+    error: Option<String>,
+) {
+    cred.state = State::Revoking;
+    cred.revoke_reason = Some(reason.to_owned());
+    cred.last_error = error;
+    let previous = cred.due;
+    cred.due = now();
+    if ledger::store(core.storage.as_ref(), cred, Some(previous))
+        .await
+        .is_ok()
+    {
+        core.scheduler.track(cred.due, &cred.id);
+    }
+}
+
+/// The credential was revoked (its task ended, or an operator revoked it) while it was being
+/// created: revoke what now exists and refuse the issuance.
+async fn revoked_while_issuing(core: &MountCore, mut cred: Credential) -> Error {
+    schedule_revocation(core, &mut cred, "revoked while being issued", None).await;
+    let _ = core
+        .scheduler
+        .revoke_now(&cred.id, "revoked while being issued".into(), None)
+        .await;
+    Error::bad_request(format!(
+        "credential '{}' was revoked while it was being issued (its task ended or an operator \
+         revoked it); nothing was issued",
+        cred.id
+    ))
+}
+
+/// The task `id`, if credentials of `role` may be drawn under it by `who` now.
+async fn usable_task(
+    core: &MountCore,
+    id: &str,
+    role_name: &str,
+    role: &Role,
+    who: &Requester,
+    now: u64,
+) -> Result<Task, Error> {
+    let task = tasks::load(core.storage.as_ref(), id)
+        .await?
+        .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?;
+    if !task.is_open(now) {
+        return Err(Error::bad_request(format!(
+            "field 'task_id': task '{id}' has ended ({}); start a new task",
+            task.end_reason.as_deref().unwrap_or("deadline reached")
+        )));
+    }
+    if task.bound_to_owner && !role.allow_other_task_owners && !task.owned_by(who) {
+        return Err(Error::PermissionDenied(format!(
+            "task '{id}' is bound to its owner (entity '{}'); this request comes from entity \
+             '{}', and role '{role_name}' does not set allow_other_task_owners",
+            task.owner.entity_id, who.entity_id
+        )));
+    }
+    Ok(task)
+}
+
+/// The role's identity bindings: entity ids, group names and source networks. A refusal is a
+/// 403 that names the binding.
+async fn check_bindings(
+    core: &MountCore,
+    role_name: &str,
+    role: &Role,
+    who: &Requester,
+) -> Result<(), Error> {
+    if !role.bound_entity_ids.is_empty() && !role.bound_entity_ids.contains(&who.entity_id) {
+        return Err(Error::PermissionDenied(format!(
+            "role '{role_name}' is bound to entities (bound_entity_ids); this request's entity \
+             '{}' is not one of them",
+            who.entity_id
+        )));
+    }
+    if !role.bound_cidrs.is_empty() {
+        let addr: Option<std::net::IpAddr> = who.remote_addr.parse().ok();
+        let inside = addr.is_some_and(|a| {
+            role.bound_cidrs
+                .iter()
+                .filter_map(|c| Cidr::parse(c).ok())
+                .any(|c| c.contains(a))
+        });
+        if !inside {
+            return Err(Error::PermissionDenied(format!(
+                "role '{role_name}' is bound to networks (bound_cidrs); this request's remote \
+                 address '{}' is outside them",
+                who.remote_addr
+            )));
+        }
+    }
+    if !role.bound_group_names.is_empty() {
+        let groups = if who.entity_id.is_empty() {
+            Vec::new()
+        } else {
+            core.host.group_names(&who.entity_id).await?
+        };
+        if !groups.iter().any(|g| role.bound_group_names.contains(g)) {
+            return Err(Error::PermissionDenied(format!(
+                "role '{role_name}' is bound to groups (bound_group_names); this request's \
+                 entity '{}' is in none of them",
+                who.entity_id
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn cred_id(req: &Request) -> Option<String> {
     req.lease
         .as_ref()?
@@ -201,8 +421,44 @@ fn cred_id(req: &Request) -> Option<String> {
 }
 
 /// The host's `renew`: moves the deadline (and the target-side expiry) and echoes what the
-/// host must keep (protocol document §5.2: the reply replaces the stored lease).
+/// host must keep (protocol document §5.2: the reply replaces the stored lease). Emits one
+/// audit event.
 pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
+    let mut record = None;
+    let result = renew_traced(core, req, &mut record).await;
+    let id = cred_id(req).unwrap_or_default();
+    let lease_id = req.lease.as_ref().map_or("", |l| l.lease_id.as_str());
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "renewed",
+            format!("ttl {}s", r.lease.as_ref().map_or(0, |l| l.ttl)),
+        ),
+        Err(e) => ("failed", e.to_string()),
+    };
+    let event = match &record {
+        Some(c) => Event::for_credential(c),
+        None => Event {
+            cred_id: &id,
+            ..Default::default()
+        },
+    };
+    audit::emit(
+        Action::Renew,
+        outcome,
+        &Event {
+            lease_id,
+            detail: &detail,
+            ..event
+        },
+    );
+    result
+}
+
+async fn renew_traced(
+    core: &MountCore,
+    req: &Request,
+    record: &mut Option<Credential>,
+) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
     let lease = req.lease.clone().unwrap_or_default();
     let id = cred_id(req)
@@ -210,6 +466,7 @@ pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
     let mut cred = ledger::load(kv, &id)
         .await?
         .ok_or_else(|| Error::bad_request(format!("credential '{id}' is not in the ledger")))?;
+    *record = Some(cred.clone());
     if cred.state != State::Active {
         return Err(Error::bad_request(format!(
             "credential '{id}' is {} and cannot be renewed",
@@ -222,7 +479,19 @@ pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
     } else {
         cred.default_ttl
     };
-    let deadline = (now + increment).min(cred.max_deadline);
+    let mut limit = cred.max_deadline;
+    if let Some(task_id) = &cred.task_id {
+        // The task may have been shortened since issuance: it still bounds the credential.
+        match tasks::load(kv, task_id).await? {
+            Some(t) if t.is_open(now) => limit = limit.min(t.deadline),
+            _ => {
+                return Err(Error::bad_request(format!(
+                    "credential '{id}' belongs to task '{task_id}', which has ended"
+                )));
+            }
+        }
+    }
+    let deadline = (now + increment).min(limit);
     if deadline <= now {
         return Err(Error::bad_request(format!(
             "credential '{id}' has reached its max_ttl and cannot be renewed"
@@ -248,8 +517,6 @@ pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
     cred.due = deadline;
     ledger::store(kv, &cred, Some(previous)).await?;
     core.scheduler.track(cred.due, &cred.id);
-    tracing::info!(cred_id = %id, role = %cred.role, principal = %cred.principal,
-        ttl_s = deadline - now, "credential renewed");
     Ok(Response {
         data: Some(req.data.clone()),
         warnings: Vec::new(),
@@ -276,16 +543,23 @@ pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> 
         .as_ref()
         .map(|l| l.lease_id.clone())
         .filter(|l| !l.is_empty());
-    match core
+    // The scheduler's batch emits the audit event of a revocation it makes; one of a
+    // credential that was no longer live is emitted here.
+    let outcome = core
         .scheduler
-        .revoke_now(&id, "revoked through the host", lease_id)
-        .await?
-    {
-        Outcome::Revoked => {}
-        Outcome::Failing(msg) => {
-            tracing::warn!(cred_id = %id, error = %msg,
-                "revocation failed on the target; mayfly's ledger keeps retrying it")
-        }
+        .revoke_now(&id, "revoked through the host".into(), lease_id.clone())
+        .await?;
+    if outcome == Outcome::NotLive {
+        audit::emit(
+            Action::Revoke,
+            "not_live",
+            &Event {
+                cred_id: &id,
+                lease_id: lease_id.as_deref().unwrap_or(""),
+                detail: "revoked through the host; already revoked or purged",
+                ..Default::default()
+            },
+        );
     }
     Ok(Response::empty())
 }

@@ -8,11 +8,12 @@ use tokio::sync::watch;
 use crate::backend::Backends;
 use crate::host::Host;
 use crate::mount::{CrashHook, MountCore, Targets};
+use crate::operator::{self, Scope};
 use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
-use crate::{connections, creds, roles};
+use crate::{connections, creds, roles, tasks};
 use crate::{error::Error, openapi};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -90,6 +91,14 @@ impl Engine {
     /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
     pub fn seal_wrap_storage() -> Vec<String> {
         vec![connections::PREFIX.to_owned()]
+    }
+
+    /// Paths that need a token with `sudo` on them: the operator's bulk and emergency tools.
+    /// A trailing `*` is a prefix match.
+    pub fn sudo_paths() -> Vec<String> {
+        ["revoke/*", "orphans/*", "revocations*"]
+            .map(String::from)
+            .to_vec()
     }
 
     pub async fn handle(&self, req: Request) -> Result<Response, Error> {
@@ -183,6 +192,42 @@ impl Engine {
             }
             (Route::LeaseList, Operation::List) => creds::list_leases(&self.core, req).await,
             (Route::Lease, Operation::Read) => creds::read_lease(&self.core, m.param("id")).await,
+            (Route::TaskConfig, Operation::Read) => Ok(Response::data(tasks::settings_view(
+                &tasks::load_settings(kv).await?,
+            ))),
+            (Route::TaskConfig, Operation::Update) => {
+                tasks::write_settings(kv, &req.data).await?;
+                Ok(Response::empty())
+            }
+            (Route::TaskList, Operation::List) => tasks::list(&self.core).await,
+            (Route::TaskList, Operation::Update) => tasks::write(&self.core, None, req).await,
+            (Route::Task, Operation::Update) => {
+                tasks::write(&self.core, Some(m.param("id")), req).await
+            }
+            (Route::Task, Operation::Read) => tasks::read(&self.core, m.param("id")).await,
+            (Route::Task, Operation::Delete) => tasks::delete(&self.core, m.param("id"), req).await,
+            (Route::RevokeTask, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Task(m.param("id")), req).await
+            }
+            (Route::RevokeRole, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Role(m.param("name")), req).await
+            }
+            (Route::RevokeConfig, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Connection(m.param("name")), req).await
+            }
+            (Route::RevokeAll, Operation::Update) => {
+                operator::revoke(&self.core, Scope::All, req).await
+            }
+            (Route::Revocations, Operation::List) => operator::revocations(&self.core).await,
+            (Route::Orphans, Operation::Read) => {
+                operator::orphans(&self.core, m.param("name"), false, req).await
+            }
+            (Route::Orphans, Operation::Update) => {
+                let purge = crate::fields::Fields::parse(&operator::orphan_fields(), &req.data)?
+                    .bool("purge")
+                    .unwrap_or(false);
+                operator::orphans(&self.core, m.param("name"), purge, req).await
+            }
             _ => Err(Error::UnsupportedOperation),
         }
     }
@@ -217,6 +262,15 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
             operations: vec![Operation::List],
             synopsis: "List the configured connections.",
             description: "",
+        },
+        PathDef {
+            pattern: "config/tasks",
+            route: Route::TaskConfig,
+            fields: tasks::settings_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Mount-wide task settings: max_task_ttl and default_task_ttl.",
+            description: "This path is matched before config/NAME, so no connection can be \
+                named 'tasks'.",
         },
         PathDef {
             pattern: "config/{name}",
@@ -260,6 +314,82 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
             description: "The credential is recorded in the ledger before it is created on the \
                 target, and revoked at its deadline by mayfly itself, whether or not the host \
                 revokes the lease.",
+        },
+        PathDef {
+            pattern: "tasks/",
+            route: Route::TaskList,
+            fields: tasks::task_fields(),
+            operations: vec![Operation::List, Operation::Update],
+            synopsis: "List the tasks, or create one with a generated id (write).",
+            description: "A task has a deadline (ttl), an owner (the requesting entity), a \
+                description and metadata. Credentials issued with its task_id never outlive \
+                it, and ending it revokes them all.",
+        },
+        PathDef {
+            pattern: "tasks/{id}",
+            route: Route::Task,
+            fields: tasks::task_fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A task: create or update it, read it with its credentials, or delete \
+                it, which ends it and revokes every credential issued under it before \
+                answering.",
+            description: "A task ends at its deadline through the scheduler in the same way. \
+                Shortening the ttl of an open task moves its deadline; its credentials are \
+                revoked at the new deadline.",
+        },
+        PathDef {
+            pattern: "revoke/task/{id}",
+            route: Route::RevokeTask,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "End a task and revoke all its credentials (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed; \
+                failures stay in the ledger and are retried (see revocations/).",
+        },
+        PathDef {
+            pattern: "revoke/role/{name}",
+            route: Route::RevokeRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of a role (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/config/{name}",
+            route: Route::RevokeConfig,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential on a connection (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/all",
+            route: Route::RevokeAll,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of the mount (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revocations/",
+            route: Route::Revocations,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "The credentials whose revocation keeps failing, with attempts, last \
+                error and since when (sudo).",
+            description: "",
+        },
+        PathDef {
+            pattern: "orphans/{name}",
+            route: Route::Orphans,
+            fields: operator::orphan_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Principals on a connection's target that carry mayfly's naming mark \
+                but have no live ledger record (sudo). Write purge=true to drop them; a \
+                write without it is a dry run.",
+            description: "Only names made with the mark ('mf-', the default username \
+                template's prefix) are considered. Two mayfly mounts must not share one \
+                target: each would see the other's principals as orphans.",
         },
         PathDef {
             pattern: "leases/",

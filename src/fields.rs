@@ -24,6 +24,8 @@ pub enum FieldType {
     /// SQL or similar text: a JSON array of strings, or one string kept whole (commas in a
     /// statement are not separators).
     Statements,
+    /// String keys to string values: a JSON object, or one string `k1=v1,k2=v2`.
+    StringMap,
 }
 
 impl FieldType {
@@ -38,6 +40,9 @@ impl FieldType {
             }
             FieldType::StringList => "a list of strings or one comma-separated string",
             FieldType::Statements => "a string or a list of strings",
+            FieldType::StringMap => {
+                "an object of string values or one string such as \"k1=v1,k2=v2\""
+            }
         }
     }
 
@@ -48,6 +53,7 @@ impl FieldType {
             FieldType::Int => "integer",
             FieldType::Bool => "boolean",
             FieldType::StringList | FieldType::Statements => "array",
+            FieldType::StringMap => "object",
         }
     }
 }
@@ -138,11 +144,29 @@ impl FieldDef {
                         .collect::<Result<_, _>>()?,
                 )
             }
+            (FieldType::StringMap, Value::Object(map)) => FieldValue::StringMap(
+                map.iter()
+                    .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect::<Option<_>>()
+                    .ok_or_else(wrong)?,
+            ),
+            (FieldType::StringMap, Value::String(s)) => FieldValue::StringMap(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        Some((k.trim().to_owned(), v.trim().to_owned()))
+                    })
+                    .collect::<Option<_>>()
+                    .ok_or_else(wrong)?,
+            ),
             _ => return Err(wrong()),
         };
         let len = match &value {
             FieldValue::String(s) => s.len(),
             FieldValue::StringList(l) => l.iter().map(String::len).sum(),
+            FieldValue::StringMap(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum(),
             _ => 0,
         };
         if len > MAX_FIELD_BYTES {
@@ -163,6 +187,7 @@ pub enum FieldValue {
     Bool(bool),
     Duration(u64),
     StringList(Vec<String>),
+    StringMap(BTreeMap<String, String>),
 }
 
 impl FieldValue {
@@ -175,6 +200,11 @@ impl FieldValue {
             FieldValue::StringList(l) => {
                 Value::Array(l.iter().cloned().map(Value::String).collect())
             }
+            FieldValue::StringMap(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
         }
     }
 }
@@ -247,6 +277,13 @@ impl Fields {
     pub fn list(&self, name: &str) -> Option<&[String]> {
         match self.values.get(name) {
             Some(FieldValue::StringList(l)) => Some(l),
+            _ => None,
+        }
+    }
+
+    pub fn map(&self, name: &str) -> Option<&BTreeMap<String, String>> {
+        match self.values.get(name) {
+            Some(FieldValue::StringMap(m)) => Some(m),
             _ => None,
         }
     }

@@ -18,12 +18,16 @@ pub trait Host: Send + Sync {
     async fn max_lease_ttl(&self) -> Result<Duration, Error>;
     /// A password from the host's password policy `policy`.
     async fn generate_password(&self, policy: &str) -> Result<SecretString, Error>;
+    /// The names of the identity groups `entity_id` belongs to, directly or through a parent.
+    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, Error>;
 }
 
-/// A host with fixed limits and no password policies.
+/// A host with fixed limits, no password policies, and fixed group memberships.
 pub struct FixedHost {
     pub default_ttl: Duration,
     pub max_ttl: Duration,
+    /// (entity id, group name) pairs.
+    pub groups: Vec<(String, String)>,
 }
 
 impl Default for FixedHost {
@@ -32,6 +36,7 @@ impl Default for FixedHost {
         FixedHost {
             default_ttl: Duration::from_secs(768 * 3600),
             max_ttl: Duration::from_secs(768 * 3600),
+            groups: Vec::new(),
         }
     }
 }
@@ -48,6 +53,14 @@ impl Host for FixedHost {
         Err(Error::bad_request(format!(
             "field 'password_policy': this host has no password policy '{policy}'"
         )))
+    }
+    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .groups
+            .iter()
+            .filter(|(e, _)| e == entity_id)
+            .map(|(_, g)| g.clone())
+            .collect())
     }
 }
 

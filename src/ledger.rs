@@ -6,7 +6,8 @@
 //!
 //! The due index (`ledger/due/<bucket>/<due>_<id>`, buckets of [`BUCKET_SECS`]) says when the
 //! scheduler must next look at each record, so start-up reads only the buckets that are due soon
-//! instead of every record.
+//! instead of every record. Tasks share the index under entries named `task.<id>` (a credential
+//! id never holds a dot). `ledger/tasks/<task>/<cred>` lists the credentials of each task.
 
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ use crate::storage::{self, Kv, StorageError};
 
 pub const RECORDS: &str = "ledger/creds/";
 pub const DUE: &str = "ledger/due/";
+pub const BY_TASK: &str = "ledger/tasks/";
+/// The due-index entry name of a task is this prefix and the task id.
+pub const TASK_ENTRY: &str = "task.";
 /// Width of a due-index bucket.
 pub const BUCKET_SECS: u64 = 60;
 /// How long a revoked record stays listed under `leases/`.
@@ -97,6 +101,9 @@ pub struct Credential {
     /// When the scheduler next looks at this record (the due index key).
     pub due: u64,
     pub requester: RequesterRecord,
+    /// The task the credential was issued under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
     /// The host's lease id, learnt from its first revoke call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
@@ -127,6 +134,7 @@ impl Credential {
             "role": self.role,
             "connection": self.connection,
             "principal": self.principal,
+            "task_id": self.task_id,
             "state": self.state.name(),
             "created_at": self.created_at,
             "deadline": self.deadline,
@@ -162,6 +170,15 @@ fn due_key(due: u64, id: &str) -> String {
     format!("{DUE}{:012}/{due:012}_{id}", bucket(due))
 }
 
+fn task_key(task: &str, id: &str) -> String {
+    format!("{BY_TASK}{task}/{id}")
+}
+
+/// Indexes `entry` (a credential id or a `task.` entry) at `due`.
+pub async fn put_due(kv: &dyn Kv, due: u64, entry: &str) -> Result<(), StorageError> {
+    kv.put(&due_key(due, entry), Vec::new()).await
+}
+
 pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Credential>, StorageError> {
     storage::get_json(kv, &record_key(id)).await
 }
@@ -175,8 +192,15 @@ pub async fn store(
     cred: &Credential,
     previous_due: Option<u64>,
 ) -> Result<(), StorageError> {
+    if previous_due.is_none()
+        && let Some(task) = &cred.task_id
+    {
+        // Written with the intent, before anything exists on the target: a task's end finds
+        // every credential that may exist.
+        kv.put(&task_key(task, &cred.id), Vec::new()).await?;
+    }
     if previous_due != Some(cred.due) {
-        kv.put(&due_key(cred.due, &cred.id), Vec::new()).await?;
+        put_due(kv, cred.due, &cred.id).await?;
     }
     storage::put_json(kv, &record_key(&cred.id), cred).await?;
     if let Some(old) = previous_due.filter(|old| *old != cred.due) {
@@ -198,10 +222,18 @@ pub async fn store_all(
     out
 }
 
-/// Deletes a record and its index entry.
+/// Deletes a record and its index entries.
 pub async fn remove(kv: &dyn Kv, cred: &Credential) -> Result<(), StorageError> {
+    if let Some(task) = &cred.task_id {
+        kv.delete(&task_key(task, &cred.id)).await?;
+    }
     kv.delete(&record_key(&cred.id)).await?;
     kv.delete(&due_key(cred.due, &cred.id)).await
+}
+
+/// The ids of the credentials issued under `task` (purged ones excepted).
+pub async fn task_credentials(kv: &dyn Kv, task: &str) -> Result<Vec<String>, StorageError> {
+    kv.list(&format!("{BY_TASK}{task}/")).await
 }
 
 /// Deletes one index entry (one the scheduler found stale).

@@ -3,7 +3,9 @@
 //! maps the host's protocol onto [`Request`]/[`Response`], and each crate under `backends/`
 //! implements [`Backend`] for one family of targets.
 
+pub mod audit;
 pub mod backend;
+pub mod cidr;
 pub mod connections;
 pub mod creds;
 pub mod engine;
@@ -13,12 +15,14 @@ pub mod host;
 pub mod ledger;
 pub mod mount;
 pub mod openapi;
+pub mod operator;
 pub mod redact;
 pub mod request;
 pub mod roles;
 pub mod router;
 pub mod scheduler;
 pub mod storage;
+pub mod tasks;
 pub mod template;
 #[cfg(test)]
 mod testkit;

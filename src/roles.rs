@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::backend::{Backend, Backends};
+use crate::cidr::Cidr;
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
@@ -28,6 +29,22 @@ pub struct Role {
     pub password_policy: String,
     /// Kind-specific settings (statements…), never secret.
     pub settings: Map<String, Value>,
+    /// Issuance needs a `task_id`.
+    #[serde(default)]
+    pub require_task: bool,
+    /// Credentials may be drawn under a task bound to its owner by anyone who may read this
+    /// role's `creds/` path, not only by the task's owner.
+    #[serde(default)]
+    pub allow_other_task_owners: bool,
+    /// When not empty, only these entities may issue.
+    #[serde(default)]
+    pub bound_entity_ids: Vec<String>,
+    /// When not empty, only members of one of these identity groups may issue.
+    #[serde(default)]
+    pub bound_group_names: Vec<String>,
+    /// When not empty, only requests from these networks may issue.
+    #[serde(default)]
+    pub bound_cidrs: Vec<String>,
 }
 
 impl Role {
@@ -46,6 +63,14 @@ impl Role {
         out.insert("max_ttl".into(), json!(self.max_ttl));
         out.insert("username_template".into(), json!(self.username_template));
         out.insert("password_policy".into(), json!(self.password_policy));
+        out.insert("require_task".into(), json!(self.require_task));
+        out.insert(
+            "allow_other_task_owners".into(),
+            json!(self.allow_other_task_owners),
+        );
+        out.insert("bound_entity_ids".into(), json!(self.bound_entity_ids));
+        out.insert("bound_group_names".into(), json!(self.bound_group_names));
+        out.insert("bound_cidrs".into(), json!(self.bound_cidrs));
         for (k, v) in &self.settings {
             out.insert(k.clone(), v.clone());
         }
@@ -83,6 +108,32 @@ pub fn common_fields() -> Vec<FieldDef> {
             FieldType::String,
             "A host password policy (sys/policies/password) for generated passwords; without \
              it mayfly uses 32 random letters and digits.",
+        ),
+        FieldDef::new(
+            "require_task",
+            FieldType::Bool,
+            "Refuse issuance without a task_id (tasks/).",
+        ),
+        FieldDef::new(
+            "allow_other_task_owners",
+            FieldType::Bool,
+            "Let requesters draw credentials under a task bound to another owner.",
+        ),
+        FieldDef::new(
+            "bound_entity_ids",
+            FieldType::StringList,
+            "Only these identity entities may issue; empty allows any.",
+        ),
+        FieldDef::new(
+            "bound_group_names",
+            FieldType::StringList,
+            "Only members of one of these identity groups may issue; empty allows any.",
+        ),
+        FieldDef::new(
+            "bound_cidrs",
+            FieldType::StringList,
+            "Only requests whose remote address is in one of these CIDR blocks may issue; \
+             empty allows any.",
         ),
     ]
 }
@@ -167,6 +218,11 @@ pub async fn write(
         username_template: String::new(),
         password_policy: String::new(),
         settings: Map::new(),
+        require_task: false,
+        allow_other_task_owners: false,
+        bound_entity_ids: Vec::new(),
+        bound_group_names: Vec::new(),
+        bound_cidrs: Vec::new(),
     });
     if role.db_name != db_name {
         // Settings belong to a kind; a role moved to another connection starts them afresh
@@ -188,6 +244,28 @@ pub async fn write(
     }
     if let Some(v) = common.str("password_policy") {
         role.password_policy = v.to_owned();
+    }
+    if let Some(v) = common.bool("require_task") {
+        role.require_task = v;
+    }
+    if let Some(v) = common.bool("allow_other_task_owners") {
+        role.allow_other_task_owners = v;
+    }
+    if let Some(v) = common.list("bound_entity_ids") {
+        role.bound_entity_ids = v.to_vec();
+    }
+    if let Some(v) = common.list("bound_group_names") {
+        role.bound_group_names = v.to_vec();
+    }
+    if let Some(v) = common.list("bound_cidrs") {
+        for block in v {
+            Cidr::parse(block).map_err(|e| {
+                Error::bad_request(format!(
+                    "field 'bound_cidrs': expected CIDR blocks such as 10.0.0.0/8: {e}"
+                ))
+            })?;
+        }
+        role.bound_cidrs = v.to_vec();
     }
     let kind_defs = backend.role_fields();
     for (k, v) in &kind_data {

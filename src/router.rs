@@ -19,6 +19,15 @@ pub enum Route {
     Creds,
     LeaseList,
     Lease,
+    TaskConfig,
+    TaskList,
+    Task,
+    RevokeTask,
+    RevokeRole,
+    RevokeConfig,
+    RevokeAll,
+    Revocations,
+    Orphans,
 }
 
 #[derive(Debug, Clone)]

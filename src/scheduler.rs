@@ -7,17 +7,20 @@
 //! credentials. Host revoke calls join the same loop: each waits for the batch it joined to be
 //! revoked on the target and recorded in the ledger (group commit).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, oneshot, watch};
 
+use futures_util::future::join_all;
+
+use crate::audit::{self, Action, Event};
 use crate::error::Error;
 use crate::host::now;
-use crate::ledger::{self, BUCKET_SECS, Credential, RETENTION_SECS, State, bucket};
+use crate::ledger::{self, BUCKET_SECS, Credential, RETENTION_SECS, State, TASK_ENTRY, bucket};
 use crate::mount::MountCore;
 
 /// The longest wait between two revocation attempts of one credential.
@@ -39,18 +42,75 @@ pub fn backoff(attempts: u32) -> u64 {
     (base - jitter).max(1)
 }
 
-/// How a revocation the host asked for ended.
+/// How a revocation asked for through [`Scheduler::revoke_now`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Gone from the target (now or before).
+    /// Removed from the target now.
     Revoked,
+    /// The target no longer had it (dropped by hand, or removed before a crash).
+    AlreadyGone,
+    /// The ledger already had it revoked, or has no such record: nothing was done.
+    NotLive,
     /// The target refused or was unreachable; the ledger holds it and retries.
     Failing(String),
 }
 
+/// What a revocation of many credentials came to, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub revoked: usize,
+    pub already_gone: usize,
+    /// (credential id, error) of each revocation that failed; the ledger keeps retrying them.
+    pub failed: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn view(&self) -> Map<String, Value> {
+        let failures: Vec<Value> = self
+            .failed
+            .iter()
+            .map(|(id, e)| serde_json::json!({"cred_id": id, "error": e}))
+            .collect();
+        let mut out = Map::new();
+        out.insert("revoked".into(), Value::from(self.revoked));
+        out.insert("already_gone".into(), Value::from(self.already_gone));
+        out.insert("failed".into(), Value::from(self.failed.len()));
+        out.insert("failures".into(), Value::Array(failures));
+        out
+    }
+
+    pub fn summary(&self) -> String {
+        format!(
+            "revoked={} already_gone={} failed={}",
+            self.revoked,
+            self.already_gone,
+            self.failed.len()
+        )
+    }
+}
+
+/// Revokes every credential in `ids` in the scheduler's next batches (grouped per connection)
+/// and waits for all of them. Failures stay in the ledger and are retried as any other.
+pub async fn revoke_many(core: &MountCore, ids: Vec<String>, reason: &str) -> Report {
+    let waits = ids
+        .iter()
+        .map(|id| core.scheduler.revoke_now(id, reason.to_owned(), None));
+    let mut report = Report::default();
+    for (id, outcome) in ids.iter().zip(join_all(waits).await) {
+        match outcome {
+            Ok(Outcome::Revoked) => report.revoked += 1,
+            Ok(Outcome::AlreadyGone) => report.already_gone += 1,
+            Ok(Outcome::NotLive) => {}
+            Ok(Outcome::Failing(e)) => report.failed.push((id.clone(), e)),
+            Err(e) => report.failed.push((id.clone(), e.to_string())),
+        }
+    }
+    report
+}
+
 struct Waiting {
     id: String,
-    reason: &'static str,
+    reason: String,
     lease_id: Option<String>,
     done: oneshot::Sender<Outcome>,
 }
@@ -83,7 +143,7 @@ impl Scheduler {
     pub async fn revoke_now(
         &self,
         id: &str,
-        reason: &'static str,
+        reason: String,
         lease_id: Option<String>,
     ) -> Result<Outcome, Error> {
         let (done, wait) = oneshot::channel();
@@ -99,7 +159,7 @@ impl Scheduler {
     }
 
     /// Runs until `stop` turns true.
-    pub async fn run(core: std::sync::Arc<MountCore>, mut stop: watch::Receiver<bool>) {
+    pub async fn run(core: Arc<MountCore>, mut stop: watch::Receiver<bool>) {
         let s = &core.scheduler;
         tracing::info!("scheduler started");
         while !*stop.borrow() {
@@ -163,7 +223,7 @@ impl Scheduler {
 
     /// Looks at `id` again shortly, after its record could not be read or written. Such an
     /// entry has no stored twin; when it comes up, the record's own due time decides.
-    fn look_again(&self, now: u64, id: String) {
+    pub fn look_again(&self, now: u64, id: String) {
         self.soon.lock().unwrap().insert((now + backoff(1), id));
     }
 
@@ -181,9 +241,18 @@ struct Work {
     waiters: Vec<oneshot::Sender<Outcome>>,
 }
 
-async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: Vec<Waiting>) {
+async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, requests: Vec<Waiting>) {
     let kv = core.storage.as_ref();
     let mut work: BTreeMap<String, Work> = BTreeMap::new();
+
+    // Tasks end on their own: ending one revokes through this loop, so it must not block it.
+    let (task_entries, due): (Vec<_>, Vec<_>) = due
+        .into_iter()
+        .partition(|(_, id)| id.starts_with(TASK_ENTRY));
+    for (entry_due, entry) in task_entries {
+        let id = entry[TASK_ENTRY.len()..].to_owned();
+        tokio::spawn(crate::tasks::on_due(core.clone(), entry_due, id));
+    }
 
     // Many credentials often fall due together: read their records in parallel.
     let ids: Vec<String> = due.iter().map(|(_, id)| id.clone()).collect();
@@ -263,14 +332,14 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
                     req.id,
                     Work {
                         cred,
-                        reason: req.reason.to_owned(),
+                        reason: req.reason,
                         waiters: vec![req.done],
                     },
                 );
             }
             // Already revoked, or never recorded (purged long ago): nothing left to do.
             Ok(_) => {
-                let _ = req.done.send(Outcome::Revoked);
+                let _ = req.done.send(Outcome::NotLive);
             }
             Err(e) => {
                 let _ = req.done.send(Outcome::Failing(format!(
@@ -301,7 +370,8 @@ async fn process(core: &MountCore, now: u64, due: Vec<(u64, String)>, requests: 
 async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<Work>) {
     let settings: Map<String, Value> = batch[0].cred.settings.clone();
     let names: Vec<String> = batch.iter().map(|w| w.cred.principal.clone()).collect();
-    let results: Vec<Result<(), String>> = match core.target(connection).await {
+    // Per principal: Ok(true) when it was already gone.
+    let results: Vec<Result<bool, String>> = match core.target(connection).await {
         Err(e) => vec![Err(e.to_string()); batch.len()],
         Ok(target) => {
             let call = |names: Vec<String>| {
@@ -320,7 +390,10 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 }
             };
             match call(names.clone()).await {
-                Ok(_) => vec![Ok(()); batch.len()],
+                Ok(r) => {
+                    let gone: HashSet<&String> = r.already_gone.iter().collect();
+                    names.iter().map(|n| Ok(gone.contains(n))).collect()
+                }
                 // One bad principal must not hold the others back: try each alone. Not when
                 // the target is unreachable: each attempt would only wait out its own timeout.
                 Err(e) if batch.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
@@ -328,7 +401,11 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                         "batch revocation failed; revoking one by one");
                     let mut out = Vec::with_capacity(names.len());
                     for n in names {
-                        out.push(call(vec![n]).await.map(|_| ()).map_err(|e| e.to_string()));
+                        let r = call(vec![n.clone()]).await;
+                        out.push(
+                            r.map(|r| r.already_gone.contains(&n))
+                                .map_err(|e| e.to_string()),
+                        );
                     }
                     out
                 }
@@ -347,26 +424,41 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
         cred.revoke_requested_at.get_or_insert(now);
         cred.revoke_reason.get_or_insert(w.reason.clone());
         let outcome = match result {
-            Ok(()) => {
+            Ok(already_gone) => {
                 cred.state = State::Revoked;
                 cred.revoked_at = Some(now);
                 cred.due = now + RETENTION_SECS;
-                tracing::info!(cred_id = %cred.id, role = %cred.role, principal = %cred.principal,
-                    lease_id = cred.lease_id.as_deref().unwrap_or(""),
-                    entity_id = %cred.requester.entity_id, reason = %w.reason,
-                    attempts = cred.attempts, "credential revoked");
-                Outcome::Revoked
+                if already_gone {
+                    Outcome::AlreadyGone
+                } else {
+                    Outcome::Revoked
+                }
             }
             Err(msg) => {
                 cred.state = State::Revoking;
                 cred.due = now + backoff(cred.attempts);
                 cred.last_error = Some(msg.clone());
-                tracing::warn!(cred_id = %cred.id, role = %cred.role, principal = %cred.principal,
-                    attempts = cred.attempts, retry_in_s = cred.due - now, error = %msg,
-                    "revocation failed; will retry");
                 Outcome::Failing(msg)
             }
         };
+        let (label, detail) = match &outcome {
+            Outcome::Failing(msg) => (
+                "retrying",
+                format!(
+                    "{}; attempt {} failed: {msg}; next in {}s",
+                    w.reason,
+                    cred.attempts,
+                    cred.due - now
+                ),
+            ),
+            Outcome::AlreadyGone => ("already_gone", w.reason.clone()),
+            _ => ("revoked", w.reason.clone()),
+        };
+        audit::emit(
+            Action::Revoke,
+            label,
+            &Event::for_credential(&cred).detail(&detail),
+        );
         replies.push((w.waiters, outcome));
         updates.push((cred, Some(previous_due)));
     }

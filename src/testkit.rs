@@ -64,7 +64,7 @@ impl Target for FakeTarget {
             if set.remove(n) {
                 r.removed += 1;
             } else {
-                r.already_gone += 1;
+                r.already_gone.push(n.clone());
             }
         }
         Ok(r)

@@ -171,6 +171,7 @@ impl pb::backend_server::Backend for BackendService {
         Ok(Response::new(pb::SpecialPathsReply {
             paths: Some(pb::Paths {
                 seal_wrap_storage: Engine::seal_wrap_storage(),
+                root: Engine::sudo_paths(),
                 ..Default::default()
             }),
         }))

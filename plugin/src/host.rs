@@ -302,4 +302,23 @@ impl mayfly::Host for HostSystem {
             })?;
         Ok(SecretString::from(r.into_inner().password))
     }
+
+    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, mayfly::Error> {
+        let r = self
+            .client
+            .clone()
+            .groups_for_entity(pb::EntityInfoArgs {
+                entity_id: entity_id.to_owned(),
+            })
+            .await
+            .map_err(|e| unavailable("GroupsForEntity", e))?
+            .into_inner();
+        if !r.err.is_empty() {
+            return Err(mayfly::Error::Internal(format!(
+                "the host could not list the groups of entity '{entity_id}': {}",
+                r.err
+            )));
+        }
+        Ok(r.groups.into_iter().map(|g| g.name).collect())
+    }
 }

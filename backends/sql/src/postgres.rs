@@ -445,7 +445,11 @@ impl Target for PgTarget {
         let existing = self.existing(names).await?;
         let outcome = Revoked {
             removed: existing.len(),
-            already_gone: names.len() - existing.len(),
+            already_gone: names
+                .iter()
+                .filter(|n| !existing.contains(n))
+                .cloned()
+                .collect(),
         };
         if existing.is_empty() {
             return Ok(outcome);

@@ -1,0 +1,538 @@
+//! The operator's emergency tools (sudo paths): revoke in bulk by task, role, connection or
+//! everything; list the revocations that keep failing; find and purge orphans, the principals
+//! on a target that carry mayfly's naming mark but have no live ledger record.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::audit::{self, Action, Event};
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, Fields};
+use crate::ledger::{self, Credential, State};
+use crate::mount::MountCore;
+use crate::request::{Request, Response};
+use crate::scheduler::{self, Report};
+use crate::tasks;
+use crate::template::MARK;
+
+/// The most principals dropped in one call during a purge.
+const PURGE_BATCH: usize = 1000;
+
+/// What a bulk revocation covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Task(&'a str),
+    Role(&'a str),
+    Connection(&'a str),
+    All,
+}
+
+impl Scope<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Scope::Task(id) => format!("revoke/task/{id}"),
+            Scope::Role(name) => format!("revoke/role/{name}"),
+            Scope::Connection(name) => format!("revoke/config/{name}"),
+            Scope::All => "revoke/all".to_owned(),
+        }
+    }
+
+    fn covers(&self, c: &Credential) -> bool {
+        match self {
+            Scope::Task(_) | Scope::All => true,
+            Scope::Role(name) => c.role == *name,
+            Scope::Connection(name) => c.connection == *name,
+        }
+    }
+}
+
+/// Every credential the ledger does not yet have as revoked.
+async fn live_credentials(core: &MountCore) -> Result<Vec<Credential>, Error> {
+    let kv = core.storage.as_ref();
+    let ids = ledger::ids(kv).await?;
+    Ok(ledger::load_all(kv, &ids)
+        .await?
+        .into_iter()
+        .filter(|c| c.state != State::Revoked)
+        .collect())
+}
+
+/// `revoke/...`: revokes every live credential in `scope` on its target and reports how many
+/// were revoked, already gone, and failed (failures stay in the ledger and are retried).
+pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result<Response, Error> {
+    let what = scope.describe();
+    let report = match scope {
+        Scope::Task(id) => {
+            tasks::end(core, id, "revoked by an operator", &req.requester)
+                .await?
+                .ok_or_else(|| Error::bad_request(format!("no task '{id}'")))?
+                .1
+        }
+        _ => {
+            let ids: Vec<String> = live_credentials(core)
+                .await?
+                .into_iter()
+                .filter(|c| scope.covers(c))
+                .map(|c| c.id)
+                .collect();
+            scheduler::revoke_many(core, ids, &format!("revoked by an operator ({what})")).await
+        }
+    };
+    emit_operator(
+        Action::OperatorRevoke,
+        &report_outcome(&report),
+        req,
+        &what,
+        &report,
+    );
+    let mut data = report.view();
+    data.insert("scope".into(), json!(what));
+    Ok(Response::data(data))
+}
+
+fn report_outcome(r: &Report) -> String {
+    if r.failed.is_empty() { "ok" } else { "failed" }.to_owned()
+}
+
+fn emit_operator(action: Action, outcome: &str, req: &Request, what: &str, r: &Report) {
+    let detail = format!("{what}; {}", r.summary());
+    audit::emit(
+        action,
+        outcome,
+        &Event {
+            entity_id: &req.requester.entity_id,
+            token_accessor: &req.requester.token_accessor,
+            remote_addr: &req.requester.remote_addr,
+            detail: &detail,
+            ..Default::default()
+        },
+    );
+}
+
+/// `revocations/`: the credentials whose revocation has failed at least once and not yet
+/// succeeded, with attempts, last error and since when.
+pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
+    let mut failing: Vec<Credential> = live_credentials(core)
+        .await?
+        .into_iter()
+        .filter(|c| c.state == State::Revoking && c.attempts > 0)
+        .collect();
+    failing.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut info = Map::new();
+    for c in &failing {
+        info.insert(
+            c.id.clone(),
+            json!({"role": c.role, "connection": c.connection, "principal": c.principal,
+                   "task_id": c.task_id, "attempts": c.attempts, "last_error": c.last_error,
+                   "failing_since": c.revoke_requested_at, "last_attempt_at": c.last_attempt_at,
+                   "next_attempt_at": c.due, "reason": c.revoke_reason}),
+        );
+    }
+    let mut resp = Response::list(failing.into_iter().map(|c| c.id).collect());
+    if let Some(d) = resp.data.as_mut() {
+        d.insert("key_info".into(), Value::Object(info));
+    }
+    Ok(resp)
+}
+
+pub fn orphan_fields() -> Vec<FieldDef> {
+    vec![FieldDef::new(
+        "purge",
+        FieldType::Bool,
+        "Drop the orphans found. Without it (the default) a write is a dry run.",
+    )]
+}
+
+/// `orphans/NAME`: the principals on connection `name` that carry mayfly's mark but have no
+/// live ledger record; a write with `purge=true` drops them.
+pub async fn orphans(
+    core: &MountCore,
+    name: &str,
+    purge: bool,
+    req: &Request,
+) -> Result<Response, Error> {
+    Fields::parse(&orphan_fields(), &req.data)?;
+    if core.connection(name).await?.is_none() {
+        return Err(Error::bad_request(format!("no connection '{name}'")));
+    }
+    let target = core.target(name).await?;
+    // The target first, then the ledger: a principal being issued meanwhile already has its
+    // intent on record when it appears on the target, so it is never taken for an orphan.
+    let marked = target.list_marked(MARK).await?;
+    let live: HashSet<String> = live_credentials(core)
+        .await?
+        .into_iter()
+        .filter(|c| c.connection == name)
+        .map(|c| c.principal)
+        .collect();
+    let orphans: Vec<String> = marked.into_iter().filter(|p| !live.contains(p)).collect();
+
+    let what = format!("orphans/{name}");
+    let mut data = Map::new();
+    data.insert("connection".into(), json!(name));
+    data.insert("mark".into(), json!(MARK));
+    data.insert("count".into(), json!(orphans.len()));
+    if !purge {
+        let report = Report::default();
+        let detail = format!("{what}: {} found", orphans.len());
+        emit_operator(Action::OrphanScan, "ok", req, &detail, &report);
+        data.insert("orphans".into(), json!(orphans));
+        data.insert("dry_run".into(), json!(true));
+        return Ok(Response::data(data));
+    }
+
+    let mut report = Report::default();
+    for chunk in orphans.chunks(PURGE_BATCH) {
+        // No record, so no statements of their role: the kind's default revocation applies.
+        match target.revoke(chunk, &Map::new()).await {
+            Ok(r) => {
+                report.already_gone += r.already_gone.len();
+                report.revoked += chunk.len() - r.already_gone.len();
+            }
+            Err(e) => report
+                .failed
+                .extend(chunk.iter().map(|p| (p.clone(), e.to_string()))),
+        }
+    }
+    let detail = format!("{what}: {} found", orphans.len());
+    emit_operator(
+        Action::OrphanPurge,
+        &report_outcome(&report),
+        req,
+        &detail,
+        &report,
+    );
+    data.insert("orphans".into(), json!(orphans));
+    data.insert("dry_run".into(), json!(false));
+    data.insert("purged".into(), json!(report.revoked));
+    data.insert("already_gone".into(), json!(report.already_gone));
+    data.insert("failed".into(), json!(report.failed.len()));
+    Ok(Response::data(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use crate::host::FixedHost;
+    use crate::request::{Operation, Request, Requester, Response};
+    use crate::storage::InMemoryStorage;
+    use crate::testkit::Fake;
+    use crate::{Backends, Engine, Error};
+
+    struct Mount {
+        engine: Engine,
+        fake: Arc<Fake>,
+    }
+
+    fn who(entity: &str, addr: &str) -> Requester {
+        Requester {
+            entity_id: entity.into(),
+            token_accessor: format!("acc-{entity}"),
+            display_name: "token".into(),
+            remote_addr: addr.into(),
+        }
+    }
+
+    impl Mount {
+        async fn new() -> Mount {
+            let fake = Arc::new(Fake::default());
+            let host = FixedHost {
+                groups: vec![("e-ops".into(), "ops".into())],
+                ..FixedHost::default()
+            };
+            let engine = Engine::new(
+                Arc::new(InMemoryStorage::new()),
+                Backends::new(vec![fake.clone()]),
+                Arc::new(host),
+                "v0",
+            );
+            engine.start();
+            let m = Mount { engine, fake };
+            m.write(
+                "config/db",
+                json!({"plugin_name": "fake", "url": "fake://x",
+                                         "allowed_roles": "*"}),
+            )
+            .await
+            .unwrap();
+            for role in ["a", "b"] {
+                m.write(
+                    &format!("roles/{role}"),
+                    json!({"db_name": "db", "max_ttl": "2h"}),
+                )
+                .await
+                .unwrap();
+            }
+            m
+        }
+
+        async fn call(
+            &self,
+            op: Operation,
+            path: &str,
+            body: Value,
+            as_: Requester,
+        ) -> Result<Response, Error> {
+            let mut req = Request::new(op, path).with_data(body);
+            req.requester = as_;
+            self.engine.handle(req).await
+        }
+
+        async fn write(&self, path: &str, body: Value) -> Result<Response, Error> {
+            self.call(Operation::Update, path, body, who("e-1", "127.0.0.1"))
+                .await
+        }
+
+        async fn data(
+            &self,
+            op: Operation,
+            path: &str,
+            body: Value,
+        ) -> serde_json::Map<String, Value> {
+            self.call(op, path, body, who("e-1", "127.0.0.1"))
+                .await
+                .unwrap()
+                .data
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_bounds_its_credentials_and_ending_it_revokes_them_all() {
+        let m = Mount::new().await;
+        let task = m
+            .data(
+                Operation::Update,
+                "tasks/",
+                json!({"ttl": "10m",
+                                    "description": "deploy", "metadata": "ticket=OPS-1"}),
+            )
+            .await;
+        let id = task["task_id"].as_str().unwrap().to_owned();
+        assert_eq!(task["metadata"], json!({"ticket": "OPS-1"}));
+        let a = m
+            .write("creds/a", json!({"task_id": id, "ttl": "1h"}))
+            .await
+            .unwrap();
+        let lease = a.lease.clone().unwrap();
+        assert!((598..=600).contains(&lease.ttl), "{lease:?}");
+        assert!(lease.max_ttl <= 600);
+        assert_eq!(a.data.as_ref().unwrap()["ttl_bound"], "task");
+        assert!(
+            a.warnings[0].contains("time left in its task"),
+            "{:?}",
+            a.warnings
+        );
+        let b = m
+            .write("creds/b", json!({"task_id": id, "ttl": "1m"}))
+            .await
+            .unwrap();
+        assert_eq!(b.data.as_ref().unwrap()["ttl_bound"], "requested");
+        assert_eq!(m.fake.target.count(), 2);
+
+        let read = m
+            .data(Operation::Read, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(read["credentials"].as_array().unwrap().len(), 2);
+        let ended = m
+            .data(Operation::Delete, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(
+            (ended["revoked"].clone(), ended["failed"].clone()),
+            (json!(2), json!(0))
+        );
+        assert_eq!(m.fake.target.count(), 0, "gone before the call returned");
+        let read = m
+            .data(Operation::Read, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(read["state"], "ended");
+        assert!(
+            read["credentials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["state"] == "revoked")
+        );
+        let err = m
+            .write("creds/a", json!({"task_id": id}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has ended"), "{err}");
+        let err = m
+            .write("creds/a", json!({"task_id": "nope"}))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("field 'task_id': no task 'nope'"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shortened_task_ends_at_its_new_deadline_through_the_scheduler() {
+        let m = Mount::new().await;
+        m.write("tasks/job-1", json!({"ttl": "1h"})).await.unwrap();
+        m.write("creds/a", json!({"task_id": "job-1"}))
+            .await
+            .unwrap();
+        m.write("tasks/job-1", json!({"ttl": 1})).await.unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            if m.fake.target.count() == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the task's end revoked its credential");
+        let read = m.data(Operation::Read, "tasks/job-1", Value::Null).await;
+        assert_eq!(read["end_reason"], "deadline reached");
+    }
+
+    #[tokio::test]
+    async fn tasks_and_roles_bind_who_may_issue() {
+        let m = Mount::new().await;
+        m.write("tasks/mine", json!({})).await.unwrap();
+        let other = who("e-2", "127.0.0.1");
+        let err = m
+            .call(
+                Operation::Update,
+                "creds/a",
+                json!({"task_id": "mine"}),
+                other.clone(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert!(err.to_string().contains("bound to its owner"), "{err}");
+        m.write("roles/b", json!({"allow_other_task_owners": true}))
+            .await
+            .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/b",
+            json!({"task_id": "mine"}),
+            other.clone(),
+        )
+        .await
+        .unwrap();
+
+        m.write("roles/a", json!({"require_task": true}))
+            .await
+            .unwrap();
+        let err = m.write("creds/a", json!({})).await.unwrap_err();
+        assert!(
+            err.to_string().contains("field 'task_id' is required"),
+            "{err}"
+        );
+
+        m.write(
+            "roles/b",
+            json!({"bound_entity_ids": "e-1", "bound_cidrs": "10.0.0.0/8,127.0.0.0/8",
+                                   "bound_group_names": "ops"}),
+        )
+        .await
+        .unwrap();
+        let cases = [
+            (who("e-2", "127.0.0.1"), "bound_entity_ids"),
+            (who("e-1", "192.168.1.1"), "bound_cidrs"),
+            (who("e-1", "127.0.0.1"), "bound_group_names"),
+        ];
+        for (as_, binding) in cases {
+            let err = m
+                .call(Operation::Update, "creds/b", json!({}), as_)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 403, "{err}");
+            assert!(err.to_string().contains(binding), "{binding}: {err}");
+        }
+        m.write("roles/b", json!({"bound_entity_ids": "e-ops"}))
+            .await
+            .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/b",
+            json!({}),
+            who("e-ops", "10.1.1.1"),
+        )
+        .await
+        .unwrap();
+        let err = m
+            .write("roles/b", json!({"bound_cidrs": "10.0.0.0/40"}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("field 'bound_cidrs'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn operators_revoke_in_bulk_list_failures_and_purge_orphans() {
+        let m = Mount::new().await;
+        let mut names = Vec::new();
+        for role in ["a", "a", "a", "b"] {
+            let r = m.write(&format!("creds/{role}"), json!({})).await.unwrap();
+            names.push(r.data.unwrap()["username"].as_str().unwrap().to_owned());
+        }
+        // One dropped by hand: counted as already gone.
+        m.fake.target.principals.lock().unwrap().remove(&names[0]);
+        let r = m.data(Operation::Update, "revoke/role/a", json!({})).await;
+        assert_eq!(
+            (r["revoked"].clone(), r["already_gone"].clone()),
+            (json!(2), json!(1))
+        );
+        assert_eq!(m.fake.target.count(), 1);
+
+        m.fake.target.down.store(true, Ordering::SeqCst);
+        let r = m.data(Operation::Update, "revoke/all", json!({})).await;
+        assert_eq!(r["failed"], 1);
+        let list = m.data(Operation::List, "revocations/", Value::Null).await;
+        let key = list["keys"][0].as_str().unwrap();
+        assert_eq!(list["key_info"][key]["attempts"], 1);
+        assert_eq!(list["key_info"][key]["last_error"], "fake target is down");
+        m.fake.target.down.store(false, Ordering::SeqCst);
+
+        // Orphans: marked principals without a live record; a leased one is never one.
+        let leased = m.write("creds/b", json!({})).await.unwrap().data.unwrap()["username"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for i in 0..5 {
+            m.fake
+                .target
+                .principals
+                .lock()
+                .unwrap()
+                .insert(format!("mf-hand-{i}"));
+        }
+        m.fake
+            .target
+            .principals
+            .lock()
+            .unwrap()
+            .insert("not-ours".into());
+        let scan = m.data(Operation::Read, "orphans/db", Value::Null).await;
+        assert!(
+            scan["orphans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o != &json!(leased))
+        );
+        // names[3] is failing (revoking), so it is live and not an orphan either.
+        assert_eq!(scan["count"], 5, "{scan:?}");
+        let dry = m.data(Operation::Update, "orphans/db", json!({})).await;
+        assert_eq!(dry["dry_run"], true);
+        assert!(m.fake.target.has("mf-hand-0"));
+        let purge = m
+            .data(Operation::Update, "orphans/db", json!({"purge": true}))
+            .await;
+        assert_eq!(purge["purged"], 5);
+        assert!(m.fake.target.has(&leased) && m.fake.target.has("not-ours"));
+        assert!(!m.fake.target.has("mf-hand-4"));
+    }
+}

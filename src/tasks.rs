@@ -1,0 +1,468 @@
+//! `tasks/ID`: a task is the unit of access. It has a deadline, an owner (the entity that
+//! created it), a description and metadata. Credentials issued under it never outlive it, and
+//! ending it (deleting it, an operator's `revoke/task/ID`, or its deadline passing) revokes every
+//! credential issued under it, across roles and connections.
+//!
+//! A task is indexed in the ledger's due index (entry `task.<id>`) at its deadline while open,
+//! and at the end of its retention once ended, so the scheduler ends and later purges it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::audit::{self, Action, Event};
+use crate::error::Error;
+use crate::fields::{FieldDef, FieldType, Fields};
+use crate::host::{now, random_lower};
+use crate::ledger::{self, RETENTION_SECS, RequesterRecord, State, TASK_ENTRY};
+use crate::mount::MountCore;
+use crate::request::{Request, Requester, Response};
+use crate::scheduler::{self, Report};
+use crate::storage::{self, Kv};
+
+pub const PREFIX: &str = "tasks/";
+/// Where the mount-wide task settings live (served at `config/tasks`; not under `config/`, which
+/// holds connections).
+const SETTINGS_KEY: &str = "settings/tasks";
+/// A task's TTL when neither the request nor `config/tasks` gives one.
+pub const DEFAULT_TASK_TTL: u64 = 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Open,
+    Ended,
+}
+
+impl TaskState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskState::Open => "open",
+            TaskState::Ended => "ended",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub description: String,
+    pub metadata: Map<String, Value>,
+    pub owner: RequesterRecord,
+    /// Only the owner may draw credentials under the task (unless a role allows others).
+    pub bound_to_owner: bool,
+    pub created_at: u64,
+    pub deadline: u64,
+    pub state: TaskState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+    /// Where the task sits in the due index.
+    pub due: u64,
+}
+
+impl Task {
+    /// Credentials may still be issued under it.
+    pub fn is_open(&self, now: u64) -> bool {
+        self.state == TaskState::Open && self.deadline > now
+    }
+
+    /// Whether `who` is the task's owner: the same entity, or, for tokens without an entity
+    /// (such as root tokens), the same token.
+    pub fn owned_by(&self, who: &Requester) -> bool {
+        if self.owner.entity_id.is_empty() {
+            who.entity_id.is_empty() && who.token_accessor == self.owner.token_accessor
+        } else {
+            who.entity_id == self.owner.entity_id
+        }
+    }
+
+    fn entry(&self) -> String {
+        entry(&self.id)
+    }
+
+    fn view(&self) -> Map<String, Value> {
+        let mut v = json!({
+            "task_id": self.id,
+            "description": self.description,
+            "metadata": self.metadata,
+            "owner": {
+                "entity_id": self.owner.entity_id,
+                "token_accessor": self.owner.token_accessor,
+                "display_name": self.owner.display_name,
+                "remote_addr": self.owner.remote_addr,
+            },
+            "bound_to_owner": self.bound_to_owner,
+            "created_at": self.created_at,
+            "deadline": self.deadline,
+            "ttl_remaining": self.deadline.saturating_sub(now()),
+            "state": self.state.name(),
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+        });
+        std::mem::take(v.as_object_mut().expect("an object"))
+    }
+}
+
+fn entry(id: &str) -> String {
+    format!("{TASK_ENTRY}{id}")
+}
+
+/// The mount-wide task settings (`config/tasks`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSettings {
+    /// Seconds; 0 means the mount's maximum lease TTL.
+    pub max_task_ttl: u64,
+    /// Seconds; 0 means [`DEFAULT_TASK_TTL`].
+    pub default_task_ttl: u64,
+}
+
+pub fn settings_fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "max_task_ttl",
+            FieldType::Duration,
+            "The longest a task may run; 0 uses the mount's maximum lease TTL.",
+        ),
+        FieldDef::new(
+            "default_task_ttl",
+            FieldType::Duration,
+            "A task's TTL when its creation gives none; 0 means one hour.",
+        ),
+    ]
+}
+
+pub fn task_fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "ttl",
+            FieldType::Duration,
+            "How long the task runs from now; capped by max_task_ttl. On an update, moves the \
+             deadline (shortening it ends credentials that would outlive it).",
+        ),
+        FieldDef::new("description", FieldType::String, "What the task is for."),
+        FieldDef::new(
+            "metadata",
+            FieldType::StringMap,
+            "Key-value pairs describing the task (pipeline, ticket, agent…).",
+        ),
+        FieldDef::new(
+            "bound_to_owner",
+            FieldType::Bool,
+            "Only the entity that created the task may draw credentials under it, unless the \
+             role sets allow_other_task_owners. Default true.",
+        ),
+    ]
+}
+
+pub async fn load_settings(kv: &dyn Kv) -> Result<TaskSettings, Error> {
+    Ok(storage::get_json(kv, SETTINGS_KEY)
+        .await?
+        .unwrap_or_default())
+}
+
+pub async fn write_settings(kv: &dyn Kv, data: &Map<String, Value>) -> Result<(), Error> {
+    let fields = Fields::parse(&settings_fields(), data)?;
+    let mut settings = load_settings(kv).await?;
+    if let Some(v) = fields.duration("max_task_ttl") {
+        settings.max_task_ttl = v;
+    }
+    if let Some(v) = fields.duration("default_task_ttl") {
+        settings.default_task_ttl = v;
+    }
+    if settings.max_task_ttl != 0 && settings.default_task_ttl > settings.max_task_ttl {
+        return Err(Error::bad_request(format!(
+            "field 'default_task_ttl': {}s is longer than max_task_ttl {}s",
+            settings.default_task_ttl, settings.max_task_ttl
+        )));
+    }
+    Ok(storage::put_json(kv, SETTINGS_KEY, &settings).await?)
+}
+
+pub fn settings_view(s: &TaskSettings) -> Map<String, Value> {
+    let mut out = Map::new();
+    out.insert("max_task_ttl".into(), json!(s.max_task_ttl));
+    out.insert("default_task_ttl".into(), json!(s.default_task_ttl));
+    out
+}
+
+fn key(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Task>, Error> {
+    Ok(storage::get_json(kv, &key(id)).await?)
+}
+
+/// Writes `task` and moves its due-index entry from `previous_due` to `task.due` (new entry
+/// first, as for credentials).
+async fn store(core: &MountCore, task: &Task, previous_due: Option<u64>) -> Result<(), Error> {
+    let kv = core.storage.as_ref();
+    if previous_due != Some(task.due) {
+        ledger::put_due(kv, task.due, &task.entry()).await?;
+    }
+    storage::put_json(kv, &key(&task.id), task).await?;
+    if let Some(old) = previous_due.filter(|old| *old != task.due) {
+        ledger::remove_due(kv, old, &task.entry()).await?;
+    }
+    core.scheduler.track(task.due, &task.entry());
+    Ok(())
+}
+
+/// The TTL a task gets: the request's, else the configured default, capped by `max_task_ttl`
+/// (or the mount's maximum). Returns the TTL and a warning when it was capped.
+async fn task_ttl(core: &MountCore, asked: Option<u64>) -> Result<(u64, Option<String>), Error> {
+    let settings = load_settings(core.storage.as_ref()).await?;
+    let max = match settings.max_task_ttl {
+        0 => core.max_lease_ttl().await?.as_secs(),
+        m => m,
+    };
+    let ttl = match (asked, settings.default_task_ttl) {
+        (Some(t), _) if t > 0 => t,
+        (_, 0) => DEFAULT_TASK_TTL,
+        (_, d) => d,
+    };
+    if ttl > max {
+        Ok((
+            max,
+            Some(format!(
+                "ttl of {ttl}s is longer than the maximum task TTL of {max}s; capped"
+            )),
+        ))
+    } else {
+        Ok((ttl, None))
+    }
+}
+
+/// `tasks/` (write, generated id) and `tasks/ID` (write): creates a task, or updates an open one.
+pub async fn write(core: &MountCore, id: Option<&str>, req: &Request) -> Result<Response, Error> {
+    let fields = Fields::parse(&task_fields(), &req.data)?;
+    let kv = core.storage.as_ref();
+    let existing = match id {
+        Some(id) => load(kv, id).await?,
+        None => None,
+    };
+    let now = now();
+    let mut warnings = Vec::new();
+    let asked = fields.duration("ttl");
+    let metadata = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect()
+    };
+    let (task, action) = match existing {
+        Some(mut task) => {
+            if !task.is_open(now) {
+                return Err(Error::bad_request(format!(
+                    "task '{}' has ended and cannot be changed",
+                    task.id
+                )));
+            }
+            if asked.is_some() {
+                let (ttl, warning) = task_ttl(core, asked).await?;
+                warnings.extend(warning);
+                task.deadline = now + ttl;
+            }
+            if let Some(d) = fields.str("description") {
+                task.description = d.to_owned();
+            }
+            if let Some(m) = fields.map("metadata") {
+                task.metadata = metadata(m);
+            }
+            if let Some(b) = fields.bool("bound_to_owner") {
+                task.bound_to_owner = b;
+            }
+            let previous = task.due;
+            task.due = task.deadline;
+            store(core, &task, Some(previous)).await?;
+            (task, Action::TaskUpdate)
+        }
+        None => {
+            let (ttl, warning) = task_ttl(core, asked).await?;
+            warnings.extend(warning);
+            let task = Task {
+                id: id.map_or_else(|| random_lower(20), str::to_owned),
+                description: fields.str("description").unwrap_or("").to_owned(),
+                metadata: fields.map("metadata").map(metadata).unwrap_or_default(),
+                owner: (&req.requester).into(),
+                bound_to_owner: fields.bool("bound_to_owner").unwrap_or(true),
+                created_at: now,
+                deadline: now + ttl,
+                state: TaskState::Open,
+                ended_at: None,
+                end_reason: None,
+                due: now + ttl,
+            };
+            store(core, &task, None).await?;
+            (task, Action::TaskCreate)
+        }
+    };
+    let detail = format!("deadline {}", task.deadline);
+    audit::emit(
+        action,
+        "ok",
+        &Event {
+            task_id: &task.id,
+            entity_id: &req.requester.entity_id,
+            token_accessor: &req.requester.token_accessor,
+            remote_addr: &req.requester.remote_addr,
+            detail: &detail,
+            ..Default::default()
+        },
+    );
+    Ok(Response {
+        data: Some(task.view()),
+        warnings,
+        lease: None,
+    })
+}
+
+/// `tasks/ID` read: the task and its credentials with their states.
+pub async fn read(core: &MountCore, id: &str) -> Result<Response, Error> {
+    let kv = core.storage.as_ref();
+    let Some(task) = load(kv, id).await? else {
+        return Ok(Response::empty());
+    };
+    let ids = ledger::task_credentials(kv, id).await?;
+    let mut creds: Vec<Value> = ledger::load_all(kv, &ids)
+        .await?
+        .into_iter()
+        .map(|c| {
+            json!({"cred_id": c.id, "role": c.role, "connection": c.connection,
+                   "principal": c.principal, "state": c.state.name(), "deadline": c.deadline,
+                   "revoke_reason": c.revoke_reason, "last_error": c.last_error})
+        })
+        .collect();
+    creds.sort_by_key(|c| c["cred_id"].as_str().unwrap_or("").to_owned());
+    let mut data = task.view();
+    data.insert("credentials".into(), Value::Array(creds));
+    Ok(Response::data(data))
+}
+
+/// `tasks/` list, with each task's state, deadline, owner and description.
+pub async fn list(core: &MountCore) -> Result<Response, Error> {
+    let kv = core.storage.as_ref();
+    let ids = kv.list(PREFIX).await?;
+    let mut info = Map::new();
+    for id in &ids {
+        if let Some(t) = load(kv, id).await? {
+            info.insert(
+                id.clone(),
+                json!({"state": t.state.name(), "deadline": t.deadline,
+                       "owner_entity_id": t.owner.entity_id, "description": t.description}),
+            );
+        }
+    }
+    let mut resp = Response::list(ids);
+    if let Some(d) = resp.data.as_mut() {
+        d.insert("key_info".into(), Value::Object(info));
+    }
+    Ok(resp)
+}
+
+/// Ends task `id` (if still open) and revokes every live credential issued under it, waiting
+/// until each revocation is done or recorded as failing. `None` when there is no such task.
+pub async fn end(
+    core: &MountCore,
+    id: &str,
+    reason: &str,
+    by: &Requester,
+) -> Result<Option<(Task, Report)>, Error> {
+    let kv = core.storage.as_ref();
+    let Some(mut task) = load(kv, id).await? else {
+        return Ok(None);
+    };
+    let now = now();
+    if task.state == TaskState::Open {
+        // Marked ended before its credentials are listed: an issuance that checked the task
+        // before this write finds it ended when it checks again after creating (creds.rs).
+        task.state = TaskState::Ended;
+        task.ended_at = Some(now);
+        task.end_reason = Some(reason.to_owned());
+        let previous = task.due;
+        task.due = now + RETENTION_SECS;
+        store(core, &task, Some(previous)).await?;
+    }
+    let ids = ledger::task_credentials(kv, id).await?;
+    let live: Vec<String> = ledger::load_all(kv, &ids)
+        .await?
+        .into_iter()
+        .filter(|c| c.state != State::Revoked)
+        .map(|c| c.id)
+        .collect();
+    let report = scheduler::revoke_many(core, live, &format!("task ended: {reason}")).await;
+    let detail = format!("{reason}; {}", report.summary());
+    audit::emit(
+        Action::TaskEnd,
+        if report.failed.is_empty() {
+            "ok"
+        } else {
+            "failed"
+        },
+        &Event {
+            task_id: id,
+            entity_id: &by.entity_id,
+            token_accessor: &by.token_accessor,
+            remote_addr: &by.remote_addr,
+            detail: &detail,
+            ..Default::default()
+        },
+    );
+    Ok(Some((task, report)))
+}
+
+/// `tasks/ID` delete: ends the task; answers with what was revoked.
+pub async fn delete(core: &MountCore, id: &str, req: &Request) -> Result<Response, Error> {
+    match end(core, id, "deleted", &req.requester).await? {
+        None => Ok(Response::empty()),
+        Some((task, report)) => {
+            let mut data = report.view();
+            data.insert("task_id".into(), json!(task.id));
+            Ok(Response::data(data))
+        }
+    }
+}
+
+/// The scheduler reached the due entry of task `id`: end it at its deadline, purge it at the
+/// end of its retention.
+pub async fn on_due(core: Arc<MountCore>, entry_due: u64, id: String) {
+    let kv = core.storage.as_ref();
+    let now = now();
+    let task = match load(kv, &id).await {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            let _ = ledger::remove_due(kv, entry_due, &entry(&id)).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(task_id = %id, error = %e, "could not read a task; retrying");
+            core.scheduler.look_again(now, entry(&id));
+            return;
+        }
+    };
+    if task.due != entry_due {
+        let _ = ledger::remove_due(kv, entry_due, &entry(&id)).await;
+    }
+    if task.due > now {
+        return;
+    }
+    match task.state {
+        TaskState::Open => {
+            if let Err(e) = end(&core, &id, "deadline reached", &Requester::default()).await {
+                tracing::warn!(task_id = %id, error = %e, "could not end a task; retrying");
+                core.scheduler.look_again(now, entry(&id));
+            }
+        }
+        TaskState::Ended => {
+            let purged = async {
+                kv.delete(&key(&id)).await?;
+                ledger::remove_due(kv, task.due, &entry(&id)).await
+            };
+            if let Err(e) = purged.await {
+                tracing::warn!(task_id = %id, error = %e, "could not purge an ended task");
+            }
+        }
+    }
+}
