@@ -200,7 +200,7 @@ impl Engine {
                 Ok(Response::empty())
             }
             (Route::TaskList, Operation::List) => tasks::list(&self.core).await,
-            (Route::TaskList, Operation::Update) => tasks::write(&self.core, None, req).await,
+            (Route::TaskCreate, Operation::Update) => tasks::write(&self.core, None, req).await,
             (Route::Task, Operation::Update) => {
                 tasks::write(&self.core, Some(m.param("id")), req).await
             }
@@ -316,14 +316,22 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
                 revokes the lease.",
         },
         PathDef {
-            pattern: "tasks/",
-            route: Route::TaskList,
+            pattern: "tasks",
+            route: Route::TaskCreate,
             fields: tasks::task_fields(),
-            operations: vec![Operation::List, Operation::Update],
-            synopsis: "List the tasks, or create one with a generated id (write).",
+            operations: vec![Operation::Update],
+            synopsis: "Create a task with a generated id (the host refuses writes to 'tasks/').",
             description: "A task has a deadline (ttl), an owner (the requesting entity), a \
                 description and metadata. Credentials issued with its task_id never outlive \
                 it, and ending it revokes them all.",
+        },
+        PathDef {
+            pattern: "tasks/",
+            route: Route::TaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the tasks, with each one's state, deadline, owner and description.",
+            description: "",
         },
         PathDef {
             pattern: "tasks/{id}",

@@ -309,7 +309,7 @@ mod tests {
         let task = m
             .data(
                 Operation::Update,
-                "tasks/",
+                "tasks",
                 json!({"ttl": "10m",
                                     "description": "deploy", "metadata": "ticket=OPS-1"}),
             )

@@ -20,6 +20,7 @@ pub enum Route {
     LeaseList,
     Lease,
     TaskConfig,
+    TaskCreate,
     TaskList,
     Task,
     RevokeTask,

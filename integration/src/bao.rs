@@ -86,8 +86,13 @@ impl Bao {
 
     /// Starts a dev server and waits until it answers. Plugins are registered by the test.
     pub fn start() -> Bao {
+        Bao::start_with(&[])
+    }
+
+    /// As [`Bao::start`], with extra server flags (such as `-log-format=json`).
+    pub fn start_with(extra: &[&str]) -> Bao {
         let mut bao = Bao::new();
-        let args = vec![
+        let mut args = vec![
             "-dev".to_owned(),
             format!("-dev-root-token-id={ROOT_TOKEN}"),
             format!("-dev-listen-address=127.0.0.1:{}", bao.port),
@@ -95,6 +100,7 @@ impl Bao {
             "-dev-plugin-init=false".to_owned(),
             "-log-level=debug".to_owned(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         bao.spawn(&args, &[]);
         let up = crate::wait_until(30.0, || bao.get("sys/health").0 == 200);
         assert!(up, "OpenBao did not come up; log:\n{}", bao.log());
@@ -264,22 +270,33 @@ log_level = "debug"
     }
 
     pub fn request_raw(&self, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
+        self.send(&self.token, method, path, body)
+    }
+
+    /// A request made with `token` instead of the harness's root token.
+    pub fn request_as(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.send(token, method, path, body.map(|b| b.to_string()))
+    }
+
+    fn send(&self, token: &str, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
         let url = format!("{}/v1/{path}", self.addr);
         let result = match (method, body) {
-            ("GET", _) => self
-                .agent
-                .get(&url)
-                .header("X-Vault-Token", &self.token)
-                .call(),
+            ("GET", _) => self.agent.get(&url).header("X-Vault-Token", token).call(),
             ("DELETE", _) => self
                 .agent
                 .delete(&url)
-                .header("X-Vault-Token", &self.token)
+                .header("X-Vault-Token", token)
                 .call(),
             ("PUT", b) => self
                 .agent
                 .put(&url)
-                .header("X-Vault-Token", &self.token)
+                .header("X-Vault-Token", token)
                 .header("Content-Type", "application/json")
                 .send(b.unwrap_or_default()),
             (m, _) => panic!("unsupported method {m}"),

@@ -153,7 +153,7 @@ fn issue_login_renew_revoke_ends_sessions_and_leaks_no_secret() {
         assert!(!scanned.contains(secret), "a password leaked");
     }
     assert!(
-        bao.log().contains("credential revoked"),
+        bao.log().contains("audit_action=revoke"),
         "the log shows the lifecycle"
     );
 }
