@@ -5,6 +5,7 @@
 //! ids, names, outcomes and reasons only.
 
 use crate::ledger::Credential;
+use crate::request::Requester;
 
 /// What happened. The names are the `audit_action` field's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,16 @@ impl<'a> Event<'a> {
             remote_addr: &cred.requester.remote_addr,
             lease_id: cred.lease_id.as_deref().unwrap_or(""),
             detail: "",
+        }
+    }
+
+    /// The event for a call made by `who` (the requester's identity fields filled).
+    pub fn by(who: &'a Requester) -> Self {
+        Event {
+            entity_id: &who.entity_id,
+            token_accessor: &who.token_accessor,
+            remote_addr: &who.remote_addr,
+            ..Default::default()
         }
     }
 

@@ -70,7 +70,6 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
         Err(e @ Error::PermissionDenied(_)) => ("denied", e.to_string()),
         Err(e) => ("failed", e.to_string()),
     };
-    let r = &req.requester;
     audit::emit(
         Action::Issue,
         outcome,
@@ -80,11 +79,7 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
             role: role_name,
             connection: &trail.connection,
             principal: &trail.principal,
-            entity_id: &r.entity_id,
-            token_accessor: &r.token_accessor,
-            remote_addr: &r.remote_addr,
-            lease_id: "",
-            detail: &detail,
+            ..Event::by(&req.requester).detail(&detail)
         },
     );
     result

@@ -223,10 +223,7 @@ impl Engine {
                 operator::orphans(&self.core, m.param("name"), false, req).await
             }
             (Route::Orphans, Operation::Update) => {
-                let purge = crate::fields::Fields::parse(&operator::orphan_fields(), &req.data)?
-                    .bool("purge")
-                    .unwrap_or(false);
-                operator::orphans(&self.core, m.param("name"), purge, req).await
+                operator::orphans(&self.core, m.param("name"), true, req).await
             }
             _ => Err(Error::UnsupportedOperation),
         }

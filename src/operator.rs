@@ -97,17 +97,7 @@ fn report_outcome(r: &Report) -> String {
 
 fn emit_operator(action: Action, outcome: &str, req: &Request, what: &str, r: &Report) {
     let detail = format!("{what}; {}", r.summary());
-    audit::emit(
-        action,
-        outcome,
-        &Event {
-            entity_id: &req.requester.entity_id,
-            token_accessor: &req.requester.token_accessor,
-            remote_addr: &req.requester.remote_addr,
-            detail: &detail,
-            ..Default::default()
-        },
-    );
+    audit::emit(action, outcome, &Event::by(&req.requester).detail(&detail));
 }
 
 /// `revocations/`: the credentials whose revocation has failed at least once and not yet
@@ -145,14 +135,15 @@ pub fn orphan_fields() -> Vec<FieldDef> {
 }
 
 /// `orphans/NAME`: the principals on connection `name` that carry mayfly's mark but have no
-/// live ledger record; a write with `purge=true` drops them.
+/// live ledger record; a write (`may_purge`) with `purge=true` drops them.
 pub async fn orphans(
     core: &MountCore,
     name: &str,
-    purge: bool,
+    may_purge: bool,
     req: &Request,
 ) -> Result<Response, Error> {
-    Fields::parse(&orphan_fields(), &req.data)?;
+    let fields = Fields::parse(&orphan_fields(), &req.data)?;
+    let purge = may_purge && fields.bool("purge").unwrap_or(false);
     if core.connection(name).await?.is_none() {
         return Err(Error::bad_request(format!("no connection '{name}'")));
     }

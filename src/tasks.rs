@@ -305,11 +305,7 @@ pub async fn write(core: &MountCore, id: Option<&str>, req: &Request) -> Result<
         "ok",
         &Event {
             task_id: &task.id,
-            entity_id: &req.requester.entity_id,
-            token_accessor: &req.requester.token_accessor,
-            remote_addr: &req.requester.remote_addr,
-            detail: &detail,
-            ..Default::default()
+            ..Event::by(&req.requester).detail(&detail)
         },
     );
     Ok(Response {
@@ -403,11 +399,7 @@ pub async fn end(
         },
         &Event {
             task_id: id,
-            entity_id: &by.entity_id,
-            token_accessor: &by.token_accessor,
-            remote_addr: &by.remote_addr,
-            detail: &detail,
-            ..Default::default()
+            ..Event::by(by).detail(&detail)
         },
     );
     Ok(Some((task, report)))
