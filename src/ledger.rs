@@ -174,19 +174,12 @@ fn task_key(task: &str, id: &str) -> String {
     format!("{BY_TASK}{task}/{id}")
 }
 
-/// Indexes `entry` (a credential id or a `task.` entry) at `due`.
-pub async fn put_due(kv: &dyn Kv, due: u64, entry: &str) -> Result<(), StorageError> {
-    kv.put(&due_key(due, entry), Vec::new()).await
-}
-
 pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Credential>, StorageError> {
     storage::get_json(kv, &record_key(id)).await
 }
 
 /// Writes `cred` and indexes it at `cred.due` (unless it already is: `previous_due` says where
 /// its index entry is now), removing its index entry at `previous_due`.
-/// The new index entry is written first, so a crash between the writes leaves the record
-/// reachable by the scheduler (a stale entry is harmless: the scheduler drops it).
 pub async fn store(
     kv: &dyn Kv,
     cred: &Credential,
@@ -199,12 +192,27 @@ pub async fn store(
         // every credential that may exist.
         kv.put(&task_key(task, &cred.id), Vec::new()).await?;
     }
-    if previous_due != Some(cred.due) {
-        put_due(kv, cred.due, &cred.id).await?;
+    let key = record_key(&cred.id);
+    let record = storage::put_json(kv, &key, cred);
+    store_indexed(kv, &cred.id, cred.due, previous_due, record).await
+}
+
+/// Writes a record with `write`, moving its due-index entry `entry` from `previous_due` to
+/// `due`. The new entry is written first, so a crash between the writes leaves the record
+/// reachable by the scheduler (a stale entry is harmless: the scheduler drops it).
+pub async fn store_indexed(
+    kv: &dyn Kv,
+    entry: &str,
+    due: u64,
+    previous_due: Option<u64>,
+    write: impl std::future::Future<Output = Result<(), StorageError>>,
+) -> Result<(), StorageError> {
+    if previous_due != Some(due) {
+        kv.put(&due_key(due, entry), Vec::new()).await?;
     }
-    storage::put_json(kv, &record_key(&cred.id), cred).await?;
-    if let Some(old) = previous_due.filter(|old| *old != cred.due) {
-        kv.delete(&due_key(old, &cred.id)).await?;
+    write.await?;
+    if let Some(old) = previous_due.filter(|old| *old != due) {
+        kv.delete(&due_key(old, entry)).await?;
     }
     Ok(())
 }

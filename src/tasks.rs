@@ -15,7 +15,7 @@ use crate::audit::{self, Action, Event};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::{now, random_lower};
-use crate::ledger::{self, RETENTION_SECS, RequesterRecord, State, TASK_ENTRY};
+use crate::ledger::{self, RETENTION_SECS, RequesterRecord, TASK_ENTRY};
 use crate::mount::MountCore;
 use crate::request::{Request, Requester, Response};
 use crate::scheduler::{self, Report};
@@ -196,17 +196,12 @@ pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Task>, Error> {
     Ok(storage::get_json(kv, &key(id)).await?)
 }
 
-/// Writes `task` and moves its due-index entry from `previous_due` to `task.due` (new entry
-/// first, as for credentials).
+/// Writes `task` and moves its due-index entry from `previous_due` to `task.due`.
 async fn store(core: &MountCore, task: &Task, previous_due: Option<u64>) -> Result<(), Error> {
     let kv = core.storage.as_ref();
-    if previous_due != Some(task.due) {
-        ledger::put_due(kv, task.due, &task.entry()).await?;
-    }
-    storage::put_json(kv, &key(&task.id), task).await?;
-    if let Some(old) = previous_due.filter(|old| *old != task.due) {
-        ledger::remove_due(kv, old, &task.entry()).await?;
-    }
+    let key = key(&task.id);
+    let record = storage::put_json(kv, &key, task);
+    ledger::store_indexed(kv, &task.entry(), task.due, previous_due, record).await?;
     core.scheduler.track(task.due, &task.entry());
     Ok(())
 }
@@ -381,14 +376,9 @@ pub async fn end(
         task.due = now + RETENTION_SECS;
         store(core, &task, Some(previous)).await?;
     }
+    // Credentials already revoked come back as not live and are not counted.
     let ids = ledger::task_credentials(kv, id).await?;
-    let live: Vec<String> = ledger::load_all(kv, &ids)
-        .await?
-        .into_iter()
-        .filter(|c| c.state != State::Revoked)
-        .map(|c| c.id)
-        .collect();
-    let report = scheduler::revoke_many(core, live, &format!("task ended: {reason}")).await;
+    let report = scheduler::revoke_many(core, ids, &format!("task ended: {reason}")).await;
     let detail = format!("{reason}; {}", report.summary());
     audit::emit(
         Action::TaskEnd,
