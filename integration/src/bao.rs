@@ -72,8 +72,12 @@ impl Bao {
             .open(&self.log)
             .unwrap();
         let mut cmd = Command::new(bao_binary());
+        // Its own HOME: a dev server writes its root token to ~/.vault-token through a
+        // temporary file and a rename, and two servers starting together race on that rename
+        // (the loser exits with "rename /root/.vault-token.tmp …: no such file").
         cmd.arg("server")
             .args(args)
+            .env("HOME", &self.dir)
             .envs(env.iter().copied())
             .current_dir(&self.dir)
             .stdin(Stdio::null())
