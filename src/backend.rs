@@ -62,6 +62,26 @@ pub trait Target: Send + Sync {
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error>;
 }
 
+/// Who stops a credential from working at its deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryEnforcement {
+    /// The target itself refuses the principal after its deadline (PostgreSQL's VALID UNTIL),
+    /// and mayfly's scheduler removes it.
+    TargetAndScheduler,
+    /// The target has no per-principal expiry: mayfly's scheduler removing the principal is
+    /// the only guarantee.
+    SchedulerOnly,
+}
+
+impl ExpiryEnforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExpiryEnforcement::TargetAndScheduler => "target_and_scheduler",
+            ExpiryEnforcement::SchedulerOnly => "scheduler_only",
+        }
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync {
     /// The canonical `plugin_name` of this kind, e.g. `postgres`.
@@ -71,6 +91,17 @@ pub trait Backend: Send + Sync {
     /// existing configurations carry over unchanged.
     fn aliases(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// The `username_template` of roles that set none. Kinds with a short name limit make
+    /// shorter names.
+    fn default_username_template(&self) -> &'static str {
+        crate::template::DEFAULT_USERNAME_TEMPLATE
+    }
+
+    /// Whether the target refuses a principal after its deadline on its own.
+    fn expiry_enforcement(&self) -> ExpiryEnforcement {
+        ExpiryEnforcement::TargetAndScheduler
     }
 
     /// The connection fields this kind accepts beyond the common ones.

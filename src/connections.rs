@@ -28,6 +28,9 @@ pub struct ConnectionConfig {
     pub settings: Map<String, Value>,
     /// Kind-specific write-only settings.
     pub secrets: BTreeMap<String, SecretString>,
+    /// A root password being rotated in (see `rotate_root`): stored before the target is
+    /// changed, so that a crash midway never loses the password the target now takes.
+    pub pending_root_password: Option<SecretString>,
 }
 
 impl ConnectionConfig {
@@ -90,6 +93,10 @@ impl fmt::Debug for ConnectionConfig {
                     .map(|k| (k, "<redacted>"))
                     .collect::<Vec<_>>(),
             )
+            .field(
+                "pending_root_password",
+                &self.pending_root_password.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -102,6 +109,8 @@ struct Stored {
     verify_connection: bool,
     settings: Map<String, Value>,
     secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending_root_password: Option<String>,
 }
 
 impl From<&ConnectionConfig> for Stored {
@@ -116,6 +125,10 @@ impl From<&ConnectionConfig> for Stored {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.expose_secret().to_owned()))
                 .collect(),
+            pending_root_password: c
+                .pending_root_password
+                .as_ref()
+                .map(|p| p.expose_secret().to_owned()),
         }
     }
 }
@@ -132,6 +145,7 @@ impl From<Stored> for ConnectionConfig {
                 .into_iter()
                 .map(|(k, v)| (k, SecretString::from(v)))
                 .collect(),
+            pending_root_password: s.pending_root_password.map(SecretString::from),
         }
     }
 }
@@ -179,7 +193,7 @@ pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<ConnectionConfig>, S
         .map(Into::into))
 }
 
-async fn save(kv: &dyn Kv, name: &str, config: &ConnectionConfig) -> Result<(), StorageError> {
+pub async fn save(kv: &dyn Kv, name: &str, config: &ConnectionConfig) -> Result<(), StorageError> {
     storage::put_json(kv, &key(name), &Stored::from(config)).await
 }
 
@@ -304,6 +318,7 @@ fn merge<'b>(
         verify_connection: true,
         settings: Map::new(),
         secrets: BTreeMap::new(),
+        pending_root_password: None,
     });
     if let Some(roles) = fields.list("allowed_roles") {
         config.allowed_roles = roles.to_vec();
@@ -314,6 +329,10 @@ fn merge<'b>(
     for def in &kind_fields {
         match (fields.get(def.name), def.secret) {
             (Some(FieldValue::String(s)), true) => {
+                // A password the operator sets supersedes a rotation that stopped midway.
+                if def.name == "password" {
+                    config.pending_root_password = None;
+                }
                 config
                     .secrets
                     .insert(def.name.into(), SecretString::from(s.clone()));

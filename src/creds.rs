@@ -174,7 +174,7 @@ async fn issue_traced(
     }
 
     let principal = template::render(
-        role.username_template(),
+        role.username_template(backend.as_ref()),
         &template::Inputs {
             role_name,
             display_name: &req.requester.display_name,

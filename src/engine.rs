@@ -13,7 +13,7 @@ use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
-use crate::{connections, creds, roles, tasks};
+use crate::{connections, creds, roles, rotate_root, tasks};
 use crate::{error::Error, openapi};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -63,6 +63,7 @@ impl Engine {
                 scheduler: Scheduler::default(),
                 crash_hook,
                 cache: Default::default(),
+                root_rotation: Default::default(),
             }),
             router,
             version: version.into(),
@@ -169,9 +170,9 @@ impl Engine {
                 Ok(Response::empty())
             }
             (Route::RoleList, Operation::List) => Ok(Response::list(roles::list(kv).await?)),
-            (Route::Role, Operation::Read) => Ok(roles::load(kv, m.param("name"))
+            (Route::Role, Operation::Read) => Ok(roles::read(kv, backends, m.param("name"))
                 .await?
-                .map(|r| Response::data(r.view()))
+                .map(Response::data)
                 .unwrap_or_default()),
             (Route::Role, Operation::Update) => {
                 let name = m.param("name");
@@ -219,6 +220,9 @@ impl Engine {
                 operator::revoke(&self.core, Scope::All, req).await
             }
             (Route::Revocations, Operation::List) => operator::revocations(&self.core).await,
+            (Route::RotateRoot, Operation::Update) => {
+                rotate_root::rotate(&self.core, m.param("name")).await
+            }
             (Route::Orphans, Operation::Read) => {
                 operator::orphans(&self.core, m.param("name"), false, req).await
             }
@@ -374,6 +378,19 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
             operations: vec![Operation::Update],
             synopsis: "Revoke every live credential of the mount (sudo).",
             description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "rotate-root/{name}",
+            route: Route::RotateRoot,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Replace the password of the connection's own user with one only mayfly \
+                knows.",
+            description: "The new password is stored as pending before the target is changed \
+                and becomes the connection's password once the target has it; a rotation \
+                stopped midway (error, lost reply, crash) is settled by asking the target which \
+                password it takes, so the connection never loses a working password. Rotate \
+                only a user dedicated to mayfly: anyone else using it is locked out.",
         },
         PathDef {
             pattern: "revocations/",

@@ -19,6 +19,7 @@ pub mod operator;
 pub mod redact;
 pub mod request;
 pub mod roles;
+pub mod rotate_root;
 pub mod router;
 pub mod scheduler;
 pub mod storage;
@@ -27,7 +28,7 @@ pub mod template;
 #[cfg(test)]
 mod testkit;
 
-pub use backend::{Backend, Backends, NewPrincipal, Revoked, Target};
+pub use backend::{Backend, Backends, ExpiryEnforcement, NewPrincipal, Revoked, Target};
 pub use engine::Engine;
 pub use error::Error;
 pub use host::Host;

@@ -25,6 +25,8 @@ pub struct MountCore {
     pub scheduler: Scheduler,
     pub crash_hook: Option<CrashHook>,
     pub cache: Cache,
+    /// Held while a connection's root password is rotated or a stopped rotation is settled.
+    pub root_rotation: tokio::sync::Mutex<()>,
 }
 
 /// Roles and connections as last read, and the mount's maximum TTL, so that issuance does not
@@ -82,10 +84,17 @@ impl MountCore {
     /// The live handle on connection `name`, connecting (or reconnecting after a
     /// configuration change) as needed.
     pub async fn target(&self, name: &str) -> Result<Arc<dyn Target>, Error> {
-        let config = self
+        let mut config = self
             .connection(name)
             .await?
             .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
+        if config.pending_root_password.is_some() {
+            crate::rotate_root::settle(self, name).await?;
+            config = self
+                .connection(name)
+                .await?
+                .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
+        }
         self.target_for(name, &config).await
     }
 

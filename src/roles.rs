@@ -11,7 +11,7 @@ use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::storage::{self, Kv};
-use crate::template::{self, DEFAULT_USERNAME_TEMPLATE, MARK};
+use crate::template::{self, MARK};
 
 pub const PREFIX: &str = "roles/";
 
@@ -23,7 +23,7 @@ pub struct Role {
     pub default_ttl: u64,
     /// Seconds; 0 means the mount's maximum.
     pub max_ttl: u64,
-    /// Empty means [`DEFAULT_USERNAME_TEMPLATE`].
+    /// Empty means the kind's default ([`Backend::default_username_template`]).
     pub username_template: String,
     /// A host password policy; empty means mayfly's CSPRNG default.
     pub password_policy: String,
@@ -48,9 +48,10 @@ pub struct Role {
 }
 
 impl Role {
-    pub fn username_template(&self) -> &str {
+    /// The template names are made with: the role's own, or its kind's default.
+    pub fn username_template<'a>(&'a self, backend: &dyn Backend) -> &'a str {
         if self.username_template.is_empty() {
-            DEFAULT_USERNAME_TEMPLATE
+            backend.default_username_template()
         } else {
             &self.username_template
         }
@@ -153,6 +154,26 @@ pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
 
 fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
+}
+
+/// What a read of `roles/NAME` shows: the role, and who enforces its credentials' deadlines
+/// (left out when the role's connection is gone).
+pub async fn read(
+    kv: &dyn Kv,
+    backends: &Backends,
+    name: &str,
+) -> Result<Option<Map<String, Value>>, Error> {
+    let Some(role) = load(kv, name).await? else {
+        return Ok(None);
+    };
+    let mut view = role.view();
+    if let Ok((_, backend)) = connection(kv, backends, &role.db_name).await {
+        view.insert(
+            "expiry_enforcement".into(),
+            json!(backend.expiry_enforcement().as_str()),
+        );
+    }
+    Ok(Some(view))
 }
 
 pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<Role>, Error> {
@@ -290,7 +311,7 @@ pub async fn write(
         )));
     }
     let sample = template::render(
-        role.username_template(),
+        role.username_template(backend),
         &template::Inputs {
             role_name: name,
             display_name: "token",

@@ -29,6 +29,7 @@ pub enum Route {
     RevokeAll,
     Revocations,
     Orphans,
+    RotateRoot,
 }
 
 #[derive(Debug, Clone)]

@@ -60,7 +60,11 @@ fn main() {
 }
 
 fn backends() -> Backends {
-    Backends::new(vec![Arc::new(mayfly_sql::Postgres)])
+    Backends::new(vec![
+        Arc::new(mayfly_sql::Postgres),
+        Arc::new(mayfly_sql::MySql),
+        Arc::new(mayfly_redis::Redis),
+    ])
 }
 
 async fn serve() -> Result<(), String> {

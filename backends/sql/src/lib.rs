@@ -1,6 +1,9 @@
 //! mayfly backends for SQL targets. Each module implements the core's `Backend` for one database.
 
+pub mod common;
+pub mod mysql;
 pub mod postgres;
 pub mod statements;
 
+pub use mysql::MySql;
 pub use postgres::Postgres;

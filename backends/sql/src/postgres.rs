@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
-use mayfly::fields::{FieldDef, FieldType, FieldValue};
+use mayfly::fields::{FieldDef, FieldType};
 use mayfly::redact::{percent_encode, redact};
 use mayfly::{Backend, Error, NewPrincipal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
@@ -18,12 +18,8 @@ use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::statements::{self, Values, quote_identifier, quote_literal};
-
-const USERNAME: &str = "{{username}}";
-const PASSWORD: &str = "{{password}}";
-/// How long a connection check may take before it is reported as a failure.
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, expiration, list};
+use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
 
 pub struct Postgres;
 
@@ -38,101 +34,19 @@ impl Backend for Postgres {
     }
 
     fn connection_fields(&self) -> Vec<FieldDef> {
-        vec![
-            FieldDef::new(
-                "connection_url",
-                FieldType::String,
-                "postgres://{{username}}:{{password}}@host:5432/dbname?sslmode=…; the placeholders \
-                 take the username and password fields.",
-            )
-            .required(),
-            FieldDef::new(
-                "username",
-                FieldType::String,
-                "The user mayfly connects as.",
-            ),
-            FieldDef::new("password", FieldType::String, "The password of that user.").secret(),
-            FieldDef::new(
-                "max_open_connections",
-                FieldType::Int,
-                "The most connections mayfly keeps open to this database.",
-            )
-            .default(FieldValue::Int(4)),
-            FieldDef::new(
-                "tls_ca",
-                FieldType::String,
-                "PEM certificates of the CAs that sign the server's certificate. With it, \
-                 mayfly verifies the server (sslmode=verify-full unless the URL sets sslmode).",
-            ),
-            FieldDef::new(
-                "tls_certificate",
-                FieldType::String,
-                "PEM client certificate, for servers that authenticate clients by certificate.",
-            ),
-            FieldDef::new(
-                "private_key",
-                FieldType::String,
-                "PEM private key of tls_certificate.",
-            )
-            .secret(),
-        ]
+        common::connection_fields(
+            "postgres://{{username}}:{{password}}@host:5432/dbname?sslmode=…; the placeholders \
+             take the username and password fields.",
+        )
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
-        let raw = config.setting_str("connection_url").unwrap_or_default();
-        if raw.contains(USERNAME) && config.setting_str("username").is_none_or(str::is_empty) {
-            return Err(Error::bad_request(
-                "field 'username' is required: connection_url contains {{username}}",
-            ));
-        }
-        if raw.contains(PASSWORD) && config.secret("password").is_none_or(str::is_empty) {
-            return Err(Error::bad_request(
-                "field 'password' is required: connection_url contains {{password}}",
-            ));
-        }
-        let url =
-            url::Url::parse(&raw.replace(USERNAME, "u").replace(PASSWORD, "p")).map_err(|e| {
-                Error::bad_request(format!(
-                    "field 'connection_url': expected a URL such as \
-                 postgres://{{{{username}}}}:{{{{password}}}}@localhost:5432/postgres ({e})"
-                ))
-            })?;
-        if !matches!(url.scheme(), "postgres" | "postgresql") {
-            return Err(Error::bad_request(format!(
-                "field 'connection_url': expected the scheme postgres:// or postgresql://, got {}://",
-                url.scheme()
-            )));
-        }
-        if url.password().is_some() && !raw.contains(PASSWORD) {
-            return Err(Error::bad_request(
-                "field 'connection_url': contains a literal password; write {{password}} in the URL \
-                 and give the password in the write-only 'password' field, so it is never shown on read",
-            ));
-        }
-        for (field, value) in [
-            ("tls_ca", config.setting_str("tls_ca")),
-            ("tls_certificate", config.setting_str("tls_certificate")),
-            ("private_key", config.secret("private_key")),
-        ] {
-            if value.is_some_and(|v| !v.contains("-----BEGIN ")) {
-                return Err(Error::bad_request(format!(
-                    "field '{field}': expected PEM text (-----BEGIN …-----)"
-                )));
-            }
-        }
-        if config.setting_str("tls_certificate").is_some() != config.secret("private_key").is_some()
-        {
-            return Err(Error::bad_request(
-                "fields 'tls_certificate' and 'private_key' go together: give both or neither",
-            ));
-        }
-        match config.setting_i64("max_open_connections") {
-            Some(n) if (1..=1000).contains(&n) => Ok(()),
-            other => Err(Error::bad_request(format!(
-                "field 'max_open_connections': expected an integer from 1 to 1000, got {}",
-                other.map_or("nothing".to_owned(), |n| n.to_string())
-            ))),
-        }
+        common::validate_connection(
+            config,
+            config.setting_str("connection_url").unwrap_or_default(),
+            &["postgres", "postgresql"],
+            "postgres://{{username}}:{{password}}@localhost:5432/postgres",
+        )
     }
 
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
@@ -143,7 +57,7 @@ impl Backend for Postgres {
             sqlx::query("SELECT 1").execute(&mut conn).await?;
             conn.close().await
         };
-        match tokio::time::timeout(VERIFY_TIMEOUT, check).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Error::bad_request(format!(
                 "field 'connection_url': cannot connect to PostgreSQL: {}",
@@ -151,26 +65,21 @@ impl Backend for Postgres {
             ))),
             Err(_) => Err(Error::bad_request(format!(
                 "field 'connection_url': cannot connect to PostgreSQL: no answer within {}s",
-                VERIFY_TIMEOUT.as_secs()
+                CONNECT_TIMEOUT.as_secs()
             ))),
         }
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        let max = config.setting_i64("max_open_connections").unwrap_or(4);
         let pool = PgPoolOptions::new()
-            .max_connections(u32::try_from(max).unwrap_or(4))
+            .max_connections(common::pool_size(config)?)
             .min_connections(0)
-            .acquire_timeout(VERIFY_TIMEOUT)
+            .acquire_timeout(CONNECT_TIMEOUT)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(connect_options(config)?);
         Ok(Arc::new(PgTarget {
             pool,
-            secrets: [config.secret("password"), config.secret("private_key")]
-                .into_iter()
-                .flatten()
-                .map(|s| SecretString::from(s.to_owned()))
-                .collect(),
+            secrets: common::connection_secrets(config),
         }))
     }
 
@@ -211,50 +120,29 @@ impl Backend for Postgres {
             check_identifier(g)
                 .map_err(|e| Error::bad_request(format!("field 'member_of': {e}")))?;
         }
-        let creation = list(settings, "creation_statements");
-        if creation.is_empty() && groups.is_empty() {
+        if list(settings, "creation_statements").is_empty() && groups.is_empty() {
             return Err(Error::bad_request(
                 "field 'creation_statements' or 'member_of' is required: say how the user gets \
                  its privileges (statements, or group roles to join)",
             ));
         }
-        if !creation.is_empty()
-            && !creation
-                .iter()
-                .any(|s| s.contains("{{name}}") || s.contains("{{username}}"))
-        {
-            return Err(Error::bad_request(
-                "field 'creation_statements': no statement mentions {{name}}",
-            ));
-        }
+        common::creation_mentions_name(settings)?;
         let sample = Values {
             name: sample_name,
             password: Some("Sample0password"),
             expiration: Some("2000-01-01 00:00:00+0000"),
+            host: None,
         };
-        for field in [
-            "creation_statements",
-            "revocation_statements",
-            "renew_statements",
-        ] {
-            for (i, stmt) in list(settings, field).iter().enumerate() {
-                if stmt.trim().is_empty() {
-                    return Err(Error::bad_request(format!(
-                        "field '{field}': statement {} is empty",
-                        i + 1
-                    )));
-                }
-                statements::render(stmt, &sample).map_err(|e| {
-                    Error::bad_request(format!(
-                        "field '{field}': statement {} with a name made by username_template \
-                         ('{}'): {e}",
-                        i + 1,
-                        sample_name.escape_default()
-                    ))
-                })?;
-            }
-        }
-        Ok(())
+        common::validate_statements(
+            settings,
+            &[
+                "creation_statements",
+                "revocation_statements",
+                "renew_statements",
+            ],
+            &sample,
+            Dialect::Postgres,
+        )
     }
 
     fn validate_principal(&self, name: &str) -> Result<(), Error> {
@@ -278,34 +166,6 @@ fn check_identifier(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn list(settings: &Map<String, Value>, field: &str) -> Vec<String> {
-    settings
-        .get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `2006-01-02 15:04:05+0000`, the form OpenBao gives `{{expiration}}`.
-pub fn expiration(unix: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+0000",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// A pool on one PostgreSQL database, as configured by one connection.
@@ -343,14 +203,7 @@ impl PgTarget {
 }
 
 fn render_all(field: &str, stmts: &[String], values: &Values<'_>) -> Result<Vec<String>, Error> {
-    stmts
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            statements::render(s, values)
-                .map_err(|e| Error::bad_request(format!("{field} statement {}: {e}", i + 1)))
-        })
-        .collect()
+    common::render_all(field, stmts, values, Dialect::Postgres)
 }
 
 /// Runs `sql` in one transaction, all of it or none, in one round trip: PostgreSQL runs the
@@ -370,6 +223,7 @@ impl Target for PgTarget {
             name: p.name,
             password: Some(password),
             expiration: Some(&exp),
+            host: None,
         };
         let mut sql = render_all(
             "creation_statements",
@@ -419,6 +273,7 @@ impl Target for PgTarget {
             name,
             password: None,
             expiration: Some(&exp),
+            host: None,
         };
         let mut sql = render_all(
             "renew_statements",
@@ -463,6 +318,7 @@ impl Target for PgTarget {
                     name,
                     password: None,
                     expiration: None,
+                    host: None,
                 };
                 sql.extend(render_all("revocation_statements", &custom, &values)?);
             }

@@ -1,11 +1,13 @@
 //! OpenBao's statement placeholders (`{{name}}`, `{{username}}`, `{{password}}`,
-//! `{{expiration}}`) filled in with PostgreSQL's quoting rules for the place each stands in.
+//! `{{expiration}}`, and mayfly's `{{host}}` for MySQL) filled in with the quoting rules of the
+//! SQL dialect for the place each stands in.
 //!
-//! The statement is scanned as PostgreSQL lexes it, so mayfly knows whether a placeholder sits
+//! The statement is scanned as the server lexes it, so mayfly knows whether a placeholder sits
 //! inside a string literal, a quoted identifier, a dollar-quoted body, a comment, or bare SQL:
-//! - inside `'…'` or `"…"` the value is inserted as is, and a value holding that quote (or a
-//!   backslash, or NUL) is an error: it would end the quoting;
-//! - bare, a name becomes a quoted identifier and a password or date a quoted literal;
+//! - inside `'…'`, `"…"` or MySQL's `` `…` `` the value is inserted as is, and a value holding
+//!   that quote (or a backslash, or NUL) is an error: it would end the quoting;
+//! - bare, a PostgreSQL name becomes a quoted identifier, and everything else a quoted literal
+//!   (MySQL writes account names as strings: `'name'@'%'`);
 //! - inside `$$…$$` or a comment only plain characters are accepted, since the body's own
 //!   quoting is unknown.
 
@@ -16,6 +18,18 @@ pub struct Values<'a> {
     pub name: &'a str,
     pub password: Option<&'a str>,
     pub expiration: Option<&'a str>,
+    /// MySQL's account host pattern (`%`, `10.0.%`…).
+    pub host: Option<&'a str>,
+}
+
+/// Whose lexical rules a statement follows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dialect {
+    /// `"identifier"`, `'literal'`, `$tag$…$tag$`, `--` and `/* */` comments.
+    Postgres,
+    /// `` `identifier` ``, `'string'` and `"string"` (both with backslash escapes), `#`,
+    /// `-- ` and `/* */` comments; no dollar quoting.
+    MySql,
 }
 
 /// Why a statement could not be filled. Never holds a value, only which placeholder failed.
@@ -39,19 +53,21 @@ enum Context {
     Bare,
     Single,
     Double,
+    Backtick,
     Dollar(String),
     LineComment,
     BlockComment,
 }
 
-const PLACEHOLDERS: [(&str, Kind); 4] = [
+const PLACEHOLDERS: [(&str, Kind); 5] = [
     ("{{name}}", Kind::Identifier),
     ("{{username}}", Kind::Identifier),
     ("{{password}}", Kind::Literal),
     ("{{expiration}}", Kind::Literal),
+    ("{{host}}", Kind::Literal),
 ];
 
-pub fn render(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
+pub fn render(stmt: &str, v: &Values<'_>, dialect: Dialect) -> Result<String, RenderError> {
     let mut out = String::with_capacity(stmt.len() + 64);
     let mut ctx = Context::Bare;
     let mut i = 0;
@@ -62,10 +78,11 @@ pub fn render(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
             let value = match *ph {
                 "{{name}}" | "{{username}}" => Some(v.name),
                 "{{password}}" => v.password,
+                "{{host}}" => v.host,
                 _ => v.expiration,
             }
             .ok_or_else(|| RenderError(format!("{ph} cannot be used in this statement")))?;
-            out.push_str(&place(ph, *kind, value, &ctx)?);
+            out.push_str(&place(ph, *kind, value, &ctx, dialect)?);
             i += ph.len();
             continue;
         }
@@ -75,9 +92,13 @@ pub fn render(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
             Context::Bare => match c {
                 '\'' => ctx = Context::Single,
                 '"' => ctx = Context::Double,
+                '`' if dialect == Dialect::MySql => ctx = Context::Backtick,
+                '#' if dialect == Dialect::MySql => ctx = Context::LineComment,
+                // MySQL needs whitespace after `--`; treating `--x` as a comment too only
+                // makes mayfly stricter about what it inserts there.
                 '-' if next == Some(b'-') => ctx = Context::LineComment,
                 '/' if next == Some(b'*') => ctx = Context::BlockComment,
-                '$' => {
+                '$' if dialect == Dialect::Postgres => {
                     if let Some(tag) = dollar_tag(rest) {
                         out.push_str(&tag);
                         i += tag.len();
@@ -89,6 +110,16 @@ pub fn render(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
             },
             Context::Single if c == '\'' => ctx = Context::Bare,
             Context::Double if c == '"' => ctx = Context::Bare,
+            Context::Backtick if c == '`' => ctx = Context::Bare,
+            // A backslash escapes the next character in MySQL strings: skip both.
+            Context::Single | Context::Double if c == '\\' && dialect == Dialect::MySql => {
+                if let Some(escaped) = rest[1..].chars().next() {
+                    out.push('\\');
+                    out.push(escaped);
+                    i += 1 + escaped.len_utf8();
+                    continue;
+                }
+            }
             Context::Dollar(tag) if rest.starts_with(tag.as_str()) => {
                 out.push_str(tag);
                 i += tag.len();
@@ -122,7 +153,13 @@ fn dollar_tag(s: &str) -> Option<String> {
     ok.then(|| format!("${tag}$"))
 }
 
-fn place(ph: &str, kind: Kind, value: &str, ctx: &Context) -> Result<String, RenderError> {
+fn place(
+    ph: &str,
+    kind: Kind,
+    value: &str,
+    ctx: &Context,
+    dialect: Dialect,
+) -> Result<String, RenderError> {
     let refuse = |what: &str| {
         Err(RenderError(format!(
             "the value for {ph} contains {what}, which would break out of its quoting; refused"
@@ -145,6 +182,15 @@ fn place(ph: &str, kind: Kind, value: &str, ctx: &Context) -> Result<String, Ren
             if value.contains('"') {
                 return refuse("a double quote");
             }
+            if dialect == Dialect::MySql && value.contains('\\') {
+                return refuse("a backslash");
+            }
+            Ok(value.to_owned())
+        }
+        Context::Backtick => {
+            if value.contains('`') {
+                return refuse("a backtick");
+            }
             Ok(value.to_owned())
         }
         Context::Dollar(_) | Context::LineComment | Context::BlockComment => {
@@ -158,9 +204,9 @@ fn place(ph: &str, kind: Kind, value: &str, ctx: &Context) -> Result<String, Ren
                 refuse("characters other than letters, digits and _-.:+ (inside $$ or a comment)")
             }
         }
-        Context::Bare => match kind {
-            Kind::Identifier => Ok(quote_identifier(value)),
-            Kind::Literal => {
+        Context::Bare => match (kind, dialect) {
+            (Kind::Identifier, Dialect::Postgres) => Ok(quote_identifier(value)),
+            _ => {
                 if value.contains('\\') {
                     return refuse("a backslash");
                 }
@@ -175,7 +221,8 @@ pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// `'text'`, with embedded single quotes doubled. Callers refuse backslashes and NUL first.
+/// `'text'`, with embedded single quotes doubled, for both dialects. Callers refuse backslashes
+/// and NUL first: MySQL would read a backslash as an escape.
 pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
@@ -189,18 +236,27 @@ mod tests {
             name,
             password: Some(password),
             expiration: Some("2026-11-22 10:00:00+0000"),
+            host: None,
         }
+    }
+
+    fn pg(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
+        render(stmt, v, Dialect::Postgres)
+    }
+
+    fn my(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
+        render(stmt, v, Dialect::MySql)
     }
 
     #[test]
     fn openbao_documented_statements_render() {
         let s = r#"CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{{name}}";"#;
         assert_eq!(
-            render(s, &v("mf-a", "pw1")).unwrap(),
+            pg(s, &v("mf-a", "pw1")).unwrap(),
             r#"CREATE ROLE "mf-a" WITH LOGIN PASSWORD 'pw1' VALID UNTIL '2026-11-22 10:00:00+0000'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO "mf-a";"#
         );
         assert_eq!(
-            render(
+            pg(
                 "ALTER ROLE {{username}} PASSWORD {{password}}",
                 &v("a\"b", "it's")
             )
@@ -209,7 +265,7 @@ mod tests {
         );
         // Dollar-quoted bodies and comments pass plain values.
         assert_eq!(
-            render(
+            pg(
                 "DO $x$ BEGIN EXECUTE 'DROP ROLE {{name}}'; END $x$; -- {{name}}",
                 &v("mf-a", "p")
             )
@@ -238,7 +294,7 @@ mod tests {
             ("{{name}}", "a\0", "NUL"),
         ];
         for (stmt, value, what) in cases {
-            let e = render(stmt, &v(value, value)).unwrap_err();
+            let e = pg(stmt, &v(value, value)).unwrap_err();
             assert!(e.0.contains(what), "{stmt} with {value:?}: {e}");
             assert!(
                 !e.0.contains(value),
@@ -253,8 +309,53 @@ mod tests {
             name: "a",
             password: None,
             expiration: None,
+            host: None,
         };
-        assert!(render("DROP ROLE \"{{name}}\"", &vals).is_ok());
-        assert!(render("ALTER ROLE x PASSWORD '{{password}}'", &vals).is_err());
+        assert!(pg("DROP ROLE \"{{name}}\"", &vals).is_ok());
+        assert!(pg("ALTER ROLE x PASSWORD '{{password}}'", &vals).is_err());
+    }
+
+    #[test]
+    fn mysql_statements_render_with_its_own_quoting() {
+        let vals = Values {
+            host: Some("%"),
+            ..v("mf-a", "it's")
+        };
+        // OpenBao's documented MySQL statement, and the same with bare placeholders.
+        assert_eq!(
+            my(
+                "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; GRANT SELECT ON *.* TO '{{name}}'@'%';",
+                &v("mf-a", "pw1")
+            )
+            .unwrap(),
+            "CREATE USER 'mf-a'@'%' IDENTIFIED BY 'pw1'; GRANT SELECT ON *.* TO 'mf-a'@'%';"
+        );
+        assert_eq!(
+            my(
+                "CREATE USER {{name}}@{{host}} IDENTIFIED BY {{password}}",
+                &vals
+            )
+            .unwrap(),
+            "CREATE USER 'mf-a'@'%' IDENTIFIED BY 'it''s'"
+        );
+        // A backslash-escaped quote does not end the string; `#` starts a comment; $ is plain.
+        assert_eq!(
+            my(
+                "SELECT 'a\\'{{name}}' # {{name}}\nSELECT $a$",
+                &v("mf-a", "p")
+            )
+            .unwrap(),
+            "SELECT 'a\\'mf-a' # mf-a\nSELECT $a$"
+        );
+        let cases = [
+            ("CREATE USER `{{name}}`", "a`b", "backtick"),
+            ("IDENTIFIED BY \"{{password}}\"", "a\\", "backslash"),
+            ("IDENTIFIED BY '{{password}}'", "a'b", "single quote"),
+            ("# {{name}}", "a\nDROP", "characters other than"),
+        ];
+        for (stmt, value, what) in cases {
+            let e = my(stmt, &v(value, value)).unwrap_err();
+            assert!(e.0.contains(what), "{stmt} with {value:?}: {e}");
+        }
     }
 }

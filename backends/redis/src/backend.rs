@@ -1,0 +1,652 @@
+//! The `redis` kind: each credential is an ACL user (`ACL SETUSER`), on every configured node.
+//!
+//! Nodes that do not replicate ACLs to each other (independent servers, or the nodes of a
+//! cluster, whose ACLs are per node) must each hold the user: it is created on all or on none,
+//! and revocation succeeds only once every node is rid of it, so a node that was down is
+//! cleaned by the scheduler's retries when it returns.
+//!
+//! Redis has no per-user expiry: the scheduler is the guarantee.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mayfly::connections::ConnectionConfig;
+use mayfly::fields::{FieldDef, FieldType, FieldValue};
+use mayfly::redact::redact;
+use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+
+use crate::resp::{Conn, Reply, WireError};
+
+/// How long connecting to a node, or one command (or pipeline), may take.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// The rules of a role that gives none: read any key, and PING (which clients send to check
+/// their connections; it is not in @read).
+const DEFAULT_RULES: [&str; 3] = ["~*", "+@read", "+ping"];
+/// Rules a role may not give: mayfly alone decides whether the user is on and its password.
+const IDENTITY_RULES: [&str; 5] = ["on", "off", "nopass", "resetpass", "reset"];
+
+pub struct Redis;
+
+#[async_trait]
+impl Backend for Redis {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &["redis-database-plugin", "valkey", "valkey-database-plugin"]
+    }
+
+    fn expiry_enforcement(&self) -> ExpiryEnforcement {
+        ExpiryEnforcement::SchedulerOnly
+    }
+
+    fn connection_fields(&self) -> Vec<FieldDef> {
+        vec![
+            FieldDef::new(
+                "host",
+                FieldType::String,
+                "The Redis server's host name or address.",
+            ),
+            FieldDef::new("port", FieldType::Int, "The Redis server's port.")
+                .default(FieldValue::Int(6379)),
+            FieldDef::new(
+                "nodes",
+                FieldType::StringList,
+                "Further nodes as host:port, each holding its own ACL (independent servers or \
+                 cluster nodes). Users are created on every node and removed from every node.",
+            ),
+            FieldDef::new(
+                "username",
+                FieldType::String,
+                "The ACL user mayfly connects as (it needs +acl and +client); empty is \
+                 'default'.",
+            ),
+            FieldDef::new("password", FieldType::String, "The password of that user.").secret(),
+            FieldDef::new(
+                "max_open_connections",
+                FieldType::Int,
+                "The most idle connections mayfly keeps to each node.",
+            )
+            .default(FieldValue::Int(4)),
+        ]
+    }
+
+    fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
+        nodes(config)?;
+        match config.setting_i64("max_open_connections") {
+            Some(n) if !(1..=100).contains(&n) => Err(Error::bad_request(format!(
+                "field 'max_open_connections': expected an integer from 1 to 100, got {n}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
+        let target = RedisTarget::new(config)?;
+        for node in &target.nodes {
+            target
+                .call(node, "the connection check", &[b"PING"])
+                .await
+                .map_err(|e| Error::bad_request(format!("cannot use Redis: {}", e.message())))?;
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
+        Ok(Arc::new(RedisTarget::new(config)?))
+    }
+
+    fn role_fields(&self) -> Vec<FieldDef> {
+        vec![FieldDef::new(
+            "creation_statements",
+            FieldType::Statements,
+            "The user's ACL rules, as OpenBao's redis plugin takes them (a JSON list such as \
+             [\"~cache:*\", \"+get\"]) or space-separated (~cache:* +get). Default: ~* +@read \
+             +ping, read-only on every key. mayfly sets the password and turns the user on itself.",
+        )]
+    }
+
+    fn validate_role(&self, settings: &Map<String, Value>, _: &str) -> Result<(), Error> {
+        rules(settings).map(|_| ())
+    }
+
+    fn validate_principal(&self, name: &str) -> Result<(), Error> {
+        if name.is_empty() || name.len() > 128 {
+            return Err(Error::bad_request(format!(
+                "a Redis user name must be 1 to 128 bytes, got {}",
+                name.len()
+            )));
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(Error::bad_request(format!(
+                "user name '{}' contains white space or a control character",
+                name.escape_default()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Every node as `host:port`: `host`/`port` first, then `nodes`.
+fn nodes(config: &ConnectionConfig) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    if let Some(host) = config.setting_str("host").filter(|h| !h.is_empty()) {
+        let port = config.setting_i64("port").unwrap_or(6379);
+        if !(1..=65535).contains(&port) {
+            return Err(Error::bad_request(format!(
+                "field 'port': expected a port from 1 to 65535, got {port}"
+            )));
+        }
+        check_host("host", host)?;
+        out.push(format!("{host}:{port}"));
+    }
+    let extra = config
+        .settings
+        .get("nodes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str);
+    for node in extra {
+        let (host, port) = node.rsplit_once(':').ok_or_else(|| {
+            Error::bad_request(format!(
+                "field 'nodes': expected host:port, got '{}'",
+                node.escape_default()
+            ))
+        })?;
+        check_host("nodes", host)?;
+        if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Err(Error::bad_request(format!(
+                "field 'nodes': expected a port from 1 to 65535 in '{}'",
+                node.escape_default()
+            )));
+        }
+        out.push(node.to_owned());
+    }
+    if out.is_empty() {
+        return Err(Error::bad_request(
+            "field 'host' is required (or 'nodes'): the Redis server to manage users on",
+        ));
+    }
+    let distinct: BTreeSet<&String> = out.iter().collect();
+    if distinct.len() != out.len() {
+        return Err(Error::bad_request(
+            "field 'nodes': a node is listed twice (host and port count as a node)",
+        ));
+    }
+    Ok(out)
+}
+
+fn check_host(field: &str, host: &str) -> Result<(), Error> {
+    let ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!(
+            "field '{field}': expected a host name or address, got '{}'",
+            host.escape_default()
+        )))
+    }
+}
+
+/// A role's ACL rules, checked.
+fn rules(settings: &Map<String, Value>) -> Result<Vec<String>, Error> {
+    let statements: Vec<&str> = settings
+        .get("creation_statements")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut out = Vec::new();
+    for s in statements {
+        if s.trim_start().starts_with('[') {
+            let list: Vec<String> = serde_json::from_str(s).map_err(|e| {
+                Error::bad_request(format!(
+                    "field 'creation_statements': expected a JSON list of ACL rules such as \
+                     [\"~*\", \"+@read\"] ({e})"
+                ))
+            })?;
+            out.extend(list);
+        } else {
+            out.extend(s.split_whitespace().map(str::to_owned));
+        }
+    }
+    if out.is_empty() {
+        out = DEFAULT_RULES.map(String::from).to_vec();
+    }
+    for rule in &out {
+        let lower = rule.to_ascii_lowercase();
+        if rule.is_empty() || rule.chars().any(char::is_whitespace) {
+            return Err(Error::bad_request(format!(
+                "field 'creation_statements': rule '{}' is empty or holds white space",
+                rule.escape_default()
+            )));
+        }
+        if IDENTITY_RULES.contains(&lower.as_str()) || rule.starts_with(['>', '<', '#', '!']) {
+            return Err(Error::bad_request(format!(
+                "field 'creation_statements': rule '{}' sets the user's password or state, \
+                 which mayfly controls; give only key, channel and command rules",
+                if rule.starts_with(['>', '<', '#', '!']) {
+                    &rule[..1]
+                } else {
+                    rule
+                }
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// One node and its idle connections.
+struct Node {
+    address: String,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// The configured nodes, as the connection's user.
+struct RedisTarget {
+    nodes: Vec<Node>,
+    username: Option<String>,
+    password: Option<SecretString>,
+    max_idle: usize,
+}
+
+/// A failed operation on one node.
+enum NodeError {
+    /// The node could not be reached or did not answer: nothing is known to have happened.
+    Unreachable(String),
+    /// The node answered with an error.
+    Refused(String),
+}
+
+impl NodeError {
+    fn message(&self) -> &str {
+        match self {
+            NodeError::Unreachable(m) | NodeError::Refused(m) => m,
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            NodeError::Unreachable(m) => Error::Unavailable(m),
+            NodeError::Refused(m) => Error::Target(m),
+        }
+    }
+}
+
+impl RedisTarget {
+    fn new(config: &ConnectionConfig) -> Result<RedisTarget, Error> {
+        Ok(RedisTarget {
+            nodes: nodes(config)?
+                .into_iter()
+                .map(|address| Node {
+                    address,
+                    idle: Mutex::new(Vec::new()),
+                })
+                .collect(),
+            username: config
+                .setting_str("username")
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned),
+            password: config
+                .secret("password")
+                .filter(|p| !p.is_empty())
+                .map(|p| SecretString::from(p.to_owned())),
+            max_idle: config
+                .setting_i64("max_open_connections")
+                .unwrap_or(4)
+                .clamp(1, 100) as usize,
+        })
+    }
+
+    /// The connection's user name as Redis knows it.
+    fn user(&self) -> &str {
+        self.username.as_deref().unwrap_or("default")
+    }
+
+    fn wire_error(&self, node: &Node, what: &str, e: WireError) -> NodeError {
+        match e {
+            WireError::Protocol(m) => NodeError::Refused(format!(
+                "Redis node {} gave {what} a reply mayfly cannot read: {m}",
+                node.address
+            )),
+            e => NodeError::Unreachable(format!(
+                "Redis node {} cannot be reached ({what}): {e}",
+                node.address
+            )),
+        }
+    }
+
+    /// A new connection to `node`, authenticated.
+    async fn connect(&self, node: &Node) -> Result<Conn, NodeError> {
+        let mut conn = Conn::connect(&node.address, TIMEOUT)
+            .await
+            .map_err(|e| self.wire_error(node, "connecting", e))?;
+        if let Some(password) = &self.password {
+            let user = self.user().as_bytes();
+            let reply = conn
+                .call(&[b"AUTH", user, password.expose_secret().as_bytes()])
+                .await
+                .map_err(|e| self.wire_error(node, "authenticating", e))?;
+            if let Reply::Error(m) = reply {
+                return Err(NodeError::Refused(format!(
+                    "Redis node {} refused mayfly's login as '{}': {}",
+                    node.address,
+                    self.user(),
+                    self.redact(&m, &[])
+                )));
+            }
+        }
+        Ok(conn)
+    }
+
+    fn release(&self, node: &Node, conn: Conn) {
+        let mut idle = node.idle.lock().unwrap();
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+
+    fn redact(&self, text: &str, extra: &[&str]) -> String {
+        let mut secrets: Vec<&str> = extra.to_vec();
+        if let Some(p) = &self.password {
+            secrets.push(p.expose_secret());
+        }
+        redact(text, &secrets)
+    }
+
+    /// Runs `commands` on `node` in one round trip. Error replies are returned, not raised:
+    /// the caller knows which ones matter.
+    async fn pipeline(
+        &self,
+        node: &Node,
+        what: &str,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<Vec<Reply>, NodeError> {
+        let idle = node.idle.lock().unwrap().pop();
+        let (mut conn, reused) = match idle {
+            Some(c) => (c, true),
+            None => (self.connect(node).await?, false),
+        };
+        let replies = match conn.pipeline(commands).await {
+            Ok(r) => r,
+            // An idle connection may have died with a node restart: one more try on a new
+            // one. Every command mayfly sends may safely run twice.
+            Err(WireError::Io(_)) if reused => {
+                conn = self.connect(node).await?;
+                conn.pipeline(commands)
+                    .await
+                    .map_err(|e| self.wire_error(node, what, e))?
+            }
+            Err(e) => return Err(self.wire_error(node, what, e)),
+        };
+        self.release(node, conn);
+        Ok(replies)
+    }
+
+    /// One command on `node`; an error reply is an error. `secrets` are removed from it.
+    async fn call_checked(
+        &self,
+        node: &Node,
+        what: &str,
+        args: &[&[u8]],
+        secrets: &[&str],
+    ) -> Result<Reply, NodeError> {
+        match self.pipeline(node, what, &[args.to_vec()]).await?.pop() {
+            Some(Reply::Error(m)) => Err(NodeError::Refused(format!(
+                "Redis node {} refused {what}: {}",
+                node.address,
+                self.redact(&m, secrets)
+            ))),
+            Some(reply) => Ok(reply),
+            None => Err(NodeError::Refused(format!(
+                "Redis node {} gave no reply to {what}",
+                node.address
+            ))),
+        }
+    }
+
+    async fn call(&self, node: &Node, what: &str, args: &[&[u8]]) -> Result<Reply, NodeError> {
+        self.call_checked(node, what, args, &[]).await
+    }
+
+    async fn users(&self, node: &Node) -> Result<BTreeSet<String>, NodeError> {
+        Ok(self
+            .call(node, "ACL USERS", &[b"ACL", b"USERS"])
+            .await?
+            .strings()
+            .into_iter()
+            .collect())
+    }
+
+    /// Disconnects and deletes `names` from `node`: no new logins (`off`), end the open
+    /// connections, then delete. Returns the names that were there.
+    async fn remove(&self, node: &Node, names: &[String]) -> Result<Vec<String>, NodeError> {
+        let users = self.users(node).await?;
+        let present: Vec<String> = names
+            .iter()
+            .filter(|n| users.contains(n.as_str()))
+            .cloned()
+            .collect();
+        if present.is_empty() {
+            return Ok(present);
+        }
+        let mut commands: Vec<Vec<&[u8]>> = Vec::with_capacity(present.len() * 2 + 1);
+        for n in &present {
+            commands.push(vec![b"ACL", b"SETUSER", n.as_bytes(), b"off"]);
+            commands.push(vec![b"CLIENT", b"KILL", b"USER", n.as_bytes()]);
+        }
+        let mut delete: Vec<&[u8]> = vec![b"ACL", b"DELUSER"];
+        delete.extend(present.iter().map(|n| n.as_bytes()));
+        commands.push(delete);
+        commands.push(vec![b"ACL", b"SAVE"]);
+        let replies = self.pipeline(node, "the revocation", &commands).await?;
+        // CLIENT KILL USER fails when the user vanished meanwhile; only the delete matters.
+        if let Some(Reply::Error(m)) = replies.get(replies.len() - 2) {
+            return Err(NodeError::Refused(format!(
+                "Redis node {} refused ACL DELUSER: {m}",
+                node.address
+            )));
+        }
+        self.check_saved(node, replies.last());
+        Ok(present)
+    }
+
+    /// Logs a failed `ACL SAVE`. A node with an ACL file reloads it when it restarts: a
+    /// deletion not saved there would bring a revoked user back, a creation not saved would
+    /// lose a live one. A node without an ACL file has nothing to save.
+    fn check_saved(&self, node: &Node, reply: Option<&Reply>) {
+        if let Some(Reply::Error(m)) = reply
+            && !m.contains("not configured to use an ACL file")
+        {
+            tracing::warn!(node = %node.address, error = %m,
+                "Redis could not save its ACL file; a restart of this node reloads an old one");
+        }
+    }
+
+    /// Runs one `ACL SETUSER` on `node` and saves the ACL file, in one round trip.
+    async fn set_and_save(
+        &self,
+        node: &Node,
+        what: &str,
+        args: &[&[u8]],
+        secrets: &[&str],
+    ) -> Result<(), NodeError> {
+        let replies = self
+            .pipeline(node, what, &[args.to_vec(), vec![b"ACL", b"SAVE"]])
+            .await?;
+        if let Some(Reply::Error(m)) = replies.first() {
+            return Err(NodeError::Refused(format!(
+                "Redis node {} refused {what}: {}",
+                node.address,
+                self.redact(m, secrets)
+            )));
+        }
+        self.check_saved(node, replies.get(1));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Target for RedisTarget {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+        let rules = rules(p.settings)?;
+        let password = format!(">{}", p.password.expose_secret());
+        let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", p.name.as_bytes(), b"reset", b"on"];
+        args.push(password.as_bytes());
+        args.extend(rules.iter().map(|r| r.as_bytes()));
+        for (i, node) in self.nodes.iter().enumerate() {
+            let secret = p.password.expose_secret();
+            let created = self
+                .set_and_save(node, "the new user", &args, &[secret, &password])
+                .await;
+            if let Err(e) = created {
+                // All or nothing: take the user off the nodes that already have it.
+                for done in &self.nodes[..=i] {
+                    if let Err(undo) = self.remove(done, &[p.name.to_owned()]).await {
+                        tracing::warn!(
+                            user = p.name,
+                            error = undo.message(),
+                            "could not remove a partly created Redis user; the scheduler retries"
+                        );
+                    }
+                }
+                return Err(e.into_error());
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+        // Nothing to move on the servers: the deadline lives in the ledger alone.
+        for node in &self.nodes {
+            let reply = self
+                .call(node, "ACL GETUSER", &[b"ACL", b"GETUSER", name.as_bytes()])
+                .await
+                .map_err(NodeError::into_error)?;
+            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
+                return Err(Error::Target(format!(
+                    "user '{name}' no longer exists on Redis node {}",
+                    node.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, names: &[String], _: &Map<String, Value>) -> Result<Revoked, Error> {
+        let mut found = BTreeSet::new();
+        // Every node, even after one fails, so that each reachable node is cleaned now; the
+        // batch succeeds only when all are.
+        let mut first_error = None;
+        for node in &self.nodes {
+            match self.remove(node, names).await {
+                Ok(present) => found.extend(present),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e.into_error());
+        }
+        Ok(Revoked {
+            removed: found.len(),
+            already_gone: names
+                .iter()
+                .filter(|n| !found.contains(*n))
+                .cloned()
+                .collect(),
+        })
+    }
+
+    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+        let mut all = BTreeSet::new();
+        for node in &self.nodes {
+            let users = self.users(node).await.map_err(NodeError::into_error)?;
+            all.extend(users.into_iter().filter(|u| u.starts_with(mark)));
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
+        let new = new_password.expose_secret();
+        let add = format!(">{new}");
+        let user = self.user().as_bytes();
+        // Two phases: the new password is added on every node (old and new both work), and
+        // only then is the old one removed, so no node ever takes neither.
+        for (i, node) in self.nodes.iter().enumerate() {
+            let args: [&[u8]; 4] = [b"ACL", b"SETUSER", user, add.as_bytes()];
+            if let Err(e) = self
+                .set_and_save(node, "the new password", &args, &[new, &add])
+                .await
+            {
+                let remove = format!("<{new}");
+                for done in &self.nodes[..i] {
+                    let undo: [&[u8]; 4] = [b"ACL", b"SETUSER", user, remove.as_bytes()];
+                    let _ = self.set_and_save(done, "undo", &undo, &[new]).await;
+                }
+                return Err(e.into_error());
+            }
+        }
+        if let Some(old) = &self.password {
+            let remove = format!("<{}", old.expose_secret());
+            for node in &self.nodes {
+                let args: [&[u8]; 4] = [b"ACL", b"SETUSER", user, remove.as_bytes()];
+                if let Err(e) = self
+                    .set_and_save(node, "removing the old password", &args, &[&remove])
+                    .await
+                {
+                    // The new password works everywhere: the rotation stands, the old
+                    // password lingers on this node until the next rotation.
+                    tracing::warn!(node = %node.address, error = e.message(),
+                        "the old root password could not be removed from a Redis node");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn settings(v: Value) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("creation_statements".into(), v);
+        m
+    }
+
+    #[test]
+    fn rules_take_both_forms_and_refuse_identity_rules() {
+        assert_eq!(rules(&Map::new()).unwrap(), ["~*", "+@read", "+ping"]);
+        assert_eq!(
+            rules(&settings(json!(["[\"~cache:*\", \"+get\"]"]))).unwrap(),
+            ["~cache:*", "+get"]
+        );
+        assert_eq!(
+            rules(&settings(json!(["~a:* +set", "+get"]))).unwrap(),
+            ["~a:*", "+set", "+get"]
+        );
+        for bad in [">secret", "nopass", "ON", "reset", "#abc"] {
+            let e = rules(&settings(json!([bad]))).unwrap_err().to_string();
+            assert!(e.contains("mayfly controls"), "{bad}: {e}");
+            assert!(
+                !e.contains("secret"),
+                "the rule's password is not echoed: {e}"
+            );
+        }
+        assert!(rules(&settings(json!(["[\"~*\""]))).is_err());
+    }
+}

@@ -1,0 +1,7 @@
+//! mayfly's backend for Redis (6 and later) and Valkey: dynamic ACL users, on one node or on
+//! several nodes kept alike.
+
+mod backend;
+mod resp;
+
+pub use backend::Redis;

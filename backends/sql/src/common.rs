@@ -1,0 +1,221 @@
+//! What the SQL kinds share: the connection fields and their offline checks (a URL with
+//! `{{username}}`/`{{password}}` placeholders, TLS material, a pool size), and statement lists
+//! rendered in the kind's dialect.
+
+use std::time::Duration;
+
+use mayfly::Error;
+use mayfly::connections::ConnectionConfig;
+use mayfly::fields::{FieldDef, FieldType, FieldValue};
+use secrecy::SecretString;
+use serde_json::{Map, Value};
+
+use crate::statements::{self, Dialect, Values};
+
+pub const USERNAME: &str = "{{username}}";
+pub const PASSWORD: &str = "{{password}}";
+/// How long a connection check, or a wait for a pooled connection, may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection fields of every SQL kind. `url_help` describes `connection_url`.
+pub fn connection_fields(url_help: &'static str) -> Vec<FieldDef> {
+    vec![
+        FieldDef::new("connection_url", FieldType::String, url_help).required(),
+        FieldDef::new(
+            "username",
+            FieldType::String,
+            "The user mayfly connects as.",
+        ),
+        FieldDef::new("password", FieldType::String, "The password of that user.").secret(),
+        FieldDef::new(
+            "max_open_connections",
+            FieldType::Int,
+            "The most connections mayfly keeps open to this database.",
+        )
+        .default(FieldValue::Int(4)),
+        FieldDef::new(
+            "tls_ca",
+            FieldType::String,
+            "PEM certificates of the CAs that sign the server's certificate. With it, mayfly \
+             verifies the server's certificate and name unless the URL says otherwise.",
+        ),
+        FieldDef::new(
+            "tls_certificate",
+            FieldType::String,
+            "PEM client certificate, for servers that authenticate clients by certificate.",
+        ),
+        FieldDef::new(
+            "private_key",
+            FieldType::String,
+            "PEM private key of tls_certificate.",
+        )
+        .secret(),
+    ]
+}
+
+/// The offline checks of the shared fields. `url` is `connection_url` already in URL form
+/// (placeholders in place); `schemes` are the accepted URL schemes, the first one shown in
+/// errors; `example` is a URL to suggest.
+pub fn validate_connection(
+    config: &ConnectionConfig,
+    url: &str,
+    schemes: &[&str],
+    example: &str,
+) -> Result<(), Error> {
+    if url.contains(USERNAME) && config.setting_str("username").is_none_or(str::is_empty) {
+        return Err(Error::bad_request(
+            "field 'username' is required: connection_url contains {{username}}",
+        ));
+    }
+    if url.contains(PASSWORD) && config.secret("password").is_none_or(str::is_empty) {
+        return Err(Error::bad_request(
+            "field 'password' is required: connection_url contains {{password}}",
+        ));
+    }
+    let parsed =
+        url::Url::parse(&url.replace(USERNAME, "u").replace(PASSWORD, "p")).map_err(|e| {
+            Error::bad_request(format!(
+                "field 'connection_url': expected a URL such as {example} ({e})"
+            ))
+        })?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(Error::bad_request(format!(
+            "field 'connection_url': expected the scheme {}://, got {}://",
+            schemes.join(":// or "),
+            parsed.scheme()
+        )));
+    }
+    if parsed.password().is_some() && !url.contains(PASSWORD) {
+        return Err(Error::bad_request(
+            "field 'connection_url': contains a literal password; write {{password}} in the URL \
+             and give the password in the write-only 'password' field, so it is never shown on read",
+        ));
+    }
+    for (field, value) in [
+        ("tls_ca", config.setting_str("tls_ca")),
+        ("tls_certificate", config.setting_str("tls_certificate")),
+        ("private_key", config.secret("private_key")),
+    ] {
+        if value.is_some_and(|v| !v.contains("-----BEGIN ")) {
+            return Err(Error::bad_request(format!(
+                "field '{field}': expected PEM text (-----BEGIN …-----)"
+            )));
+        }
+    }
+    if config.setting_str("tls_certificate").is_some() != config.secret("private_key").is_some() {
+        return Err(Error::bad_request(
+            "fields 'tls_certificate' and 'private_key' go together: give both or neither",
+        ));
+    }
+    pool_size(config).map(|_| ())
+}
+
+/// `max_open_connections`, checked.
+pub fn pool_size(config: &ConnectionConfig) -> Result<u32, Error> {
+    match config.setting_i64("max_open_connections") {
+        None => Ok(4),
+        Some(n) if (1..=1000).contains(&n) => Ok(n as u32),
+        Some(n) => Err(Error::bad_request(format!(
+            "field 'max_open_connections': expected an integer from 1 to 1000, got {n}"
+        ))),
+    }
+}
+
+/// The connection's own secrets, to be removed from every error message.
+pub fn connection_secrets(config: &ConnectionConfig) -> Vec<SecretString> {
+    [config.secret("password"), config.secret("private_key")]
+        .into_iter()
+        .flatten()
+        .map(|s| SecretString::from(s.to_owned()))
+        .collect()
+}
+
+/// A role setting that holds a list of strings (statements, groups); empty when unset.
+pub fn list(settings: &Map<String, Value>, field: &str) -> Vec<String> {
+    settings
+        .get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `2006-01-02 15:04:05+0000`, the form OpenBao gives `{{expiration}}`.
+pub fn expiration(unix: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}+0000",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Every statement of `field` with the values filled in.
+pub fn render_all(
+    field: &str,
+    stmts: &[String],
+    values: &Values<'_>,
+    dialect: Dialect,
+) -> Result<Vec<String>, Error> {
+    stmts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            statements::render(s, values, dialect)
+                .map_err(|e| Error::bad_request(format!("{field} statement {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Checks that each statement of each field in `fields` is not empty and renders with a name
+/// the role's `username_template` makes.
+pub fn validate_statements(
+    settings: &Map<String, Value>,
+    fields: &[&str],
+    sample: &Values<'_>,
+    dialect: Dialect,
+) -> Result<(), Error> {
+    for field in fields {
+        for (i, stmt) in list(settings, field).iter().enumerate() {
+            if stmt.trim().is_empty() {
+                return Err(Error::bad_request(format!(
+                    "field '{field}': statement {} is empty",
+                    i + 1
+                )));
+            }
+            statements::render(stmt, sample, dialect).map_err(|e| {
+                Error::bad_request(format!(
+                    "field '{field}': statement {} with a name made by username_template \
+                     ('{}'): {e}",
+                    i + 1,
+                    sample.name.escape_default()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `creation_statements`, when given, create the user the template names.
+pub fn creation_mentions_name(settings: &Map<String, Value>) -> Result<(), Error> {
+    let creation = list(settings, "creation_statements");
+    if !creation.is_empty()
+        && !creation
+            .iter()
+            .any(|s| s.contains("{{name}}") || s.contains("{{username}}"))
+    {
+        return Err(Error::bad_request(
+            "field 'creation_statements': no statement mentions {{name}}",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,531 @@
+//! The `mysql` kind: MySQL 8 and MariaDB 10.x through sqlx.
+//!
+//! `connection_url` takes OpenBao's form, `{{username}}:{{password}}@tcp(host:3306)/`, or a
+//! `mysql://` URL. As for PostgreSQL, the password never enters the text sqlx parses.
+//!
+//! MySQL has no per-user expiry (`PASSWORD EXPIRE` still lets the user in, to change its
+//! password), so a MySQL user stops working only when mayfly drops it: the scheduler is the
+//! guarantee, and role reads say so.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mayfly::connections::ConnectionConfig;
+use mayfly::fields::{FieldDef, FieldType, FieldValue};
+use mayfly::redact::{percent_encode, redact};
+use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::{ConnectOptions, Connection};
+
+use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, list};
+use crate::statements::{Dialect, Values, quote_literal};
+
+/// MySQL 8 refuses user names longer than this (MariaDB takes 80; mayfly holds both to 32).
+const MAX_NAME: usize = 32;
+/// `mf-`, 8 of the role, 4 of the display name, 12 random: 29 characters at most.
+const USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 8) (.DisplayName | truncate 4) (random 12) | truncate 32 | lowercase }}"#;
+/// ER_NO_SUCH_THREAD: the session ended before mayfly could kill it.
+const NO_SUCH_THREAD: u16 = 1094;
+
+pub struct MySql;
+
+#[async_trait]
+impl Backend for MySql {
+    fn kind(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn aliases(&self) -> &'static [&'static str] {
+        &[
+            "mariadb",
+            "mysql-database-plugin",
+            "mysql-aurora-database-plugin",
+            "mysql-rds-database-plugin",
+            "mysql-legacy-database-plugin",
+        ]
+    }
+
+    fn default_username_template(&self) -> &'static str {
+        USERNAME_TEMPLATE
+    }
+
+    fn expiry_enforcement(&self) -> ExpiryEnforcement {
+        ExpiryEnforcement::SchedulerOnly
+    }
+
+    fn connection_fields(&self) -> Vec<FieldDef> {
+        common::connection_fields(
+            "{{username}}:{{password}}@tcp(host:3306)/ (OpenBao's form) or \
+             mysql://{{username}}:{{password}}@host:3306/?ssl-mode=…; the placeholders take \
+             the username and password fields.",
+        )
+    }
+
+    fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
+        common::validate_connection(
+            config,
+            &url_form(config.setting_str("connection_url").unwrap_or_default())?,
+            &["mysql", "mariadb"],
+            "{{username}}:{{password}}@tcp(127.0.0.1:3306)/",
+        )
+    }
+
+    async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
+        let password = config.secret("password").unwrap_or_default();
+        let options = connect_options(config)?;
+        let check = async {
+            let mut conn = options.connect().await?;
+            sqlx::query("SELECT 1").execute(&mut conn).await?;
+            conn.close().await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::bad_request(format!(
+                "field 'connection_url': cannot connect to MySQL: {}",
+                redact(&e.to_string(), &[password])
+            ))),
+            Err(_) => Err(Error::bad_request(format!(
+                "field 'connection_url': cannot connect to MySQL: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
+        let pool = MySqlPoolOptions::new()
+            .max_connections(common::pool_size(config)?)
+            .min_connections(0)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(connect_options(config)?);
+        Ok(Arc::new(MySqlTarget {
+            pool,
+            secrets: common::connection_secrets(config),
+        }))
+    }
+
+    fn role_fields(&self) -> Vec<FieldDef> {
+        vec![
+            FieldDef::new(
+                "creation_statements",
+                FieldType::Statements,
+                "SQL run to create the user and grant it privileges, with {{name}}, \
+                 {{password}} and {{host}}, e.g. CREATE USER '{{name}}'@'{{host}}' IDENTIFIED BY \
+                 '{{password}}'; GRANT SELECT ON db.* TO '{{name}}'@'{{host}}'. If one fails, \
+                 mayfly drops what the others created.",
+            )
+            .required(),
+            FieldDef::new(
+                "revocation_statements",
+                FieldType::Statements,
+                "SQL run to remove the user, with {{name}} and {{host}}. Without it, mayfly \
+                 locks every account of that name, kills its sessions and drops it. Sessions \
+                 are killed in both cases. A user already gone counts as revoked.",
+            ),
+            FieldDef::new(
+                "host",
+                FieldType::String,
+                "The host pattern of the account, for {{host}} in statements ('%' is any host).",
+            )
+            .default(FieldValue::String("%".into())),
+        ]
+    }
+
+    fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error> {
+        if list(settings, "creation_statements").is_empty() {
+            return Err(Error::bad_request(
+                "field 'creation_statements' is required: MySQL users get their privileges \
+                 from GRANT statements",
+            ));
+        }
+        common::creation_mentions_name(settings)?;
+        let host = host_pattern(settings);
+        check_host(host)?;
+        let sample = Values {
+            name: sample_name,
+            password: Some("Sample0password"),
+            expiration: Some("2000-01-01 00:00:00+0000"),
+            host: Some(host),
+        };
+        common::validate_statements(
+            settings,
+            &["creation_statements", "revocation_statements"],
+            &sample,
+            Dialect::MySql,
+        )
+    }
+
+    fn validate_principal(&self, name: &str) -> Result<(), Error> {
+        if name.is_empty() || name.chars().count() > MAX_NAME {
+            return Err(Error::bad_request(format!(
+                "a MySQL user name must be 1 to {MAX_NAME} characters, got {}",
+                name.chars().count()
+            )));
+        }
+        if name
+            .chars()
+            .any(|c| matches!(c, '\'' | '"' | '`' | '\\') || c.is_control())
+        {
+            return Err(Error::bad_request(format!(
+                "user name '{}' contains a quote, a backslash or a control character",
+                name.escape_default()
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn host_pattern(settings: &Map<String, Value>) -> &str {
+    settings.get("host").and_then(Value::as_str).unwrap_or("%")
+}
+
+/// A host pattern: a name, an address, a netmask or a `%`/`_` wildcard pattern.
+fn check_host(host: &str) -> Result<(), Error> {
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '%' | ':' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::bad_request(format!(
+            "field 'host': expected a host pattern such as %, 10.0.0.% or db.example.com, got '{}'",
+            host.escape_default()
+        )))
+    }
+}
+
+/// `connection_url` as a URL: OpenBao's Go form `user:pass@tcp(host:port)/db?opts` becomes
+/// `mysql://user:pass@host:port/db?opts`; a URL is kept as it is.
+fn url_form(raw: &str) -> Result<String, Error> {
+    if raw.contains("://") {
+        return Ok(raw.to_owned());
+    }
+    let (userinfo, rest) = raw.rsplit_once('@').unwrap_or(("", raw));
+    let Some(rest) = rest.strip_prefix("tcp(") else {
+        return Err(Error::bad_request(
+            "field 'connection_url': expected {{username}}:{{password}}@tcp(host:3306)/ or \
+             mysql://{{username}}:{{password}}@host:3306/ (unix sockets are not supported)",
+        ));
+    };
+    let Some((address, path)) = rest.split_once(')') else {
+        return Err(Error::bad_request(
+            "field 'connection_url': 'tcp(' is not closed by ')'",
+        ));
+    };
+    let at = if userinfo.is_empty() { "" } else { "@" };
+    Ok(format!("mysql://{userinfo}{at}{address}{path}"))
+}
+
+/// The sqlx options for a connection: placeholders filled, the password set after parsing.
+fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Error> {
+    let url = url_form(config.setting_str("connection_url").unwrap_or_default())?;
+    let username = config.setting_str("username").unwrap_or_default();
+    let with_user =
+        url.replace(USERNAME, &percent_encode(username))
+            .replacen("mariadb://", "mysql://", 1);
+    let has_password = with_user.contains(PASSWORD);
+    let mut options = MySqlConnectOptions::from_str(&with_user.replace(PASSWORD, "placeholder"))
+        .map_err(|e| {
+            Error::bad_request(format!(
+                "field 'connection_url': not a valid MySQL URL: {e}"
+            ))
+        })?;
+    if has_password {
+        options = options.password(config.secret("password").unwrap_or_default());
+    }
+    if let Some(ca) = config.setting_str("tls_ca") {
+        options = options.ssl_ca_from_pem(ca.as_bytes().to_vec());
+        if !with_user.contains("ssl-mode=") && !with_user.contains("sslmode=") {
+            options = options.ssl_mode(MySqlSslMode::VerifyIdentity);
+        }
+    }
+    if let (Some(cert), Some(key)) = (
+        config.setting_str("tls_certificate"),
+        config.secret("private_key"),
+    ) {
+        options = options
+            .ssl_client_cert_from_pem(cert.as_bytes())
+            .ssl_client_key_from_pem(key.as_bytes());
+    }
+    // Statements carry passwords: sqlx must never log them.
+    Ok(options
+        .log_statements(tracing::log::LevelFilter::Off)
+        .log_slow_statements(tracing::log::LevelFilter::Off, Duration::ZERO))
+}
+
+/// A pool on one MySQL server, as configured by one connection.
+struct MySqlTarget {
+    pool: MySqlPool,
+    /// The connection's own secrets, removed from every error message.
+    secrets: Vec<SecretString>,
+}
+
+/// `'user'@'host'`. Names and hosts come from the server's own tables or were checked by
+/// `validate_principal`/`check_host`; quote doubling covers the rest.
+fn account(user: &str, host: &str) -> String {
+    format!("{}@{}", quote_literal(user), quote_literal(host))
+}
+
+/// `?, ?, ?` for `n` bound values.
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+impl MySqlTarget {
+    /// The core's error for a failed operation, with every secret removed. Failures to reach
+    /// the server at all are `Unavailable`: nothing was done.
+    fn fail(&self, what: &str, e: &sqlx::Error, extra: &[&str]) -> Error {
+        let mut secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
+        secrets.extend_from_slice(extra);
+        let text = redact(&e.to_string(), &secrets);
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Error::Unavailable(format!("MySQL cannot be reached ({what}): {text}"))
+            }
+            _ => Error::Target(format!("MySQL {what}: {text}")),
+        }
+    }
+
+    /// Every account (user and host) whose user name is in `names`.
+    async fn accounts(&self, names: &[String]) -> Result<Vec<(String, String)>, Error> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // CAST: mysql.user's columns are binary-collated, which sqlx would not decode as text.
+        let sql = format!(
+            "SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User IN ({})",
+            placeholders(names.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for n in names {
+            query = query.bind(n);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail("cannot look up users", &e, &[]))
+    }
+
+    async fn execute(&self, what: &str, sql: &str, extra: &[&str]) -> Result<(), Error> {
+        sqlx::raw_sql(sql)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail(what, &e, extra))
+    }
+
+    /// Ends every session of these users. DROP USER leaves open sessions running.
+    async fn kill_sessions(&self, names: &[String]) -> Result<(), Error> {
+        let sql = format!(
+            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE USER IN ({}) AND ID <> CONNECTION_ID()",
+            placeholders(names.len())
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        for n in names {
+            query = query.bind(n);
+        }
+        let ids = query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.fail("cannot list sessions", &e, &[]))?;
+        for id in ids {
+            match sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
+                .execute(&self.pool)
+                .await
+            {
+                Ok(_) => {}
+                Err(sqlx::Error::Database(db))
+                    if db
+                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|m| m.number() == NO_SUCH_THREAD) => {}
+                Err(e) => return Err(self.fail("refused to end a session", &e, &[])),
+            }
+        }
+        Ok(())
+    }
+
+    /// Locks, disconnects and drops every account in `accounts`, in one statement each.
+    async fn drop_accounts(&self, accounts: &[(String, String)]) -> Result<(), Error> {
+        if accounts.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = accounts.iter().map(|(u, h)| account(u, h)).collect();
+        let list = list.join(", ");
+        let mut names: Vec<String> = accounts.iter().map(|(u, _)| u.clone()).collect();
+        names.dedup();
+        // No new logins, then end the open sessions, then drop: nobody slips in between.
+        self.execute(
+            "refused to lock the users",
+            &format!("ALTER USER {list} ACCOUNT LOCK"),
+            &[],
+        )
+        .await?;
+        self.kill_sessions(&names).await?;
+        self.execute(
+            "refused the revocation",
+            &format!("DROP USER IF EXISTS {list}"),
+            &[],
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl Target for MySqlTarget {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+        let password = p.password.expose_secret();
+        let values = Values {
+            name: p.name,
+            password: Some(password),
+            expiration: Some(&common::expiration(p.expires)),
+            host: Some(host_pattern(p.settings)),
+        };
+        let sql = common::render_all(
+            "creation_statements",
+            &list(p.settings, "creation_statements"),
+            &values,
+            Dialect::MySql,
+        )?;
+        // MySQL commits each DDL statement on its own: there is no transaction to roll back,
+        // so a failure midway is undone by dropping what was created.
+        for (i, stmt) in sql.iter().enumerate() {
+            let what = format!("refused creation statement {}", i + 1);
+            if let Err(e) = self.execute(&what, stmt, &[password]).await {
+                let undo = async {
+                    let created = self.accounts(&[p.name.to_owned()]).await?;
+                    self.drop_accounts(&created).await
+                };
+                if let Err(undo_error) = undo.await {
+                    tracing::warn!(
+                        user = p.name,
+                        error = %undo_error,
+                        "could not drop a partly created MySQL user; the scheduler retries"
+                    );
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+        // Nothing to move on the server: the deadline lives in the ledger alone.
+        if self.accounts(&[name.to_owned()]).await?.is_empty() {
+            return Err(Error::Target(format!(
+                "user '{name}' no longer exists in MySQL"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn revoke(
+        &self,
+        names: &[String],
+        settings: &Map<String, Value>,
+    ) -> Result<Revoked, Error> {
+        let accounts = self.accounts(names).await?;
+        let exists = |n: &String| accounts.iter().any(|(u, _)| u == n);
+        let existing: Vec<String> = names.iter().filter(|n| exists(n)).cloned().collect();
+        let outcome = Revoked {
+            removed: existing.len(),
+            already_gone: names.iter().filter(|n| !exists(n)).cloned().collect(),
+        };
+        if existing.is_empty() {
+            return Ok(outcome);
+        }
+        let custom = list(settings, "revocation_statements");
+        if custom.is_empty() {
+            self.drop_accounts(&accounts).await?;
+            return Ok(outcome);
+        }
+        for name in &existing {
+            let values = Values {
+                name,
+                password: None,
+                expiration: None,
+                host: Some(host_pattern(settings)),
+            };
+            for stmt in
+                common::render_all("revocation_statements", &custom, &values, Dialect::MySql)?
+            {
+                self.execute("refused the revocation", &stmt, &[]).await?;
+            }
+        }
+        self.kill_sessions(&existing).await?;
+        Ok(outcome)
+    }
+
+    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT CAST(User AS CHAR) FROM mysql.user \
+             WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY 1",
+        )
+        .bind(mark)
+        .bind(mark)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("cannot list users", &e, &[]))
+    }
+
+    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
+        let password = new_password.expose_secret();
+        if password.contains(['\\', '\0']) {
+            return Err(Error::bad_request(
+                "the new password contains a backslash or NUL, which mayfly does not send",
+            ));
+        }
+        // The account is named: MariaDB 10.11 accepts `ALTER USER CURRENT_USER() …` and
+        // silently changes nothing.
+        let current: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.fail("cannot tell mayfly's own account", &e, &[]))?;
+        let Some((user, host)) = current.rsplit_once('@') else {
+            return Err(Error::Target(format!(
+                "MySQL gave CURRENT_USER() as '{}', not user@host",
+                current.escape_default()
+            )));
+        };
+        let sql = format!(
+            "ALTER USER {} IDENTIFIED BY {}",
+            account(user, host),
+            quote_literal(password)
+        );
+        self.execute("refused the new password", &sql, &[password])
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openbao_dsn_becomes_a_url() {
+        assert_eq!(
+            url_form("{{username}}:{{password}}@tcp(127.0.0.1:3306)/app?tls=false").unwrap(),
+            "mysql://{{username}}:{{password}}@127.0.0.1:3306/app?tls=false"
+        );
+        assert_eq!(url_form("tcp(db:3306)/").unwrap(), "mysql://db:3306/");
+        assert_eq!(url_form("mysql://u@h:1/").unwrap(), "mysql://u@h:1/");
+        assert!(url_form("u@unix(/run/mysqld.sock)/").is_err());
+        assert!(url_form("u@tcp(h:1/").is_err());
+    }
+
+    #[test]
+    fn names_and_hosts_are_checked() {
+        assert!(MySql.validate_principal(&"a".repeat(32)).is_ok());
+        assert!(MySql.validate_principal(&"a".repeat(33)).is_err());
+        assert!(MySql.validate_principal("a'b").is_err());
+        assert!(check_host("10.0.%").is_ok());
+        assert!(check_host("a' OR 1").is_err());
+        assert_eq!(account("mf-a", "%"), "'mf-a'@'%'");
+    }
+}

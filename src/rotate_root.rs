@@ -1,0 +1,132 @@
+//! `rotate-root/NAME`: the connection's own password replaced by one only mayfly knows.
+//!
+//! Write-ahead, like issuance: the new password is stored as pending before the target is
+//! asked to change, and becomes the connection's password once the target has it. Whatever
+//! stops the rotation midway (an error, a lost reply, a crash), the stored configuration still
+//! holds a password that works: the pending one is settled by trying it against the target,
+//! on the next rotation or on the next use of the connection.
+
+use crate::connections::{self, ConnectionConfig};
+use crate::error::Error;
+use crate::host::default_password;
+use crate::mount::MountCore;
+use crate::request::Response;
+
+const PASSWORD: &str = "password";
+
+/// Rotates the password of connection `name`'s own user.
+pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
+    let _one_at_a_time = core.root_rotation.lock().await;
+    let mut config = settle_locked(core, name).await?;
+    if config.secret(PASSWORD).is_none_or(str::is_empty) {
+        return Err(Error::bad_request(format!(
+            "connection '{name}' has no password to rotate: set its 'password' field first"
+        )));
+    }
+    let backend = core.backends.for_connection(name, &config)?;
+    let new_password = default_password();
+    let target = backend.connect(&config).await?;
+
+    config.pending_root_password = Some(new_password.clone());
+    connections::save(core.storage.as_ref(), name, &config).await?;
+    core.crash_point("root_pending");
+
+    let changed = target.rotate_root(&new_password).await;
+    core.crash_point("root_changed");
+    let adopted = match changed {
+        Ok(()) => true,
+        // The reply may have been lost after the server applied the change: ask the target
+        // which password works before forgetting the new one. If it cannot tell, the pending
+        // password stays stored and is settled on the connection's next use.
+        Err(_) => match which_works(core, name, &config).await {
+            Some(adopted) => adopted,
+            None => return Err(changed.unwrap_err()),
+        },
+    };
+    commit(core, name, &mut config, adopted).await?;
+    core.invalidate();
+    match changed {
+        Ok(()) => {
+            tracing::info!(connection = name, "root credential rotated");
+            Ok(Response::empty())
+        }
+        Err(_) if adopted => {
+            tracing::info!(
+                connection = name,
+                "root credential rotated (the target's reply was lost)"
+            );
+            Ok(Response::empty())
+        }
+        Err(e) => {
+            tracing::warn!(connection = name, error = %e, "root credential rotation failed; the old password stays");
+            Err(e)
+        }
+    }
+}
+
+/// Settles a rotation that stopped midway, if there is one, before connection `name` is used.
+/// Cheap when there is none: the caller only calls it for a configuration with a pending
+/// password.
+pub async fn settle(core: &MountCore, name: &str) -> Result<(), Error> {
+    let _one_at_a_time = core.root_rotation.lock().await;
+    settle_locked(core, name).await.map(|_| ())
+}
+
+/// The stored configuration of `name`, with any pending password adopted (if the target takes
+/// it) or dropped (if not). The caller holds `root_rotation`.
+async fn settle_locked(core: &MountCore, name: &str) -> Result<ConnectionConfig, Error> {
+    let mut config = connections::load(core.storage.as_ref(), name)
+        .await?
+        .ok_or_else(|| Error::bad_request(format!("no connection named '{name}'")))?;
+    if config.pending_root_password.is_some() {
+        let adopted = which_works(core, name, &config).await.ok_or_else(|| {
+            Error::Unavailable(format!(
+                "connection '{name}': a root rotation stopped midway and the target cannot be \
+                 asked which password it now takes; retried on the next use"
+            ))
+        })?;
+        tracing::info!(
+            connection = name,
+            adopted,
+            "settled a root rotation that stopped midway"
+        );
+        commit(core, name, &mut config, adopted).await?;
+        core.invalidate();
+    }
+    Ok(config)
+}
+
+/// Which password the target takes: `Some(true)` the pending one, `Some(false)` the stored
+/// one, `None` neither (the target cannot be reached, so nothing can be decided).
+async fn which_works(core: &MountCore, name: &str, config: &ConnectionConfig) -> Option<bool> {
+    let pending = config.pending_root_password.as_ref()?;
+    let backend = core.backends.for_connection(name, config).ok()?;
+    let mut trial = config.clone();
+    trial.pending_root_password = None;
+    if backend.verify_connection(&trial).await.is_ok() {
+        // Checked first: the stored password working means the change never happened.
+        return Some(false);
+    }
+    trial.secrets.insert(PASSWORD.into(), pending.clone());
+    backend
+        .verify_connection(&trial)
+        .await
+        .is_ok()
+        .then_some(true)
+}
+
+/// Stores the outcome: the pending password becomes the password (`adopted`) or is dropped.
+async fn commit(
+    core: &MountCore,
+    name: &str,
+    config: &mut ConnectionConfig,
+    adopted: bool,
+) -> Result<(), Error> {
+    if let Some(pending) = config.pending_root_password.take()
+        && adopted
+    {
+        config.secrets.insert(PASSWORD.into(), pending);
+    }
+    connections::save(core.storage.as_ref(), name, config).await?;
+    Ok(())
+}
