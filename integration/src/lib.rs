@@ -1,13 +1,19 @@
 //! The end-to-end harness: a real OpenBao server that loads the freshly built mayfly binary,
-//! driven over HTTP as any client would, and a private PostgreSQL that checks passwords.
+//! driven over HTTP as any client would, and private PostgreSQL, MariaDB and Redis servers that
+//! check passwords and may be stopped.
 //! Every process started here is stopped when its handle drops, also when a test fails.
 
 pub mod bao;
+pub mod creds;
+pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod redis;
 
 pub use bao::Bao;
+pub use mariadb::PrivateMariaDb;
 pub use postgres::PrivatePostgres;
+pub use redis::PrivateRedis;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

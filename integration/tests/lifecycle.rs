@@ -1,18 +1,12 @@
 //! The credential lifecycle end to end: a real OpenBao loads mayfly, which issues, renews and
 //! revokes users in a private PostgreSQL that checks passwords.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use mayfly_integration::creds::{issue, ledger_record, now};
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 /// A connection `db` to the private cluster, a group role, and role `app` from `role`.
 fn configure(bao: &Bao, pg: &PrivatePostgres, role: Value) {
@@ -28,41 +22,6 @@ fn configure(bao: &Bao, pg: &PrivatePostgres, role: Value) {
     );
     let (status, body) = bao.put("mayfly/roles/app", role);
     assert!(status == 200 || status == 204, "{status} {body}");
-}
-
-struct Cred {
-    user: String,
-    password: String,
-    lease_id: String,
-    lease_duration: u64,
-}
-
-fn issue(bao: &Bao, path: &str) -> Cred {
-    let (status, body) = bao.get(path);
-    assert_eq!(status, 200, "{body}\n{}", bao.log());
-    Cred {
-        user: body["data"]["username"].as_str().unwrap().to_owned(),
-        password: body["data"]["password"].as_str().unwrap().to_owned(),
-        lease_id: body["lease_id"].as_str().unwrap().to_owned(),
-        lease_duration: body["lease_duration"].as_u64().unwrap(),
-    }
-}
-
-/// The ledger record of the credential whose principal is `user`.
-fn ledger_record(bao: &Bao, user: &str) -> Value {
-    let (_, list) = bao.list("mayfly/leases/");
-    let info = list["data"]["key_info"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let id = info
-        .iter()
-        .find(|(_, v)| v["principal"] == user)
-        .map(|(k, _)| k.clone())
-        .unwrap_or_else(|| panic!("no ledger record for {user}: {list}"));
-    let (status, body) = bao.get(&format!("mayfly/leases/{id}"));
-    assert_eq!(status, 200, "{body}");
-    body["data"].clone()
 }
 
 fn valid_until(pg: &PrivatePostgres, user: &str) -> u64 {

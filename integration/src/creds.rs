@@ -1,0 +1,59 @@
+//! Issuing credentials and reading their ledger records, as every end-to-end test does.
+
+use serde_json::Value;
+
+use crate::Bao;
+
+/// An issued credential as the client sees it.
+pub struct Cred {
+    pub user: String,
+    pub password: String,
+    pub lease_id: String,
+    pub lease_duration: u64,
+    /// The whole response.
+    pub body: Value,
+}
+
+impl Cred {
+    pub fn from_response(body: Value) -> Cred {
+        Cred {
+            user: body["data"]["username"].as_str().unwrap().to_owned(),
+            password: body["data"]["password"].as_str().unwrap().to_owned(),
+            lease_id: body["lease_id"].as_str().unwrap().to_owned(),
+            lease_duration: body["lease_duration"].as_u64().unwrap(),
+            body,
+        }
+    }
+}
+
+/// Reads `path` (a `creds/ROLE` path, with any query) and expects a credential.
+pub fn issue(bao: &Bao, path: &str) -> Cred {
+    let (status, body) = bao.get(path);
+    assert_eq!(status, 200, "{body}\n{}", bao.log());
+    Cred::from_response(body)
+}
+
+/// The ledger record, under mount `mayfly/`, of the credential whose principal is `user`.
+pub fn ledger_record(bao: &Bao, user: &str) -> Value {
+    let (_, list) = bao.list("mayfly/leases/");
+    let info = list["data"]["key_info"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let id = info
+        .iter()
+        .find(|(_, v)| v["principal"] == user)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| panic!("no ledger record for {user}: {list}"));
+    let (status, body) = bao.get(&format!("mayfly/leases/{id}"));
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}

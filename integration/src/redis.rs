@@ -1,0 +1,106 @@
+//! Private Redis servers from the system's `redis-server`, each on its own loopback port and
+//! ACL file, so a test may stop one and configure ACL users freely.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+pub struct PrivateRedis {
+    pub port: u16,
+    dir: PathBuf,
+    server: Mutex<Option<Child>>,
+}
+
+impl PrivateRedis {
+    /// A server that keeps its ACL users in an ACL file (`ACL SAVE`), so that they survive a
+    /// restart, as a production node's do.
+    pub fn start() -> PrivateRedis {
+        let dir = crate::scratch_dir("redis");
+        std::fs::write(
+            dir.join("users.acl"),
+            "user default on nopass ~* &* +@all\n",
+        )
+        .unwrap();
+        let redis = PrivateRedis {
+            port: crate::free_port(),
+            dir,
+            server: Mutex::new(None),
+        };
+        redis.resume();
+        redis
+    }
+
+    /// Starts the server (again, after [`PrivateRedis::halt`]) on the same port and ACL file.
+    pub fn resume(&self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string()])
+            .arg("--aclfile")
+            .arg(self.dir.join("users.acl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (the redis-server package; run scripts/setup)");
+        *self.server.lock().unwrap() = Some(child);
+        let up = crate::wait_until(10.0, || self.cli(&["PING"]).is_ok_and(|o| o == "PONG"));
+        assert!(up, "redis-server did not start on port {}", self.port);
+    }
+
+    /// Kills the server at once, as a crash or an outage would.
+    pub fn halt(&self) {
+        if let Some(mut child) = self.server.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs a command as the default user with redis-cli.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        self.cli_as(None, args)
+    }
+
+    /// Runs a command as `(user, password)` with redis-cli; an error reply is an `Err`.
+    pub fn cli_as(&self, login: Option<(&str, &str)>, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((user, password)) = login {
+            cmd.args(["--user", user, "--no-auth-warning"]);
+            cmd.env("REDISCLI_AUTH", password);
+        }
+        let out = cmd.args(args).output().expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        // redis-cli exits 0 on error replies when not on a terminal; they start with ERR,
+        // WRONGPASS, NOPERM…
+        let error = text
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.chars().all(|c| c.is_ascii_uppercase()) && w != "OK" && w != "PONG");
+        // redis-cli carries on as the default user when AUTH fails: that is a failure here.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() && !error && !stderr.contains("AUTH failed") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{stderr}"))
+        }
+    }
+
+    /// The ACL users whose names start with `prefix`.
+    pub fn users_like(&self, prefix: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .cli(&["ACL", "USERS"])
+            .unwrap()
+            .lines()
+            .filter(|u| u.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
+        users.sort();
+        users
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.halt();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
