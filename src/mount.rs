@@ -84,17 +84,10 @@ impl MountCore {
     /// The live handle on connection `name`, connecting (or reconnecting after a
     /// configuration change) as needed.
     pub async fn target(&self, name: &str) -> Result<Arc<dyn Target>, Error> {
-        let mut config = self
+        let config = self
             .connection(name)
             .await?
             .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
-        if config.pending_root_password.is_some() {
-            crate::rotate_root::settle(self, name).await?;
-            config = self
-                .connection(name)
-                .await?
-                .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
-        }
         self.target_for(name, &config).await
     }
 
@@ -104,6 +97,15 @@ impl MountCore {
         name: &str,
         config: &ConnectionConfig,
     ) -> Result<Arc<dyn Target>, Error> {
+        if config.pending_root_password.is_some() {
+            // A root rotation stopped midway: learn which password the target takes first.
+            crate::rotate_root::settle(self, name).await?;
+            let settled = self
+                .connection(name)
+                .await?
+                .ok_or_else(|| Error::Target(format!("connection '{name}' does not exist")))?;
+            return Box::pin(self.target_for(name, &settled)).await;
+        }
         let fingerprint = config.fingerprint();
         if let Some((f, t)) = self.targets.map.lock().unwrap().get(name)
             && *f == fingerprint

@@ -247,3 +247,42 @@ fn rotate_root_locks_out_the_old_password_and_issuing_goes_on() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("no password to rotate"), "{body}");
 }
+
+#[test]
+fn a_crash_midway_through_rotate_root_never_loses_the_working_password() {
+    let db = PrivateMariaDb::start();
+    let mut bao = Bao::start_persistent();
+    bao.register();
+    bao.enable("mayfly");
+    configure(
+        &bao,
+        &db,
+        json!({"db_name": "db", "default_ttl": 60, "creation_statements": CREATE}),
+    );
+    // Killed after the pending password is stored, before the server is asked to change:
+    // the server still takes the old password, and mayfly goes on with it.
+    bao.restart(&[("MAYFLY_TEST_CRASH_AT", "root_pending")]);
+    let (status, body) = bao.put("mayfly/rotate-root/db", json!({}));
+    assert_eq!(status, 500, "the crash did not happen: {body}");
+    bao.restart(&[]);
+    issue(&bao, "mayfly/creds/app");
+    db.sql_as(ADMIN, ADMIN_PASSWORD, "SELECT 1")
+        .expect("the server was never asked to change");
+
+    // Killed after the server changed, before the new password became the stored one: the
+    // pending password is adopted on the next use.
+    bao.restart(&[("MAYFLY_TEST_CRASH_AT", "root_changed")]);
+    let (status, body) = bao.put("mayfly/rotate-root/db", json!({}));
+    assert_eq!(status, 500, "the crash did not happen: {body}");
+    bao.restart(&[]);
+    let cred = issue(&bao, "mayfly/creds/app");
+    db.sql_as(&cred.user, &cred.password, "SELECT 1").unwrap();
+    assert!(db.sql_as(ADMIN, ADMIN_PASSWORD, "SELECT 1").is_err());
+    assert!(
+        bao.log().contains("settled a root rotation that stopped midway"),
+        "the pending password was settled"
+    );
+    for (key, value) in bao.raw_mount_storage("mayfly") {
+        assert!(!value.contains(&cred.password), "stored at {key}");
+    }
+}
