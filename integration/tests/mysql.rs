@@ -279,7 +279,8 @@ fn a_crash_midway_through_rotate_root_never_loses_the_working_password() {
     db.sql_as(&cred.user, &cred.password, "SELECT 1").unwrap();
     assert!(db.sql_as(ADMIN, ADMIN_PASSWORD, "SELECT 1").is_err());
     assert!(
-        bao.log().contains("settled a root rotation that stopped midway"),
+        bao.log()
+            .contains("settled a root rotation that stopped midway"),
         "the pending password was settled"
     );
     for (key, value) in bao.raw_mount_storage("mayfly") {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use mayfly_integration::creds::Cred;
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
@@ -39,14 +40,6 @@ fn role(bao: &Bao, name: &str, body: Value) {
     ok(status, &resp);
 }
 
-struct Cred {
-    user: String,
-    password: String,
-    lease_id: String,
-    lease_duration: u64,
-    body: Value,
-}
-
 fn issue_as(bao: &Bao, token: &str, role: &str, body: Value) -> (u16, Value) {
     bao.request_as(token, "PUT", &format!("mayfly/creds/{role}"), Some(&body))
 }
@@ -54,13 +47,7 @@ fn issue_as(bao: &Bao, token: &str, role: &str, body: Value) -> (u16, Value) {
 fn issue(bao: &Bao, role: &str, body: Value) -> Cred {
     let (status, body) = bao.put(&format!("mayfly/creds/{role}"), body);
     assert_eq!(status, 200, "{body}");
-    Cred {
-        user: body["data"]["username"].as_str().unwrap().to_owned(),
-        password: body["data"]["password"].as_str().unwrap().to_owned(),
-        lease_id: body["lease_id"].as_str().unwrap().to_owned(),
-        lease_duration: body["lease_duration"].as_u64().unwrap(),
-        body,
-    }
+    Cred::from_response(body)
 }
 
 /// The ledger id of the credential whose principal is `user`.

@@ -7,8 +7,10 @@ use std::time::Duration;
 use mayfly::Error;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
+use mayfly::redact::redact;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
+use sqlx::{ConnectOptions, Connection};
 
 use crate::statements::{self, Dialect, Values};
 
@@ -108,6 +110,34 @@ pub fn validate_connection(
         ));
     }
     pool_size(config).map(|_| ())
+}
+
+/// Connects once with `options` and pings, for `verify_connection`. The error names the field,
+/// and carries the server's own message with the connection's password removed.
+pub async fn verify<O>(kind: &str, config: &ConnectionConfig, options: O) -> Result<(), Error>
+where
+    O: ConnectOptions,
+    O::Connection: Sized,
+{
+    let check = async {
+        let mut conn = options.connect().await?;
+        conn.ping().await?;
+        conn.close().await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::bad_request(format!(
+            "field 'connection_url': cannot connect to {kind}: {}",
+            redact(
+                &e.to_string(),
+                &[config.secret("password").unwrap_or_default()]
+            )
+        ))),
+        Err(_) => Err(Error::bad_request(format!(
+            "field 'connection_url': cannot connect to {kind}: no answer within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }
 
 /// `max_open_connections`, checked.

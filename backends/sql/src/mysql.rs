@@ -18,8 +18,8 @@ use mayfly::redact::{percent_encode, redact};
 use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
+use sqlx::ConnectOptions;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
-use sqlx::{ConnectOptions, Connection};
 
 use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, list};
 use crate::statements::{Dialect, Values, quote_literal};
@@ -75,24 +75,7 @@ impl Backend for MySql {
     }
 
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
-        let password = config.secret("password").unwrap_or_default();
-        let options = connect_options(config)?;
-        let check = async {
-            let mut conn = options.connect().await?;
-            sqlx::query("SELECT 1").execute(&mut conn).await?;
-            conn.close().await
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::bad_request(format!(
-                "field 'connection_url': cannot connect to MySQL: {}",
-                redact(&e.to_string(), &[password])
-            ))),
-            Err(_) => Err(Error::bad_request(format!(
-                "field 'connection_url': cannot connect to MySQL: no answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-        }
+        common::verify("MySQL", config, connect_options(config)?).await
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {

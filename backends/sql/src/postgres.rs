@@ -15,8 +15,8 @@ use mayfly::redact::{percent_encode, redact};
 use mayfly::{Backend, Error, NewPrincipal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
-use sqlx::{ConnectOptions, Connection};
 
 use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, expiration, list};
 use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
@@ -50,24 +50,7 @@ impl Backend for Postgres {
     }
 
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
-        let password = config.secret("password").unwrap_or_default();
-        let options = connect_options(config)?;
-        let check = async {
-            let mut conn = options.connect().await?;
-            sqlx::query("SELECT 1").execute(&mut conn).await?;
-            conn.close().await
-        };
-        match tokio::time::timeout(CONNECT_TIMEOUT, check).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::bad_request(format!(
-                "field 'connection_url': cannot connect to PostgreSQL: {}",
-                redact(&e.to_string(), &[password])
-            ))),
-            Err(_) => Err(Error::bad_request(format!(
-                "field 'connection_url': cannot connect to PostgreSQL: no answer within {}s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-        }
+        common::verify("PostgreSQL", config, connect_options(config)?).await
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
