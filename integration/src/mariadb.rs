@@ -91,17 +91,11 @@ impl PrivateMariaDb {
     }
 
     fn try_root(&self, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "-uroot", "-N", "-B"])
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "-uroot", "-N", "-B"])
             .arg(format!("--socket={}", self.socket().display()))
-            .args(["-e", sql])
-            .output()
-            .expect("the mariadb client");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+            .args(["-e", sql]);
+        output(cmd)
     }
 
     /// Runs `sql` as root over the socket; panics on failure.
@@ -111,20 +105,14 @@ impl PrivateMariaDb {
 
     /// Runs `sql` as `user` over TCP, so that the password is checked.
     pub fn sql_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new("mariadb")
-            .args(["--no-defaults", "-h", "127.0.0.1", "-N", "-B"])
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "-h", "127.0.0.1", "-N", "-B"])
             .arg(format!("--port={}", self.port))
             .arg(format!("--user={user}"))
             .arg("--connect-timeout=5")
             .args(["-e", sql])
-            .env("MYSQL_PWD", password)
-            .output()
-            .expect("the mariadb client");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+            .env("MYSQL_PWD", password);
+        output(cmd)
     }
 
     /// The accounts (`user@host`) whose user name starts with `prefix`.
@@ -159,6 +147,16 @@ impl PrivateMariaDb {
             "{{{{username}}}}:{{{{password}}}}@tcp(127.0.0.1:{})/",
             self.port
         )
+    }
+}
+
+/// The client's output, trimmed: stdout on success, stderr on failure.
+fn output(mut cmd: Command) -> Result<String, String> {
+    let out = cmd.output().expect("the mariadb client");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }
 

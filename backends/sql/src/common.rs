@@ -140,6 +140,21 @@ where
     }
 }
 
+/// The pool every SQL connection gets: at most `max_open_connections`, none kept open when
+/// idle for five minutes, connecting lazily (a database that is down fails operations, not
+/// the configuration's load).
+pub fn pool<DB: sqlx::Database>(
+    config: &ConnectionConfig,
+    options: <DB::Connection as Connection>::Options,
+) -> Result<sqlx::Pool<DB>, Error> {
+    Ok(sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(pool_size(config)?)
+        .min_connections(0)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
 /// `max_open_connections`, checked.
 pub fn pool_size(config: &ConnectionConfig) -> Result<u32, Error> {
     match config.setting_i64("max_open_connections") {

@@ -19,9 +19,9 @@ use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
 
-use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, list};
+use crate::common::{self, PASSWORD, USERNAME, list};
 use crate::statements::{Dialect, Values, quote_literal};
 
 /// MySQL 8 refuses user names longer than this (MariaDB takes 80; mayfly holds both to 32).
@@ -79,12 +79,7 @@ impl Backend for MySql {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        let pool = MySqlPoolOptions::new()
-            .max_connections(common::pool_size(config)?)
-            .min_connections(0)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .idle_timeout(Duration::from_secs(300))
-            .connect_lazy_with(connect_options(config)?);
+        let pool = common::pool(config, connect_options(config)?)?;
         Ok(Arc::new(MySqlTarget {
             pool,
             secrets: common::connection_secrets(config),
@@ -249,10 +244,12 @@ struct MySqlTarget {
     secrets: Vec<SecretString>,
 }
 
-/// `'user'@'host'`. Names and hosts come from the server's own tables or were checked by
-/// `validate_principal`/`check_host`; quote doubling covers the rest.
+/// `'user'@'host'`. Names read back from the server (orphans) may hold anything: quotes are
+/// doubled and backslashes escaped, which keeps the literal closed whether or not the server
+/// runs with NO_BACKSLASH_ESCAPES (there, a name with a backslash is merely not found).
 fn account(user: &str, host: &str) -> String {
-    format!("{}@{}", quote_literal(user), quote_literal(host))
+    let literal = |s: &str| quote_literal(&s.replace('\\', "\\\\"));
+    format!("{}@{}", literal(user), literal(host))
 }
 
 /// `?, ?, ?` for `n` bound values.
@@ -510,5 +507,6 @@ mod tests {
         assert!(check_host("10.0.%").is_ok());
         assert!(check_host("a' OR 1").is_err());
         assert_eq!(account("mf-a", "%"), "'mf-a'@'%'");
+        assert_eq!(account("mf-a\\'x", "%"), "'mf-a\\\\''x'@'%'");
     }
 }

@@ -16,9 +16,9 @@ use mayfly::{Backend, Error, NewPrincipal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 
-use crate::common::{self, CONNECT_TIMEOUT, PASSWORD, USERNAME, expiration, list};
+use crate::common::{self, PASSWORD, USERNAME, expiration, list};
 use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
 
 pub struct Postgres;
@@ -54,12 +54,7 @@ impl Backend for Postgres {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        let pool = PgPoolOptions::new()
-            .max_connections(common::pool_size(config)?)
-            .min_connections(0)
-            .acquire_timeout(CONNECT_TIMEOUT)
-            .idle_timeout(Duration::from_secs(300))
-            .connect_lazy_with(connect_options(config)?);
+        let pool = common::pool(config, connect_options(config)?)?;
         Ok(Arc::new(PgTarget {
             pool,
             secrets: common::connection_secrets(config),
