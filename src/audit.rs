@@ -19,6 +19,7 @@ pub enum Action {
     OperatorRevoke,
     OrphanScan,
     OrphanPurge,
+    StaticRotate,
 }
 
 impl Action {
@@ -33,6 +34,7 @@ impl Action {
             Action::OperatorRevoke => "operator_revoke",
             Action::OrphanScan => "orphan_scan",
             Action::OrphanPurge => "orphan_purge",
+            Action::StaticRotate => "static_rotate",
         }
     }
 }

@@ -60,6 +60,21 @@ pub trait Target: Send + Sync {
 
     /// Changes the password of the connection's own user to `new_password`.
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error>;
+
+    /// Sets the password of `username`, an account mayfly did not create (a static role's),
+    /// to `password`: with `statements` (the role's `rotation_statements`) when there are any,
+    /// else the kind's own way. An account that does not exist is an error: it is never
+    /// created.
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        statements: &[String],
+    ) -> Result<(), Error>;
+
+    /// Whether `username` logs in with `password`: `Ok(false)` when the target refuses the
+    /// credentials, an error when it cannot be asked.
+    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error>;
 }
 
 /// Who stops a credential from working at its deadline.
@@ -125,8 +140,28 @@ pub trait Backend: Send + Sync {
     /// a name the role's `username_template` makes, for checking statements with it.
     fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error>;
 
-    /// Checks a principal name that a role's `username_template` produced.
+    /// Checks a principal name that a role's `username_template` produced, or the name of an
+    /// account a static role takes over.
     fn validate_principal(&self, name: &str) -> Result<(), Error>;
+
+    /// Checks a static role's `rotation_statements` for account `username` without contacting
+    /// the target. Kinds that take no statements refuse any.
+    fn validate_rotation_statements(
+        &self,
+        statements: &[String],
+        username: &str,
+    ) -> Result<(), Error> {
+        let _ = username;
+        if statements.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::bad_request(format!(
+                "field 'rotation_statements' does not apply to connections of kind '{}': it \
+                 sets passwords its own way",
+                self.kind()
+            )))
+        }
+    }
 }
 
 /// The kinds this build of mayfly knows, looked up by canonical name or alias.

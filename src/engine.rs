@@ -13,7 +13,7 @@ use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
-use crate::{connections, creds, roles, rotate_root, tasks};
+use crate::{connections, creds, roles, rotate_root, static_roles, static_rotation, tasks};
 use crate::{error::Error, openapi};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -64,6 +64,7 @@ impl Engine {
                 crash_hook,
                 cache: Default::default(),
                 root_rotation: Default::default(),
+                static_rotation: Default::default(),
             }),
             router,
             version: version.into(),
@@ -91,7 +92,10 @@ impl Engine {
 
     /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
     pub fn seal_wrap_storage() -> Vec<String> {
-        vec![connections::PREFIX.to_owned()]
+        vec![
+            connections::PREFIX.to_owned(),
+            static_rotation::PREFIX.to_owned(),
+        ]
     }
 
     /// Paths that need a token with `sudo` on them: the operator's bulk and emergency tools.
@@ -222,6 +226,24 @@ impl Engine {
             (Route::Revocations, Operation::List) => operator::revocations(&self.core).await,
             (Route::RotateRoot, Operation::Update) => {
                 rotate_root::rotate(&self.core, m.param("name")).await
+            }
+            (Route::StaticRoleList, Operation::List) => {
+                Ok(Response::list(static_roles::list(kv).await?))
+            }
+            (Route::StaticRole, Operation::Read) => {
+                static_rotation::read(&self.core, m.param("name")).await
+            }
+            (Route::StaticRole, Operation::Update) => {
+                static_rotation::write(&self.core, m.param("name"), &req.data).await
+            }
+            (Route::StaticRole, Operation::Delete) => {
+                static_rotation::delete(&self.core, m.param("name")).await
+            }
+            (Route::StaticCreds, Operation::Read) => {
+                static_rotation::creds(&self.core, m.param("name")).await
+            }
+            (Route::RotateRole, Operation::Update) => {
+                static_rotation::rotate_now(&self.core, m.param("name")).await
             }
             (Route::Orphans, Operation::Read) => {
                 operator::orphans(&self.core, m.param("name"), false, req).await
@@ -391,6 +413,51 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
                 stopped midway (error, lost reply, crash) is settled by asking the target which \
                 password it takes, so the connection never loses a working password. Rotate \
                 only a user dedicated to mayfly: anyone else using it is locked out.",
+        },
+        PathDef {
+            pattern: "static-roles/",
+            route: Route::StaticRoleList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the static roles.",
+            description: "",
+        },
+        PathDef {
+            pattern: "static-roles/{name}",
+            route: Route::StaticRole,
+            fields: static_roles::fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A static role: an existing account whose password mayfly keeps and \
+                rotates on a period, a cron schedule, or on demand.",
+            description: "Creating one takes the account over: its password is replaced at \
+                once (unless skip_import_rotation). A read shows the rotation's progress: \
+                last_rotation, next_rotation, rotation_attempts, last_error, failing_since, \
+                and in dual-account mode the current and previous accounts. A failing \
+                rotation is retried with backoff up to max_rotation_attempts and the last \
+                working password stays current. Deleting forgets the passwords and leaves \
+                the accounts as they are.",
+        },
+        PathDef {
+            pattern: "static-creds/{name}",
+            route: Route::StaticCreds,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The current username and password of a static role, with ttl: the \
+                seconds until the password may change.",
+            description: "An application that fails to log in should read this again: the \
+                password may have been rotated since it last did. In dual-account mode the \
+                previous account keeps working until previous_valid_until.",
+        },
+        PathDef {
+            pattern: "rotate-role/{name}",
+            route: Route::RotateRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Rotate a static role's password now.",
+            description: "A failure is returned and then retried with backoff like a \
+                scheduled rotation's; the old password stays current until a rotation \
+                succeeds. In dual-account mode the previous account gets the new password, \
+                which ends its grace period.",
         },
         PathDef {
             pattern: "revocations/",

@@ -21,6 +21,8 @@ pub const DUE: &str = "ledger/due/";
 pub const BY_TASK: &str = "ledger/tasks/";
 /// The due-index entry name of a task is this prefix and the task id.
 pub const TASK_ENTRY: &str = "task.";
+/// Due-index entries of static roles are `static.` + the role name.
+pub const STATIC_ENTRY: &str = "static.";
 /// Width of a due-index bucket.
 pub const BUCKET_SECS: u64 = 60;
 /// How long a revoked record stays listed under `leases/`.

@@ -27,6 +27,8 @@ pub struct MountCore {
     pub cache: Cache,
     /// Held while a connection's root password is rotated or a stopped rotation is settled.
     pub root_rotation: tokio::sync::Mutex<()>,
+    /// Held while a static role is written, deleted or rotated.
+    pub static_rotation: tokio::sync::Mutex<()>,
 }
 
 /// Roles and connections as last read, and the mount's maximum TTL, so that issuance does not

@@ -30,6 +30,10 @@ pub enum Route {
     Revocations,
     Orphans,
     RotateRoot,
+    StaticRoleList,
+    StaticRole,
+    StaticCreds,
+    RotateRole,
 }
 
 #[derive(Debug, Clone)]

@@ -20,7 +20,9 @@ use futures_util::future::join_all;
 use crate::audit::{self, Action, Event};
 use crate::error::Error;
 use crate::host::now;
-use crate::ledger::{self, BUCKET_SECS, Credential, RETENTION_SECS, State, TASK_ENTRY, bucket};
+use crate::ledger::{
+    self, BUCKET_SECS, Credential, RETENTION_SECS, STATIC_ENTRY, State, TASK_ENTRY, bucket,
+};
 use crate::mount::MountCore;
 
 /// The longest wait between two revocation attempts of one credential.
@@ -246,12 +248,21 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     let mut work: BTreeMap<String, Work> = BTreeMap::new();
 
     // Tasks end on their own: ending one revokes through this loop, so it must not block it.
-    let (task_entries, due): (Vec<_>, Vec<_>) = due
+    // Static roles rotate on their own too: a slow target must not hold revocations back.
+    let (own_entries, due): (Vec<_>, Vec<_>) = due
         .into_iter()
-        .partition(|(_, id)| id.starts_with(TASK_ENTRY));
-    for (entry_due, entry) in task_entries {
-        let id = entry[TASK_ENTRY.len()..].to_owned();
-        tokio::spawn(crate::tasks::on_due(core.clone(), entry_due, id));
+        .partition(|(_, id)| id.starts_with(TASK_ENTRY) || id.starts_with(STATIC_ENTRY));
+    for (entry_due, entry) in own_entries {
+        if let Some(id) = entry.strip_prefix(TASK_ENTRY) {
+            tokio::spawn(crate::tasks::on_due(core.clone(), entry_due, id.to_owned()));
+        } else if let Some(name) = entry.strip_prefix(STATIC_ENTRY) {
+            let name = name.to_owned();
+            tokio::spawn(crate::static_rotation::on_due(
+                core.clone(),
+                entry_due,
+                name,
+            ));
+        }
     }
 
     // Many credentials often fall due together: read their records in parallel.

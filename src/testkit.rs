@@ -1,12 +1,12 @@
 //! A fake target kind for the core's own tests: principals live in a set in memory, and the
 //! target can be switched to fail, as a database that went down would.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use crate::backend::{Backend, NewPrincipal, Revoked, Target};
@@ -21,6 +21,8 @@ pub struct FakeTarget {
     /// Revoke calls made, and the largest batch seen.
     pub revoke_calls: AtomicUsize,
     pub largest_batch: AtomicUsize,
+    /// Passwords of the accounts static roles manage, by account.
+    pub passwords: Mutex<BTreeMap<String, String>>,
 }
 
 impl FakeTarget {
@@ -33,6 +35,14 @@ impl FakeTarget {
     }
     pub fn has(&self, name: &str) -> bool {
         self.principals.lock().unwrap().contains(name)
+    }
+    /// Adds an account for a static role to take over.
+    pub fn add_account(&self, name: &str, password: &str) {
+        let mut passwords = self.passwords.lock().unwrap();
+        passwords.insert(name.to_owned(), password.to_owned());
+    }
+    pub fn password(&self, name: &str) -> Option<String> {
+        self.passwords.lock().unwrap().get(name).cloned()
     }
     pub fn count(&self) -> usize {
         self.principals.lock().unwrap().len()
@@ -80,6 +90,27 @@ impl Target for FakeTarget {
     }
     async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {
         self.check()
+    }
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        statements: &[String],
+    ) -> Result<(), Error> {
+        self.check()?;
+        if statements.iter().any(|s| s.contains("FAIL")) {
+            return Err(Error::Target("the statement failed".into()));
+        }
+        match self.passwords.lock().unwrap().get_mut(username) {
+            Some(p) => *p = password.expose_secret().to_owned(),
+            None => return Err(Error::Target(format!("no account {username}"))),
+        }
+        Ok(())
+    }
+    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
+        self.check()?;
+        let passwords = self.passwords.lock().unwrap();
+        Ok(passwords.get(username).map(String::as_str) == Some(password.expose_secret()))
     }
 }
 
@@ -133,6 +164,9 @@ impl Backend for Fake {
         )]
     }
     fn validate_role(&self, _: &Map<String, Value>, _: &str) -> Result<(), Error> {
+        Ok(())
+    }
+    fn validate_rotation_statements(&self, _: &[String], _: &str) -> Result<(), Error> {
         Ok(())
     }
     fn validate_principal(&self, name: &str) -> Result<(), Error> {

@@ -494,6 +494,41 @@ impl RedisTarget {
         self.check_saved(node, replies.get(1));
         Ok(())
     }
+
+    /// Makes `new` the only password of `user` on every node, in two phases: `new` is added
+    /// on every node (old and new both work), and only then are the others removed, so no
+    /// node ever takes neither. If a node refuses the first phase, the nodes before it are
+    /// undone; a node that misses the second keeps the old password too until the next
+    /// change, and the change stands.
+    async fn replace_password(&self, user: &[u8], new: &SecretString) -> Result<(), Error> {
+        let new = new.expose_secret();
+        let add = format!(">{new}");
+        for (i, node) in self.nodes.iter().enumerate() {
+            let args: [&[u8]; 4] = [b"ACL", b"SETUSER", user, add.as_bytes()];
+            if let Err(e) = self
+                .set_and_save(node, "the new password", &args, &[new, &add])
+                .await
+            {
+                let remove = format!("<{new}");
+                for done in &self.nodes[..i] {
+                    let undo: [&[u8]; 4] = [b"ACL", b"SETUSER", user, remove.as_bytes()];
+                    let _ = self.set_and_save(done, "undo", &undo, &[new]).await;
+                }
+                return Err(e.into_error());
+            }
+        }
+        for node in &self.nodes {
+            let args: [&[u8]; 5] = [b"ACL", b"SETUSER", user, b"resetpass", add.as_bytes()];
+            if let Err(e) = self
+                .set_and_save(node, "removing the old password", &args, &[new, &add])
+                .await
+            {
+                tracing::warn!(node = %node.address, error = e.message(),
+                    "an old password could not be removed from a Redis node");
+            }
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -579,41 +614,64 @@ impl Target for RedisTarget {
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
-        let new = new_password.expose_secret();
-        let add = format!(">{new}");
-        let user = self.user().as_bytes();
-        // Two phases: the new password is added on every node (old and new both work), and
-        // only then is the old one removed, so no node ever takes neither.
-        for (i, node) in self.nodes.iter().enumerate() {
-            let args: [&[u8]; 4] = [b"ACL", b"SETUSER", user, add.as_bytes()];
-            if let Err(e) = self
-                .set_and_save(node, "the new password", &args, &[new, &add])
+        self.replace_password(self.user().as_bytes(), new_password)
+            .await
+    }
+
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        statements: &[String],
+    ) -> Result<(), Error> {
+        if !statements.is_empty() {
+            return Err(Error::bad_request(
+                "field 'rotation_statements' does not apply to connections of kind 'redis'",
+            ));
+        }
+        // ACL SETUSER creates a user that does not exist: look first, on every node.
+        for node in &self.nodes {
+            let reply = self
+                .call(
+                    node,
+                    "ACL GETUSER",
+                    &[b"ACL", b"GETUSER", username.as_bytes()],
+                )
                 .await
-            {
-                let remove = format!("<{new}");
-                for done in &self.nodes[..i] {
-                    let undo: [&[u8]; 4] = [b"ACL", b"SETUSER", user, remove.as_bytes()];
-                    let _ = self.set_and_save(done, "undo", &undo, &[new]).await;
-                }
-                return Err(e.into_error());
+                .map_err(NodeError::into_error)?;
+            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
+                return Err(Error::Target(format!(
+                    "user '{username}' does not exist on Redis node {}",
+                    node.address
+                )));
             }
         }
-        if let Some(old) = &self.password {
-            let remove = format!("<{}", old.expose_secret());
-            for node in &self.nodes {
-                let args: [&[u8]; 4] = [b"ACL", b"SETUSER", user, remove.as_bytes()];
-                if let Err(e) = self
-                    .set_and_save(node, "removing the old password", &args, &[&remove])
-                    .await
-                {
-                    // The new password works everywhere: the rotation stands, the old
-                    // password lingers on this node until the next rotation.
-                    tracing::warn!(node = %node.address, error = e.message(),
-                        "the old root password could not be removed from a Redis node");
+        self.replace_password(username.as_bytes(), password).await
+    }
+
+    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
+        let secret = password.expose_secret();
+        for node in &self.nodes {
+            let mut conn = Conn::connect(&node.address, TIMEOUT)
+                .await
+                .map_err(|e| self.wire_error(node, "connecting", e).into_error())?;
+            let reply = conn
+                .call(&[b"AUTH", username.as_bytes(), secret.as_bytes()])
+                .await
+                .map_err(|e| self.wire_error(node, "authenticating", e).into_error())?;
+            match reply {
+                Reply::Error(m) if m.starts_with("WRONGPASS") => return Ok(false),
+                Reply::Error(m) => {
+                    return Err(Error::Target(format!(
+                        "Redis node {} gave a login check an error: {}",
+                        node.address,
+                        self.redact(&m, &[secret])
+                    )));
                 }
+                _ => {}
             }
         }
-        Ok(())
+        Ok(true)
     }
 }
 

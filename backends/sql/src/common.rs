@@ -239,8 +239,7 @@ pub fn validate_statements(
             }
             statements::render(stmt, sample, dialect).map_err(|e| {
                 Error::bad_request(format!(
-                    "field '{field}': statement {} with a name made by username_template \
-                     ('{}'): {e}",
+                    "field '{field}': statement {} with the name '{}': {e}",
                     i + 1,
                     sample.name.escape_default()
                 ))
@@ -263,4 +262,75 @@ pub fn creation_mentions_name(settings: &Map<String, Value>) -> Result<(), Error
         ));
     }
     Ok(())
+}
+
+/// Checks a static role's `rotation_statements` for account `username`: each renders, and
+/// one of them sets the password.
+pub fn validate_rotation_statements(
+    statements: &[String],
+    username: &str,
+    dialect: Dialect,
+) -> Result<(), Error> {
+    if statements.is_empty() {
+        return Ok(());
+    }
+    let mut settings = Map::new();
+    settings.insert(
+        "rotation_statements".into(),
+        Value::from(statements.to_vec()),
+    );
+    let sample = Values {
+        name: username,
+        password: Some("Sample0password"),
+        expiration: None,
+        host: Some("%"),
+    };
+    validate_statements(&settings, &["rotation_statements"], &sample, dialect)?;
+    if !statements.iter().any(|s| s.contains(PASSWORD)) {
+        return Err(Error::bad_request(
+            "field 'rotation_statements': no statement sets {{password}}",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a password mayfly will not put in a statement: a backslash is an escape in MySQL
+/// string literals (and in PostgreSQL's without standard_conforming_strings), NUL ends them.
+pub fn check_sendable(password: &str) -> Result<(), Error> {
+    if password.contains(['\\', '\0']) {
+        return Err(Error::bad_request(
+            "the new password contains a backslash or NUL, which mayfly does not send; use a \
+             password policy without them",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether logging in with `options` works: `Ok(false)` when the server refuses the
+/// credentials (`refused` recognises its errors), an error when it cannot tell.
+pub async fn check_login<O>(
+    kind: &str,
+    options: O,
+    password: &str,
+    refused: impl Fn(&dyn sqlx::error::DatabaseError) -> bool,
+) -> Result<bool, Error>
+where
+    O: ConnectOptions,
+    O::Connection: Sized,
+{
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(true)
+        }
+        Ok(Err(sqlx::Error::Database(db))) if refused(db.as_ref()) => Ok(false),
+        Ok(Err(e)) => Err(Error::Unavailable(format!(
+            "{kind} cannot tell whether a password works: {}",
+            redact(&e.to_string(), &[password])
+        ))),
+        Err(_) => Err(Error::Unavailable(format!(
+            "{kind} did not answer a login within {}s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
 }

@@ -30,6 +30,9 @@ const MAX_NAME: usize = 32;
 const USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 8) (.DisplayName | truncate 4) (random 12) | truncate 32 | lowercase }}"#;
 /// ER_NO_SUCH_THREAD: the session ended before mayfly could kill it.
 const NO_SUCH_THREAD: u16 = 1094;
+/// Errors of a refused login: ER_ACCESS_DENIED_ERROR, and an account locked (MySQL 8's
+/// number, then MariaDB's).
+const LOGIN_REFUSED: [u16; 3] = [1045, 3118, 4151];
 
 pub struct MySql;
 
@@ -79,9 +82,11 @@ impl Backend for MySql {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        let pool = common::pool(config, connect_options(config)?)?;
+        let options = connect_options(config)?;
+        let pool = common::pool(config, options.clone())?;
         Ok(Arc::new(MySqlTarget {
             pool,
+            options,
             secrets: common::connection_secrets(config),
         }))
     }
@@ -135,6 +140,14 @@ impl Backend for MySql {
             &sample,
             Dialect::MySql,
         )
+    }
+
+    fn validate_rotation_statements(
+        &self,
+        statements: &[String],
+        username: &str,
+    ) -> Result<(), Error> {
+        common::validate_rotation_statements(statements, username, Dialect::MySql)
     }
 
     fn validate_principal(&self, name: &str) -> Result<(), Error> {
@@ -240,6 +253,8 @@ fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Err
 /// A pool on one MySQL server, as configured by one connection.
 struct MySqlTarget {
     pool: MySqlPool,
+    /// What the pool connects with; login checks swap in another user and password.
+    options: MySqlConnectOptions,
     /// The connection's own secrets, removed from every error message.
     secrets: Vec<SecretString>,
 }
@@ -456,11 +471,7 @@ impl Target for MySqlTarget {
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
         let password = new_password.expose_secret();
-        if password.contains(['\\', '\0']) {
-            return Err(Error::bad_request(
-                "the new password contains a backslash or NUL, which mayfly does not send",
-            ));
-        }
+        common::check_sendable(password)?;
         // The account is named: MariaDB 10.11 accepts `ALTER USER CURRENT_USER() …` and
         // silently changes nothing.
         let current: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
@@ -480,6 +491,61 @@ impl Target for MySqlTarget {
         );
         self.execute("refused the new password", &sql, &[password])
             .await
+    }
+
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        statements: &[String],
+    ) -> Result<(), Error> {
+        let secret = password.expose_secret();
+        common::check_sendable(secret)?;
+        let accounts = self.accounts(&[username.to_owned()]).await?;
+        if accounts.is_empty() {
+            return Err(Error::Target(format!(
+                "user '{username}' does not exist in MySQL"
+            )));
+        }
+        if statements.is_empty() {
+            // Every account of the name (one per host pattern), in one statement.
+            let each: Vec<String> = accounts
+                .iter()
+                .map(|(u, h)| format!("{} IDENTIFIED BY {}", account(u, h), quote_literal(secret)))
+                .collect();
+            let sql = format!("ALTER USER {}", each.join(", "));
+            return self
+                .execute("refused the new password", &sql, &[secret])
+                .await;
+        }
+        // The statements once per account, with its host as {{host}}.
+        for (_, host) in &accounts {
+            let values = Values {
+                name: username,
+                password: Some(secret),
+                expiration: None,
+                host: Some(host),
+            };
+            for (i, stmt) in
+                common::render_all("rotation_statements", statements, &values, Dialect::MySql)?
+                    .iter()
+                    .enumerate()
+            {
+                let what = format!("refused rotation statement {}", i + 1);
+                self.execute(&what, stmt, &[secret]).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
+        let secret = password.expose_secret();
+        let options = self.options.clone().username(username).password(secret);
+        common::check_login("MySQL", options, secret, |db| {
+            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                .is_some_and(|m| LOGIN_REFUSED.contains(&m.number()))
+        })
+        .await
     }
 }
 

@@ -54,9 +54,11 @@ impl Backend for Postgres {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        let pool = common::pool(config, connect_options(config)?)?;
+        let options = connect_options(config)?;
+        let pool = common::pool(config, options.clone())?;
         Ok(Arc::new(PgTarget {
             pool,
+            options,
             secrets: common::connection_secrets(config),
         }))
     }
@@ -126,6 +128,14 @@ impl Backend for Postgres {
     fn validate_principal(&self, name: &str) -> Result<(), Error> {
         check_identifier(name).map_err(Error::bad_request)
     }
+
+    fn validate_rotation_statements(
+        &self,
+        statements: &[String],
+        username: &str,
+    ) -> Result<(), Error> {
+        common::validate_rotation_statements(statements, username, Dialect::Postgres)
+    }
 }
 
 /// A PostgreSQL role name mayfly will put in quotes: 1 to 63 bytes, no double quote, no
@@ -149,12 +159,17 @@ fn check_identifier(name: &str) -> Result<(), String> {
 /// A pool on one PostgreSQL database, as configured by one connection.
 struct PgTarget {
     pool: PgPool,
+    /// What the pool connects with; login checks swap in another user and password.
+    options: PgConnectOptions,
     /// The connection's own secrets, removed from every error message.
     secrets: Vec<SecretString>,
 }
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
 const DEPENDENT_OBJECTS: &str = "2BP01";
+/// SQLSTATEs of a refused login: 28P01 wrong password, 28000 no such role, or no LOGIN, or
+/// refused by pg_hba.conf.
+const LOGIN_REFUSED: [&str; 2] = ["28P01", "28000"];
 
 impl PgTarget {
     /// The core's error for a failed operation, with every secret removed. Failures to reach
@@ -352,11 +367,7 @@ impl Target for PgTarget {
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
         let password = new_password.expose_secret();
-        if password.contains(['\\', '\0']) {
-            return Err(Error::bad_request(
-                "the new password contains a backslash or NUL, which mayfly does not send",
-            ));
-        }
+        common::check_sendable(password)?;
         let sql = format!(
             "ALTER ROLE CURRENT_USER WITH PASSWORD {}",
             quote_literal(password)
@@ -366,6 +377,48 @@ impl Target for PgTarget {
             .await
             .map(|_| ())
             .map_err(|e| self.fail("refused the new password", &e, &[password]))
+    }
+
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        statements: &[String],
+    ) -> Result<(), Error> {
+        let secret = password.expose_secret();
+        common::check_sendable(secret)?;
+        if self.existing(&[username.to_owned()]).await?.is_empty() {
+            return Err(Error::Target(format!(
+                "user '{username}' does not exist in PostgreSQL"
+            )));
+        }
+        let values = Values {
+            name: username,
+            password: Some(secret),
+            expiration: None,
+            host: None,
+        };
+        let mut sql = render_all("rotation_statements", statements, &values)?;
+        if sql.is_empty() {
+            sql.push(format!(
+                "ALTER ROLE {} WITH PASSWORD {}",
+                quote_identifier(username),
+                quote_literal(secret)
+            ));
+        }
+        run_in_transaction(&self.pool, sql)
+            .await
+            .map_err(|e| self.fail("refused the new password", &e, &[secret]))
+    }
+
+    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
+        let secret = password.expose_secret();
+        let options = self.options.clone().username(username).password(secret);
+        common::check_login("PostgreSQL", options, secret, |db| {
+            db.code()
+                .is_some_and(|c| LOGIN_REFUSED.contains(&c.as_ref()))
+        })
+        .await
     }
 }
 
