@@ -241,6 +241,8 @@ pub async fn remove(kv: &dyn Kv, name: &str) -> Result<(), Error> {
 pub struct Written {
     pub role: StaticRole,
     pub is_new: bool,
+    /// The stored role's rotation, when the role exists.
+    pub stored_rotation: Option<Rotation>,
     pub skip_import_rotation: bool,
     pub password: Option<String>,
 }
@@ -351,6 +353,7 @@ pub async fn parse(
     Ok(Written {
         role,
         is_new,
+        stored_rotation: existing.map(|e| e.rotation),
         skip_import_rotation,
         password,
     })

@@ -509,9 +509,8 @@ pub async fn write(
     let role = written.role;
     let mut state = load_state(core, name).await?;
     if !written.is_new {
-        let before = static_roles::load(kv, name).await?;
         static_roles::save(kv, name, &role).await?;
-        if before.is_some_and(|b| b.rotation != role.rotation) && state.retry_at.is_none() {
+        if written.stored_rotation.as_ref() != Some(&role.rotation) && state.retry_at.is_none() {
             state.next_rotation = match role.rotation {
                 // A new period counts from the last rotation; one already past is due now.
                 Rotation::Period { .. } => role
