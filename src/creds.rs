@@ -13,7 +13,7 @@ use crate::audit::{self, Action, Event};
 use crate::cidr::Cidr;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
-use crate::host::{default_password, now, random_lower};
+use crate::host::{now, random_lower};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{LeaseGrant, Request, Requester, Response};
@@ -186,11 +186,7 @@ async fn issue_traced(
         ))
     })?;
     trail.principal = principal.clone();
-    let password = if role.password_policy.is_empty() {
-        default_password()
-    } else {
-        core.host.generate_password(&role.password_policy).await?
-    };
+    let password = core.new_password(&role.password_policy).await?;
 
     let deadline = now + ttl;
     let mut cred = Credential {

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use secrecy::SecretString;
+
 use crate::backend::{Backends, Target};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
@@ -49,6 +51,16 @@ impl MountCore {
     pub fn crash_point(&self, point: &'static str) {
         if let Some(hook) = &self.crash_hook {
             hook(point);
+        }
+    }
+
+    /// A new password: from the host's password `policy`, or mayfly's CSPRNG default when
+    /// `policy` is empty.
+    pub async fn new_password(&self, policy: &str) -> Result<SecretString, Error> {
+        if policy.is_empty() {
+            Ok(crate::host::default_password())
+        } else {
+            self.host.generate_password(policy).await
         }
     }
 

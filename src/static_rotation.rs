@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use crate::audit::{self, Action, Event};
 use crate::backend::Target;
 use crate::error::Error;
-use crate::host::{default_password, now};
+use crate::host::now;
 use crate::ledger::{self, STATIC_ENTRY};
 use crate::mount::MountCore;
 use crate::request::Response;
@@ -200,14 +200,6 @@ impl Trigger {
     }
 }
 
-async fn new_password(core: &MountCore, role: &StaticRole) -> Result<SecretString, Error> {
-    if role.password_policy.is_empty() {
-        Ok(default_password())
-    } else {
-        core.host.generate_password(&role.password_policy).await
-    }
-}
-
 /// The account the next rotation changes: in dual-account mode the one not in use.
 fn next_account(role: &StaticRole, state: &State) -> String {
     if role.is_dual() && state.password.is_some() && state.active == role.username {
@@ -272,7 +264,7 @@ async fn attempt(
         return Ok(());
     }
     let account = next_account(role, state);
-    let password = new_password(core, role).await?;
+    let password = core.new_password(&role.password_policy).await?;
     state.pending = Some(Pending {
         account: account.clone(),
         password: password.clone(),
@@ -375,7 +367,7 @@ async fn retire(core: &MountCore, name: &str, role: &StaticRole, state: &mut Sta
     };
     let result = async {
         let target = core.target(&role.db_name).await?;
-        let password = new_password(core, role).await?;
+        let password = core.new_password(&role.password_policy).await?;
         target
             .set_password(&previous.account, &password, &role.rotation_statements)
             .await

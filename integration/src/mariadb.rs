@@ -141,6 +141,12 @@ impl PrivateMariaDb {
             .expect("the mariadb client")
     }
 
+    /// The body of a `config/NAME` write for this server as its admin, open to every role.
+    pub fn connection(&self, plugin_name: &str) -> serde_json::Value {
+        serde_json::json!({"plugin_name": plugin_name, "connection_url": self.template_url(),
+                           "username": ADMIN, "password": ADMIN_PASSWORD, "allowed_roles": "*"})
+    }
+
     /// OpenBao's form of `connection_url`, with mayfly's placeholders.
     pub fn template_url(&self) -> String {
         format!(

@@ -208,6 +208,13 @@ impl PrivatePostgres {
             .expect("running psql")
     }
 
+    /// The body of a `config/NAME` write for this cluster as its superuser, open to every role.
+    pub fn connection(&self, plugin_name: &str) -> serde_json::Value {
+        serde_json::json!({"plugin_name": plugin_name, "connection_url": self.template_url(),
+                           "username": SUPERUSER, "password": SUPERUSER_PASSWORD,
+                           "allowed_roles": "*"})
+    }
+
     /// A URL with mayfly's placeholders, for `connection_url`.
     pub fn template_url(&self) -> String {
         format!(

@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 fn configure(bao: &Bao, pg: &PrivatePostgres, role: Value) {
     let (status, body) = bao.put(
         "mayfly/config/db",
-        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.template_url(),
-               "username": SUPERUSER, "password": SUPERUSER_PASSWORD, "allowed_roles": "*"}),
+        pg.connection("postgresql-database-plugin"),
     );
     assert_eq!(status, 204, "{body}");
     pg.admin(

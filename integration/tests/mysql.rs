@@ -14,11 +14,7 @@ const CREATE: &str = "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; \
 
 /// Connection `db` on the private server (in OpenBao's DSN form) and role `app` from `role`.
 fn configure(bao: &Bao, db: &PrivateMariaDb, role: Value) {
-    let (status, body) = bao.put(
-        "mayfly/config/db",
-        json!({"plugin_name": "mysql-database-plugin", "connection_url": db.template_url(),
-               "username": ADMIN, "password": ADMIN_PASSWORD, "allowed_roles": "*"}),
-    );
+    let (status, body) = bao.put("mayfly/config/db", db.connection("mysql-database-plugin"));
     assert_eq!(status, 204, "{body}");
     let (status, body) = bao.put("mayfly/roles/app", role);
     assert!(status == 200 || status == 204, "{status} {body}");

@@ -6,19 +6,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use mayfly_integration::creds::now;
-use mayfly_integration::mariadb::{ADMIN, ADMIN_PASSWORD};
-use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivateMariaDb, PrivatePostgres, PrivateRedis, wait_until};
 use serde_json::{Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 /// Connection `db` on a private PostgreSQL cluster, for every role.
 fn configure_postgres(bao: &Bao, pg: &PrivatePostgres) {
-    let (status, body) = bao.put(
-        "mayfly/config/db",
-        json!({"plugin_name": "postgres", "connection_url": pg.template_url(),
-               "username": SUPERUSER, "password": SUPERUSER_PASSWORD, "allowed_roles": "*"}),
-    );
+    let (status, body) = bao.put("mayfly/config/db", pg.connection("postgres"));
     assert_eq!(status, 204, "{body}");
 }
 
@@ -375,11 +369,7 @@ fn rotates_on_schedule_and_a_failing_rotation_stops_at_its_bound() {
 fn mysql_accounts_are_taken_over_and_rotate_on_a_cron_schedule() {
     let db = PrivateMariaDb::start();
     let bao = Bao::with_mayfly();
-    let (status, body) = bao.put(
-        "mayfly/config/db",
-        json!({"plugin_name": "mysql", "connection_url": db.template_url(),
-               "username": ADMIN, "password": ADMIN_PASSWORD, "allowed_roles": "*"}),
-    );
+    let (status, body) = bao.put("mayfly/config/db", db.connection("mysql"));
     assert_eq!(status, 204, "{body}");
     db.root(
         "CREATE USER 'legacy'@'%' IDENTIFIED BY 'legacy-Pass1'; \

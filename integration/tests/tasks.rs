@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use mayfly_integration::creds::Cred;
-use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
+use mayfly_integration::postgres::SUPERUSER_PASSWORD;
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
 
@@ -27,8 +27,7 @@ fn ok(status: u16, body: &Value) {
 fn connect(bao: &Bao, name: &str, pg: &PrivatePostgres) {
     let (status, body) = bao.put(
         &format!("mayfly/config/{name}"),
-        json!({"plugin_name": "postgresql-database-plugin", "connection_url": pg.template_url(),
-               "username": SUPERUSER, "password": SUPERUSER_PASSWORD, "allowed_roles": "*"}),
+        pg.connection("postgresql-database-plugin"),
     );
     ok(status, &body);
 }

@@ -495,6 +495,24 @@ impl RedisTarget {
         Ok(())
     }
 
+    /// An error unless `name` exists on every node; `missing` says how its absence reads
+    /// ("does not exist", "no longer exists").
+    async fn require_user(&self, name: &str, missing: &str) -> Result<(), Error> {
+        for node in &self.nodes {
+            let reply = self
+                .call(node, "ACL GETUSER", &[b"ACL", b"GETUSER", name.as_bytes()])
+                .await
+                .map_err(NodeError::into_error)?;
+            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
+                return Err(Error::Target(format!(
+                    "user '{name}' {missing} on Redis node {}",
+                    node.address
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Makes `new` the only password of `user` on every node, in two phases: `new` is added
     /// on every node (old and new both work), and only then are the others removed, so no
     /// node ever takes neither. If a node refuses the first phase, the nodes before it are
@@ -563,19 +581,7 @@ impl Target for RedisTarget {
 
     async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         // Nothing to move on the servers: the deadline lives in the ledger alone.
-        for node in &self.nodes {
-            let reply = self
-                .call(node, "ACL GETUSER", &[b"ACL", b"GETUSER", name.as_bytes()])
-                .await
-                .map_err(NodeError::into_error)?;
-            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
-                return Err(Error::Target(format!(
-                    "user '{name}' no longer exists on Redis node {}",
-                    node.address
-                )));
-            }
-        }
-        Ok(())
+        self.require_user(name, "no longer exists").await
     }
 
     async fn revoke(&self, names: &[String], _: &Map<String, Value>) -> Result<Revoked, Error> {
@@ -629,23 +635,8 @@ impl Target for RedisTarget {
                 "field 'rotation_statements' does not apply to connections of kind 'redis'",
             ));
         }
-        // ACL SETUSER creates a user that does not exist: look first, on every node.
-        for node in &self.nodes {
-            let reply = self
-                .call(
-                    node,
-                    "ACL GETUSER",
-                    &[b"ACL", b"GETUSER", username.as_bytes()],
-                )
-                .await
-                .map_err(NodeError::into_error)?;
-            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
-                return Err(Error::Target(format!(
-                    "user '{username}' does not exist on Redis node {}",
-                    node.address
-                )));
-            }
-        }
+        // ACL SETUSER creates a user that does not exist: look first.
+        self.require_user(username, "does not exist").await?;
         self.replace_password(username.as_bytes(), password).await
     }
 
