@@ -549,7 +549,7 @@ pub async fn write(
         }
         Err(e) if state.pending.is_some() => {
             // The target may hold the new password: keep it, and the role, until it can tell.
-            state.retry_at = None;
+            // The retry settles it first, and takes the account over if it had not changed.
             save(core, name, &mut state).await?;
             Err(Error::Unavailable(format!(
                 "static role '{name}' is kept: taking the account over failed ({e}) and the \
@@ -914,6 +914,38 @@ mod tests {
         let state = load_state(&s.core, "app").await.unwrap();
         assert!(state.pending.is_none());
         assert_eq!(state.due, None, "manual rotation: nothing left to do");
+    }
+
+    #[tokio::test]
+    async fn an_import_whose_outcome_is_unknown_keeps_the_role_and_retries() {
+        let s = setup().await;
+        // The target fails the change and cannot be asked afterwards whether it took it.
+        s.fake
+            .target
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let e = write_role(
+            &s,
+            "app",
+            json!({"db_name": "db", "username": "app", "rotation_period": "1h"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.status(), 503, "{e}");
+        assert!(e.to_string().contains("static role 'app' is kept"), "{e}");
+        assert!(creds(&s.core, "app").await.is_err(), "no password yet");
+
+        // Back up: the retry settles the pending password (never set: dropped) and takes the
+        // account over.
+        s.fake
+            .target
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        run_due(&s, "app", true).await;
+        let (user, password) = current(&s, "app").await;
+        assert_eq!(user, "app");
+        assert_ne!(password, OLD);
+        assert_eq!(s.fake.target.password("app").unwrap(), password);
     }
 
     #[tokio::test]
