@@ -334,7 +334,14 @@ fn rotates_on_schedule_and_a_failing_rotation_stops_at_its_bound() {
     let (_, before_crash, _) = static_creds(&bao, "crashy");
     bao.restart(&[("MAYFLY_TEST_CRASH_AT", "static_changed")]);
     let (status, body) = bao.put("mayfly/rotate-role/crashy", json!({}));
-    assert_eq!(status, 500, "the crash did not happen: {body}");
+    // Either the crash reaches the client (500), or OpenBao saw the plugin die first and
+    // retried the request once on a new process, whose attempt settles the pending password
+    // before it would change anything, and succeeds (204). Both must end as below, with
+    // the settling logged.
+    assert!(
+        status == 500 || status == 204,
+        "the crash did not happen: {status} {body}"
+    );
     assert!(pg.psql_as("crashy", &before_crash, "SELECT 1").is_err());
     bao.restart(&[]);
     let mut settled = String::new();
