@@ -1,8 +1,9 @@
 //! The audit trail: one structured log event per credential operation (issue, renew, revoke,
 //! whoever asked for it: a client, the host, the scheduler, a task's end or an operator) and per
-//! task and operator call. Events go to the log target `mayfly::audit` with the message
-//! `audit`, so they can be filtered from the rest of the log. Nothing secret is ever a field:
-//! ids, names, outcomes and reasons only.
+//! task and operator call; a request that policies decided carries their decision in `policy`
+//! (one event, not two: each line costs the host as much as a policy evaluation). Events go to
+//! the log target `mayfly::audit` with the message `audit`, so they can be filtered from the
+//! rest of the log. Nothing secret is ever a field: ids, names, outcomes and reasons only.
 
 use crate::ledger::Credential;
 use crate::request::Requester;
@@ -51,6 +52,9 @@ pub struct Event<'a> {
     pub token_accessor: &'a str,
     pub remote_addr: &'a str,
     pub lease_id: &'a str,
+    /// The policy decision on the request, when policies decided it: `permitted by a, b`,
+    /// `forbidden by c`, `no permit policy was satisfied (in scope: …)`. Ids only.
+    pub policy: &'a str,
     /// Why (a revocation's reason, a refusal's message) or what (an operator call's scope).
     pub detail: &'a str,
 }
@@ -68,6 +72,7 @@ impl<'a> Event<'a> {
             token_accessor: &cred.requester.token_accessor,
             remote_addr: &cred.requester.remote_addr,
             lease_id: cred.lease_id.as_deref().unwrap_or(""),
+            policy: "",
             detail: "",
         }
     }
@@ -97,7 +102,8 @@ pub fn emit(action: Action, outcome: &str, e: &Event<'_>) {
                 audit_action = action.name(), outcome, cred_id = e.cred_id, task_id = e.task_id,
                 role = e.role, connection = e.connection, principal = e.principal,
                 entity_id = e.entity_id, token_accessor = e.token_accessor,
-                remote_addr = e.remote_addr, lease_id = e.lease_id, detail = e.detail, "audit")
+                remote_addr = e.remote_addr, lease_id = e.lease_id, policy = e.policy,
+                detail = e.detail, "audit")
         };
     }
     if matches!(outcome, "denied" | "failed" | "retrying") {

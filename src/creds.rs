@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
 use crate::cidr::Cidr;
+use crate::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::{now, random_lower};
@@ -56,6 +57,8 @@ struct Trail {
     task_id: String,
     connection: String,
     principal: String,
+    /// The policy decision, when policies decided.
+    policy: String,
 }
 
 /// `creds/ROLE`: issues one credential and emits one audit event, whatever the outcome.
@@ -79,18 +82,85 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
             role: role_name,
             connection: &trail.connection,
             principal: &trail.principal,
+            policy: &trail.policy,
             ..Event::by(&req.requester).detail(&detail)
         },
     );
     result
 }
 
-/// Which limit set a credential's TTL, as the response's `ttl_bound` says.
-fn capped(ttl: &mut u64, bound: &mut &'static str, limit: u64, name: &'static str) {
-    if limit < *ttl {
-        *ttl = limit;
-        *bound = name;
+/// The TTL a credential gets: the shortest of what is asked (or the default), the role's
+/// max_ttl, the time left in its task, the mount's maximum and a policy's `@max_ttl`.
+pub struct TtlGrant {
+    /// What was asked for, or the default.
+    pub wanted: u64,
+    pub ttl: u64,
+    /// The longest renewals may take it, from now.
+    pub max_ttl: u64,
+    /// Which limit set `ttl`, as the response's `ttl_bound` says.
+    pub bound: &'static str,
+}
+
+impl TtlGrant {
+    pub fn cap(&mut self, limit: u64, name: &'static str) {
+        if limit < self.ttl {
+            self.ttl = limit;
+            self.bound = name;
+        }
     }
+
+    /// What the response says when the TTL is shorter than asked.
+    fn warning(&self) -> Option<String> {
+        if self.ttl >= self.wanted {
+            return None;
+        }
+        let by = match self.bound {
+            "task" => "the time left in its task",
+            "role_max_ttl" => "the role's max_ttl",
+            "policy_max_ttl" => "the @max_ttl of the policy that permitted it",
+            _ => "the mount's maximum TTL",
+        };
+        let (wanted, ttl) = (self.wanted, self.ttl);
+        Some(format!(
+            "ttl of {wanted}s is longer than {by} ({ttl}s); capped to {ttl}s"
+        ))
+    }
+}
+
+/// The TTL of a credential of `role` asked for `asked` seconds under `task`, before policies.
+pub async fn ttl_grant(
+    core: &MountCore,
+    role: &Role,
+    asked: Option<u64>,
+    task: Option<&Task>,
+    now: u64,
+    mount_max: u64,
+) -> Result<TtlGrant, Error> {
+    let (wanted, bound) = match (asked, role.default_ttl) {
+        (Some(t), _) if t > 0 => (t, "requested"),
+        (_, 0) => (
+            core.host.default_lease_ttl().await?.as_secs(),
+            "mount_default_ttl",
+        ),
+        (_, d) => (d, "role_default_ttl"),
+    };
+    let mut grant = TtlGrant {
+        wanted,
+        ttl: wanted,
+        max_ttl: mount_max,
+        bound,
+    };
+    if role.max_ttl != 0 {
+        grant.cap(role.max_ttl, "role_max_ttl");
+        grant.max_ttl = grant.max_ttl.min(role.max_ttl);
+    }
+    if let Some(t) = task {
+        let left = t.deadline.saturating_sub(now);
+        grant.cap(left, "task");
+        grant.max_ttl = grant.max_ttl.min(left);
+    }
+    grant.cap(mount_max, "mount_max_ttl");
+    Ok(grant)
 }
 
 async fn issue_traced(
@@ -139,39 +209,28 @@ async fn issue_traced(
         )));
     }
 
-    // The TTL is the shortest of what is asked (or the default), the role's max_ttl, the time
-    // left in the task and the mount's maximum; `bound` names the one that applied.
-    let (mut ttl, mut bound) = match (fields.duration("ttl"), role.default_ttl) {
-        (Some(t), _) if t > 0 => (t, "requested"),
-        (_, 0) => (
-            core.host.default_lease_ttl().await?.as_secs(),
-            "mount_default_ttl",
-        ),
-        (_, d) => (d, "role_default_ttl"),
+    let asked = fields.duration("ttl");
+    let mut grant = ttl_grant(core, &role, asked, task.as_ref(), now, mount_max).await?;
+    let facts = Facts {
+        action: PolicyAction::Issue,
+        requester: &req.requester,
+        headers: &req.headers,
+        resource: Resource::Role(RoleFacts {
+            name: role_name,
+            kind: &config.plugin_name,
+            connection: &role.db_name,
+            labels: &role.labels,
+        }),
+        task: task.as_ref(),
+        requested_ttl: asked.unwrap_or(0),
+        ttl: grant.ttl,
+        now,
     };
-    let wanted = ttl;
-    let mut max_ttl = mount_max;
-    if role.max_ttl != 0 {
-        capped(&mut ttl, &mut bound, role.max_ttl, "role_max_ttl");
-        max_ttl = max_ttl.min(role.max_ttl);
+    if let Some(cap) = decision::enforce(core, &facts, &mut trail.policy).await? {
+        grant.cap(cap, "policy_max_ttl");
     }
-    if let Some(t) = &task {
-        let left = t.deadline - now;
-        capped(&mut ttl, &mut bound, left, "task");
-        max_ttl = max_ttl.min(left);
-    }
-    capped(&mut ttl, &mut bound, mount_max, "mount_max_ttl");
-    let mut warnings = Vec::new();
-    if ttl < wanted {
-        let by = match bound {
-            "task" => "the time left in its task",
-            "role_max_ttl" => "the role's max_ttl",
-            _ => "the mount's maximum TTL",
-        };
-        warnings.push(format!(
-            "ttl of {wanted}s is longer than {by} ({ttl}s); capped to {ttl}s"
-        ));
-    }
+    let (ttl, max_ttl, bound) = (grant.ttl, grant.max_ttl, grant.bound);
+    let warnings: Vec<String> = grant.warning().into_iter().collect();
 
     let principal = template::render(
         role.username_template(backend.as_ref()),
@@ -386,12 +445,13 @@ async fn check_bindings(
         }
     }
     if !role.bound_group_names.is_empty() {
-        let groups = if who.entity_id.is_empty() {
-            Vec::new()
-        } else {
-            core.host.group_names(&who.entity_id).await?
-        };
-        if !groups.iter().any(|g| role.bound_group_names.contains(g)) {
+        let member = !who.entity_id.is_empty()
+            && core
+                .identity(&who.entity_id)
+                .await?
+                .group_names()
+                .any(|g| role.bound_group_names.iter().any(|b| b == g));
+        if !member {
             return Err(Error::PermissionDenied(format!(
                 "role '{role_name}' is bound to groups (bound_group_names); this request's \
                  entity '{}' is in none of them",
@@ -415,8 +475,8 @@ fn cred_id(req: &Request) -> Option<String> {
 /// host must keep (protocol document §5.2: the reply replaces the stored lease). Emits one
 /// audit event.
 pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
-    let mut record = None;
-    let result = renew_traced(core, req, &mut record).await;
+    let (mut record, mut policy) = (None, String::new());
+    let result = renew_traced(core, req, &mut record, &mut policy).await;
     let id = cred_id(req).unwrap_or_default();
     let lease_id = req.lease.as_ref().map_or("", |l| l.lease_id.as_str());
     let (outcome, detail) = match &result {
@@ -424,6 +484,7 @@ pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
             "renewed",
             format!("ttl {}s", r.lease.as_ref().map_or(0, |l| l.ttl)),
         ),
+        Err(e @ Error::PermissionDenied(_)) => ("denied", e.to_string()),
         Err(e) => ("failed", e.to_string()),
     };
     let event = match &record {
@@ -439,6 +500,7 @@ pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
         &Event {
             lease_id,
             detail: &detail,
+            policy: &policy,
             ..event
         },
     );
@@ -449,6 +511,7 @@ async fn renew_traced(
     core: &MountCore,
     req: &Request,
     record: &mut Option<Credential>,
+    policy: &mut String,
 ) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
     let lease = req.lease.clone().unwrap_or_default();
@@ -471,10 +534,14 @@ async fn renew_traced(
         cred.default_ttl
     };
     let mut limit = cred.max_deadline;
+    let mut task = None;
     if let Some(task_id) = &cred.task_id {
         // The task may have been shortened since issuance: it still bounds the credential.
         match tasks::load(kv, task_id).await? {
-            Some(t) if t.is_open(now) => limit = limit.min(t.deadline),
+            Some(t) if t.is_open(now) => {
+                limit = limit.min(t.deadline);
+                task = Some(t);
+            }
             _ => {
                 return Err(Error::bad_request(format!(
                     "credential '{id}' belongs to task '{task_id}', which has ended"
@@ -482,11 +549,15 @@ async fn renew_traced(
             }
         }
     }
-    let deadline = (now + increment).min(limit);
+    let mut deadline = (now + increment).min(limit);
     if deadline <= now {
         return Err(Error::bad_request(format!(
             "credential '{id}' has reached its max_ttl and cannot be renewed"
         )));
+    }
+    let decided = renew_policy(core, req, &cred, task.as_ref(), deadline - now, now, policy);
+    if let Some(cap) = decided.await? {
+        deadline = deadline.min(now + cap);
     }
     let target = core.target(&cred.connection).await?;
     match tokio::time::timeout(
@@ -518,6 +589,40 @@ async fn renew_traced(
             internal_data: lease.internal_data,
         }),
     })
+}
+
+/// The policies' say on renewing `cred` to `ttl` seconds from now. The host says nothing of
+/// who renews (OpenBao sends no entity or address with a lease renewal), so the principal and
+/// source address are those the credential was issued to; headers are the renewal's own.
+async fn renew_policy(
+    core: &MountCore,
+    req: &Request,
+    cred: &Credential,
+    task: Option<&Task>,
+    ttl: u64,
+    now: u64,
+    logged: &mut String,
+) -> Result<Option<u64>, Error> {
+    let role = core.role(&cred.role).await?;
+    let kind = core.connection_kind(&cred.connection).await?;
+    let labels = role.map(|r| r.labels).unwrap_or_default();
+    let requester = Requester::from(&cred.requester);
+    let facts = Facts {
+        action: PolicyAction::Renew,
+        requester: &requester,
+        headers: &req.headers,
+        resource: Resource::Role(RoleFacts {
+            name: &cred.role,
+            kind: &kind,
+            connection: &cred.connection,
+            labels: &labels,
+        }),
+        task,
+        requested_ttl: req.lease.as_ref().map_or(0, |l| l.increment),
+        ttl,
+        now,
+    };
+    decision::enforce(core, &facts, logged).await
 }
 
 /// The host's `revoke`. It joins the scheduler's next batch and returns once that batch is

@@ -13,7 +13,9 @@ use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
-use crate::{connections, creds, roles, rotate_root, static_roles, static_rotation, tasks};
+use crate::{
+    connections, creds, policies, roles, rotate_root, static_roles, static_rotation, tasks,
+};
 use crate::{error::Error, openapi};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -129,7 +131,7 @@ impl Engine {
         if !m.def.operations.contains(&op) {
             return Err(Error::UnsupportedOperation);
         }
-        if matches!(m.def.route, Route::Config | Route::Role)
+        if matches!(m.def.route, Route::Config | Route::Role | Route::Policy)
             && matches!(op, Operation::Update | Operation::Delete)
         {
             // Before and after: a request racing this write cannot leave a stale entry behind.
@@ -245,6 +247,14 @@ impl Engine {
             (Route::RotateRole, Operation::Update) => {
                 static_rotation::rotate_now(&self.core, m.param("name")).await
             }
+            (Route::PolicyList, Operation::List) => policies::list(kv).await,
+            (Route::Policy, Operation::Read) => policies::read(kv, m.param("name")).await,
+            (Route::Policy, Operation::Update) => {
+                policies::write(kv, m.param("name"), &req.data).await
+            }
+            (Route::Policy, Operation::Delete) => policies::delete(kv, m.param("name")).await,
+            (Route::PolicySchema, Operation::Read) => Ok(policies::schema()),
+            (Route::PolicySimulate, Operation::Update) => policies::simulate(&self.core, req).await,
             (Route::Orphans, Operation::Read) => {
                 operator::orphans(&self.core, m.param("name"), false, req).await
             }
@@ -458,6 +468,49 @@ fn paths(backends: &Backends) -> Vec<PathDef> {
                 scheduled rotation's; the old password stays current until a rotation \
                 succeeds. In dual-account mode the previous account gets the new password, \
                 which ends its grace period.",
+        },
+        PathDef {
+            pattern: "policies/",
+            route: Route::PolicyList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the Cedar policies.",
+            description: "",
+        },
+        PathDef {
+            pattern: "policies/simulate",
+            route: Route::PolicySimulate,
+            fields: policies::simulate_fields(),
+            operations: vec![Operation::Update],
+            synopsis: "The decision a hypothetical request would get: allow or deny, the \
+                policies that determined it, those in scope, and the TTL it would be granted.",
+            description: "Made exactly as a live decision is, from the same policies, with the \
+                given entity, task, address, time and headers in place of the caller's. This \
+                path is matched before policies/NAME, so no policy can be named 'simulate'.",
+        },
+        PathDef {
+            pattern: "policies/{name}",
+            route: Route::Policy,
+            fields: policies::fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A Cedar policy document, evaluated at every issuance, renewal and task \
+                creation or update.",
+            description: "The text is validated against the schema at policies-schema; a \
+                document that does not parse or validate is refused with the message and its \
+                line and column. Policies whose scope (action and resource) covers a request \
+                decide it: denied unless a permit is satisfied and no forbid is. A request no \
+                policy covers is decided by the role alone, as without policies. A denial is \
+                a 403 that names the deciding policies. A document's first policy is known by \
+                its name, the next as NAME#2, and so on.",
+        },
+        PathDef {
+            pattern: "policies-schema",
+            route: Route::PolicySchema,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The Cedar schema policies are validated against: entity types, \
+                attributes, actions and the request context.",
+            description: "",
         },
         PathDef {
             pattern: "revocations/",

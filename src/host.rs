@@ -1,7 +1,8 @@
-//! What the engine asks of the host beyond storage: the mount's lease limits and password
-//! generation by the host's named password policies. The plugin crate implements it over the
-//! host's SystemView; [`FixedHost`] serves the core's own tests.
+//! What the engine asks of the host beyond storage: the mount's lease limits, password
+//! generation by the host's named password policies, and who an identity entity is. The plugin
+//! crate implements it over the host's SystemView; [`FixedHost`] serves the core's own tests.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,8 +19,40 @@ pub trait Host: Send + Sync {
     async fn max_lease_ttl(&self) -> Result<Duration, Error>;
     /// A password from the host's password policy `policy`.
     async fn generate_password(&self, policy: &str) -> Result<SecretString, Error>;
-    /// The names of the identity groups `entity_id` belongs to, directly or through a parent.
-    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, Error>;
+    /// The identity entity `entity_id` with the groups it belongs to, directly or through a
+    /// parent. An id the host does not know gives an identity with only its id set.
+    async fn identity(&self, entity_id: &str) -> Result<Identity, Error>;
+}
+
+/// An identity entity as the host knows it. Metadata is operator-set and never secret.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Identity {
+    pub id: String,
+    pub name: String,
+    pub metadata: BTreeMap<String, String>,
+    pub aliases: Vec<Alias>,
+    pub groups: Vec<Group>,
+}
+
+/// How the entity logs in: one auth mount's name for it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Alias {
+    pub name: String,
+    pub mount_type: String,
+    pub mount_accessor: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl Identity {
+    pub fn group_names(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().map(|g| g.name.as_str())
+    }
 }
 
 /// A host with fixed limits, no password policies, and fixed group memberships.
@@ -54,13 +87,22 @@ impl Host for FixedHost {
             "field 'password_policy': this host has no password policy '{policy}'"
         )))
     }
-    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, Error> {
-        Ok(self
-            .groups
-            .iter()
-            .filter(|(e, _)| e == entity_id)
-            .map(|(_, g)| g.clone())
-            .collect())
+    async fn identity(&self, entity_id: &str) -> Result<Identity, Error> {
+        Ok(Identity {
+            id: entity_id.to_owned(),
+            name: format!("entity-{entity_id}"),
+            groups: self
+                .groups
+                .iter()
+                .filter(|(e, _)| e == entity_id)
+                .map(|(_, g)| Group {
+                    id: format!("group-{g}"),
+                    name: g.clone(),
+                    metadata: BTreeMap::new(),
+                })
+                .collect(),
+            ..Identity::default()
+        })
     }
 }
 

@@ -85,6 +85,17 @@ impl From<&Requester> for RequesterRecord {
     }
 }
 
+impl From<&RequesterRecord> for Requester {
+    fn from(r: &RequesterRecord) -> Self {
+        Requester {
+            entity_id: r.entity_id.clone(),
+            token_accessor: r.token_accessor.clone(),
+            display_name: r.display_name.clone(),
+            remote_addr: r.remote_addr.clone(),
+        }
+    }
+}
+
 /// One credential. Times are unix seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Credential {

@@ -10,7 +10,8 @@ use secrecy::SecretString;
 use crate::backend::{Backends, Target};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
-use crate::host::Host;
+use crate::host::{Host, Identity};
+use crate::policy_set::PolicySet;
 use crate::roles::{self, Role};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
@@ -33,19 +34,33 @@ pub struct MountCore {
     pub static_rotation: tokio::sync::Mutex<()>,
 }
 
-/// Roles and connections as last read, and the mount's maximum TTL, so that issuance does not
-/// ask the host for them on every request. Every write to `config/` or `roles/` through this
-/// mount, and every InvalidateKey from the host, empties it.
+/// Roles, connections and policies as last read, the mount's maximum TTL and the identities
+/// of recent requesters, so that issuance does not ask storage or the host for them on every
+/// request. Every write to `config/`, `roles/` or `policies/` through this mount, and every
+/// InvalidateKey from the host, empties it.
 #[derive(Default)]
 pub struct Cache {
     roles: Mutex<HashMap<String, Role>>,
     connections: Mutex<HashMap<String, ConnectionConfig>>,
     max_ttl: Mutex<Option<(Instant, Duration)>>,
+    identities: Mutex<HashMap<String, (Instant, Arc<Identity>)>>,
+    /// The compiled policies, with a generation that every invalidation moves on: a compile
+    /// that began before a policy write must not store its older result after it.
+    policies: Mutex<(u64, Option<Arc<PolicySet>>)>,
+    /// Held while the policies are compiled: requests that find the set missing wait for one
+    /// compilation instead of each reading every policy from storage.
+    compiling: tokio::sync::Mutex<()>,
 }
 
 /// How long the mount's maximum TTL is reused. `secrets tune` takes effect within this; the
 /// host caps its own lease at once, and its revoke reaches mayfly at that earlier time.
 const MAX_TTL_REUSE: Duration = Duration::from_secs(5);
+/// How long an identity (entity and groups) is reused: a change of group membership reaches
+/// bindings and policies within this.
+const IDENTITY_REUSE: Duration = Duration::from_secs(5);
+/// Identities kept at most; past this the cache starts afresh (a burst of distinct requesters
+/// must not grow memory without bound).
+const IDENTITY_CACHE_LIMIT: usize = 10_000;
 
 impl MountCore {
     pub fn crash_point(&self, point: &'static str) {
@@ -68,6 +83,47 @@ impl MountCore {
         self.cache.roles.lock().unwrap().clear();
         self.cache.connections.lock().unwrap().clear();
         *self.cache.max_ttl.lock().unwrap() = None;
+        self.cache.identities.lock().unwrap().clear();
+        let mut policies = self.cache.policies.lock().unwrap();
+        *policies = (policies.0 + 1, None);
+    }
+
+    /// The identity entity `entity_id` and its groups, reused for [`IDENTITY_REUSE`].
+    pub async fn identity(&self, entity_id: &str) -> Result<Arc<Identity>, Error> {
+        if let Some((at, identity)) = self.cache.identities.lock().unwrap().get(entity_id)
+            && at.elapsed() < IDENTITY_REUSE
+        {
+            return Ok(identity.clone());
+        }
+        let identity = Arc::new(self.host.identity(entity_id).await?);
+        let mut cache = self.cache.identities.lock().unwrap();
+        if cache.len() >= IDENTITY_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(entity_id.to_owned(), (Instant::now(), identity.clone()));
+        Ok(identity)
+    }
+
+    /// The mount's policies, compiled once and reused until a write or invalidation.
+    pub async fn policies(&self) -> Result<Arc<PolicySet>, Error> {
+        let cached = || {
+            let cached = self.cache.policies.lock().unwrap();
+            cached.1.clone().ok_or(cached.0)
+        };
+        if let Ok(set) = cached() {
+            return Ok(set);
+        }
+        let _one_at_a_time = self.cache.compiling.lock().await;
+        let generation = match cached() {
+            Ok(set) => return Ok(set),
+            Err(generation) => generation,
+        };
+        let set = Arc::new(crate::policies::compile_stored(self.storage.as_ref()).await?);
+        let mut cached = self.cache.policies.lock().unwrap();
+        if cached.0 == generation {
+            cached.1 = Some(set.clone());
+        }
+        Ok(set)
     }
 
     pub async fn role(&self, name: &str) -> Result<Option<Role>, Error> {
@@ -82,6 +138,15 @@ impl MountCore {
     pub async fn connection(&self, name: &str) -> Result<Option<ConnectionConfig>, Error> {
         let load = async { Ok(connections::load(self.storage.as_ref(), name).await?) };
         cached(&self.cache.connections, name, load).await
+    }
+
+    /// The kind (`plugin_name`) of connection `name`; empty when it no longer exists.
+    pub async fn connection_kind(&self, name: &str) -> Result<String, Error> {
+        Ok(self
+            .connection(name)
+            .await?
+            .map(|c| c.plugin_name)
+            .unwrap_or_default())
     }
 
     pub async fn max_lease_ttl(&self) -> Result<Duration, Error> {

@@ -213,21 +213,12 @@ mod tests {
     use crate::host::FixedHost;
     use crate::request::{Operation, Request, Requester, Response};
     use crate::storage::InMemoryStorage;
-    use crate::testkit::Fake;
+    use crate::testkit::{Fake, who};
     use crate::{Backends, Engine, Error};
 
     struct Mount {
         engine: Engine,
         fake: Arc<Fake>,
-    }
-
-    fn who(entity: &str, addr: &str) -> Requester {
-        Requester {
-            entity_id: entity.into(),
-            token_accessor: format!("acc-{entity}"),
-            display_name: "token".into(),
-            remote_addr: addr.into(),
-        }
     }
 
     impl Mount {

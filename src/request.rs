@@ -1,5 +1,6 @@
 //! The engine's request and response, independent of the host protocol.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -93,6 +94,10 @@ pub struct Request {
     pub requester: Requester,
     /// The lease a `renew` or `revoke` is about.
     pub lease: Option<LeaseInfo>,
+    /// The request headers the mount passes through (`passthrough_request_headers`), by
+    /// lower-case name, repeated values joined by ", ". Policies may read them; `Debug` shows
+    /// only their names.
+    pub headers: BTreeMap<String, String>,
 }
 
 /// What the host sends back about a lease it holds: the `internal_data` mayfly gave it, and
@@ -125,6 +130,7 @@ impl Request {
             body_len: 0,
             requester: Requester::default(),
             lease: None,
+            headers: BTreeMap::new(),
         }
     }
 
@@ -161,6 +167,7 @@ impl fmt::Debug for Request {
             .field("body_len", &self.body_len)
             .field("requester", &self.requester)
             .field("lease", &self.lease)
+            .field("header_names", &self.headers.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -206,8 +213,9 @@ mod tests {
 
     #[test]
     fn debug_never_shows_data_values() {
-        let req = Request::new(Operation::Update, "config/db")
+        let mut req = Request::new(Operation::Update, "config/db")
             .with_data(json!({"password": "hunter2", "url": "x"}));
+        req.headers.insert("x-token".into(), "hunter2".into());
         let resp = Response::data(req.data.clone());
         for text in [format!("{req:?}"), format!("{resp:?}")] {
             assert!(

@@ -2,6 +2,8 @@
 //! TTLs, how principal names and passwords are made, and kind-specific settings (statements for
 //! SQL kinds) that the connection's backend validates.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -45,6 +47,9 @@ pub struct Role {
     /// When not empty, only requests from these networks may issue.
     #[serde(default)]
     pub bound_cidrs: Vec<String>,
+    /// Operator-set key-value pairs; policies read them as the role's tags.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Role {
@@ -72,6 +77,7 @@ impl Role {
         out.insert("bound_entity_ids".into(), json!(self.bound_entity_ids));
         out.insert("bound_group_names".into(), json!(self.bound_group_names));
         out.insert("bound_cidrs".into(), json!(self.bound_cidrs));
+        out.insert("labels".into(), json!(self.labels));
         for (k, v) in &self.settings {
             out.insert(k.clone(), v.clone());
         }
@@ -135,6 +141,12 @@ pub fn common_fields() -> Vec<FieldDef> {
             FieldType::StringList,
             "Only requests whose remote address is in one of these CIDR blocks may issue; \
              empty allows any.",
+        ),
+        FieldDef::new(
+            "labels",
+            FieldType::StringMap,
+            "Key-value pairs describing the role (team, environment…). Policies read them as \
+             the role's tags: resource.getTag(\"env\").",
         ),
     ]
 }
@@ -244,6 +256,7 @@ pub async fn write(
         bound_entity_ids: Vec::new(),
         bound_group_names: Vec::new(),
         bound_cidrs: Vec::new(),
+        labels: BTreeMap::new(),
     });
     if role.db_name != db_name {
         // Settings belong to a kind; a role moved to another connection starts them afresh
@@ -277,6 +290,9 @@ pub async fn write(
     }
     if let Some(v) = common.list("bound_group_names") {
         role.bound_group_names = v.to_vec();
+    }
+    if let Some(v) = common.map("labels") {
+        role.labels = v.clone();
     }
     if let Some(v) = common.list("bound_cidrs") {
         for block in v {

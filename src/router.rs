@@ -34,6 +34,10 @@ pub enum Route {
     StaticRole,
     StaticCreds,
     RotateRole,
+    PolicyList,
+    Policy,
+    PolicySchema,
+    PolicySimulate,
 }
 
 #[derive(Debug, Clone)]

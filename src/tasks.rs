@@ -6,12 +6,14 @@
 //! A task is indexed in the ledger's due index (entry `task.<id>`) at its deadline while open,
 //! and at the end of its retention once ended, so the scheduler ends and later purges it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
+use crate::decision::{self, Facts, PolicyAction, Resource};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::{now, random_lower};
@@ -64,6 +66,31 @@ pub struct Task {
 }
 
 impl Task {
+    /// A task opened now by `owner`, running `ttl` seconds.
+    pub fn open(
+        id: String,
+        description: &str,
+        metadata: Option<&BTreeMap<String, String>>,
+        owner: &Requester,
+        bound_to_owner: bool,
+        now: u64,
+        ttl: u64,
+    ) -> Task {
+        Task {
+            id,
+            description: description.to_owned(),
+            metadata: metadata.map(metadata_values).unwrap_or_default(),
+            owner: owner.into(),
+            bound_to_owner,
+            created_at: now,
+            deadline: now + ttl,
+            state: TaskState::Open,
+            ended_at: None,
+            end_reason: None,
+            due: now + ttl,
+        }
+    }
+
     /// Credentials may still be issued under it.
     pub fn is_open(&self, now: u64) -> bool {
         self.state == TaskState::Open && self.deadline > now
@@ -104,6 +131,13 @@ impl Task {
         });
         std::mem::take(v.as_object_mut().expect("an object"))
     }
+}
+
+/// Metadata as a task stores it: string values.
+fn metadata_values(m: &BTreeMap<String, String>) -> Map<String, Value> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect()
 }
 
 fn entry(id: &str) -> String {
@@ -208,7 +242,10 @@ async fn store(core: &MountCore, task: &Task, previous_due: Option<u64>) -> Resu
 
 /// The TTL a task gets: the request's, else the configured default, capped by `max_task_ttl`
 /// (or the mount's maximum). Returns the TTL and a warning when it was capped.
-async fn task_ttl(core: &MountCore, asked: Option<u64>) -> Result<(u64, Option<String>), Error> {
+pub async fn task_ttl(
+    core: &MountCore,
+    asked: Option<u64>,
+) -> Result<(u64, Option<String>), Error> {
     let settings = load_settings(core.storage.as_ref()).await?;
     let max = match settings.max_task_ttl {
         0 => core.max_lease_ttl().await?.as_secs(),
@@ -231,23 +268,66 @@ async fn task_ttl(core: &MountCore, asked: Option<u64>) -> Result<(u64, Option<S
     }
 }
 
+/// What a task write got as far as, for its audit event.
+struct Trail {
+    action: Action,
+    task_id: String,
+    policy: String,
+}
+
 /// `tasks/` (write, generated id) and `tasks/ID` (write): creates a task, or updates an open one.
+/// Emits one audit event, whatever the outcome.
 pub async fn write(core: &MountCore, id: Option<&str>, req: &Request) -> Result<Response, Error> {
+    let mut trail = Trail {
+        action: Action::TaskCreate,
+        task_id: id.unwrap_or_default().to_owned(),
+        policy: String::new(),
+    };
+    let result = write_traced(core, id, req, &mut trail).await;
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "ok",
+            format!(
+                "deadline {}",
+                r.data
+                    .as_ref()
+                    .map_or(Value::Null, |d| d["deadline"].clone())
+            ),
+        ),
+        Err(e @ Error::PermissionDenied(_)) => ("denied", e.to_string()),
+        Err(e) => ("failed", e.to_string()),
+    };
+    audit::emit(
+        trail.action,
+        outcome,
+        &Event {
+            task_id: &trail.task_id,
+            policy: &trail.policy,
+            ..Event::by(&req.requester).detail(&detail)
+        },
+    );
+    result
+}
+
+async fn write_traced(
+    core: &MountCore,
+    id: Option<&str>,
+    req: &Request,
+    trail: &mut Trail,
+) -> Result<Response, Error> {
     let fields = Fields::parse(&task_fields(), &req.data)?;
     let kv = core.storage.as_ref();
     let existing = match id {
         Some(id) => load(kv, id).await?,
         None => None,
     };
+    if existing.is_some() {
+        trail.action = Action::TaskUpdate;
+    }
     let now = now();
     let mut warnings = Vec::new();
     let asked = fields.duration("ttl");
-    let metadata = |m: &std::collections::BTreeMap<String, String>| {
-        m.iter()
-            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-            .collect()
-    };
-    let (task, action) = match existing {
+    let task = match existing {
         Some(mut task) => {
             if !task.is_open(now) {
                 return Err(Error::bad_request(format!(
@@ -264,50 +344,104 @@ pub async fn write(core: &MountCore, id: Option<&str>, req: &Request) -> Result<
                 task.description = d.to_owned();
             }
             if let Some(m) = fields.map("metadata") {
-                task.metadata = metadata(m);
+                task.metadata = metadata_values(m);
             }
             if let Some(b) = fields.bool("bound_to_owner") {
                 task.bound_to_owner = b;
             }
+            let ttl = task.deadline.saturating_sub(now);
+            let decided = PolicyAsk {
+                action: PolicyAction::UpdateTask,
+                asked,
+                ttl,
+                now,
+            };
+            let cap = decided.enforce(core, req, &task, &mut trail.policy).await?;
+            // Only a new ttl is a grant the cap applies to.
+            if asked.is_some() {
+                warnings.extend(apply_cap(&mut task, cap, now));
+            }
             let previous = task.due;
             task.due = task.deadline;
             store(core, &task, Some(previous)).await?;
-            (task, Action::TaskUpdate)
+            task
         }
         None => {
             let (ttl, warning) = task_ttl(core, asked).await?;
             warnings.extend(warning);
-            let task = Task {
-                id: id.map_or_else(|| random_lower(20), str::to_owned),
-                description: fields.str("description").unwrap_or("").to_owned(),
-                metadata: fields.map("metadata").map(metadata).unwrap_or_default(),
-                owner: (&req.requester).into(),
-                bound_to_owner: fields.bool("bound_to_owner").unwrap_or(true),
-                created_at: now,
-                deadline: now + ttl,
-                state: TaskState::Open,
-                ended_at: None,
-                end_reason: None,
-                due: now + ttl,
+            let mut task = Task::open(
+                id.map_or_else(|| random_lower(20), str::to_owned),
+                fields.str("description").unwrap_or(""),
+                fields.map("metadata"),
+                &req.requester,
+                fields.bool("bound_to_owner").unwrap_or(true),
+                now,
+                ttl,
+            );
+            trail.task_id = task.id.clone();
+            let decided = PolicyAsk {
+                action: PolicyAction::CreateTask,
+                asked,
+                ttl,
+                now,
             };
+            let cap = decided.enforce(core, req, &task, &mut trail.policy).await?;
+            warnings.extend(apply_cap(&mut task, cap, now));
+            task.due = task.deadline;
             store(core, &task, None).await?;
-            (task, Action::TaskCreate)
+            task
         }
     };
-    let detail = format!("deadline {}", task.deadline);
-    audit::emit(
-        action,
-        "ok",
-        &Event {
-            task_id: &task.id,
-            ..Event::by(&req.requester).detail(&detail)
-        },
-    );
     Ok(Response {
         data: Some(task.view()),
         warnings,
         lease: None,
     })
+}
+
+/// A task creation or update for the policies to decide.
+struct PolicyAsk {
+    action: PolicyAction,
+    /// The ttl the request asked for.
+    asked: Option<u64>,
+    /// The TTL the task gets before any policy cap.
+    ttl: u64,
+    now: u64,
+}
+
+impl PolicyAsk {
+    /// The policies' say on `task` (already holding its new values): a 403 when denied, else
+    /// the TTL cap of the permit. `logged` receives the decision for the audit event.
+    async fn enforce(
+        self,
+        core: &MountCore,
+        req: &Request,
+        task: &Task,
+        logged: &mut String,
+    ) -> Result<Option<u64>, Error> {
+        let facts = Facts {
+            action: self.action,
+            requester: &req.requester,
+            headers: &req.headers,
+            resource: Resource::Task,
+            task: Some(task),
+            requested_ttl: self.asked.unwrap_or(0),
+            ttl: self.ttl,
+            now: self.now,
+        };
+        decision::enforce(core, &facts, logged).await
+    }
+}
+
+/// Moves the deadline of `task` in by a policy's TTL `cap`; the warning says so.
+fn apply_cap(task: &mut Task, cap: Option<u64>, now: u64) -> Option<String> {
+    let ttl = task.deadline.saturating_sub(now);
+    let cap = cap.filter(|c| *c < ttl)?;
+    task.deadline = now + cap;
+    Some(format!(
+        "ttl of {ttl}s is longer than the @max_ttl of the policy that permitted it ({cap}s); \
+         capped to {cap}s"
+    ))
 }
 
 /// `tasks/ID` read: the task and its credentials with their states.

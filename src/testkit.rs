@@ -13,6 +13,17 @@ use crate::backend::{Backend, NewPrincipal, Revoked, Target};
 use crate::connections::ConnectionConfig;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue};
+use crate::request::Requester;
+
+/// A requester: entity `entity` (accessor `acc-<entity>`) calling from `addr`.
+pub fn who(entity: &str, addr: &str) -> Requester {
+    Requester {
+        entity_id: entity.into(),
+        token_accessor: format!("acc-{entity}"),
+        display_name: "token".into(),
+        remote_addr: addr.into(),
+    }
+}
 
 #[derive(Default)]
 pub struct FakeTarget {

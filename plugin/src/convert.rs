@@ -31,8 +31,14 @@ pub fn request(req: pb::Request) -> Result<Request, Error> {
             max_ttl: seconds(options.max_ttl),
         }
     });
+    let headers = req
+        .headers
+        .into_iter()
+        .map(|(name, values)| (name.to_ascii_lowercase(), values.header.join(", ")))
+        .collect();
     Ok(Request {
         lease,
+        headers,
         operation: Operation::parse(&req.operation),
         path: req.path,
         data,

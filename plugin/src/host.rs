@@ -303,22 +303,51 @@ impl mayfly::Host for HostSystem {
         Ok(SecretString::from(r.into_inner().password))
     }
 
-    async fn group_names(&self, entity_id: &str) -> Result<Vec<String>, mayfly::Error> {
-        let r = self
-            .client
-            .clone()
-            .groups_for_entity(pb::EntityInfoArgs {
-                entity_id: entity_id.to_owned(),
-            })
-            .await
+    async fn identity(&self, entity_id: &str) -> Result<mayfly::Identity, mayfly::Error> {
+        let args = || pb::EntityInfoArgs {
+            entity_id: entity_id.to_owned(),
+        };
+        let (mut entity_client, mut groups_client) = (self.client.clone(), self.client.clone());
+        let (entity, groups) = tokio::join!(
+            entity_client.entity_info(args()),
+            groups_client.groups_for_entity(args())
+        );
+        let entity = entity
+            .map_err(|e| unavailable("EntityInfo", e))?
+            .into_inner();
+        let groups = groups
             .map_err(|e| unavailable("GroupsForEntity", e))?
             .into_inner();
-        if !r.err.is_empty() {
-            return Err(mayfly::Error::Internal(format!(
-                "the host could not list the groups of entity '{entity_id}': {}",
-                r.err
-            )));
+        for err in [&entity.err, &groups.err] {
+            if !err.is_empty() {
+                return Err(mayfly::Error::Internal(format!(
+                    "the host could not look up identity entity '{entity_id}': {err}"
+                )));
+            }
         }
-        Ok(r.groups.into_iter().map(|g| g.name).collect())
+        let entity = entity.entity.unwrap_or_default();
+        Ok(mayfly::Identity {
+            id: entity_id.to_owned(),
+            name: entity.name,
+            metadata: entity.metadata.into_iter().collect(),
+            aliases: entity
+                .aliases
+                .into_iter()
+                .map(|a| mayfly::Alias {
+                    name: a.name,
+                    mount_type: a.mount_type,
+                    mount_accessor: a.mount_accessor,
+                })
+                .collect(),
+            groups: groups
+                .groups
+                .into_iter()
+                .map(|g| mayfly::Group {
+                    id: g.id,
+                    name: g.name,
+                    metadata: g.metadata.into_iter().collect(),
+                })
+                .collect(),
+        })
     }
 }
