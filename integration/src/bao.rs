@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::process;
 
@@ -15,6 +15,9 @@ pub const ROOT_TOKEN: &str = "mayfly-test-root";
 pub struct Bao {
     child: Option<Child>,
     pub addr: String,
+    /// A second listener on IPv6 loopback (`start_dual_stack`): a client reaching it has the
+    /// source address `::1`.
+    addr6: Option<String>,
     port: u16,
     dir: PathBuf,
     plugin: PathBuf,
@@ -54,6 +57,7 @@ impl Bao {
         Bao {
             child: None,
             addr: format!("http://127.0.0.1:{port}"),
+            addr6: None,
             port,
             log: dir.join("bao.log"),
             dir,
@@ -108,6 +112,25 @@ impl Bao {
         bao.spawn(&args, &[]);
         let up = crate::wait_until(30.0, || bao.get("sys/health").0 == 200);
         assert!(up, "OpenBao did not come up; log:\n{}", bao.log());
+        bao
+    }
+
+    /// As [`Bao::start_with`], with a second listener on `[::1]`, reached by
+    /// [`Bao::request_v6`].
+    pub fn start_dual_stack(extra: &[&str]) -> Bao {
+        let (port, cluster_port) = (crate::free_port(), crate::free_port());
+        let dir = crate::scratch_dir("bao-listener");
+        let config = dir.join("listener.hcl");
+        let hcl = format!(
+            "listener \"tcp\" {{\n  address = \"[::1]:{port}\"\n  \
+             cluster_address = \"[::1]:{cluster_port}\"\n  tls_disable = true\n}}\n"
+        );
+        std::fs::write(&config, hcl).unwrap();
+        let flag = format!("-config={}", config.display());
+        let mut args = vec![flag.as_str()];
+        args.extend_from_slice(extra);
+        let mut bao = Bao::start_with(&args);
+        bao.addr6 = Some(format!("http://[::1]:{port}"));
         bao
     }
 
@@ -215,6 +238,43 @@ log_level = "debug"
         bao
     }
 
+    /// A userpass login for `user` with the `agent` policy (mayfly's paths, no sudo), enabling
+    /// userpass and writing the policy the first time: (token, entity id). Each user gets an
+    /// identity entity at its first login.
+    pub fn agent_login(&self, user: &str) -> (String, String) {
+        let (_, auths) = self.get("sys/auth");
+        if auths["data"]["userpass/"].is_null() {
+            let (status, body) = self.put("sys/auth/userpass", json!({"type": "userpass"}));
+            assert!(status < 300, "{status} {body}");
+            let policy = r#"path "mayfly/*" { capabilities = ["create", "read", "update", "delete", "list"] }"#;
+            let (status, body) = self.put("sys/policies/acl/agent", json!({"policy": policy}));
+            assert!(status < 300, "{status} {body}");
+        }
+        let (status, body) = self.put(
+            &format!("auth/userpass/users/{user}"),
+            json!({"password": format!("pw-{user}"), "token_policies": "agent"}),
+        );
+        assert!(status < 300, "{status} {body}");
+        let (status, body) = self.put(
+            &format!("auth/userpass/login/{user}"),
+            json!({"password": format!("pw-{user}")}),
+        );
+        assert_eq!(status, 200, "{body}");
+        (
+            body["auth"]["client_token"].as_str().unwrap().to_owned(),
+            body["auth"]["entity_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// mayfly's audit events in the log of a server started with `-log-format=json`, in order.
+    pub fn audit_events(&self) -> Vec<Value> {
+        self.log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.get("audit_action").is_some())
+            .collect()
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, |c| c.id() as i32)
@@ -288,21 +348,61 @@ log_level = "debug"
         self.send(token, method, path, body.map(|b| b.to_string()))
     }
 
+    /// A request through the `[::1]` listener of a [`Bao::start_dual_stack`] server.
+    pub fn request_v6(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let addr = self.addr6.as_deref().expect("a dual-stack server");
+        self.send_to(addr, token, method, path, body.map(|b| b.to_string()), &[])
+    }
+
+    /// A request with extra HTTP headers.
+    pub fn request_with_headers(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        self.send_to(
+            &self.addr,
+            token,
+            method,
+            path,
+            body.map(|b| b.to_string()),
+            headers,
+        )
+    }
+
     fn send(&self, token: &str, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
-        let url = format!("{}/v1/{path}", self.addr);
+        self.send_to(&self.addr, token, method, path, body, &[])
+    }
+
+    fn send_to(
+        &self,
+        addr: &str,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let url = format!("{addr}/v1/{path}");
         let result = match (method, body) {
-            ("GET", _) => self.agent.get(&url).header("X-Vault-Token", token).call(),
-            ("DELETE", _) => self
-                .agent
-                .delete(&url)
-                .header("X-Vault-Token", token)
-                .call(),
-            ("PUT", b) => self
-                .agent
-                .put(&url)
-                .header("X-Vault-Token", token)
-                .header("Content-Type", "application/json")
-                .send(b.unwrap_or_default()),
+            ("GET", _) => with_headers(self.agent.get(&url), token, headers).call(),
+            ("DELETE", _) => with_headers(self.agent.delete(&url), token, headers).call(),
+            ("PUT", b) => {
+                let r = self
+                    .agent
+                    .put(&url)
+                    .header("Content-Type", "application/json");
+                with_headers(r, token, headers).send(b.unwrap_or_default())
+            }
             (m, _) => panic!("unsupported method {m}"),
         };
         match result {
@@ -373,4 +473,17 @@ impl Drop for Bao {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `r` with the token and the extra `headers`.
+fn with_headers<B>(
+    r: ureq::RequestBuilder<B>,
+    token: &str,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    headers
+        .iter()
+        .fold(r.header("X-Vault-Token", token), |r, (k, v)| {
+            r.header(*k, *v)
+        })
 }

@@ -5,6 +5,7 @@
 
 pub mod bao;
 pub mod creds;
+pub mod load;
 pub mod mariadb;
 pub mod postgres;
 pub mod process;

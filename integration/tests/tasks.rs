@@ -61,15 +61,6 @@ fn cred_id(bao: &Bao, user: &str) -> String {
         .unwrap_or_else(|| panic!("no ledger record for {user}: {list}"))
 }
 
-/// mayfly's audit events in the server's JSON log, in order.
-fn audit_events(bao: &Bao) -> Vec<Value> {
-    bao.log()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v.get("audit_action").is_some())
-        .collect()
-}
-
 fn field<'a>(e: &'a Value, name: &str) -> &'a str {
     e[name].as_str().unwrap_or("")
 }
@@ -132,7 +123,8 @@ fn a_task_across_two_connections_ends_in_one_call_and_the_audit_trail_matches() 
 
     // One audit event per operation performed, and nothing else about this task.
     let (id_a, id_b) = (cred_id(&bao, &a.user), cred_id(&bao, &b.user));
-    let mut seen: Vec<(String, String, String)> = audit_events(&bao)
+    let mut seen: Vec<(String, String, String)> = bao
+        .audit_events()
         .iter()
         .filter(|e| field(e, "task_id") == task_id)
         .map(|e| {
@@ -157,7 +149,7 @@ fn a_task_across_two_connections_ends_in_one_call_and_the_audit_trail_matches() 
     ];
     expected.sort();
     assert_eq!(seen, expected);
-    let events = audit_events(&bao);
+    let events = bao.audit_events();
     let revoke = events
         .iter()
         .find(|e| field(e, "audit_action") == "revoke" && field(e, "cred_id") == id_a)
@@ -216,37 +208,13 @@ fn a_task_deadline_revokes_credentials_whose_leases_would_live_longer() {
     assert_eq!(read["data"]["state"], "ended", "{read}");
 }
 
-/// A userpass login with policy `agent` (mayfly's paths, no sudo): (token, entity id).
-fn login(bao: &Bao, user: &str) -> (String, String) {
-    let (status, body) = bao.put(
-        &format!("auth/userpass/users/{user}"),
-        json!({"password": format!("pw-{user}"), "token_policies": "agent"}),
-    );
-    ok(status, &body);
-    let (status, body) = bao.put(
-        &format!("auth/userpass/login/{user}"),
-        json!({"password": format!("pw-{user}")}),
-    );
-    assert_eq!(status, 200, "{body}");
-    (
-        body["auth"]["client_token"].as_str().unwrap().to_owned(),
-        body["auth"]["entity_id"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[test]
 fn bindings_refuse_the_wrong_entity_network_group_and_task_owner() {
     let pg = PrivatePostgres::start();
     let bao = bao();
     connect(&bao, "db", &pg);
-    let (status, body) = bao.put("sys/auth/userpass", json!({"type": "userpass"}));
-    ok(status, &body);
-    let policy =
-        r#"path "mayfly/*" { capabilities = ["create", "read", "update", "delete", "list"] }"#;
-    let (status, body) = bao.put("sys/policies/acl/agent", json!({"policy": policy}));
-    ok(status, &body);
-    let (alice, alice_entity) = login(&bao, "alice");
-    let (bob, _) = login(&bao, "bob");
+    let (alice, alice_entity) = bao.agent_login("alice");
+    let (bob, _) = bao.agent_login("bob");
     let (status, body) = bao.put(
         "identity/group",
         json!({"name": "deployers", "member_entity_ids": [alice_entity]}),
@@ -325,13 +293,15 @@ fn bindings_refuse_the_wrong_entity_network_group_and_task_owner() {
     assert!(pg.roles_like("mf-").is_empty());
 
     // Each refusal was logged as a denied issuance naming its binding, with the entity.
-    let denied: Vec<Value> = audit_events(&bao)
+    let denied: Vec<Value> = bao
+        .audit_events()
         .into_iter()
         .filter(|e| field(e, "audit_action") == "issue" && field(e, "outcome") == "denied")
         .collect();
     assert_eq!(denied.len(), 4, "{denied:?}");
     assert!(denied.iter().all(|e| !field(e, "entity_id").is_empty()));
-    let issued = audit_events(&bao)
+    let issued = bao
+        .audit_events()
         .iter()
         .filter(|e| field(e, "audit_action") == "issue" && field(e, "outcome") == "issued")
         .count();
@@ -438,7 +408,8 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
     }
 
     // Each operator call is one audit event, with its scope and counts.
-    let calls: BTreeMap<String, usize> = audit_events(&bao)
+    let calls: BTreeMap<String, usize> = bao
+        .audit_events()
         .iter()
         .filter(|e| field(e, "audit_action").starts_with("o"))
         .fold(BTreeMap::new(), |mut m, e| {

@@ -3,11 +3,11 @@
 //! (with p50/p99 latency), and the seconds from expiry until 2,000 credentials that expire
 //! together are gone from `pg_roles`. Run it with `scripts/bench`; figures go to stdout.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
-use mayfly_integration::{Bao, PrivatePostgres};
+use mayfly_integration::{Bao, PrivatePostgres, load};
 use serde_json::json;
 
 const CREATE: &str = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' \
@@ -63,7 +63,8 @@ fn main() {
     for clients in [1, 8] {
         for engine in [&MAYFLY, &BUILTIN] {
             role(&bao, engine, 3600);
-            let (rate, p50, p99) = issue_many(&bao, engine, issue_n, clients);
+            let run = load::issue_many(&bao, ROOT_TOKEN, engine.creds, issue_n, clients);
+            let (rate, p50, p99) = (run.rate, run.p50_ms, run.p99_ms);
             println!(
                 "issue  {:<18} clients={clients}  {rate:7.1}/s  p50 {p50:6.1} ms  p99 {p99:6.1} ms",
                 engine.label
@@ -124,36 +125,6 @@ fn role(bao: &Bao, engine: &Engine, ttl: u64) {
     assert!(status < 300, "{}: {body}", engine.label);
 }
 
-/// Issues `n` credentials with `clients` threads; returns (per second, p50 ms, p99 ms).
-fn issue_many(bao: &Bao, engine: &Engine, n: usize, clients: usize) -> (f64, f64, f64) {
-    let next = AtomicUsize::new(0);
-    let start = Instant::now();
-    let mut latencies: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut mine = Vec::new();
-                    while next.fetch_add(1, Ordering::SeqCst) < n {
-                        let t = Instant::now();
-                        let (status, body) = bao.get(engine.creds);
-                        assert_eq!(status, 200, "{}: {body}", engine.label);
-                        mine.push(t.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    (rate, pct(0.50), pct(0.99))
-}
-
 /// Revokes everything an engine issued and waits until its users are gone.
 fn cleanup(bao: &Bao, pg: &PrivatePostgres, engine: &Engine) {
     let prefix = engine.creds;
@@ -180,7 +151,7 @@ fn expire_together(bao: &Bao, pg: &PrivatePostgres, engine: &Engine, count: usiz
     let ttl = 150;
     role(bao, engine, ttl);
     let start = Instant::now();
-    issue_many(bao, engine, count, 8);
+    load::issue_many(bao, ROOT_TOKEN, engine.creds, count, 8);
     let issued_in = start.elapsed();
     assert!(
         issued_in < Duration::from_secs(ttl),
