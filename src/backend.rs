@@ -18,10 +18,63 @@ use crate::fields::FieldDef;
 /// A principal to create. `settings` are the role's kind-specific settings (statements…).
 pub struct NewPrincipal<'a> {
     pub name: &'a str,
+    /// The password mayfly made; empty for kinds whose target makes the secret
+    /// ([`Backend::target_makes_secret`]).
     pub password: &'a SecretString,
     /// Unix seconds: the target should refuse the principal after this, where it can.
     pub expires: u64,
     pub settings: &'a Map<String, Value>,
+    /// What the credential is for, for targets that can label a principal (STS session tags).
+    pub origin: &'a Origin<'a>,
+}
+
+/// Who asked for a credential and for what, as a target may record it beside the principal.
+pub struct Origin<'a> {
+    pub cred_id: &'a str,
+    /// Empty without a task.
+    pub task_id: &'a str,
+    /// The requesting entity's id; empty for a token without an entity.
+    pub entity_id: &'a str,
+    pub display_name: &'a str,
+}
+
+/// What the target made besides the principal.
+#[derive(Default)]
+pub struct Created {
+    /// Fields for the client that the target made (access keys, session tokens): secret,
+    /// returned once and never stored. Empty for kinds that take mayfly's password.
+    pub data: Map<String, Value>,
+    /// Unix seconds: when the target itself ends the principal (an STS session's expiry),
+    /// which may differ from the deadline asked. `None` where the target keeps it until
+    /// revoked. A lease never outlives it.
+    pub target_expires: Option<u64>,
+    /// What the target changed from the request (a duration raised or clamped), for the
+    /// response's warnings.
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields: Vec<&String> = self.data.keys().collect();
+        f.debug_struct("Created")
+            .field("data", &format_args!("<redacted: {fields:?}>"))
+            .field("target_expires", &self.target_expires)
+            .field("warnings", &self.warnings)
+            .finish()
+    }
+}
+
+/// A principal mayfly issued, as revocation sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    /// [`Created::target_expires`], when it was recorded.
+    pub target_expires: Option<u64>,
+}
+
+/// The names of `principals`.
+pub fn names(principals: &[Principal]) -> Vec<String> {
+    principals.iter().map(|p| p.name.clone()).collect()
 }
 
 /// How a batch revocation went. Principals already gone count as revoked: revocation is
@@ -32,12 +85,19 @@ pub struct Revoked {
     pub removed: usize,
     /// The principals that were already gone (dropped by hand, or revoked before a crash).
     pub already_gone: Vec<String>,
+    /// Principals the target cannot delete (STS sessions), stopped by a guard left on the
+    /// target (a deny statement) that [`Target::clean_up`] removes at the time given, once
+    /// the principal has ended on its own.
+    pub guarded: Vec<(String, u64)>,
+    /// Principals the target could not stop before their own end (no permission to write the
+    /// guard), with why: revocation degraded to expiry.
+    pub degraded: Vec<(String, String)>,
 }
 
 #[async_trait]
 pub trait Target: Send + Sync {
     /// Creates the principal, all or nothing: on error nothing of it is left on the target.
-    async fn create(&self, principal: &NewPrincipal<'_>) -> Result<(), Error>;
+    async fn create(&self, principal: &NewPrincipal<'_>) -> Result<Created, Error>;
 
     /// Moves the principal's target-side expiry to `expires` (unix seconds).
     async fn renew(
@@ -47,13 +107,21 @@ pub trait Target: Send + Sync {
         settings: &Map<String, Value>,
     ) -> Result<(), Error>;
 
-    /// Revokes every principal in `names` (all created with `settings`). A principal that does
-    /// not exist is a success. An error means the batch as a whole may not have been revoked.
+    /// Revokes every principal in `principals` (all created with `settings`). A principal
+    /// that does not exist is a success. An error means the batch as a whole may not have
+    /// been revoked.
     async fn revoke(
         &self,
-        names: &[String],
+        principals: &[Principal],
         settings: &Map<String, Value>,
     ) -> Result<Revoked, Error>;
+
+    /// Removes the guards that revoking `names` left ([`Revoked::guarded`]), now that those
+    /// principals have ended on their own. Removing a guard that is gone is a success.
+    async fn clean_up(&self, names: &[String], settings: &Map<String, Value>) -> Result<(), Error> {
+        let _ = (names, settings);
+        Ok(())
+    }
 
     /// The principals on the target whose name starts with `mark`.
     async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error>;
@@ -117,6 +185,19 @@ pub trait Backend: Send + Sync {
     /// Whether the target refuses a principal after its deadline on its own.
     fn expiry_enforcement(&self) -> ExpiryEnforcement {
         ExpiryEnforcement::TargetAndScheduler
+    }
+
+    /// Whether the target makes the credential's secret itself (cloud keys) rather than take
+    /// a password from mayfly. Such kinds answer with [`Created::data`].
+    fn target_makes_secret(&self) -> bool {
+        false
+    }
+
+    /// What a role read says beyond the role's settings: derived facts such as whether its
+    /// credentials can be revoked before they expire, and how.
+    fn describe_role(&self, settings: &Map<String, Value>) -> Map<String, Value> {
+        let _ = settings;
+        Map::new()
     }
 
     /// The connection fields this kind accepts beyond the common ones.

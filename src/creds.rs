@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
@@ -229,14 +230,18 @@ async fn issue_traced(
     if let Some(cap) = decision::enforce(core, &facts, &mut trail.policy).await? {
         grant.cap(cap, "policy_max_ttl");
     }
-    let (ttl, max_ttl, bound) = (grant.ttl, grant.max_ttl, grant.bound);
-    let warnings: Vec<String> = grant.warning().into_iter().collect();
+    let (mut ttl, max_ttl, mut bound) = (grant.ttl, grant.max_ttl, grant.bound);
+    let mut warnings: Vec<String> = grant.warning().into_iter().collect();
 
+    let cred_id = random_lower(20);
+    let task_id = task.as_ref().map_or("", |t| t.id.as_str());
     let principal = template::render(
         role.username_template(backend.as_ref()),
         &template::Inputs {
             role_name,
             display_name: &req.requester.display_name,
+            credential_id: &cred_id,
+            task_id,
         },
     )?;
     backend.validate_principal(&principal).map_err(|e| {
@@ -245,11 +250,15 @@ async fn issue_traced(
         ))
     })?;
     trail.principal = principal.clone();
-    let password = core.new_password(&role.password_policy).await?;
+    let password = if backend.target_makes_secret() {
+        SecretString::from(String::new())
+    } else {
+        core.new_password(&role.password_policy).await?
+    };
 
     let deadline = now + ttl;
     let mut cred = Credential {
-        id: random_lower(20),
+        id: cred_id.clone(),
         role: role_name.to_owned(),
         connection: role.db_name.clone(),
         principal: principal.clone(),
@@ -273,6 +282,8 @@ async fn issue_traced(
         revoke_reason: None,
         revoked_at: None,
         settings: role.settings.clone(),
+        target_expires: None,
+        guard_until: None,
     };
     trail.cred_id = cred.id.clone();
     ledger::store(kv, &cred, None).await?;
@@ -286,6 +297,12 @@ async fn issue_traced(
             password: &password,
             expires: deadline,
             settings: &role.settings,
+            origin: &crate::backend::Origin {
+                cred_id: &cred_id,
+                task_id,
+                entity_id: &req.requester.entity_id,
+                display_name: &req.requester.display_name,
+            },
         };
         match tokio::time::timeout(CREATE_TIMEOUT, target.create(&new)).await {
             Ok(r) => r,
@@ -296,12 +313,27 @@ async fn issue_traced(
         }
     }
     .await;
-    if let Err(e) = created {
-        // Nothing should exist, but a timeout leaves that unsure: revoke now, idempotently.
-        schedule_revocation(core, &mut cred, "creation failed", Some(e.to_string())).await;
-        return Err(e);
-    }
+    let created = match created {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing should exist, but a timeout leaves that unsure: revoke now, idempotently.
+            schedule_revocation(core, &mut cred, "creation failed", Some(e.to_string())).await;
+            return Err(e);
+        }
+    };
     core.crash_point("after_create");
+    warnings.extend(created.warnings);
+    // A target that ends the principal on its own (an STS session) bounds the lease: neither
+    // it nor a renewal may promise a credential the target has already ended.
+    if let Some(end) = created.target_expires {
+        cred.target_expires = Some(end);
+        cred.max_deadline = cred.max_deadline.min(end);
+        if end < cred.deadline {
+            cred.deadline = end;
+            ttl = end.saturating_sub(now);
+            bound = "target_max";
+        }
+    }
 
     // A task's end or an operator may have revoked the intent while the principal was being
     // created: then it must go again, now that it exists.
@@ -327,10 +359,11 @@ async fn issue_traced(
 
     let mut data = Map::new();
     data.insert("username".into(), json!(principal));
-    {
+    if !backend.target_makes_secret() {
         use secrecy::ExposeSecret;
         data.insert("password".into(), json!(password.expose_secret()));
     }
+    data.extend(created.data);
     data.insert("ttl_bound".into(), json!(bound));
     if let Some(t) = &task {
         data.insert("task_id".into(), json!(t.id));
@@ -343,7 +376,7 @@ async fn issue_traced(
         warnings,
         lease: Some(LeaseGrant {
             ttl,
-            max_ttl,
+            max_ttl: cred.max_deadline.saturating_sub(now),
             renewable: true,
             internal_data: internal,
         }),
@@ -895,6 +928,44 @@ mod tests {
             s.fake.target.count(),
             3,
             "the refused request created nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_bounds_its_lease_and_its_guard_is_lifted_after_it_ends() {
+        let s = setup().await;
+        s.fake.target.session_secs.store(3, Ordering::SeqCst);
+        // The target's session ends before the TTL asked: the lease ends with it.
+        let clamped = issue(&s, json!({"ttl": 60})).await;
+        let lease = clamped.lease.as_ref().unwrap();
+        assert_eq!((lease.ttl, lease.max_ttl), (3, 3));
+        assert_eq!(clamped.data.as_ref().unwrap()["ttl_bound"], "target_max");
+        // Revoked at its deadline (1 s) while the session lives on: a guard until it ends.
+        let short = issue(&s, json!({"ttl": 1})).await;
+        let guarded = record(&s, &short);
+        assert_eq!(guarded.target_expires, Some(guarded.created_at + 3));
+        let now_record = || record(&s, &short);
+        let guard_set = wait(3.0, || now_record().guard_until.is_some()).await;
+        assert!(guard_set, "no guard recorded: {:?}", now_record());
+        assert_eq!(now_record().guard_until, guarded.target_expires);
+        assert!(
+            s.fake
+                .target
+                .guards
+                .lock()
+                .unwrap()
+                .contains(&guarded.principal)
+        );
+        // Once the session has ended, the scheduler lifts the guard and keeps the record.
+        let lifted = wait(6.0, || s.fake.target.guards.lock().unwrap().is_empty()).await;
+        assert!(lifted, "the guard is still on the target");
+        let cleared = wait(2.0, || now_record().guard_until.is_none()).await;
+        assert!(cleared, "{:?}", now_record());
+        let after = now_record();
+        assert_eq!(after.state, State::Revoked);
+        assert!(
+            after.due > crate::host::now() + 3600,
+            "kept for its retention"
         );
     }
 

@@ -137,6 +137,13 @@ pub struct Credential {
     /// The role's target settings at issuance (statements), so the credential can be revoked
     /// as it was created even if the role changes or is deleted. Never secret.
     pub settings: Map<String, Value>,
+    /// When the target itself ends the principal (an STS session's expiry), where it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_expires: Option<u64>,
+    /// When the guard that revocation left on the target (a deny statement) is to be removed;
+    /// `None` once removed, or when none was left. The record is kept until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_until: Option<u64>,
 }
 
 impl Credential {
@@ -166,6 +173,8 @@ impl Credential {
             "revoke_requested_at": self.revoke_requested_at,
             "revoke_reason": self.revoke_reason,
             "revoked_at": self.revoked_at,
+            "target_expires": self.target_expires,
+            "guard_until": self.guard_until,
         });
         std::mem::take(v.as_object_mut().expect("an object"))
     }

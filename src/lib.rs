@@ -34,7 +34,9 @@ pub mod template;
 #[cfg(test)]
 mod testkit;
 
-pub use backend::{Backend, Backends, ExpiryEnforcement, NewPrincipal, Revoked, Target};
+pub use backend::{
+    Backend, Backends, Created, ExpiryEnforcement, NewPrincipal, Origin, Principal, Revoked, Target,
+};
 pub use engine::Engine;
 pub use error::Error;
 pub use host::{Alias, Group, Host, Identity};

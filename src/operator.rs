@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
+use crate::backend::Principal;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::ledger::{self, Credential, State};
@@ -176,7 +177,14 @@ pub async fn orphans(
     let mut report = Report::default();
     for chunk in orphans.chunks(PURGE_BATCH) {
         // No record, so no statements of their role: the kind's default revocation applies.
-        match target.revoke(chunk, &Map::new()).await {
+        let principals: Vec<Principal> = chunk
+            .iter()
+            .map(|name| Principal {
+                name: name.clone(),
+                target_expires: None,
+            })
+            .collect();
+        match target.revoke(&principals, &Map::new()).await {
             Ok(r) => {
                 report.already_gone += r.already_gone.len();
                 report.revoked += chunk.len() - r.already_gone.len();

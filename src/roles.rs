@@ -168,8 +168,8 @@ fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-/// What a read of `roles/NAME` shows: the role, and who enforces its credentials' deadlines
-/// (left out when the role's connection is gone).
+/// What a read of `roles/NAME` shows: the role, who enforces its credentials' deadlines, and
+/// what its kind derives from it (left out when the role's connection is gone).
 pub async fn read(
     kv: &dyn Kv,
     backends: &Backends,
@@ -184,6 +184,7 @@ pub async fn read(
             "expiry_enforcement".into(),
             json!(backend.expiry_enforcement().as_str()),
         );
+        view.extend(backend.describe_role(&role.settings));
     }
     Ok(Some(view))
 }
@@ -331,6 +332,9 @@ pub async fn write(
         &template::Inputs {
             role_name: name,
             display_name: "token",
+            // As long as real ones, so that length limits are checked with the real lengths.
+            credential_id: "abcdefghij0123456789",
+            task_id: "abcdefghij0123456789",
         },
     )?;
     backend

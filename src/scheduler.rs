@@ -18,6 +18,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use futures_util::future::join_all;
 
 use crate::audit::{self, Action, Event};
+use crate::backend::Principal;
 use crate::error::Error;
 use crate::host::now;
 use crate::ledger::{
@@ -246,6 +247,8 @@ struct Work {
 async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, requests: Vec<Waiting>) {
     let kv = core.storage.as_ref();
     let mut work: BTreeMap<String, Work> = BTreeMap::new();
+    // Revoked credentials whose guard on the target is due to go.
+    let mut guards: Vec<Credential> = Vec::new();
 
     // Tasks end on their own: ending one revokes through this loop, so it must not block it.
     // Static roles rotate on their own too: a slow target must not hold revocations back.
@@ -303,6 +306,10 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             continue;
         }
         let reason = match cred.state {
+            State::Revoked if cred.guard_until.is_some() => {
+                guards.push(cred);
+                continue;
+            }
             State::Revoked => {
                 if let Err(e) = ledger::remove(kv, &cred).await {
                     tracing::warn!(cred_id = %id, error = %e, "could not purge a revoked record");
@@ -376,21 +383,99 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             revoke_batch(core, now, &connection, batch).await;
         }
     }
+    remove_guards(core, now, guards).await;
+}
+
+/// Removes the guards that revocations left on targets (see [`crate::Revoked::guarded`]), now
+/// that the principals they stopped have ended, one call per connection and settings. A
+/// failure is retried with backoff; the record stays until its guard is gone.
+async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
+    let mut groups: BTreeMap<(String, String), Vec<Credential>> = BTreeMap::new();
+    for c in guards {
+        let key = (
+            c.connection.clone(),
+            Value::Object(c.settings.clone()).to_string(),
+        );
+        groups.entry(key).or_default().push(c);
+    }
+    for ((connection, _), group) in groups {
+        let names: Vec<String> = group.iter().map(|c| c.principal.clone()).collect();
+        let result = match core.target(&connection).await {
+            Ok(target) => {
+                match tokio::time::timeout(
+                    REVOKE_TIMEOUT,
+                    target.clean_up(&names, &group[0].settings),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Unavailable(format!(
+                        "the target did not answer within {}s",
+                        REVOKE_TIMEOUT.as_secs()
+                    ))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let mut updates = Vec::with_capacity(group.len());
+        for mut cred in group {
+            let previous_due = cred.due;
+            match &result {
+                Ok(()) => {
+                    cred.guard_until = None;
+                    cred.last_error = None;
+                    cred.due = cred.revoked_at.unwrap_or(now) + RETENTION_SECS;
+                    audit::emit(
+                        Action::Revoke,
+                        "guard_removed",
+                        &Event::for_credential(&cred)
+                            .detail("the session has expired; its deny statement is removed"),
+                    );
+                }
+                Err(e) => {
+                    cred.attempts += 1;
+                    cred.last_error = Some(format!("removing the revocation guard: {e}"));
+                    cred.due = now + backoff(cred.attempts);
+                    tracing::warn!(connection, cred_id = %cred.id, error = %e,
+                        "could not remove a revocation guard; retrying");
+                }
+            }
+            updates.push((cred, Some(previous_due)));
+        }
+        let stored = ledger::store_all(core.storage.as_ref(), &updates).await;
+        for ((cred, _), result) in updates.iter().zip(stored) {
+            match result {
+                Ok(()) => core.scheduler.track(cred.due, &cred.id),
+                Err(_) => core.scheduler.look_again(now, cred.id.clone()),
+            }
+        }
+    }
 }
 
 async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<Work>) {
     let settings: Map<String, Value> = batch[0].cred.settings.clone();
-    let names: Vec<String> = batch.iter().map(|w| w.cred.principal.clone()).collect();
+    let principals: Vec<Principal> = batch
+        .iter()
+        .map(|w| Principal {
+            name: w.cred.principal.clone(),
+            target_expires: w.cred.target_expires,
+        })
+        .collect();
+    let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
+    let mut degraded: BTreeMap<String, String> = BTreeMap::new();
     // Per principal: Ok(true) when it was already gone.
     let results: Vec<Result<bool, String>> = match core.target(connection).await {
         Err(e) => vec![Err(e.to_string()); batch.len()],
         Ok(target) => {
-            let call = |names: Vec<String>| {
+            let call = |principals: Vec<Principal>| {
                 let target = target.clone();
                 let settings = settings.clone();
                 async move {
-                    match tokio::time::timeout(REVOKE_TIMEOUT, target.revoke(&names, &settings))
-                        .await
+                    match tokio::time::timeout(
+                        REVOKE_TIMEOUT,
+                        target.revoke(&principals, &settings),
+                    )
+                    .await
                     {
                         Ok(r) => r,
                         Err(_) => Err(Error::Unavailable(format!(
@@ -400,22 +485,31 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                     }
                 }
             };
-            match call(names.clone()).await {
+            match call(principals.clone()).await {
                 Ok(r) => {
+                    guarded.extend(r.guarded);
+                    degraded.extend(r.degraded);
                     let gone: HashSet<&String> = r.already_gone.iter().collect();
-                    names.iter().map(|n| Ok(gone.contains(n))).collect()
+                    principals
+                        .iter()
+                        .map(|p| Ok(gone.contains(&p.name)))
+                        .collect()
                 }
                 // One bad principal must not hold the others back: try each alone. Not when
                 // the target is unreachable: each attempt would only wait out its own timeout.
                 Err(e) if batch.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
                     tracing::warn!(connection, batch = batch.len(), error = %e,
                         "batch revocation failed; revoking one by one");
-                    let mut out = Vec::with_capacity(names.len());
-                    for n in names {
-                        let r = call(vec![n.clone()]).await;
+                    let mut out = Vec::with_capacity(principals.len());
+                    for p in principals {
+                        let r = call(vec![p.clone()]).await;
                         out.push(
-                            r.map(|r| r.already_gone.contains(&n))
-                                .map_err(|e| e.to_string()),
+                            r.map(|r| {
+                                guarded.extend(r.guarded);
+                                degraded.extend(r.degraded);
+                                r.already_gone.contains(&p.name)
+                            })
+                            .map_err(|e| e.to_string()),
                         );
                     }
                     out
@@ -439,6 +533,13 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 cred.state = State::Revoked;
                 cred.revoked_at = Some(now);
                 cred.due = now + RETENTION_SECS;
+                if let Some(until) = guarded.get(&cred.principal) {
+                    cred.guard_until = Some(*until);
+                    cred.due = (*until).max(now);
+                }
+                if let Some(why) = degraded.get(&cred.principal) {
+                    cred.last_error = Some(format!("revocation degraded to expiry: {why}"));
+                }
                 if already_gone {
                     Outcome::AlreadyGone
                 } else {
@@ -463,7 +564,17 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 ),
             ),
             Outcome::AlreadyGone => ("already_gone", w.reason.clone()),
-            _ => ("revoked", w.reason.clone()),
+            _ => match degraded.get(&cred.principal) {
+                Some(why) => (
+                    "degraded",
+                    format!("{}; it lives until its own expiry: {why}", w.reason),
+                ),
+                None if cred.guard_until.is_some() => (
+                    "revoked",
+                    format!("{}; denied until its own expiry", w.reason),
+                ),
+                None => ("revoked", w.reason.clone()),
+            },
         };
         audit::emit(
             Action::Revoke,

@@ -1,7 +1,8 @@
 //! `username_template`: the subset of Go templates that OpenBao's database engine documents, so
 //! that templates written for OpenBao work unchanged.
 //!
-//! Fields: `.RoleName`, `.DisplayName`. Functions: `random N`, `truncate N`, `lowercase`,
+//! Fields: `.RoleName`, `.DisplayName`, and mayfly's own `.CredentialID` and `.TaskID` (empty
+//! without a task), so that a name can carry what it was issued for. Functions: `random N`, `truncate N`, `lowercase`,
 //! `uppercase`, `replace OLD NEW`, `printf FORMAT ARGS…` (`%s`, `%d`, `%%`), `unix_time`,
 //! `unix_time_millis`, `uuid`. Pipes (`x | truncate 8`) pass their value as the last argument,
 //! and parentheses group a pipeline.
@@ -20,6 +21,8 @@ pub const MARK: &str = "mf-";
 pub struct Inputs<'a> {
     pub role_name: &'a str,
     pub display_name: &'a str,
+    pub credential_id: &'a str,
+    pub task_id: &'a str,
 }
 
 /// Renders `template`. Errors name the field `username_template`.
@@ -190,8 +193,11 @@ impl Parser<'_, '_> {
             Some(Token::Field(f)) => match f.as_str() {
                 "RoleName" => Ok(Val::Str(self.inputs.role_name.to_owned())),
                 "DisplayName" => Ok(Val::Str(self.inputs.display_name.to_owned())),
+                "CredentialID" => Ok(Val::Str(self.inputs.credential_id.to_owned())),
+                "TaskID" => Ok(Val::Str(self.inputs.task_id.to_owned())),
                 other => Err(bad(format!(
-                    "unknown field '.{other}'; known fields: .RoleName, .DisplayName"
+                    "unknown field '.{other}'; known fields: .RoleName, .DisplayName, \
+                     .CredentialID, .TaskID"
                 ))),
             },
             Some(Token::Ident(name)) => call(&name, Vec::new()),
@@ -336,6 +342,8 @@ mod tests {
     const IN: Inputs = Inputs {
         role_name: "Reader-Role-With-A-Long-Name",
         display_name: "token-abc",
+        credential_id: "abcdefghij0123456789",
+        task_id: "",
     };
 
     #[test]

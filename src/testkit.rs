@@ -2,14 +2,14 @@
 //! target can be switched to fail, as a database that went down would.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-use crate::backend::{Backend, NewPrincipal, Revoked, Target};
+use crate::backend::{Backend, Created, NewPrincipal, Principal, Revoked, Target};
 use crate::connections::ConnectionConfig;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue};
@@ -34,6 +34,11 @@ pub struct FakeTarget {
     pub largest_batch: AtomicUsize,
     /// Passwords of the accounts static roles manage, by account.
     pub passwords: Mutex<BTreeMap<String, String>>,
+    /// When not 0, principals are sessions that end on their own this many seconds after
+    /// creation, and revoking a live one leaves a guard (as STS sessions do).
+    pub session_secs: AtomicU64,
+    /// Principals stopped by a guard that is still on the target.
+    pub guards: Mutex<BTreeSet<String>>,
 }
 
 impl FakeTarget {
@@ -62,10 +67,14 @@ impl FakeTarget {
 
 #[async_trait]
 impl Target for FakeTarget {
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         self.check()?;
         self.principals.lock().unwrap().insert(p.name.to_owned());
-        Ok(())
+        let secs = self.session_secs.load(Ordering::SeqCst);
+        Ok(Created {
+            target_expires: (secs > 0).then(|| crate::host::now() + secs),
+            ..Created::default()
+        })
     }
     async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         self.check()?;
@@ -75,20 +84,38 @@ impl Target for FakeTarget {
             Err(Error::Target(format!("{name} is gone")))
         }
     }
-    async fn revoke(&self, names: &[String], _: &Map<String, Value>) -> Result<Revoked, Error> {
+    async fn revoke(
+        &self,
+        principals: &[Principal],
+        _: &Map<String, Value>,
+    ) -> Result<Revoked, Error> {
         self.check()?;
         self.revoke_calls.fetch_add(1, Ordering::SeqCst);
-        self.largest_batch.fetch_max(names.len(), Ordering::SeqCst);
+        self.largest_batch
+            .fetch_max(principals.len(), Ordering::SeqCst);
         let mut set = self.principals.lock().unwrap();
         let mut r = Revoked::default();
-        for n in names {
+        for p in principals {
+            let n = &p.name;
             if set.remove(n) {
                 r.removed += 1;
+                if let Some(end) = p.target_expires.filter(|e| *e > crate::host::now()) {
+                    self.guards.lock().unwrap().insert(n.clone());
+                    r.guarded.push((n.clone(), end));
+                }
             } else {
                 r.already_gone.push(n.clone());
             }
         }
         Ok(r)
+    }
+    async fn clean_up(&self, names: &[String], _: &Map<String, Value>) -> Result<(), Error> {
+        self.check()?;
+        let mut guards = self.guards.lock().unwrap();
+        for n in names {
+            guards.remove(n);
+        }
+        Ok(())
     }
     async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
         self.check()?;

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::redact;
-use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
+use mayfly::{
+    Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Revoked, Target,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
@@ -551,7 +553,7 @@ impl RedisTarget {
 
 #[async_trait]
 impl Target for RedisTarget {
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let rules = rules(p.settings)?;
         let password = format!(">{}", p.password.expose_secret());
         let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", p.name.as_bytes(), b"reset", b"on"];
@@ -576,7 +578,7 @@ impl Target for RedisTarget {
                 return Err(e.into_error());
             }
         }
-        Ok(())
+        Ok(Created::default())
     }
 
     async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
@@ -584,7 +586,12 @@ impl Target for RedisTarget {
         self.require_user(name, "no longer exists").await
     }
 
-    async fn revoke(&self, names: &[String], _: &Map<String, Value>) -> Result<Revoked, Error> {
+    async fn revoke(
+        &self,
+        principals: &[Principal],
+        _: &Map<String, Value>,
+    ) -> Result<Revoked, Error> {
+        let names = &mayfly::backend::names(principals);
         let mut found = BTreeSet::new();
         // Every node, even after one fails, so that each reachable node is cleaned now; the
         // batch succeeds only when all are.
@@ -607,6 +614,7 @@ impl Target for RedisTarget {
                 .filter(|n| !found.contains(*n))
                 .cloned()
                 .collect(),
+            ..Revoked::default()
         })
     }
 

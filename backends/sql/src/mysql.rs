@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::{percent_encode, redact};
-use mayfly::{Backend, Error, ExpiryEnforcement, NewPrincipal, Revoked, Target};
+use mayfly::{
+    Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Revoked, Target,
+};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
@@ -374,7 +376,7 @@ impl MySqlTarget {
 
 #[async_trait]
 impl Target for MySqlTarget {
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let password = p.password.expose_secret();
         let values = Values {
             name: p.name,
@@ -407,7 +409,7 @@ impl Target for MySqlTarget {
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(Created::default())
     }
 
     async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
@@ -422,15 +424,17 @@ impl Target for MySqlTarget {
 
     async fn revoke(
         &self,
-        names: &[String],
+        principals: &[Principal],
         settings: &Map<String, Value>,
     ) -> Result<Revoked, Error> {
+        let names = &mayfly::backend::names(principals);
         let accounts = self.accounts(names).await?;
         let exists = |n: &String| accounts.iter().any(|(u, _)| u == n);
         let existing: Vec<String> = names.iter().filter(|n| exists(n)).cloned().collect();
         let outcome = Revoked {
             removed: existing.len(),
             already_gone: names.iter().filter(|n| !exists(n)).cloned().collect(),
+            ..Revoked::default()
         };
         if existing.is_empty() {
             return Ok(outcome);

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType};
 use mayfly::redact::{percent_encode, redact};
-use mayfly::{Backend, Error, NewPrincipal, Revoked, Target};
+use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
@@ -209,7 +209,7 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
 
 #[async_trait]
 impl Target for PgTarget {
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<(), Error> {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let password = p.password.expose_secret();
         let exp = expiration(p.expires);
         let values = Values {
@@ -247,6 +247,7 @@ impl Target for PgTarget {
         ));
         run_in_transaction(&self.pool, sql)
             .await
+            .map(|()| Created::default())
             .map_err(|e| self.fail("refused the new user", &e, &[password]))
     }
 
@@ -287,9 +288,10 @@ impl Target for PgTarget {
 
     async fn revoke(
         &self,
-        names: &[String],
+        principals: &[Principal],
         settings: &Map<String, Value>,
     ) -> Result<Revoked, Error> {
+        let names = &mayfly::backend::names(principals);
         let existing = self.existing(names).await?;
         let outcome = Revoked {
             removed: existing.len(),
@@ -298,6 +300,7 @@ impl Target for PgTarget {
                 .filter(|n| !existing.contains(n))
                 .cloned()
                 .collect(),
+            ..Revoked::default()
         };
         if existing.is_empty() {
             return Ok(outcome);
