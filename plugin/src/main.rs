@@ -64,6 +64,7 @@ fn backends() -> Backends {
         Arc::new(mayfly_sql::Postgres),
         Arc::new(mayfly_sql::MySql),
         Arc::new(mayfly_redis::Redis),
+        Arc::new(mayfly_aws::Aws),
     ])
 }
 

@@ -1,0 +1,596 @@
+//! One AWS connection at work: sessions issued with the duration aligned before the call,
+//! revoked by a deny statement on the role (or user) they belong to, and that statement
+//! removed once the session has expired.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
+use mayfly::connections::ConnectionConfig;
+use mayfly::host::now;
+use mayfly::{Created, Error, NewPrincipal, Origin, Principal, Revoked, Target};
+use secrecy::SecretString;
+use serde_json::{Map, Value, json};
+use tokio::sync::OnceCell;
+
+use crate::clients::{self, Clients, call_error, error_code};
+use crate::deny_policy::{DenyPolicy, POLICY_NAME};
+use crate::duration::{AWS_MIN_SECS, Limits, align};
+use crate::settings::{CredentialType, RoleSettings};
+
+/// How long a role's MaxSessionDuration is reused before IAM is asked again.
+const ROLE_MAX_REUSE: Duration = Duration::from_secs(60);
+/// AWS's MaxSessionDuration of a role that does not set one, assumed when it cannot be read.
+const AWS_DEFAULT_ROLE_MAX: u64 = 3600;
+/// Kept on a deny statement past the session's expiry, for clock skew between mayfly and AWS.
+const GUARD_MARGIN_SECS: u64 = 30;
+
+/// Who mayfly's own credentials are.
+struct Caller {
+    arn: String,
+}
+
+impl Caller {
+    fn is_role_session(&self) -> bool {
+        self.arn.contains(":assumed-role/")
+    }
+
+    /// The IAM user's name, when the credentials are an IAM user's.
+    fn user_name(&self) -> Option<&str> {
+        let (_, path) = self.arn.split_once(":user/")?;
+        path.rsplit('/').next()
+    }
+}
+
+/// Where the deny statements of a role's revoked sessions go.
+enum Holder {
+    Role(String),
+    User(String),
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Holder::Role(n) => write!(f, "role '{n}'"),
+            Holder::User(n) => write!(f, "user '{n}'"),
+        }
+    }
+}
+
+enum GuardError {
+    /// mayfly may not write the guard: revocation degrades to expiry.
+    Denied(String),
+    Other(Error),
+}
+
+/// A role's MaxSessionDuration as last read, and the warning when it could not be.
+#[derive(Clone)]
+struct RoleMax {
+    read_at: Instant,
+    max: u64,
+    warning: Option<String>,
+}
+
+pub struct AwsTarget {
+    clients: Clients,
+    min_session: u64,
+    caller: OnceCell<Caller>,
+    role_max: Mutex<HashMap<String, RoleMax>>,
+    /// Deny statements are read, edited and written back: one edit at a time.
+    guard_edit: tokio::sync::Mutex<()>,
+}
+
+impl AwsTarget {
+    pub async fn new(config: &ConnectionConfig) -> AwsTarget {
+        AwsTarget {
+            clients: clients::build(config).await,
+            min_session: config
+                .setting_i64("min_session_duration")
+                .map_or(AWS_MIN_SECS, |v| v.max(1) as u64),
+            caller: OnceCell::new(),
+            role_max: Mutex::new(HashMap::new()),
+            guard_edit: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn sts_error<E, R>(&self, op: &str, e: aws_sdk_sts::error::SdkError<E, R>) -> Error
+    where
+        E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        call_error("STS", &self.clients.sts_endpoint, op, e)
+    }
+
+    fn iam_error<E, R>(&self, op: &str, e: aws_sdk_sts::error::SdkError<E, R>) -> Error
+    where
+        E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        call_error("IAM", &self.clients.iam_endpoint, op, e)
+    }
+
+    /// Checks that AWS takes the connection's credentials.
+    pub async fn verify(&self) -> Result<(), Error> {
+        self.caller().await.map(|_| ())
+    }
+
+    /// mayfly's own identity, asked once per connection.
+    async fn caller(&self) -> Result<&Caller, Error> {
+        self.caller
+            .get_or_try_init(|| async {
+                let out = self
+                    .clients
+                    .sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| self.sts_error("GetCallerIdentity", e))?;
+                Ok(Caller {
+                    arn: out.arn().unwrap_or_default().to_owned(),
+                })
+            })
+            .await
+    }
+
+    /// The role's MaxSessionDuration, and a warning when it could not be read.
+    async fn role_max(&self, role: &str) -> Result<(u64, Option<String>), Error> {
+        if let Some(known) = self.role_max.lock().unwrap().get(role)
+            && known.read_at.elapsed() < ROLE_MAX_REUSE
+        {
+            return Ok((known.max, known.warning.clone()));
+        }
+        let read = self.clients.iam.get_role().role_name(role).send().await;
+        let (max, warning) = match read {
+            Ok(out) => (
+                out.role()
+                    .and_then(|r| r.max_session_duration())
+                    .map_or(AWS_DEFAULT_ROLE_MAX, |m| m.max(0) as u64),
+                None,
+            ),
+            Err(e) if error_code(&e).is_some() => (
+                AWS_DEFAULT_ROLE_MAX,
+                Some(format!(
+                    "could not read the MaxSessionDuration of role '{role}' ({}); assumed \
+                     AWS's default of {AWS_DEFAULT_ROLE_MAX}s",
+                    error_code(&e).unwrap_or("error")
+                )),
+            ),
+            Err(e) => return Err(self.iam_error("GetRole", e)),
+        };
+        let known = RoleMax {
+            read_at: Instant::now(),
+            max,
+            warning: warning.clone(),
+        };
+        self.role_max.lock().unwrap().insert(role.to_owned(), known);
+        Ok((max, warning))
+    }
+
+    /// Where revoked sessions of `role` are denied; `None` when they cannot be.
+    async fn holder(&self, role: &RoleSettings) -> Result<Result<Holder, String>, Error> {
+        Ok(match role.credential_type {
+            CredentialType::AssumedRole => Ok(Holder::Role(
+                role.role_name().unwrap_or_default().to_owned(),
+            )),
+            CredentialType::FederationToken => match self.caller().await?.user_name() {
+                Some(user) => Ok(Holder::User(user.to_owned())),
+                None => Err(
+                    "mayfly's credentials are not an IAM user's, so there is no user to hold \
+                     a deny statement"
+                        .to_owned(),
+                ),
+            },
+            CredentialType::SessionToken => Err(
+                "session_token credentials carry the IAM user's own identity and cannot be \
+                 told apart from its other sessions"
+                    .to_owned(),
+            ),
+        })
+    }
+
+    /// The inline policy's document, `None` when there is none.
+    async fn read_guards(&self, holder: &Holder) -> Result<Option<String>, GuardError> {
+        let iam = &self.clients.iam;
+        let result = match holder {
+            Holder::Role(n) => iam
+                .get_role_policy()
+                .role_name(n)
+                .policy_name(POLICY_NAME)
+                .send()
+                .await
+                .map(|o| o.policy_document().to_owned())
+                .map_err(|e| self.guard_error("GetRolePolicy", e)),
+            Holder::User(n) => iam
+                .get_user_policy()
+                .user_name(n)
+                .policy_name(POLICY_NAME)
+                .send()
+                .await
+                .map(|o| o.policy_document().to_owned())
+                .map_err(|e| self.guard_error("GetUserPolicy", e)),
+        };
+        match result {
+            Ok(doc) => Ok(Some(doc)),
+            Err(None) => Ok(None),
+            Err(Some(e)) => Err(e),
+        }
+    }
+
+    /// `None` for NoSuchEntity (there is no policy), else the error.
+    fn guard_error<E, R>(
+        &self,
+        op: &str,
+        e: aws_sdk_sts::error::SdkError<E, R>,
+    ) -> Option<GuardError>
+    where
+        E: aws_sdk_sts::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: fmt::Debug,
+    {
+        match error_code(&e) {
+            Some("NoSuchEntity") => None,
+            Some(code) if code.starts_with("AccessDenied") || code == "UnauthorizedOperation" => {
+                Some(GuardError::Denied(self.iam_error(op, e).to_string()))
+            }
+            _ => Some(GuardError::Other(self.iam_error(op, e))),
+        }
+    }
+
+    async fn write_guards(&self, holder: &Holder, doc: Option<String>) -> Result<(), GuardError> {
+        let iam = &self.clients.iam;
+        let failed = match (holder, doc) {
+            (Holder::Role(n), Some(d)) => iam
+                .put_role_policy()
+                .role_name(n)
+                .policy_name(POLICY_NAME)
+                .policy_document(d)
+                .send()
+                .await
+                .err()
+                .map(|e| self.guard_error("PutRolePolicy", e)),
+            (Holder::User(n), Some(d)) => iam
+                .put_user_policy()
+                .user_name(n)
+                .policy_name(POLICY_NAME)
+                .policy_document(d)
+                .send()
+                .await
+                .err()
+                .map(|e| self.guard_error("PutUserPolicy", e)),
+            (Holder::Role(n), None) => iam
+                .delete_role_policy()
+                .role_name(n)
+                .policy_name(POLICY_NAME)
+                .send()
+                .await
+                .err()
+                .map(|e| self.guard_error("DeleteRolePolicy", e)),
+            (Holder::User(n), None) => iam
+                .delete_user_policy()
+                .user_name(n)
+                .policy_name(POLICY_NAME)
+                .send()
+                .await
+                .err()
+                .map(|e| self.guard_error("DeleteUserPolicy", e)),
+        };
+        match failed.flatten() {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    /// Reads the holder's deny policy, applies `edit` (after dropping expired groups) and
+    /// writes it back, or deletes it when nothing is left.
+    async fn edit_guards(
+        &self,
+        holder: &Holder,
+        edit: impl FnOnce(&mut DenyPolicy),
+    ) -> Result<(), GuardError> {
+        let _one_at_a_time = self.guard_edit.lock().await;
+        let current = self.read_guards(holder).await?;
+        let mut doc = match &current {
+            Some(text) => DenyPolicy::parse(text).map_err(|e| {
+                GuardError::Other(Error::Target(format!(
+                    "inline policy '{POLICY_NAME}' on {holder}: {e}"
+                )))
+            })?,
+            None => DenyPolicy::default(),
+        };
+        doc.drop_expired(now());
+        edit(&mut doc);
+        let next = doc.render();
+        if next.is_none() && current.is_none() {
+            return Ok(());
+        }
+        self.write_guards(holder, next).await
+    }
+
+    /// Session tags: the role's own, then what the credential is for.
+    fn tags(&self, role: &RoleSettings, origin: &Origin<'_>) -> Result<Vec<Tag>, Error> {
+        let mut pairs: Vec<(String, String)> = role
+            .session_tags
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        pairs.push(("mayfly-credential-id".into(), origin.cred_id.to_owned()));
+        if !origin.task_id.is_empty() {
+            pairs.push(("mayfly-task-id".into(), tag_value(origin.task_id)));
+        }
+        if !origin.entity_id.is_empty() {
+            pairs.push(("mayfly-entity-id".into(), tag_value(origin.entity_id)));
+        }
+        if !origin.display_name.is_empty() {
+            pairs.push(("mayfly-requester".into(), tag_value(origin.display_name)));
+        }
+        pairs
+            .into_iter()
+            .map(|(k, v)| {
+                Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .map_err(|e| Error::Internal(format!("building a session tag: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// A session tag value AWS takes: letters, digits, spaces and `_.:/=+-@`, at most 256.
+fn tag_value(v: &str) -> String {
+    v.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(256)
+        .collect()
+}
+
+#[async_trait]
+impl Target for AwsTarget {
+    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
+        let role = RoleSettings::parse(p.settings)?;
+        let t = role.credential_type;
+        let ttl = p.expires.saturating_sub(now()).max(1);
+        let caller = self.caller().await?;
+        if t != CredentialType::AssumedRole && caller.is_role_session() {
+            return Err(Error::Target(format!(
+                "credential_type '{}' needs IAM user credentials, but mayfly's own are a role \
+                 session ({})",
+                t.name(),
+                caller.arn
+            )));
+        }
+        let mut warnings = Vec::new();
+        let role_max = match role.role_name() {
+            Some(name) => {
+                let (max, warning) = self.role_max(name).await?;
+                warnings.extend(warning);
+                Some(max)
+            }
+            None => None,
+        };
+        let aligned = align(
+            ttl,
+            &Limits {
+                credential_type: t,
+                min: self.min_session,
+                role_max,
+                chained: caller.is_role_session(),
+                revocable: t != CredentialType::SessionToken,
+            },
+        );
+        warnings.extend(aligned.warnings);
+        let duration = i32::try_from(aligned.duration).unwrap_or(i32::MAX);
+        let policy_arns: Option<Vec<PolicyDescriptorType>> =
+            (!role.policy_arns.is_empty()).then(|| {
+                role.policy_arns
+                    .iter()
+                    .map(|a| PolicyDescriptorType::builder().arn(a).build())
+                    .collect()
+            });
+
+        let sts = &self.clients.sts;
+        let (credentials, arn) = match t {
+            CredentialType::AssumedRole => {
+                let out = sts
+                    .assume_role()
+                    .role_arn(role.role_arn.clone().unwrap_or_default())
+                    .role_session_name(p.name)
+                    .duration_seconds(duration)
+                    .set_policy(role.policy.clone())
+                    .set_policy_arns(policy_arns)
+                    .set_tags(Some(self.tags(&role, p.origin)?))
+                    .set_external_id(role.external_id.clone())
+                    .set_source_identity(role.source_identity.clone())
+                    .send()
+                    .await
+                    .map_err(|e| self.sts_error("AssumeRole", e))?;
+                let arn = out.assumed_role_user().map(|u| u.arn().to_owned());
+                (out.credentials, arn)
+            }
+            CredentialType::FederationToken => {
+                let out = sts
+                    .get_federation_token()
+                    .name(p.name)
+                    .duration_seconds(duration)
+                    .set_policy(role.policy.clone())
+                    .set_policy_arns(policy_arns)
+                    .set_tags(Some(self.tags(&role, p.origin)?))
+                    .send()
+                    .await
+                    .map_err(|e| self.sts_error("GetFederationToken", e))?;
+                let arn = out.federated_user().map(|u| u.arn().to_owned());
+                (out.credentials, arn)
+            }
+            CredentialType::SessionToken => {
+                let out = sts
+                    .get_session_token()
+                    .duration_seconds(duration)
+                    .send()
+                    .await
+                    .map_err(|e| self.sts_error("GetSessionToken", e))?;
+                warnings.push(
+                    "session_token credentials cannot be revoked: they work until their own \
+                     expiry"
+                        .to_owned(),
+                );
+                (out.credentials, Some(caller.arn.clone()))
+            }
+        };
+        let c = credentials.ok_or_else(|| {
+            Error::Target(format!(
+                "STS at {} answered without credentials",
+                self.clients.sts_endpoint
+            ))
+        })?;
+        let expires = u64::try_from(c.expiration().secs()).unwrap_or(0);
+        let mut data = Map::new();
+        data.insert("access_key".into(), json!(c.access_key_id()));
+        // The secret parts leave mayfly once, in this response; nothing keeps them.
+        data.insert("secret_key".into(), json!(c.secret_access_key()));
+        data.insert("session_token".into(), json!(c.session_token()));
+        data.insert("arn".into(), json!(arn.unwrap_or_default()));
+        data.insert("expiration".into(), json!(expires));
+        Ok(Created {
+            data,
+            target_expires: Some(expires),
+            warnings,
+        })
+    }
+
+    async fn renew(&self, _: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+        // A session cannot be extended; the core never lets a lease outlive it.
+        Ok(())
+    }
+
+    async fn revoke(
+        &self,
+        principals: &[Principal],
+        settings: &Map<String, Value>,
+    ) -> Result<Revoked, Error> {
+        let role = RoleSettings::parse(settings)?;
+        let now = now();
+        let mut out = Revoked::default();
+        let mut live: Vec<(String, u64)> = Vec::new();
+        for p in principals {
+            match p.target_expires {
+                Some(t) if t <= now => out.already_gone.push(p.name.clone()),
+                Some(t) => live.push((p.name.clone(), t + GUARD_MARGIN_SECS)),
+                // Never recorded as issued: a session may exist, for at most the longest
+                // session of its type.
+                None => live.push((
+                    p.name.clone(),
+                    now + role.credential_type.max_duration() + GUARD_MARGIN_SECS,
+                )),
+            }
+        }
+        if live.is_empty() {
+            return Ok(out);
+        }
+        out.removed = live.len();
+        let holder = match self.holder(&role).await? {
+            Ok(h) => h,
+            Err(why) => {
+                out.degraded = live.into_iter().map(|(n, _)| (n, why.clone())).collect();
+                return Ok(out);
+            }
+        };
+        let edited = self
+            .edit_guards(&holder, |doc| {
+                for (name, until) in &live {
+                    doc.deny(name, *until);
+                }
+            })
+            .await;
+        match edited {
+            Ok(()) => {
+                tracing::info!(%holder, sessions = live.len(), "sessions denied until their expiry");
+                out.guarded = live;
+            }
+            Err(GuardError::Denied(why)) => {
+                tracing::warn!(%holder, error = %why, "cannot deny the revoked sessions; they live until their expiry");
+                out.degraded = live.into_iter().map(|(n, _)| (n, why.clone())).collect();
+            }
+            Err(GuardError::Other(e)) => return Err(e),
+        }
+        Ok(out)
+    }
+
+    async fn clean_up(&self, names: &[String], settings: &Map<String, Value>) -> Result<(), Error> {
+        let role = RoleSettings::parse(settings)?;
+        let Ok(holder) = self.holder(&role).await? else {
+            return Ok(());
+        };
+        match self.edit_guards(&holder, |doc| doc.lift(names)).await {
+            Ok(()) => Ok(()),
+            Err(GuardError::Denied(why)) => Err(Error::Target(why)),
+            Err(GuardError::Other(e)) => Err(e),
+        }
+    }
+
+    async fn list_marked(&self, _: &str) -> Result<Vec<String>, Error> {
+        // STS sessions cannot be listed; each ends at its own expiry whatever happens to
+        // mayfly, so none can be orphaned for longer than that.
+        Ok(Vec::new())
+    }
+
+    async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {
+        Err(Error::bad_request(
+            "rotate-root is not available for aws connections yet: rotate the access key in \
+             IAM and write it to the connection",
+        ))
+    }
+
+    async fn set_password(&self, _: &str, _: &SecretString, _: &[String]) -> Result<(), Error> {
+        Err(Error::bad_request(
+            "static roles are not available for aws connections yet",
+        ))
+    }
+
+    async fn check_login(&self, _: &str, _: &SecretString) -> Result<bool, Error> {
+        Err(Error::bad_request(
+            "static roles are not available for aws connections yet",
+        ))
+    }
+}
+
+/// What a role read says about revocation.
+pub fn revocation_view(role: &RoleSettings) -> Map<String, Value> {
+    let (revocable, how) = match role.credential_type {
+        CredentialType::AssumedRole => (
+            true,
+            format!(
+                "a Deny statement matching the session (aws:userid *:SESSION_NAME) in inline \
+                 policy '{POLICY_NAME}' on role '{}', removed once the session has expired; \
+                 without iam:PutRolePolicy on that role, revocation degrades to expiry",
+                role.role_name().unwrap_or_default()
+            ),
+        ),
+        CredentialType::FederationToken => (
+            true,
+            format!(
+                "a Deny statement matching the federated user (aws:userid *:NAME) in inline \
+                 policy '{POLICY_NAME}' on the IAM user whose keys the connection holds, \
+                 removed once the session has expired; without iam:PutUserPolicy, revocation \
+                 degrades to expiry"
+            ),
+        ),
+        CredentialType::SessionToken => (
+            false,
+            "none: session tokens carry the IAM user's own identity and work until their \
+             expiry"
+                .to_owned(),
+        ),
+    };
+    let mut out = Map::new();
+    out.insert("revocable".into(), json!(revocable));
+    out.insert("revocation".into(), json!(how));
+    out
+}
