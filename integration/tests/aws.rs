@@ -1,0 +1,310 @@
+//! The `aws` kind end to end: a real OpenBao loads mayfly, which issues STS sessions from a
+//! private moto server standing in for AWS, and the test uses them with the AWS SDK.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mayfly_integration::{Bao, Moto, free_port, wait_until};
+use serde_json::{Value, json};
+
+const ACCOUNT: &str = "123456789012";
+const POLICY: &str = "mayfly-revoked-sessions";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// moto with IAM user `mayfly` (whose keys the connections hold), role `app` (1 h maximum)
+/// and role `long` (12 h), and OpenBao with connection `aws` on them.
+struct World {
+    moto: Moto,
+    bao: Bao,
+    secret: String,
+    app_arn: String,
+}
+
+fn world() -> World {
+    let moto = Moto::start();
+    let (key, secret) = moto.create_user_with_key("mayfly");
+    let app_arn = moto.create_role("app", 3600);
+    let long_arn = moto.create_role("long", 43200);
+    let bao = Bao::with_mayfly();
+    connect(&bao, &moto, "aws", &key, &secret, json!({}));
+    for (name, role) in [
+        (
+            "app",
+            json!({"credential_type": "assumed_role", "role_arns": [app_arn],
+                   "session_tags": {"team": "billing"}, "external_id": "ext-123"}),
+        ),
+        (
+            "long",
+            json!({"credential_type": "assumed_role", "role_arns": [long_arn]}),
+        ),
+        (
+            "fed",
+            json!({"credential_type": "federation_token", "policy_document":
+                   r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#}),
+        ),
+        ("sess", json!({"credential_type": "session_token"})),
+    ] {
+        write_role(&bao, name, "aws", role);
+    }
+    World {
+        moto,
+        bao,
+        secret,
+        app_arn,
+    }
+}
+
+fn connect(bao: &Bao, moto: &Moto, name: &str, key: &str, secret: &str, extra: Value) {
+    let mut body = json!({"plugin_name": "aws", "access_key": key, "secret_key": secret,
+        "region": "us-east-1", "sts_endpoint": moto.endpoint, "iam_endpoint": moto.endpoint,
+        "allowed_roles": "*"});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let (status, out) = bao.put(&format!("mayfly/config/{name}"), body);
+    assert_eq!(status, 204, "{out}");
+}
+
+fn write_role(bao: &Bao, name: &str, connection: &str, mut role: Value) {
+    role["db_name"] = json!(connection);
+    let (status, body) = bao.put(&format!("mayfly/roles/{name}"), role);
+    assert!(status == 200 || status == 204, "{status} {body}");
+}
+
+fn issue(bao: &Bao, role: &str, ttl: &str) -> Value {
+    let (status, body) = bao.put(&format!("mayfly/creds/{role}"), json!({"ttl": ttl}));
+    assert_eq!(status, 200, "{body}\n{}", bao.log());
+    body
+}
+
+fn warnings(body: &Value) -> String {
+    body["warnings"].to_string()
+}
+
+/// Uses the credentials: the ARN GetCallerIdentity gives for them.
+fn caller(moto: &Moto, body: &Value) -> String {
+    let d = &body["data"];
+    moto.caller_arn(
+        d["access_key"].as_str().unwrap(),
+        d["secret_key"].as_str().unwrap(),
+        d["session_token"].as_str(),
+    )
+    .expect("GetCallerIdentity with the issued credentials")
+}
+
+fn record(bao: &Bao, principal: &str) -> (String, Value) {
+    let (_, list) = bao.list("mayfly/leases/");
+    let id = list["data"]["key_info"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, v)| v["principal"] == principal)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| panic!("no ledger record for {principal}: {list}"));
+    let (_, body) = bao.get(&format!("mayfly/leases/{id}"));
+    (id, body["data"].clone())
+}
+
+#[test]
+fn each_credential_type_works_and_its_ttl_is_aligned_before_aws_is_called() {
+    let w = world();
+    let (bao, moto) = (&w.bao, &w.moto);
+
+    let (_, role) = bao.get("mayfly/roles/app");
+    assert_eq!(role["data"]["revocable"], true, "{role}");
+    assert!(
+        role["data"]["revocation"]
+            .as_str()
+            .unwrap()
+            .contains(POLICY)
+    );
+    let (_, role) = bao.get("mayfly/roles/sess");
+    assert_eq!(role["data"]["revocable"], false, "{role}");
+
+    // 60 s: the session is raised to AWS's 900 s minimum, the lease keeps 60 s.
+    let short = issue(bao, "app", "60s");
+    assert_eq!(short["lease_duration"], 60, "{short}");
+    assert!(
+        warnings(&short).contains("shortest STS session (900s)"),
+        "{short}"
+    );
+    let session_end = short["data"]["expiration"].as_u64().unwrap();
+    assert!(
+        (now() + 880..=now() + 905).contains(&session_end),
+        "{session_end}"
+    );
+    let user = short["data"]["username"].as_str().unwrap();
+    let arn = format!("arn:aws:sts::{ACCOUNT}:assumed-role/app/{user}");
+    assert_eq!(caller(moto, &short), arn);
+    assert_eq!(short["data"]["arn"], arn.as_str());
+    // The session name carries the credential id, so CloudTrail names the credential.
+    let (id, rec) = record(bao, user);
+    assert!(user.ends_with(&id), "{user} {id}");
+    assert_eq!(rec["state"], "active");
+    assert_eq!(rec["target_expires"], session_end);
+
+    // 2 h on a role whose MaxSessionDuration is 1 h: clamped, lease included.
+    let clamped = issue(bao, "app", "2h");
+    assert_eq!(clamped["lease_duration"], 3600, "{clamped}");
+    assert!(
+        warnings(&clamped).contains("MaxSessionDuration"),
+        "{clamped}"
+    );
+    assert_eq!(clamped["data"]["ttl_bound"], "target_max");
+    caller(moto, &clamped);
+
+    // 13 h on a 12 h role: AWS's maximum for assumed roles.
+    let long = issue(bao, "long", "13h");
+    assert_eq!(long["lease_duration"], 43200, "{long}");
+    assert!(
+        warnings(&long).contains("longest assumed_role session"),
+        "{long}"
+    );
+    assert!(caller(moto, &long).contains(":assumed-role/long/"));
+
+    // A federation token, and a session token (which says it cannot be revoked). moto
+    // answers GetCallerIdentity for these with its default identity, so their use is shown
+    // by the call succeeding.
+    let fed = issue(bao, "fed", "1h");
+    assert_eq!(fed["lease_duration"], 3600, "{fed}");
+    assert!(
+        fed["data"]["arn"]
+            .as_str()
+            .unwrap()
+            .contains(":federated-user/"),
+        "{fed}"
+    );
+    caller(moto, &fed);
+    let sess = issue(bao, "sess", "1h");
+    assert!(warnings(&sess).contains("cannot be revoked"), "{sess}");
+    caller(moto, &sess);
+
+    // No secret in the server's log or in the ledger.
+    let (_, leases) = bao.list("mayfly/leases/");
+    let mut scanned = format!("{}{leases}", bao.log());
+    for k in leases["data"]["keys"].as_array().unwrap() {
+        let (_, r) = bao.get(&format!("mayfly/leases/{}", k.as_str().unwrap()));
+        scanned.push_str(&r.to_string());
+    }
+    assert!(
+        !scanned.contains(&w.secret),
+        "the connection's secret key leaked"
+    );
+    for body in [&short, &clamped, &long, &fed, &sess] {
+        for field in ["secret_key", "session_token"] {
+            let secret = body["data"][field].as_str().unwrap();
+            assert!(secret.len() > 10);
+            assert!(!scanned.contains(secret), "an issued {field} leaked");
+        }
+    }
+}
+
+#[test]
+fn revocation_denies_the_session_until_it_expires_and_an_unreachable_sts_leaves_nothing() {
+    let w = world();
+    let (bao, moto) = (&w.bao, &w.moto);
+    let (key, secret) = moto.create_user_with_key("mayfly-short");
+    // moto issues sessions of any length: a 5 s minimum lets the session end within the test.
+    connect(
+        bao,
+        moto,
+        "short",
+        &key,
+        &secret,
+        json!({"min_session_duration": 5}),
+    );
+    write_role(
+        bao,
+        "quick",
+        "short",
+        json!({"credential_type": "assumed_role", "role_arns": [w.app_arn]}),
+    );
+    write_role(
+        bao,
+        "quickfed",
+        "short",
+        json!({"credential_type": "federation_token"}),
+    );
+
+    let cred = issue(bao, "quick", "20s");
+    let user = cred["data"]["username"].as_str().unwrap().to_owned();
+    let session_end = cred["data"]["expiration"].as_u64().unwrap();
+    assert!(session_end <= now() + 21, "{cred}");
+    let lease = cred["lease_id"].as_str().unwrap().to_owned();
+    let fed = issue(bao, "quickfed", "20s");
+    let fed_user = fed["data"]["username"].as_str().unwrap().to_owned();
+
+    // Revoked before its end: a deny statement naming that one session, on the role.
+    for _ in 0..2 {
+        let (status, body) = bao.put("sys/leases/revoke", json!({"lease_id": lease}));
+        assert_eq!(status, 204, "revoking (twice) succeeds: {body}");
+    }
+    let denied = moto.role_policy("app", POLICY).expect("the deny policy");
+    assert!(denied.contains(&format!("*:{user}")), "{denied}");
+    assert!(denied.contains("\"Deny\""), "{denied}");
+    let (_, rec) = record(bao, &user);
+    assert_eq!(rec["state"], "revoked", "{rec}");
+    assert!(rec["guard_until"].as_u64().unwrap() >= session_end, "{rec}");
+    // A federated user's session is denied on the IAM user mayfly runs as.
+    let (status, _) = bao.put("sys/leases/revoke", json!({"lease_id": fed["lease_id"]}));
+    assert_eq!(status, 204);
+    let fed_denied = moto
+        .user_policy("mayfly-short", POLICY)
+        .expect("the user's deny policy");
+    assert!(
+        fed_denied.contains(&format!("*:{fed_user}")),
+        "{fed_denied}"
+    );
+
+    // Once the sessions have expired, the scheduler lifts the statements (the policies go).
+    let lifted = wait_until(90.0, || {
+        moto.role_policy("app", POLICY)
+            .is_none_or(|d| !d.contains(&user))
+            && moto
+                .user_policy("mayfly-short", POLICY)
+                .is_none_or(|d| !d.contains(&fed_user))
+    });
+    assert!(lifted, "{:?}", moto.role_policy("app", POLICY));
+    assert!(now() >= session_end, "lifted before the session ended");
+    let (_, rec) = record(bao, &user);
+    assert_eq!(rec["guard_until"], Value::Null, "{rec}");
+
+    // STS unreachable: a clear error naming the endpoint, and nothing active in the ledger.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    connect(
+        bao,
+        moto,
+        "down",
+        &key,
+        &secret,
+        json!({"sts_endpoint": closed, "verify_connection": false, "max_retries": 0}),
+    );
+    write_role(
+        bao,
+        "unreachable",
+        "down",
+        json!({"credential_type": "assumed_role", "role_arns": [w.app_arn]}),
+    );
+    let (status, body) = bao.put("mayfly/creds/unreachable", json!({"ttl": "1h"}));
+    assert!(status == 502 || status == 503, "{status} {body}");
+    let error = body.to_string();
+    assert!(
+        error.contains(&closed) && error.contains("cannot be reached"),
+        "{error}"
+    );
+    let (_, list) = bao.list("mayfly/leases/");
+    let states: Vec<&Value> = list["data"]["key_info"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|v| v["role"] == "unreachable")
+        .map(|v| &v["state"])
+        .collect();
+    assert!(!states.is_empty(), "{list}");
+    assert!(states.iter().all(|s| *s != "active"), "{states:?}");
+}
