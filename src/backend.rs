@@ -143,6 +143,25 @@ pub trait Target: Send + Sync {
     /// Whether `username` logs in with `password`: `Ok(false)` when the target refuses the
     /// credentials, an error when it cannot be asked.
     async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error>;
+
+    /// Kinds whose target makes the secret (IAM access keys) rotate a static role's account by
+    /// keys instead of passwords: a new key of `account`, as (key id, secret).
+    async fn create_key(&self, account: &str) -> Result<(String, SecretString), Error> {
+        let _ = account;
+        Err(Error::Internal("this kind has no access keys".into()))
+    }
+
+    /// Deletes key `key_id` of `account`; a key already gone is a success.
+    async fn delete_key(&self, account: &str, key_id: &str) -> Result<(), Error> {
+        let _ = (account, key_id);
+        Err(Error::Internal("this kind has no access keys".into()))
+    }
+
+    /// The keys of `account`, oldest first, each with when it was created (unix seconds).
+    async fn list_keys(&self, account: &str) -> Result<Vec<(String, u64)>, Error> {
+        let _ = account;
+        Err(Error::Internal("this kind has no access keys".into()))
+    }
 }
 
 /// Who stops a credential from working at its deadline.

@@ -203,7 +203,8 @@ pub fn fields() -> Vec<FieldDef> {
             FieldType::Duration,
             "Dual-account mode: how long the previous account keeps its password after the \
              other one becomes current; then mayfly replaces it with one nobody knows. Shorter \
-             than rotation_period. 0: until its own next rotation.",
+             than rotation_period. 0: until its own next rotation. Access keys (kind aws): how \
+             long the previous key keeps working after a new one is made; 0 deletes it at once.",
         ),
         FieldDef::new(
             "max_rotation_attempts",
@@ -349,7 +350,13 @@ pub async fn parse(
         ));
     }
 
-    check(kv, backends, name, &role).await?;
+    let keys = check(kv, backends, name, &role).await?;
+    if keys && password.is_some() {
+        return Err(Error::bad_request(
+            "field 'password' does not apply to access keys: with skip_import_rotation the \
+             user's key stays as it is until the first rotation replaces it",
+        ));
+    }
     Ok(Written {
         role,
         is_new,
@@ -421,14 +428,16 @@ fn rotation(f: &Fields, stored: Option<&Rotation>) -> Result<Rotation, Error> {
     }
 }
 
-/// The offline checks of a role against its connection and the other static roles.
+/// The offline checks of a role against its connection and the other static roles. Returns
+/// whether the role rotates access keys (a kind whose target makes the secret).
 async fn check(
     kv: &dyn Kv,
     backends: &Backends,
     name: &str,
     role: &StaticRole,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let (config, backend) = roles::connection(kv, backends, &role.db_name).await?;
+    let keys = backend.target_makes_secret();
     if !config.allowed_roles.iter().any(|r| r == "*" || r == name) {
         return Err(Error::bad_request(format!(
             "connection '{}' does not list '{name}' in allowed_roles",
@@ -465,7 +474,21 @@ async fn check(
             "field 'dual_account_username': expected an account other than 'username'",
         ));
     }
-    if role.is_dual()
+    if keys {
+        for (field, set) in [
+            ("dual_account_username", role.is_dual()),
+            ("password_policy", !role.password_policy.is_empty()),
+        ] {
+            if set {
+                return Err(Error::bad_request(format!(
+                    "field '{field}' does not apply to connections of kind '{}': the target \
+                     makes each new key, and the previous one stays valid for grace_period",
+                    config.plugin_name
+                )));
+            }
+        }
+    }
+    if (role.is_dual() || keys)
         && let Rotation::Period { secs } = role.rotation
         && role.grace_period >= secs
     {
@@ -475,7 +498,7 @@ async fn check(
             role.grace_period
         )));
     }
-    if !role.is_dual() && role.grace_period > 0 {
+    if !role.is_dual() && !keys && role.grace_period > 0 {
         return Err(Error::bad_request(
             "field 'grace_period' applies only with 'dual_account_username'",
         ));
@@ -499,5 +522,5 @@ async fn check(
             )));
         }
     }
-    Ok(())
+    Ok(keys)
 }

@@ -7,6 +7,12 @@
 //! which password logs in before it forgets either, so static-creds never hands out a password
 //! that stopped working. A failed rotation is retried with backoff a bounded number of times;
 //! the last working password stays current throughout, and the error shows on the role.
+//!
+//! Kinds whose target makes the secret (IAM access keys) rotate by keys instead: a new key is
+//! created and stored, and the previous one is deleted after `grace_period` (AWS allows two
+//! keys per user, which is the overlap). The secret exists only once the target made it, so the
+//! write-ahead record is the time the key was asked for: a key created after it that mayfly
+//! never stored is deleted when the rotation is settled.
 
 use std::sync::Arc;
 
@@ -53,6 +59,14 @@ pub struct State {
     previous: Option<Previous>,
     /// Where this role's due-index entry is.
     due: Option<u64>,
+    /// Key mode: the id of the current key (whose secret is `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    /// Key mode: when a new key was asked for and not yet stored. A key the target made then
+    /// (its secret lost with the process) is unusable, and the next rotation deletes it
+    /// before it needs the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_asked_at: Option<u64>,
 }
 
 /// A password being set on `account`, stored before the target is asked.
@@ -70,6 +84,9 @@ struct Pending {
 struct Previous {
     account: String,
     until: u64,
+    /// Key mode: the key deleted at `until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
 }
 
 impl State {
@@ -107,6 +124,13 @@ impl State {
             "previous_valid_until".into(),
             json!(self.previous.as_ref().map(|p| p.until)),
         );
+        if self.key_id.is_some() {
+            out.insert("current_access_key".into(), json!(self.key_id));
+            out.insert(
+                "previous_access_key".into(),
+                json!(self.previous.as_ref().and_then(|p| p.key_id.as_ref())),
+            );
+        }
     }
 }
 
@@ -224,6 +248,7 @@ fn adopt(role: &StaticRole, state: &mut State, account: String, password: Secret
         .map(|account| Previous {
             account,
             until: now + role.grace_period,
+            key_id: None,
         });
     state.active = account;
     state.password = Some(password);
@@ -260,6 +285,9 @@ async fn attempt(
     state: &mut State,
 ) -> Result<(), Error> {
     let target = core.target(&role.db_name).await?;
+    if key_mode(core, role).await? {
+        return attempt_key(core, name, role, state, target.as_ref()).await;
+    }
     if settle(role, state, target.as_ref()).await? {
         return Ok(());
     }
@@ -359,14 +387,121 @@ async fn rotate(
     result
 }
 
+/// Whether the role's kind rotates keys the target makes (IAM access keys).
+async fn key_mode(core: &MountCore, role: &StaticRole) -> Result<bool, Error> {
+    let kind = core.connection_kind(&role.db_name).await?;
+    Ok(core
+        .backends
+        .find(&kind)
+        .is_some_and(|b| b.target_makes_secret()))
+}
+
+/// Deletes the keys a rotation created but never stored (it stopped after asking for one):
+/// keys of the account made since `key_asked_at` that are neither current nor previous.
+/// Returns the keys left.
+async fn settle_keys(
+    role: &StaticRole,
+    state: &mut State,
+    target: &dyn Target,
+) -> Result<Vec<String>, Error> {
+    let user = &role.username;
+    let keys = target.list_keys(user).await?;
+    let previous = state.previous.as_ref().and_then(|p| p.key_id.clone());
+    let mut left = Vec::new();
+    for (key, created) in keys {
+        let known = state.key_id.as_ref() == Some(&key) || previous.as_ref() == Some(&key);
+        // Asked-at and created-at come from two clocks: a minute of slack.
+        let ours = state
+            .key_asked_at
+            .is_some_and(|t| created + SETTLE_AFTER_SECS >= t);
+        if !known && ours {
+            target.delete_key(user, &key).await?;
+            tracing::info!(account = %user, key = %key,
+                "deleted a key that a rotation stopped midway created and never stored");
+        } else {
+            left.push(key);
+        }
+    }
+    state.key_asked_at = None;
+    Ok(left)
+}
+
+/// One attempt in key mode: the outgoing key (the current one, or the account's own key when
+/// it is taken over) stays valid for the grace period; AWS's limit of two keys means a key
+/// still in its grace is deleted first.
+async fn attempt_key(
+    core: &MountCore,
+    name: &str,
+    role: &StaticRole,
+    state: &mut State,
+    target: &dyn Target,
+) -> Result<(), Error> {
+    let user = role.username.clone();
+    let keys = settle_keys(role, state, target).await?;
+    let outgoing = match &state.key_id {
+        Some(current) => Some(current.clone()),
+        // Taken over: the key applications use now is the outgoing one.
+        None => match keys.as_slice() {
+            [] => None,
+            [one] => Some(one.clone()),
+            _ => {
+                return Err(Error::Target(format!(
+                    "IAM user '{user}' has {} access keys ({}); AWS allows two and a rotation                      needs one free: delete the one no application uses",
+                    keys.len(),
+                    keys.join(", ")
+                )));
+            }
+        },
+    };
+    let previous_key = state.previous.as_ref().and_then(|p| p.key_id.clone());
+    let strangers: Vec<&String> = keys
+        .iter()
+        .filter(|k| Some(*k) != outgoing.as_ref() && Some(*k) != previous_key.as_ref())
+        .collect();
+    if outgoing.is_some() && !strangers.is_empty() {
+        return Err(Error::Target(format!(
+            "IAM user '{user}' has a key mayfly does not manage ({}); AWS allows two and a              rotation needs one free: delete it",
+            strangers
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if let Some(p) = state.previous.clone()
+        && let Some(key) = &p.key_id
+    {
+        // Rotated again within the grace period: the previous key's grace ends now.
+        target.delete_key(&p.account, key).await?;
+        state.previous = None;
+    }
+
+    state.key_asked_at = Some(now());
+    save(core, name, state).await?;
+    let (key, secret) = target.create_key(&user).await?;
+    core.crash_point("static_changed");
+    adopt(role, state, user.clone(), secret);
+    state.key_id = Some(key);
+    state.key_asked_at = None;
+    state.previous = outgoing.map(|key| Previous {
+        account: user,
+        until: now() + role.grace_period,
+        key_id: Some(key),
+    });
+    Ok(())
+}
+
 /// Gives the previous account of a dual-account role a password nobody knows, at the end of
-/// its grace period.
+/// its grace period; in key mode, deletes the previous key.
 async fn retire(core: &MountCore, name: &str, role: &StaticRole, state: &mut State) {
     let Some(previous) = state.previous.clone() else {
         return;
     };
     let result = async {
         let target = core.target(&role.db_name).await?;
+        if let Some(key) = &previous.key_id {
+            return target.delete_key(&previous.account, key).await;
+        }
         let password = core.new_password(&role.password_policy).await?;
         target
             .set_password(&previous.account, &password, &role.rotation_statements)
@@ -611,7 +746,15 @@ pub async fn creds(core: &MountCore, name: &str) -> Result<Response, Error> {
     let now = now();
     let mut data = Map::new();
     data.insert("username".into(), json!(state.active));
-    data.insert("password".into(), json!(password.expose_secret()));
+    match &state.key_id {
+        Some(key) => {
+            data.insert("access_key".into(), json!(key));
+            data.insert("secret_key".into(), json!(password.expose_secret()));
+        }
+        None => {
+            data.insert("password".into(), json!(password.expose_secret()));
+        }
+    }
     data.insert(
         "ttl".into(),
         json!(state.changes_at().map_or(0, |t| t.saturating_sub(now))),
@@ -754,6 +897,96 @@ mod tests {
         let (_, again) = current(&s, "app").await;
         assert_ne!(again, password, "each rotation uses a fresh password");
         assert_eq!(s.fake.target.password("app").unwrap(), again);
+    }
+
+    #[tokio::test]
+    async fn access_keys_rotate_with_an_overlap_and_a_stray_key_stops_the_rotation() {
+        let s = setup().await;
+        let t = &s.fake.target;
+        t.makes_keys
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        t.keys
+            .lock()
+            .unwrap()
+            .insert("app".into(), vec![("AKLEGACY".into(), 0)]);
+        for (body, error) in [
+            (
+                json!({"dual_account_username": "app2"}),
+                "field 'dual_account_username' does not apply",
+            ),
+            (
+                json!({"skip_import_rotation": true, "password": "legacy"}),
+                "field 'password' does not apply to access keys",
+            ),
+            (
+                json!({"grace_period": "1h"}),
+                "field 'grace_period': 3600s is not shorter than rotation_period",
+            ),
+        ] {
+            let mut role = json!({"db_name": "db", "username": "app", "rotation_period": "1h"});
+            role.as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            let e = write_role(&s, "keys", role).await.unwrap_err().to_string();
+            assert!(e.contains(error), "{e}");
+        }
+
+        // Taken over: a new key, and the legacy one stays for the grace period.
+        write_role(
+            &s,
+            "keys",
+            json!({"db_name": "db", "username": "app", "rotation_period": "1h",
+                   "grace_period": "10m"}),
+        )
+        .await
+        .unwrap();
+        let data = creds(&s.core, "keys").await.unwrap().data.unwrap();
+        let first = data["access_key"].as_str().unwrap().to_owned();
+        assert!(data.get("password").is_none());
+        assert_eq!(t.key_ids("app"), vec!["AKLEGACY".to_owned(), first.clone()]);
+        let view = role_view(&s, "keys").await;
+        assert_eq!(view["previous_access_key"], "AKLEGACY");
+        let secret = data["secret_key"].as_str().unwrap().to_owned();
+        assert!(!format!("{view:?}").contains(&secret));
+
+        // The grace period ends: the legacy key goes.
+        run_due(&s, "keys", false).await;
+        assert_eq!(t.key_ids("app"), vec![first.clone()]);
+        // Rotated twice in a row: the second ends the first's grace (AWS allows two keys).
+        rotate_now(&s.core, "keys").await.unwrap();
+        rotate_now(&s.core, "keys").await.unwrap();
+        let keys = t.key_ids("app");
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(!keys.contains(&first));
+
+        // A key mayfly does not manage takes the free slot: the rotation says so and the
+        // current key stays.
+        run_due(&s, "keys", false).await;
+        t.keys
+            .lock()
+            .unwrap()
+            .get_mut("app")
+            .unwrap()
+            .push(("AKSTRANGER".into(), 0));
+        let e = rotate_now(&s.core, "keys").await.unwrap_err().to_string();
+        assert!(e.contains("AKSTRANGER"), "{e}");
+        let still = creds(&s.core, "keys").await.unwrap().data.unwrap();
+        let current = still["access_key"].as_str().unwrap().to_owned();
+        assert!(keys.contains(&current));
+
+        // A rotation that stopped after the target made its key, before mayfly stored it:
+        // that key (its secret lost) is deleted by the next rotation, which then succeeds.
+        t.keys.lock().unwrap().insert(
+            "app".into(),
+            vec![(current.clone(), 0), ("AKORPHAN".into(), now())],
+        );
+        let mut state = load_state(&s.core, "keys").await.unwrap();
+        state.key_asked_at = Some(now());
+        save(&s.core, "keys", &mut state).await.unwrap();
+        rotate_now(&s.core, "keys").await.unwrap();
+        let keys = t.key_ids("app");
+        assert!(!keys.contains(&"AKORPHAN".to_owned()), "{keys:?}");
+        assert_eq!(keys.len(), 2, "the current key and the new one: {keys:?}");
     }
 
     #[tokio::test]

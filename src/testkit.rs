@@ -39,6 +39,10 @@ pub struct FakeTarget {
     pub session_secs: AtomicU64,
     /// Principals stopped by a guard that is still on the target.
     pub guards: Mutex<BTreeSet<String>>,
+    /// The kind makes its own keys (as IAM does): static roles rotate `keys`.
+    pub makes_keys: AtomicBool,
+    /// Access keys by account: (id, created), oldest first; at most two per account.
+    pub keys: Mutex<BTreeMap<String, Vec<(String, u64)>>>,
 }
 
 impl FakeTarget {
@@ -59,6 +63,13 @@ impl FakeTarget {
     }
     pub fn password(&self, name: &str) -> Option<String> {
         self.passwords.lock().unwrap().get(name).cloned()
+    }
+    /// The ids of `account`'s keys.
+    pub fn key_ids(&self, account: &str) -> Vec<String> {
+        let keys = self.keys.lock().unwrap();
+        keys.get(account)
+            .map(|k| k.iter().map(|(id, _)| id.clone()).collect())
+            .unwrap_or_default()
     }
     pub fn count(&self) -> usize {
         self.principals.lock().unwrap().len()
@@ -150,6 +161,34 @@ impl Target for FakeTarget {
         let passwords = self.passwords.lock().unwrap();
         Ok(passwords.get(username).map(String::as_str) == Some(password.expose_secret()))
     }
+    async fn create_key(&self, account: &str) -> Result<(String, SecretString), Error> {
+        self.check()?;
+        let mut keys = self.keys.lock().unwrap();
+        let list = keys.entry(account.to_owned()).or_default();
+        if list.len() >= 2 {
+            return Err(Error::Target("LimitExceeded: two keys already".into()));
+        }
+        let id = format!("AK{}", crate::host::random_lower(12).to_uppercase());
+        list.push((id.clone(), crate::host::now()));
+        Ok((id, SecretString::from(crate::host::random_lower(30))))
+    }
+    async fn delete_key(&self, account: &str, key_id: &str) -> Result<(), Error> {
+        self.check()?;
+        if let Some(list) = self.keys.lock().unwrap().get_mut(account) {
+            list.retain(|(id, _)| id != key_id);
+        }
+        Ok(())
+    }
+    async fn list_keys(&self, account: &str) -> Result<Vec<(String, u64)>, Error> {
+        self.check()?;
+        Ok(self
+            .keys
+            .lock()
+            .unwrap()
+            .get(account)
+            .cloned()
+            .unwrap_or_default())
+    }
 }
 
 /// The fake kind; every connection of it shares one [`FakeTarget`].
@@ -206,6 +245,9 @@ impl Backend for Fake {
     }
     fn validate_rotation_statements(&self, _: &[String], _: &str) -> Result<(), Error> {
         Ok(())
+    }
+    fn target_makes_secret(&self) -> bool {
+        self.target.makes_keys.load(Ordering::SeqCst)
     }
     fn validate_principal(&self, name: &str) -> Result<(), Error> {
         if name.contains('"') {

@@ -118,6 +118,18 @@ impl Moto {
         )
     }
 
+    /// The ids of user `name`'s access keys.
+    pub fn access_keys(&self, name: &str) -> Vec<String> {
+        let iam = self.iam();
+        let out = self
+            .run(iam.list_access_keys().user_name(name).send())
+            .expect("ListAccessKeys");
+        out.access_key_metadata()
+            .iter()
+            .filter_map(|k| k.access_key_id().map(str::to_owned))
+            .collect()
+    }
+
     /// The decoded document of inline policy `policy` on role `role`, if there is one.
     pub fn role_policy(&self, role: &str, policy: &str) -> Option<String> {
         let iam = self.iam();

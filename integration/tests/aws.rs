@@ -308,3 +308,100 @@ fn revocation_denies_the_session_until_it_expires_and_an_unreachable_sts_leaves_
     assert!(!states.is_empty(), "{list}");
     assert!(states.iter().all(|s| *s != "active"), "{states:?}");
 }
+
+fn static_creds(bao: &Bao, name: &str) -> (String, String) {
+    let (status, body) = bao.get(&format!("mayfly/static-creds/{name}"));
+    assert_eq!(status, 200, "{body}");
+    (
+        body["data"]["access_key"].as_str().unwrap().to_owned(),
+        body["data"]["secret_key"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn a_static_access_key_rotates_with_an_overlap_and_the_old_key_is_deleted_after_it() {
+    let w = world();
+    let (bao, moto) = (&w.bao, &w.moto);
+    let (legacy, legacy_secret) = moto.create_user_with_key("legacy-app");
+    let user_arn = format!("arn:aws:iam::{ACCOUNT}:user/legacy-app");
+    assert_eq!(
+        moto.caller_arn(&legacy, &legacy_secret, None).unwrap(),
+        user_arn
+    );
+
+    // Fields of password kinds are refused by name.
+    for (field, value) in [
+        ("dual_account_username", json!("other")),
+        ("password_policy", json!("strong")),
+    ] {
+        let (status, body) = bao.put(
+            "mayfly/static-roles/bad",
+            json!({"db_name": "aws", "username": "legacy-app", "manual_rotation": true,
+                   field: value}),
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(field), "{body}");
+    }
+
+    // Taken over: a new key at once; the legacy key keeps working for the grace period.
+    let (status, body) = bao.put(
+        "mayfly/static-roles/legacy",
+        json!({"db_name": "aws", "username": "legacy-app", "rotation_period": "8s",
+               "grace_period": "3s"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (first, first_secret) = static_creds(bao, "legacy");
+    assert_ne!(first, legacy);
+    assert_eq!(
+        moto.caller_arn(&first, &first_secret, None).unwrap(),
+        user_arn,
+        "the new key works"
+    );
+    let (_, role) = bao.get("mayfly/static-roles/legacy");
+    assert_eq!(role["data"]["current_access_key"], first.as_str(), "{role}");
+    assert_eq!(
+        role["data"]["previous_access_key"],
+        legacy.as_str(),
+        "{role}"
+    );
+    assert!(moto.access_keys("legacy-app").contains(&legacy));
+
+    // After the grace period the legacy key is deleted (moto then answers for it with its
+    // default identity, no longer the user's).
+    assert!(
+        wait_until(10.0, || !moto.access_keys("legacy-app").contains(&legacy)),
+        "the legacy key outlived its grace period"
+    );
+    assert_ne!(
+        moto.caller_arn(&legacy, &legacy_secret, None).unwrap(),
+        user_arn
+    );
+
+    // On schedule: the next key, the same overlap, never more than AWS's two keys.
+    let mut most = 0;
+    assert!(
+        wait_until(20.0, || {
+            most = most.max(moto.access_keys("legacy-app").len());
+            static_creds(bao, "legacy").0 != first
+        }),
+        "no scheduled rotation"
+    );
+    let (second, second_secret) = static_creds(bao, "legacy");
+    assert_eq!(
+        moto.caller_arn(&second, &second_secret, None).unwrap(),
+        user_arn
+    );
+    assert!(
+        wait_until(10.0, || {
+            let keys = moto.access_keys("legacy-app");
+            most = most.max(keys.len());
+            !keys.contains(&first)
+        }),
+        "the previous key outlived its grace period"
+    );
+    assert!(most <= 2, "{most} keys at once");
+    let log = bao.log();
+    for secret in [&first_secret, &second_secret, &legacy_secret] {
+        assert!(!log.contains(secret.as_str()), "a secret key leaked");
+    }
+}

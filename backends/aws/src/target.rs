@@ -549,15 +549,74 @@ impl Target for AwsTarget {
     }
 
     async fn set_password(&self, _: &str, _: &SecretString, _: &[String]) -> Result<(), Error> {
-        Err(Error::bad_request(
-            "static roles are not available for aws connections yet",
+        // Static roles of this kind rotate access keys (create_key), never passwords.
+        Err(Error::Internal(
+            "aws static roles rotate access keys, not passwords".into(),
         ))
     }
 
     async fn check_login(&self, _: &str, _: &SecretString) -> Result<bool, Error> {
-        Err(Error::bad_request(
-            "static roles are not available for aws connections yet",
+        Err(Error::Internal(
+            "aws static roles rotate access keys, not passwords".into(),
         ))
+    }
+
+    async fn create_key(&self, user: &str) -> Result<(String, SecretString), Error> {
+        let out = self
+            .clients
+            .iam
+            .create_access_key()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| self.iam_error("CreateAccessKey", e))?;
+        let key = out.access_key().ok_or_else(|| {
+            Error::Target(format!(
+                "IAM at {} answered CreateAccessKey without a key",
+                self.clients.iam_endpoint
+            ))
+        })?;
+        Ok((
+            key.access_key_id().to_owned(),
+            SecretString::from(key.secret_access_key().to_owned()),
+        ))
+    }
+
+    async fn delete_key(&self, user: &str, key_id: &str) -> Result<(), Error> {
+        let deleted = self
+            .clients
+            .iam
+            .delete_access_key()
+            .user_name(user)
+            .access_key_id(key_id)
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("NoSuchEntity") => Ok(()),
+            Err(e) => Err(self.iam_error("DeleteAccessKey", e)),
+        }
+    }
+
+    async fn list_keys(&self, user: &str) -> Result<Vec<(String, u64)>, Error> {
+        let out = self
+            .clients
+            .iam
+            .list_access_keys()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| self.iam_error("ListAccessKeys", e))?;
+        let mut keys: Vec<(String, u64)> = out
+            .access_key_metadata()
+            .iter()
+            .filter_map(|k| {
+                let created = k.create_date().map_or(0, |d| d.secs().max(0) as u64);
+                k.access_key_id().map(|id| (id.to_owned(), created))
+            })
+            .collect();
+        keys.sort_by_key(|(_, created)| *created);
+        Ok(keys)
     }
 }
 
