@@ -370,11 +370,7 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     // One batch per connection and set of revocation settings.
     let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
     for (_, w) in work {
-        let key = (
-            w.cred.connection.clone(),
-            Value::Object(w.cred.settings.clone()).to_string(),
-        );
-        groups.entry(key).or_default().push(w);
+        groups.entry(batch_key(&w.cred)).or_default().push(w);
     }
     for ((connection, _), mut group) in groups {
         while !group.is_empty() {
@@ -386,35 +382,37 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     remove_guards(core, now, guards).await;
 }
 
+/// Credentials revoked in one call: same connection, same revocation settings.
+fn batch_key(c: &Credential) -> (String, String) {
+    (
+        c.connection.clone(),
+        Value::Object(c.settings.clone()).to_string(),
+    )
+}
+
+/// `call` to a target, failed as unavailable if it takes longer than [`REVOKE_TIMEOUT`].
+async fn bounded<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    match tokio::time::timeout(REVOKE_TIMEOUT, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!(
+            "the target did not answer within {}s",
+            REVOKE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Removes the guards that revocations left on targets (see [`crate::Revoked::guarded`]), now
 /// that the principals they stopped have ended, one call per connection and settings. A
 /// failure is retried with backoff; the record stays until its guard is gone.
 async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
     let mut groups: BTreeMap<(String, String), Vec<Credential>> = BTreeMap::new();
     for c in guards {
-        let key = (
-            c.connection.clone(),
-            Value::Object(c.settings.clone()).to_string(),
-        );
-        groups.entry(key).or_default().push(c);
+        groups.entry(batch_key(&c)).or_default().push(c);
     }
     for ((connection, _), group) in groups {
         let names: Vec<String> = group.iter().map(|c| c.principal.clone()).collect();
         let result = match core.target(&connection).await {
-            Ok(target) => {
-                match tokio::time::timeout(
-                    REVOKE_TIMEOUT,
-                    target.clean_up(&names, &group[0].settings),
-                )
-                .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Unavailable(format!(
-                        "the target did not answer within {}s",
-                        REVOKE_TIMEOUT.as_secs()
-                    ))),
-                }
-            }
+            Ok(target) => bounded(target.clean_up(&names, &group[0].settings)).await,
             Err(e) => Err(e),
         };
         let mut updates = Vec::with_capacity(group.len());
@@ -470,20 +468,7 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
             let call = |principals: Vec<Principal>| {
                 let target = target.clone();
                 let settings = settings.clone();
-                async move {
-                    match tokio::time::timeout(
-                        REVOKE_TIMEOUT,
-                        target.revoke(&principals, &settings),
-                    )
-                    .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => Err(Error::Unavailable(format!(
-                            "the target did not answer within {}s",
-                            REVOKE_TIMEOUT.as_secs()
-                        ))),
-                    }
-                }
+                async move { bounded(target.revoke(&principals, &settings)).await }
             };
             match call(principals.clone()).await {
                 Ok(r) => {
