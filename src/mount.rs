@@ -2,6 +2,7 @@
 //! the known kinds, and live handles on the targets.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,13 +41,15 @@ pub struct MountCore {
 /// InvalidateKey from the host, empties it.
 #[derive(Default)]
 pub struct Cache {
+    /// Moved on by every invalidation: a read of roles, connections or policies that began
+    /// before a write must not store its older result after the write emptied the cache.
+    generation: AtomicU64,
     roles: Mutex<HashMap<String, Role>>,
     connections: Mutex<HashMap<String, ConnectionConfig>>,
     max_ttl: Mutex<Option<(Instant, Duration)>>,
     identities: Mutex<HashMap<String, (Instant, Arc<Identity>)>>,
-    /// The compiled policies, with a generation that every invalidation moves on: a compile
-    /// that began before a policy write must not store its older result after it.
-    policies: Mutex<(u64, Option<Arc<PolicySet>>)>,
+    /// The compiled policies.
+    policies: Mutex<Option<Arc<PolicySet>>>,
     /// Held while the policies are compiled: requests that find the set missing wait for one
     /// compilation instead of each reading every policy from storage.
     compiling: tokio::sync::Mutex<()>,
@@ -80,12 +83,13 @@ impl MountCore {
     }
 
     pub fn invalidate(&self) {
+        // The generation first: a read in flight then finds it moved on and stores nothing.
+        self.cache.generation.fetch_add(1, Ordering::SeqCst);
         self.cache.roles.lock().unwrap().clear();
         self.cache.connections.lock().unwrap().clear();
         *self.cache.max_ttl.lock().unwrap() = None;
         self.cache.identities.lock().unwrap().clear();
-        let mut policies = self.cache.policies.lock().unwrap();
-        *policies = (policies.0 + 1, None);
+        *self.cache.policies.lock().unwrap() = None;
     }
 
     /// The identity entity `entity_id` and its groups, reused for [`IDENTITY_REUSE`].
@@ -106,22 +110,19 @@ impl MountCore {
 
     /// The mount's policies, compiled once and reused until a write or invalidation.
     pub async fn policies(&self) -> Result<Arc<PolicySet>, Error> {
-        let cached = || {
-            let cached = self.cache.policies.lock().unwrap();
-            cached.1.clone().ok_or(cached.0)
-        };
-        if let Ok(set) = cached() {
+        let cached = || self.cache.policies.lock().unwrap().clone();
+        if let Some(set) = cached() {
             return Ok(set);
         }
         let _one_at_a_time = self.cache.compiling.lock().await;
-        let generation = match cached() {
-            Ok(set) => return Ok(set),
-            Err(generation) => generation,
-        };
+        if let Some(set) = cached() {
+            return Ok(set);
+        }
+        let generation = self.cache.generation.load(Ordering::SeqCst);
         let set = Arc::new(crate::policies::compile_stored(self.storage.as_ref()).await?);
         let mut cached = self.cache.policies.lock().unwrap();
-        if cached.0 == generation {
-            cached.1 = Some(set.clone());
+        if self.cache.generation.load(Ordering::SeqCst) == generation {
+            *cached = Some(set.clone());
         }
         Ok(set)
     }
@@ -129,6 +130,7 @@ impl MountCore {
     pub async fn role(&self, name: &str) -> Result<Option<Role>, Error> {
         cached(
             &self.cache.roles,
+            &self.cache.generation,
             name,
             roles::load(self.storage.as_ref(), name),
         )
@@ -137,7 +139,7 @@ impl MountCore {
 
     pub async fn connection(&self, name: &str) -> Result<Option<ConnectionConfig>, Error> {
         let load = async { Ok(connections::load(self.storage.as_ref(), name).await?) };
-        cached(&self.cache.connections, name, load).await
+        cached(&self.cache.connections, &self.cache.generation, name, load).await
     }
 
     /// The kind (`plugin_name`) of connection `name`; empty when it no longer exists.
@@ -216,15 +218,51 @@ type Cached = (u64, Arc<dyn Target>);
 /// connection or role created elsewhere is seen at once).
 async fn cached<T: Clone>(
     map: &Mutex<HashMap<String, T>>,
+    generation: &AtomicU64,
     name: &str,
     load: impl std::future::Future<Output = Result<Option<T>, Error>>,
 ) -> Result<Option<T>, Error> {
     if let Some(v) = map.lock().unwrap().get(name) {
         return Ok(Some(v.clone()));
     }
+    let began = generation.load(Ordering::SeqCst);
     let value = load.await?;
     if let Some(v) = &value {
-        map.lock().unwrap().insert(name.to_owned(), v.clone());
+        // Checked under the map's lock, which invalidation takes after moving the generation.
+        let mut map = map.lock().unwrap();
+        if generation.load(Ordering::SeqCst) == began {
+            map.insert(name.to_owned(), v.clone());
+        }
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_overtaken_by_an_invalidation_is_not_kept() {
+        let map: Mutex<HashMap<String, u32>> = Mutex::default();
+        let generation = AtomicU64::new(0);
+        // The cache is emptied (a role written) while this read is under way: its value may
+        // be the old one, so it is returned but not kept.
+        let overtaken = async {
+            generation.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(1))
+        };
+        assert_eq!(
+            cached(&map, &generation, "r", overtaken).await.unwrap(),
+            Some(1)
+        );
+        assert!(map.lock().unwrap().is_empty());
+        // Undisturbed, the value is kept and served without reading again.
+        let read = async { Ok(Some(2)) };
+        assert_eq!(cached(&map, &generation, "r", read).await.unwrap(), Some(2));
+        let never = async { panic!("read again") };
+        assert_eq!(
+            cached(&map, &generation, "r", never).await.unwrap(),
+            Some(2)
+        );
+    }
 }
