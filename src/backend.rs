@@ -36,6 +36,8 @@ pub struct Origin<'a> {
     /// The requesting entity's id; empty for a token without an entity.
     pub entity_id: &'a str,
     pub display_name: &'a str,
+    /// The role the credential is issued for.
+    pub role_name: &'a str,
 }
 
 /// What the target made besides the principal.
@@ -51,6 +53,12 @@ pub struct Created {
     /// What the target changed from the request (a duration raised or clamped), for the
     /// response's warnings.
     pub warnings: Vec<String>,
+    /// The target's own id of the principal where it is not the name (an API key's id, which
+    /// the service chose): recorded, and what revocation and renewal address. Never secret.
+    pub target_id: Option<String>,
+    /// The target made the credential's secret (an API key, in `data`) although the kind takes
+    /// mayfly's password for other roles: the password was not used and is not returned.
+    pub secret_from_target: bool,
 }
 
 impl std::fmt::Debug for Created {
@@ -60,6 +68,8 @@ impl std::fmt::Debug for Created {
             .field("data", &format_args!("<redacted: {fields:?}>"))
             .field("target_expires", &self.target_expires)
             .field("warnings", &self.warnings)
+            .field("target_id", &self.target_id)
+            .field("secret_from_target", &self.secret_from_target)
             .finish()
     }
 }
@@ -70,6 +80,20 @@ pub struct Principal {
     pub name: String,
     /// [`Created::target_expires`], when it was recorded.
     pub target_expires: Option<u64>,
+    /// [`Created::target_id`], when it was recorded; `None` for a principal addressed by its
+    /// name, and for one whose creation was cut off before its id was known.
+    pub target_id: Option<String>,
+}
+
+impl Principal {
+    /// A principal known only by its name.
+    pub fn named(name: impl Into<String>) -> Principal {
+        Principal {
+            name: name.into(),
+            target_expires: None,
+            target_id: None,
+        }
+    }
 }
 
 /// The names of `principals`.
@@ -102,7 +126,7 @@ pub trait Target: Send + Sync {
     /// Moves the principal's target-side expiry to `expires` (unix seconds).
     async fn renew(
         &self,
-        name: &str,
+        principal: &Principal,
         expires: u64,
         settings: &Map<String, Value>,
     ) -> Result<(), Error>;
@@ -123,8 +147,13 @@ pub trait Target: Send + Sync {
         Ok(())
     }
 
-    /// The principals on the target whose name starts with `mark`.
-    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error>;
+    /// The principals on the target whose name starts with `mark`. `settings` are a role's,
+    /// for kinds whose roles say how to list ([`Backend::lists_by_role`]); others ignore them.
+    async fn list_marked(
+        &self,
+        mark: &str,
+        settings: &Map<String, Value>,
+    ) -> Result<Vec<Principal>, Error>;
 
     /// Changes the password of the connection's own user to `new_password`.
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error>;
@@ -209,6 +238,12 @@ pub trait Backend: Send + Sync {
     /// Whether the target makes the credential's secret itself (cloud keys) rather than take
     /// a password from mayfly. Such kinds answer with [`Created::data`].
     fn target_makes_secret(&self) -> bool {
+        false
+    }
+
+    /// Whether listing the principals on the target depends on the role (each role of the
+    /// `http` kind declares its own list call): the orphan scan then lists once per role.
+    fn lists_by_role(&self) -> bool {
         false
     }
 

@@ -284,6 +284,7 @@ async fn issue_traced(
         settings: role.settings.clone(),
         target_expires: None,
         guard_until: None,
+        target_id: None,
     };
     trail.cred_id = cred.id.clone();
     ledger::store(kv, &cred, None).await?;
@@ -302,6 +303,7 @@ async fn issue_traced(
                 task_id,
                 entity_id: &req.requester.entity_id,
                 display_name: &req.requester.display_name,
+                role_name,
             },
         };
         match tokio::time::timeout(CREATE_TIMEOUT, target.create(&new)).await {
@@ -323,6 +325,7 @@ async fn issue_traced(
     };
     core.crash_point("after_create");
     warnings.extend(created.warnings);
+    cred.target_id = created.target_id;
     // A target that ends the principal on its own (an STS session) bounds the lease: neither
     // it nor a renewal may promise a credential the target has already ended.
     if let Some(end) = created.target_expires {
@@ -359,7 +362,7 @@ async fn issue_traced(
 
     let mut data = Map::new();
     data.insert("username".into(), json!(principal));
-    if !backend.target_makes_secret() {
+    if !backend.target_makes_secret() && !created.secret_from_target {
         use secrecy::ExposeSecret;
         data.insert("password".into(), json!(password.expose_secret()));
     }
@@ -595,7 +598,7 @@ async fn renew_traced(
     let target = core.target(&cred.connection).await?;
     match tokio::time::timeout(
         CREATE_TIMEOUT,
-        target.renew(&cred.principal, deadline, &cred.settings),
+        target.renew(&cred.as_principal(), deadline, &cred.settings),
     )
     .await
     {

@@ -26,6 +26,9 @@ pub enum FieldType {
     Statements,
     /// String keys to string values: a JSON object, or one string `k1=v1,k2=v2`.
     StringMap,
+    /// A JSON object or array (an HTTP call's description), or a string holding one, as
+    /// the `bao write` command line sends it.
+    Json,
 }
 
 impl FieldType {
@@ -43,6 +46,7 @@ impl FieldType {
             FieldType::StringMap => {
                 "an object of string values or one string such as \"k1=v1,k2=v2\""
             }
+            FieldType::Json => "a JSON object or array, or a string holding one",
         }
     }
 
@@ -53,7 +57,7 @@ impl FieldType {
             FieldType::Int => "integer",
             FieldType::Bool => "boolean",
             FieldType::StringList | FieldType::Statements => "array",
-            FieldType::StringMap => "object",
+            FieldType::StringMap | FieldType::Json => "object",
         }
     }
 }
@@ -161,9 +165,22 @@ impl FieldDef {
                     .collect::<Option<_>>()
                     .ok_or_else(wrong)?,
             ),
+            (FieldType::Json, Value::Object(_) | Value::Array(_)) => FieldValue::Json(raw.clone()),
+            (FieldType::Json, Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                Ok(v @ (Value::Object(_) | Value::Array(_))) => FieldValue::Json(v),
+                Ok(_) => return Err(wrong()),
+                Err(e) => {
+                    return Err(Error::bad_request(format!(
+                        "field '{}': expected {}, but the string is not JSON: {e}",
+                        self.name,
+                        self.ty.expected()
+                    )));
+                }
+            },
             _ => return Err(wrong()),
         };
         let len = match &value {
+            FieldValue::Json(v) => v.to_string().len(),
             FieldValue::String(s) => s.len(),
             FieldValue::StringList(l) => l.iter().map(String::len).sum(),
             FieldValue::StringMap(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum(),
@@ -188,6 +205,7 @@ pub enum FieldValue {
     Duration(u64),
     StringList(Vec<String>),
     StringMap(BTreeMap<String, String>),
+    Json(Value),
 }
 
 impl FieldValue {
@@ -205,6 +223,7 @@ impl FieldValue {
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect(),
             ),
+            FieldValue::Json(v) => v.clone(),
         }
     }
 }

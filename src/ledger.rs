@@ -144,9 +144,21 @@ pub struct Credential {
     /// `None` once removed, or when none was left. The record is kept until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard_until: Option<u64>,
+    /// The target's own id of the principal where it is not the name (an API key's id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
 }
 
 impl Credential {
+    /// The principal as its target knows it.
+    pub fn as_principal(&self) -> crate::backend::Principal {
+        crate::backend::Principal {
+            name: self.principal.clone(),
+            target_expires: self.target_expires,
+            target_id: self.target_id.clone(),
+        }
+    }
+
     /// The operator's view under `leases/`.
     pub fn view(&self) -> Map<String, Value> {
         let mut v = json!({
@@ -175,6 +187,7 @@ impl Credential {
             "revoked_at": self.revoked_at,
             "target_expires": self.target_expires,
             "guard_until": self.guard_until,
+            "target_id": self.target_id,
         });
         std::mem::take(v.as_object_mut().expect("an object"))
     }

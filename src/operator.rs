@@ -13,6 +13,7 @@ use crate::fields::{FieldDef, FieldType, Fields};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{Request, Response};
+use crate::roles;
 use crate::scheduler::{self, Report};
 use crate::tasks;
 use crate::template::MARK;
@@ -135,6 +136,25 @@ pub fn orphan_fields() -> Vec<FieldDef> {
     )]
 }
 
+/// The settings to list connection `name`'s target with: none for most kinds, each role's
+/// (once per distinct settings) for kinds whose roles say how to list.
+async fn listings(core: &MountCore, name: &str) -> Result<Vec<Map<String, Value>>, Error> {
+    let kind = core.connection_kind(name).await?;
+    if !core.backends.find(&kind).is_some_and(|b| b.lists_by_role()) {
+        return Ok(vec![Map::new()]);
+    }
+    let mut all: Vec<Map<String, Value>> = Vec::new();
+    for role_name in roles::list(core.storage.as_ref()).await? {
+        if let Some(role) = core.role(&role_name).await?
+            && role.db_name == name
+            && !all.contains(&role.settings)
+        {
+            all.push(role.settings);
+        }
+    }
+    Ok(all)
+}
+
 /// `orphans/NAME`: the principals on connection `name` that carry mayfly's mark but have no
 /// live ledger record; a write (`may_purge`) with `purge=true` drops them.
 pub async fn orphans(
@@ -151,14 +171,22 @@ pub async fn orphans(
     let target = core.target(name).await?;
     // The target first, then the ledger: a principal being issued meanwhile already has its
     // intent on record when it appears on the target, so it is never taken for an orphan.
-    let marked = target.list_marked(MARK).await?;
+    let mut marked: Vec<(Principal, Map<String, Value>)> = Vec::new();
+    for settings in listings(core, name).await? {
+        for p in target.list_marked(MARK, &settings).await? {
+            if !marked.iter().any(|(m, _)| m.name == p.name) {
+                marked.push((p, settings.clone()));
+            }
+        }
+    }
     let live: HashSet<String> = live_credentials(core)
         .await?
         .into_iter()
         .filter(|c| c.connection == name)
         .map(|c| c.principal)
         .collect();
-    let orphans: Vec<String> = marked.into_iter().filter(|p| !live.contains(p)).collect();
+    marked.retain(|(p, _)| !live.contains(&p.name));
+    let orphans: Vec<String> = marked.iter().map(|(p, _)| p.name.clone()).collect();
 
     let what = format!("orphans/{name}");
     let mut data = Map::new();
@@ -175,23 +203,26 @@ pub async fn orphans(
     }
 
     let mut report = Report::default();
-    for chunk in orphans.chunks(PURGE_BATCH) {
-        // No record, so no statements of their role: the kind's default revocation applies.
-        let principals: Vec<Principal> = chunk
-            .iter()
-            .map(|name| Principal {
-                name: name.clone(),
-                target_expires: None,
-            })
-            .collect();
-        match target.revoke(&principals, &Map::new()).await {
-            Ok(r) => {
-                report.already_gone += r.already_gone.len();
-                report.revoked += chunk.len() - r.already_gone.len();
+    // Each orphan is revoked with the settings of the listing that found it: no record, so no
+    // statements of its own role; kinds that list by role revoke by that role's calls.
+    let mut groups: Vec<(Map<String, Value>, Vec<Principal>)> = Vec::new();
+    for (p, settings) in marked {
+        match groups.iter_mut().find(|(s, _)| *s == settings) {
+            Some((_, ps)) => ps.push(p),
+            None => groups.push((settings, vec![p])),
+        }
+    }
+    for (settings, principals) in &groups {
+        for chunk in principals.chunks(PURGE_BATCH) {
+            match target.revoke(chunk, settings).await {
+                Ok(r) => {
+                    report.already_gone += r.already_gone.len();
+                    report.revoked += chunk.len() - r.already_gone.len();
+                }
+                Err(e) => report
+                    .failed
+                    .extend(chunk.iter().map(|p| (p.name.clone(), e.to_string()))),
             }
-            Err(e) => report
-                .failed
-                .extend(chunk.iter().map(|p| (p.clone(), e.to_string()))),
         }
     }
     let detail = format!("{what}: {} found", orphans.len());

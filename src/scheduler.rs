@@ -454,10 +454,7 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
     let settings: Map<String, Value> = batch[0].cred.settings.clone();
     let principals: Vec<Principal> = batch
         .iter()
-        .map(|w| Principal {
-            name: w.cred.principal.clone(),
-            target_expires: w.cred.target_expires,
-        })
+        .map(|w| w.cred.as_principal())
         .collect();
     let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
     let mut degraded: BTreeMap<String, String> = BTreeMap::new();

@@ -87,12 +87,12 @@ impl Target for FakeTarget {
             ..Created::default()
         })
     }
-    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+    async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         self.check()?;
-        if self.has(name) {
+        if self.has(&p.name) {
             Ok(())
         } else {
-            Err(Error::Target(format!("{name} is gone")))
+            Err(Error::Target(format!("{} is gone", p.name)))
         }
     }
     async fn revoke(
@@ -128,13 +128,17 @@ impl Target for FakeTarget {
         }
         Ok(())
     }
-    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+    async fn list_marked(
+        &self,
+        mark: &str,
+        _: &Map<String, Value>,
+    ) -> Result<Vec<Principal>, Error> {
         self.check()?;
         let set = self.principals.lock().unwrap();
         Ok(set
             .iter()
             .filter(|n| n.starts_with(mark))
-            .cloned()
+            .map(Principal::named)
             .collect())
     }
     async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {

@@ -462,10 +462,11 @@ impl Target for AwsTarget {
             data,
             target_expires: Some(expires),
             warnings,
+            ..Created::default()
         })
     }
 
-    async fn renew(&self, _: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+    async fn renew(&self, _: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         // A session cannot be extended; the core never lets a lease outlive it.
         Ok(())
     }
@@ -535,7 +536,7 @@ impl Target for AwsTarget {
         }
     }
 
-    async fn list_marked(&self, _: &str) -> Result<Vec<String>, Error> {
+    async fn list_marked(&self, _: &str, _: &Map<String, Value>) -> Result<Vec<Principal>, Error> {
         // STS sessions cannot be listed; each ends at its own expiry whatever happens to
         // mayfly, so none can be orphaned for longer than that.
         Ok(Vec::new())

@@ -581,9 +581,9 @@ impl Target for RedisTarget {
         Ok(Created::default())
     }
 
-    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+    async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         // Nothing to move on the servers: the deadline lives in the ledger alone.
-        self.require_user(name, "no longer exists").await
+        self.require_user(&p.name, "no longer exists").await
     }
 
     async fn revoke(
@@ -618,13 +618,17 @@ impl Target for RedisTarget {
         })
     }
 
-    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
+    async fn list_marked(
+        &self,
+        mark: &str,
+        _: &Map<String, Value>,
+    ) -> Result<Vec<Principal>, Error> {
         let mut all = BTreeSet::new();
         for node in &self.nodes {
             let users = self.users(node).await.map_err(NodeError::into_error)?;
             all.extend(users.into_iter().filter(|u| u.starts_with(mark)));
         }
-        Ok(all.into_iter().collect())
+        Ok(all.into_iter().map(Principal::named).collect())
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {

@@ -412,8 +412,9 @@ impl Target for MySqlTarget {
         Ok(Created::default())
     }
 
-    async fn renew(&self, name: &str, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
+    async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         // Nothing to move on the server: the deadline lives in the ledger alone.
+        let name = &p.name;
         if self.accounts(&[name.to_owned()]).await?.is_empty() {
             return Err(Error::Target(format!(
                 "user '{name}' no longer exists in MySQL"
@@ -461,8 +462,12 @@ impl Target for MySqlTarget {
         Ok(outcome)
     }
 
-    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar(
+    async fn list_marked(
+        &self,
+        mark: &str,
+        _: &Map<String, Value>,
+    ) -> Result<Vec<Principal>, Error> {
+        let names: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT CAST(User AS CHAR) FROM mysql.user \
              WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY 1",
         )
@@ -470,7 +475,8 @@ impl Target for MySqlTarget {
         .bind(mark)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| self.fail("cannot list users", &e, &[]))
+        .map_err(|e| self.fail("cannot list users", &e, &[]))?;
+        Ok(names.into_iter().map(Principal::named).collect())
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {

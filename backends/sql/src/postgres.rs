@@ -253,10 +253,11 @@ impl Target for PgTarget {
 
     async fn renew(
         &self,
-        name: &str,
+        p: &Principal,
         expires: u64,
         settings: &Map<String, Value>,
     ) -> Result<(), Error> {
+        let name = p.name.as_str();
         if self.existing(&[name.to_owned()]).await?.is_empty() {
             return Err(Error::Target(format!(
                 "user '{name}' no longer exists in PostgreSQL"
@@ -358,14 +359,19 @@ impl Target for PgTarget {
         }
     }
 
-    async fn list_marked(&self, mark: &str) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar(
+    async fn list_marked(
+        &self,
+        mark: &str,
+        _: &Map<String, Value>,
+    ) -> Result<Vec<Principal>, Error> {
+        let names: Vec<String> = sqlx::query_scalar(
             "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
         )
         .bind(mark)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| self.fail("cannot list roles", &e, &[]))
+        .map_err(|e| self.fail("cannot list roles", &e, &[]))?;
+        Ok(names.into_iter().map(Principal::named).collect())
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
