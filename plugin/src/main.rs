@@ -65,6 +65,8 @@ fn backends() -> Backends {
         Arc::new(mayfly_sql::MySql),
         Arc::new(mayfly_redis::Redis),
         Arc::new(mayfly_aws::Aws),
+        Arc::new(mayfly_http::Http),
+        Arc::new(mayfly_http::RabbitMq),
     ])
 }
 
