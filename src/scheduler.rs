@@ -452,10 +452,7 @@ async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
 
 async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<Work>) {
     let settings: Map<String, Value> = batch[0].cred.settings.clone();
-    let principals: Vec<Principal> = batch
-        .iter()
-        .map(|w| w.cred.as_principal())
-        .collect();
+    let principals: Vec<Principal> = batch.iter().map(|w| w.cred.as_principal()).collect();
     let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
     let mut degraded: BTreeMap<String, String> = BTreeMap::new();
     // Per principal: Ok(true) when it was already gone.

@@ -5,11 +5,13 @@
 
 pub mod bao;
 pub mod creds;
+pub mod http_fixtures;
 pub mod load;
 pub mod mariadb;
 pub mod moto;
 pub mod postgres;
 pub mod process;
+pub mod rabbitmq;
 pub mod redis;
 
 pub use bao::Bao;

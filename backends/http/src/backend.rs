@@ -152,11 +152,7 @@ impl Backend for Http {
                 FieldType::String,
                 "The header that carries token with auth_type header, e.g. X-Vault-Token.",
             ),
-            FieldDef::new(
-                "username",
-                FieldType::String,
-                "The user of basic auth.",
-            ),
+            FieldDef::new("username", FieldType::String, "The user of basic auth."),
             FieldDef::new("password", FieldType::String, "The password of basic auth.").secret(),
             FieldDef::new(
                 "verify_path",

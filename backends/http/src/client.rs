@@ -53,6 +53,18 @@ pub struct Call {
     pub body: Option<Value>,
 }
 
+impl Call {
+    /// A call without headers or body.
+    pub fn bare(method: Method, path: impl Into<String>) -> Call {
+        Call {
+            method,
+            path: path.into(),
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+}
+
 /// What the service answered.
 pub struct Reply {
     pub status: u16,
@@ -78,7 +90,9 @@ impl Client {
             .to_owned();
         let tls = tls::client_config(
             config.setting_str("tls_ca").filter(|s| !s.is_empty()),
-            config.setting_str("tls_certificate").filter(|s| !s.is_empty()),
+            config
+                .setting_str("tls_certificate")
+                .filter(|s| !s.is_empty()),
             config.secret("private_key").filter(|s| !s.is_empty()),
             config
                 .settings
@@ -291,7 +305,9 @@ pub fn certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static
 /// Parses a PEM private key. The error never quotes the key.
 pub fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
-        Error::bad_request("field 'private_key': expected a PEM private key (PKCS#8, PKCS#1 or SEC1)")
+        Error::bad_request(
+            "field 'private_key': expected a PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        )
     })
 }
 

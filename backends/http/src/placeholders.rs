@@ -115,17 +115,20 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
             .find("}}")
             .ok_or("a placeholder opened with {{ is never closed with }}")?;
         let inner = after[..end].trim();
-        let field = inner.strip_prefix('.').filter(|f| KNOWN.contains(f)).ok_or_else(|| {
-            format!(
-                "unknown placeholder '{{{{{}}}}}': expected one of {}",
-                after[..end].escape_default(),
-                KNOWN
-                    .iter()
-                    .map(|k| format!(".{k}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
+        let field = inner
+            .strip_prefix('.')
+            .filter(|f| KNOWN.contains(f))
+            .ok_or_else(|| {
+                format!(
+                    "unknown placeholder '{{{{{}}}}}': expected one of {}",
+                    after[..end].escape_default(),
+                    KNOWN
+                        .iter()
+                        .map(|k| format!(".{k}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
         out.push(Piece::Field(field));
         rest = &after[end + 2..];
     }
@@ -299,7 +302,11 @@ mod tests {
     fn unknown_and_unclosed_placeholders_are_named() {
         let err = fields_in("/x/{{ .Nope }}").unwrap_err();
         assert!(err.contains(".Nope") && err.contains(".KeyID"), "{err}");
-        assert!(fields_in("/x/{{ .Name").unwrap_err().contains("never closed"));
+        assert!(
+            fields_in("/x/{{ .Name")
+                .unwrap_err()
+                .contains("never closed")
+        );
         assert_eq!(
             fields_in_body(&json!({"a": ["{{.Name}}", {"b": "{{.KeyID}}"}]})).unwrap(),
             vec!["Name", "KeyID"]

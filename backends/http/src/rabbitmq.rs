@@ -46,9 +46,14 @@ fn permissions(field: &str, vhosts: &Value, keys: &[&str]) -> Result<Vec<(String
                     keys.join(", ")
                 )));
             }
-            no_placeholders(field, v.as_str().ok_or_else(|| {
-                bad(format!("vhost '{vhost}': '{k}' must be a string (a regular expression)"))
-            })?)?;
+            no_placeholders(
+                field,
+                v.as_str().ok_or_else(|| {
+                    bad(format!(
+                        "vhost '{vhost}': '{k}' must be a string (a regular expression)"
+                    ))
+                })?,
+            )?;
         }
         out.push((vhost.clone(), perms.clone()));
     }
@@ -191,7 +196,10 @@ impl Backend for RabbitMq {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        Ok(Arc::new(HttpTarget::new(&as_http(config), Preset::RabbitMq)?))
+        Ok(Arc::new(HttpTarget::new(
+            &as_http(config),
+            Preset::RabbitMq,
+        )?))
     }
 
     fn role_fields(&self) -> Vec<FieldDef> {
@@ -244,7 +252,10 @@ mod tests {
             Some(json!({"password": "{{.Password}}", "tags": "management,monitoring"}))
         );
         assert_eq!(s.post_create[0].path, "/api/permissions/%2F/{{.Name}}");
-        assert_eq!(s.post_create[1].path, "/api/topic-permissions/prod%2Feu/{{.Name}}");
+        assert_eq!(
+            s.post_create[1].path,
+            "/api/topic-permissions/prod%2Feu/{{.Name}}"
+        );
         assert_eq!(
             s.post_create[1].body,
             Some(json!({"exchange": "amq.topic", "write": ".*", "read": ".*"}))
@@ -255,11 +266,17 @@ mod tests {
     #[test]
     fn bad_permissions_are_refused_by_field() {
         for (settings, says) in [
-            (json!({"vhosts": {"/": {"conf": ".*"}}}), "unknown key 'conf'"),
+            (
+                json!({"vhosts": {"/": {"conf": ".*"}}}),
+                "unknown key 'conf'",
+            ),
             (json!({"vhosts": {"/": {"read": 1}}}), "must be a string"),
             (json!({"vhosts": ["/"]}), "expected a JSON object"),
             (json!({"tags": "a{{.Password}}"}), "field 'tags'"),
-            (json!({"vhost_topics": {"/": {"amq.topic": {"configure": ".*"}}}}), "field 'vhost_topics'"),
+            (
+                json!({"vhost_topics": {"/": {"amq.topic": {"configure": ".*"}}}}),
+                "field 'vhost_topics'",
+            ),
         ] {
             let err = spec(settings.as_object().unwrap()).unwrap_err().to_string();
             assert!(err.contains(says), "expected '{says}' in {err}");

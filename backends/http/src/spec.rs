@@ -213,8 +213,9 @@ fn check_pointer(field: &str, what: &str, p: &Option<String>) -> Result<(), Erro
 impl RoleSpec {
     /// The role's calls from its settings, checked; errors name the field.
     pub fn parse(settings: &Map<String, Value>) -> Result<RoleSpec, Error> {
-        let create: Create = with_call(settings, "create", |c: &mut Create, call| c.call = call)?
-            .ok_or_else(|| bad("create", "is required: the call that creates a key"))?;
+        let create: Create =
+            with_call(settings, "create", |c: &mut Create, call| c.call = call)?
+                .ok_or_else(|| bad("create", "is required: the call that creates a key"))?;
         let revoke: Call = parse_field(settings, "revoke")?
             .ok_or_else(|| bad("revoke", "is required: the call that deletes a key"))?;
         let post_create: Vec<Call> = parse_field(settings, "post_create")?.unwrap_or_default();
@@ -269,7 +270,10 @@ impl RoleSpec {
         for (i, call) in self.post_create.iter().enumerate() {
             let field = format!("post_create[{i}]");
             if call.check(&field)?.contains(&"Password") && !takes_password {
-                return Err(bad(&field, "'.Password' is only known without 'secret_pointer'"));
+                return Err(bad(
+                    &field,
+                    "'.Password' is only known without 'secret_pointer'",
+                ));
             }
         }
         let used = self.revoke.check("revoke")?;
@@ -280,12 +284,18 @@ impl RoleSpec {
             ));
         }
         if used.contains(&"Password") {
-            return Err(bad("revoke", "'.Password' is not known when a key is revoked"));
+            return Err(bad(
+                "revoke",
+                "'.Password' is not known when a key is revoked",
+            ));
         }
         if let Some(r) = &self.renew
             && r.check("renew")?.contains(&"Password")
         {
-            return Err(bad("renew", "'.Password' is not known when a key is renewed"));
+            return Err(bad(
+                "renew",
+                "'.Password' is not known when a key is renewed",
+            ));
         }
         match &self.list {
             Some(l) => self.check_list(l)?,
@@ -320,7 +330,10 @@ impl RoleSpec {
             (Some(call), Some(_)) => {
                 let used = call.check("list.lookup")?;
                 if !used.contains(&"KeyID") {
-                    return Err(bad("list", "'lookup' must address the key by '{{ .KeyID }}'"));
+                    return Err(bad(
+                        "list",
+                        "'lookup' must address the key by '{{ .KeyID }}'",
+                    ));
                 }
             }
             (Some(_), None) => {
@@ -382,30 +395,81 @@ mod tests {
     #[test]
     fn bad_roles_are_refused_by_field() {
         let t = tokens();
-        refused(t.clone(), "create", json!({"method": "GET"}), "missing field `path`");
-        refused(t.clone(), "create", json!({"method": "FETCH", "path": "/x",
-            "secret_pointer": "/a", "body": {"n": "{{.Name}}"}}), "method 'FETCH'");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "x",
-            "secret_pointer": "/a"}), "must start with '/'");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "/x", "oops": 1}),
-            "unknown field `oops`");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "/x",
-            "secret_pointer": "/a"}), "mayfly's mark");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "/x/{{.Name}}"}),
-            "must take mayfly's password");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "/x/{{.Name}}",
-            "secret_pointer": "a"}), "not a JSON pointer");
-        refused(t.clone(), "revoke", json!({"method": "DELETE", "path": "/keys"}),
-            "must address the key");
-        refused(t.clone(), "revoke", json!({"method": "DELETE", "path": "/k/{{.Password}}"}),
-            "only in a body");
-        refused(t.clone(), "create", json!({"method": "POST", "path": "/x/{{.Name}}",
-            "headers": {"X-Bad Name": "1"}, "secret_pointer": "/a"}), "header name");
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "GET"}),
+            "missing field `path`",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "FETCH", "path": "/x",
+            "secret_pointer": "/a", "body": {"n": "{{.Name}}"}}),
+            "method 'FETCH'",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "x",
+            "secret_pointer": "/a"}),
+            "must start with '/'",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "/x", "oops": 1}),
+            "unknown field `oops`",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "/x",
+            "secret_pointer": "/a"}),
+            "mayfly's mark",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "/x/{{.Name}}"}),
+            "must take mayfly's password",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "/x/{{.Name}}",
+            "secret_pointer": "a"}),
+            "not a JSON pointer",
+        );
+        refused(
+            t.clone(),
+            "revoke",
+            json!({"method": "DELETE", "path": "/keys"}),
+            "must address the key",
+        );
+        refused(
+            t.clone(),
+            "revoke",
+            json!({"method": "DELETE", "path": "/k/{{.Password}}"}),
+            "only in a body",
+        );
+        refused(
+            t.clone(),
+            "create",
+            json!({"method": "POST", "path": "/x/{{.Name}}",
+            "headers": {"X-Bad Name": "1"}, "secret_pointer": "/a"}),
+            "header name",
+        );
         let mut no_list = t.clone();
         no_list.remove("list");
         let err = RoleSpec::parse(&no_list).unwrap_err().to_string();
         assert!(err.contains("field 'list'"), "{err}");
-        refused(t, "list", json!({"method": "GET", "path": "/k/{{.Name}}"}), "takes no placeholders");
+        refused(
+            t,
+            "list",
+            json!({"method": "GET", "path": "/k/{{.Name}}"}),
+            "takes no placeholders",
+        );
         let err = RoleSpec::parse(&Map::new()).unwrap_err().to_string();
         assert!(err.contains("field 'create': is required"), "{err}");
     }

@@ -18,6 +18,9 @@ use crate::spec::{self, ExpiryFormat, RoleSpec};
 
 /// Keys revoked at once in a batch.
 const PARALLEL: usize = 8;
+/// Seconds a service's expiry may fall short of the deadline asked (its clock, its rounding)
+/// without being taken for a cap.
+const EXPIRY_SLACK_SECS: u64 = 5;
 /// How much of a service's answer an error quotes.
 const QUOTE_CHARS: usize = 300;
 
@@ -61,16 +64,12 @@ impl HttpTarget {
     /// Checks that the service answers: a 2xx from `verify_path` where one is given, else any
     /// answer from `base_url`.
     pub async fn verify(&self, verify_path: &str) -> Result<(), Error> {
-        let call = client::Call {
-            method: Method::GET,
-            path: if verify_path.is_empty() {
-                "/".to_owned()
-            } else {
-                verify_path.to_owned()
-            },
-            headers: Vec::new(),
-            body: None,
+        let path = if verify_path.is_empty() {
+            "/"
+        } else {
+            verify_path
         };
+        let call = client::Call::bare(Method::GET, path);
         let reply = self
             .client
             .send(&call, Retry::Unsent)
@@ -90,8 +89,8 @@ impl HttpTarget {
             .map_err(|_| fail(format!("method '{}'", call.method)))?;
         let mut headers = Vec::new();
         for (name, value) in &call.headers {
-            let value = placeholders::header(value.as_str().unwrap_or_default(), vars)
-                .map_err(fail)?;
+            let value =
+                placeholders::header(value.as_str().unwrap_or_default(), vars).map_err(fail)?;
             headers.push((name.clone(), value));
         }
         Ok(client::Call {
@@ -105,6 +104,20 @@ impl HttpTarget {
                 .transpose()
                 .map_err(fail)?,
         })
+    }
+
+    /// Sends a call of mayfly's own (not declared, no placeholders), idempotent: the answer
+    /// when 2xx or one of `also_ok`, else the error.
+    async fn send_fixed(&self, call: &client::Call, also_ok: &[u16]) -> Result<Reply, Error> {
+        let reply = self
+            .client
+            .send(call, Retry::Transient)
+            .await
+            .map_err(|e| self.unreachable(call, e, &[]))?;
+        if !is_success(reply.status) && !also_ok.contains(&reply.status) {
+            return Err(self.refused(call, &reply, &[], None));
+        }
+        Ok(reply)
     }
 
     /// Sends a declared call, and refuses a non-2xx answer (other than `gone`, answered as
@@ -300,9 +313,8 @@ impl HttpTarget {
             .call(&list.call, &vars, Retry::Transient, &[], &[])
             .await?
             .unwrap_or_else(|| unreachable!("no status counts as gone"));
-        let doc: Value = serde_json::from_slice(&reply.body).map_err(|_| {
-            self.refused(&prepared, &reply, &[], None)
-        })?;
+        let doc: Value = serde_json::from_slice(&reply.body)
+            .map_err(|_| self.refused(&prepared, &reply, &[], None))?;
         let Some(Value::Array(items)) = doc.pointer(&list.items_pointer) else {
             return Err(Error::Target(format!(
                 "{} answered without a list at '{}'",
@@ -373,42 +385,18 @@ impl HttpTarget {
     /// Closes every open AMQP connection of RabbitMQ user `user`, so that revoking a user ends
     /// what it already had open and not only its next login.
     async fn close_connections(&self, user: &str) -> Result<(), Error> {
-        let list = client::Call {
-            method: Method::GET,
-            path: "/api/connections?columns=name,user".to_owned(),
-            headers: Vec::new(),
-            body: None,
-        };
-        let reply = self
-            .client
-            .send(&list, Retry::Transient)
-            .await
-            .map_err(|e| self.unreachable(&list, e, &[]))?;
-        if !is_success(reply.status) {
-            return Err(self.refused(&list, &reply, &[], None));
-        }
+        let list = client::Call::bare(Method::GET, "/api/connections?columns=name,user");
+        let reply = self.send_fixed(&list, &[]).await?;
         let conns: Vec<Value> = serde_json::from_slice(&reply.body).unwrap_or_default();
         for c in conns.iter().filter(|c| c["user"] == user) {
             let Some(name) = c["name"].as_str() else {
                 continue;
             };
-            let close = client::Call {
-                method: Method::DELETE,
-                path: format!("/api/connections/{}", mayfly::redact::percent_encode(name)),
-                headers: vec![(
-                    "X-Reason".into(),
-                    "credential revoked by mayfly".into(),
-                )],
-                body: None,
-            };
-            let reply = self
-                .client
-                .send(&close, Retry::Transient)
-                .await
-                .map_err(|e| self.unreachable(&close, e, &[]))?;
-            if !is_success(reply.status) && reply.status != 404 {
-                return Err(self.refused(&close, &reply, &[], None));
-            }
+            let path = format!("/api/connections/{}", mayfly::redact::percent_encode(name));
+            let mut close = client::Call::bare(Method::DELETE, path);
+            close.headers = vec![("X-Reason".into(), "credential revoked by mayfly".into())];
+            // A connection that closed meanwhile is a 404: what was wanted.
+            self.send_fixed(&close, &[404]).await?;
         }
         Ok(())
     }
@@ -531,9 +519,14 @@ impl Target for HttpTarget {
         if let Some(id) = &made.key_id {
             data.insert("key_id".into(), json!(id));
         }
+        // A service expiry bounds the lease, unless a renew call moves it along with the lease;
+        // even then one clearly short of the deadline asked (the service capped it) does.
+        let target_expires = made
+            .expires
+            .filter(|&e| spec.renew.is_none() || e + EXPIRY_SLACK_SECS < p.expires);
         Ok(Created {
             data,
-            target_expires: made.expires,
+            target_expires,
             warnings: Vec::new(),
             target_id: made.key_id,
             secret_from_target: makes_secret,
@@ -559,7 +552,10 @@ impl Target for HttpTarget {
             ttl_seconds: expires.saturating_sub(now()),
             ..Vars::default()
         };
-        match self.call(call, &vars, Retry::Transient, &[404, 410], &[]).await? {
+        match self
+            .call(call, &vars, Retry::Transient, &[404, 410], &[])
+            .await?
+        {
             Some(_) => Ok(()),
             None => Err(Error::Target(format!(
                 "key '{}' no longer exists on the service",

@@ -106,9 +106,7 @@ impl ServerCertVerifier for AnyCertificate {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -133,10 +131,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("go together"), "{err}");
-        let err = client_config(None, Some(&cert_pem), Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), false)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("'private_key'") && !err.contains("AAAA"), "{err}");
+        let err = client_config(
+            None,
+            Some(&cert_pem),
+            Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("'private_key'") && !err.contains("AAAA"),
+            "{err}"
+        );
         assert!(client_config(None, None, None, true).is_ok());
     }
 }
