@@ -286,7 +286,7 @@ impl Engine {
     }
 }
 
-fn paths(backends: &Backends) -> Vec<PathDef> {
+pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "config/",

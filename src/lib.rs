@@ -13,6 +13,8 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod fields;
+#[cfg(test)]
+mod fuzz;
 pub mod host;
 pub mod ledger;
 pub mod mount;

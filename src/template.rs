@@ -12,7 +12,7 @@ use crate::host::{now, random_lower, random_string};
 
 /// mayfly's default: a mark, the role, the requester's display name and randomness, cut to
 /// PostgreSQL's 63-byte identifier limit. Lowercase, so the name needs no case care.
-pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | truncate 63 | lowercase }}"#;
+pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | lowercase | truncate 63 }}"#;
 
 /// The prefix of every principal the default template makes: how mayfly's principals are told
 /// apart from everyone else's on a target.
@@ -50,6 +50,17 @@ pub fn render(template: &str, inputs: &Inputs<'_>) -> Result<String, Error> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+/// Bytes, as OpenBao's `truncate` counts, because the limits it serves are in bytes
+/// (PostgreSQL's 63-byte names); a character is never split.
+fn truncate_bytes(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn bad(msg: impl std::fmt::Display) -> Error {
@@ -243,7 +254,7 @@ fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
         "truncate" => {
             arity(2)?;
             let n = int(&args[0])?;
-            Ok(Val::Str(args[1].text().chars().take(n).collect()))
+            Ok(Val::Str(truncate_bytes(&args[1].text(), n).to_owned()))
         }
         "lowercase" => {
             arity(1)?;
@@ -352,6 +363,29 @@ mod tests {
         assert!(name.starts_with("mf-reader-role-with-token-ab-"), "{name}");
         assert!(name.len() <= 63 && name == name.to_lowercase(), "{name}");
         assert_ne!(name, render(DEFAULT_USERNAME_TEMPLATE, &IN).unwrap());
+    }
+
+    /// Found by fuzzing: `truncate` counted characters, so a display name of multi-byte
+    /// characters made a default name longer than PostgreSQL's 63 bytes, and issuance failed.
+    #[test]
+    fn default_template_stays_within_63_bytes_for_any_display_name() {
+        let inputs = Inputs {
+            role_name: "\u{1F300}\u{1D54A}00\u{FE70}\u{11F00}a\u{AD0} \u{3A3}",
+            display_name: "\u{10A60}\u{0A85}aa\u{102A0}Aa\u{130}\u{130}",
+            ..IN
+        };
+        let name = render(DEFAULT_USERNAME_TEMPLATE, &inputs).unwrap();
+        assert!(name.len() <= 63, "{} bytes: {name}", name.len());
+        assert!(
+            name.starts_with(MARK) && name == name.to_lowercase(),
+            "{name}"
+        );
+        let t = "{{ \"\u{E9}\u{E9}\u{E9}\" | truncate 3 }}";
+        assert_eq!(
+            render(t, &IN).unwrap(),
+            "\u{E9}",
+            "a character is never split"
+        );
     }
 
     #[test]

@@ -201,6 +201,33 @@ log_level = "debug"
         self.unseal();
     }
 
+    /// Kills a persistent server at once (SIGKILL to the server alone, as a crash would: its
+    /// plugins must notice on their own), then starts and unseals it again.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::signal(child.id() as i32, libc::SIGKILL);
+            let _ = child.wait();
+        }
+        self.launch_persistent(&[]);
+        self.unseal();
+    }
+
+    /// SIGKILLs every mayfly process of this server; returns how many there were.
+    pub fn kill_plugins(&self) -> usize {
+        let pids = self.plugin_pids();
+        for &pid in &pids {
+            process::signal(pid, libc::SIGKILL);
+        }
+        pids.len()
+    }
+
+    /// `bao plugin reload -plugin=mayfly` through the API: every mount of the plugin gets a new
+    /// process. Returns the HTTP status.
+    pub fn reload_plugin(&self) -> u16 {
+        self.put("sys/plugins/reload/backend", json!({"plugin": "mayfly"}))
+            .0
+    }
+
     /// The storage of mount `path` as the host holds it, decrypted: every key under the
     /// mount's storage prefix and its value (needs the raw storage endpoint: persistent servers).
     pub fn raw_mount_storage(&self, path: &str) -> Vec<(String, String)> {

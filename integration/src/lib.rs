@@ -4,6 +4,7 @@
 //! Every process started here is stopped when its handle drops, also when a test fails.
 
 pub mod bao;
+pub mod chaos;
 pub mod creds;
 pub mod http_fixtures;
 pub mod load;

@@ -6,24 +6,63 @@ use std::time::Instant;
 use crate::Bao;
 
 /// What one run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// Issued per second.
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Every request's latency in milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Run {
+    fn of(mut latencies_ms: Vec<f64>, secs: f64) -> Run {
+        latencies_ms.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            let n = latencies_ms.len();
+            if n == 0 {
+                return 0.0;
+            }
+            latencies_ms[((n as f64 * p) as usize).min(n - 1)]
+        };
+        Run {
+            rate: latencies_ms.len() as f64 / secs.max(1e-9),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            latencies_ms,
+        }
+    }
 }
 
 /// Reads `path` `n` times as `token` from `clients` threads; every read must issue (200).
 pub fn issue_many(bao: &Bao, token: &str, path: &str, n: usize, clients: usize) -> Run {
     let next = AtomicUsize::new(0);
+    issue_while(bao, token, path, clients, || {
+        next.fetch_add(1, Ordering::SeqCst) < n
+    })
+}
+
+/// Reads `path` from `clients` threads for `secs` seconds; every read must issue (200).
+pub fn issue_for(bao: &Bao, token: &str, path: &str, clients: usize, secs: f64) -> Run {
+    let end = Instant::now() + std::time::Duration::from_secs_f64(secs);
+    issue_while(bao, token, path, clients, || Instant::now() < end)
+}
+
+fn issue_while(
+    bao: &Bao,
+    token: &str,
+    path: &str,
+    clients: usize,
+    more: impl Fn() -> bool + Sync,
+) -> Run {
     let start = Instant::now();
-    let mut latencies: Vec<f64> = std::thread::scope(|s| {
+    let latencies: Vec<f64> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 s.spawn(|| {
                     let mut mine = Vec::new();
-                    while next.fetch_add(1, Ordering::SeqCst) < n {
+                    while more() {
                         let t = Instant::now();
                         let (status, body) = bao.request_as(token, "GET", path, None);
                         assert_eq!(status, 200, "{path}: {body}");
@@ -38,14 +77,7 @@ pub fn issue_many(bao: &Bao, token: &str, path: &str, n: usize, clients: usize) 
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
-    Run {
-        rate,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-    }
+    Run::of(latencies, start.elapsed().as_secs_f64())
 }
 
 /// The median of `values`.
@@ -57,6 +89,16 @@ pub fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => v[n / 2],
         n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// The resident set size of process `pid` in KiB, from `/proc/PID/status`.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds (user and system) process `pid` has used so far, from `/proc/PID/stat`.

@@ -29,7 +29,7 @@ use crate::statements::{Dialect, Values, quote_literal};
 /// MySQL 8 refuses user names longer than this (MariaDB takes 80; mayfly holds both to 32).
 const MAX_NAME: usize = 32;
 /// `mf-`, 8 of the role, 4 of the display name, 12 random: 29 characters at most.
-const USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 8) (.DisplayName | truncate 4) (random 12) | truncate 32 | lowercase }}"#;
+const USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 8) (.DisplayName | truncate 4) (random 12) | lowercase | truncate 32 }}"#;
 /// ER_NO_SUCH_THREAD: the session ended before mayfly could kill it.
 const NO_SUCH_THREAD: u16 = 1094;
 /// Errors of a refused login: ER_ACCESS_DENIED_ERROR, and an account locked (MySQL 8's

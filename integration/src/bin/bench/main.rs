@@ -1,0 +1,487 @@
+//! Benchmarks mayfly against OpenBao's built-in engines side by side: one OpenBao with both
+//! mounted against the same targets, the same statements, the same client load, in alternating
+//! rounds (the engine that goes first alternates), reporting medians and ratios. Run it with
+//! `scripts/bench`; it writes `report.md` and CSV files to `BENCH_OUT`.
+//!
+//! Scenarios (`BENCH_SCENARIOS`, comma-separated; default all):
+//! - `issue`: creds/s, p50 and p99 at 1, 8 and 32 clients on PostgreSQL, MariaDB, Redis and
+//!   RabbitMQ, and CPU per credential;
+//! - `expiry`: 2,000 and 10,000 credentials expiring together on PostgreSQL: the seconds from the
+//!   last expiry until none is left, and the live-user curve;
+//! - `during`: issuance while 2,000 credentials expire;
+//! - `footprint`: the plugin's cold start, respawn, idle RSS.
+
+mod report;
+mod targets;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mayfly_integration::bao::ROOT_TOKEN;
+use mayfly_integration::load::{self, Run};
+use mayfly_integration::{Bao, wait_until};
+use serde_json::json;
+
+use report::{Report, f1, ratio};
+use targets::{Engine, Target, put};
+
+struct Settings {
+    scenarios: Vec<String>,
+    targets: Vec<String>,
+    rounds: usize,
+    /// Credentials per issuance run (at least 20 per client).
+    issue_n: usize,
+    clients: Vec<usize>,
+    expire_counts: Vec<usize>,
+    out: PathBuf,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let list = |name: &str, default: &str| -> Vec<String> {
+            std::env::var(name)
+                .unwrap_or_else(|_| default.into())
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        let nums = |name: &str, default: &str| -> Vec<usize> {
+            list(name, default)
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .unwrap_or_else(|_| panic!("{name}: not a number: {s}"))
+                })
+                .collect()
+        };
+        Settings {
+            scenarios: list("BENCH_SCENARIOS", "issue,expiry,during,footprint"),
+            targets: list("BENCH_TARGETS", "postgres,mariadb,redis,rabbitmq"),
+            rounds: nums("BENCH_ROUNDS", "3")[0],
+            issue_n: nums("BENCH_ISSUE_COUNT", "300")[0],
+            clients: nums("BENCH_CLIENTS", "1,8,32"),
+            expire_counts: nums("BENCH_EXPIRE_COUNTS", "2000,10000"),
+            out: PathBuf::from(
+                std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench-report".into()),
+            ),
+        }
+    }
+
+    fn has(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario)
+    }
+}
+
+fn main() {
+    let s = Settings::from_env();
+    let plugin = std::env::var("MAYFLY_PLUGIN_BIN").unwrap_or_else(|_| "debug build".into());
+    let mut report = Report::new(
+        &s.out,
+        &format!(
+            "# mayfly vs OpenBao's built-in engines\n\nOne OpenBao 2.7.2 with both engines \
+             mounted, the same targets and statements, {} alternating rounds, medians. \
+             Plugin: `{plugin}`. Machine: {} cores.",
+            s.rounds,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        ),
+    );
+    if s.has("issue") {
+        issuance(&s, &mut report);
+    }
+    if s.has("expiry") {
+        expiry(&s, &mut report);
+    }
+    if s.has("during") {
+        during(&mut report);
+    }
+    if s.has("footprint") {
+        footprint(&mut report);
+    }
+    report.print();
+}
+
+/// One measured run and what it cost in CPU.
+struct Measured {
+    run: Run,
+    cpu_ms_per_cred: f64,
+}
+
+/// CPU seconds of the server and of its mayfly processes together.
+fn cpu_now(bao: &Bao) -> f64 {
+    load::cpu_seconds(bao.pid())
+        + bao
+            .plugin_pids()
+            .iter()
+            .map(|&p| load::cpu_seconds(p))
+            .sum::<f64>()
+}
+
+fn measure(bao: &Bao, path: &str, n: usize, clients: usize) -> Measured {
+    let before = cpu_now(bao);
+    let run = load::issue_many(bao, ROOT_TOKEN, path, n, clients);
+    let cpu_ms_per_cred = (cpu_now(bao) - before) * 1000.0 / n as f64;
+    Measured {
+        run,
+        cpu_ms_per_cred,
+    }
+}
+
+fn median_of(runs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {
+    load::median(&runs.iter().map(f).collect::<Vec<_>>())
+}
+
+fn issuance(s: &Settings, report: &mut Report) {
+    let mut rows = Vec::new();
+    let mut raw = Vec::new();
+    for name in &s.targets {
+        let target = Target::start(name);
+        let bao = Bao::with_mayfly();
+        target.configure(&bao);
+        let role = "iss";
+        for engine in [Engine::Mayfly, Engine::Builtin] {
+            target.role(&bao, engine, role, 3600);
+            // Warm up pools and caches; not measured.
+            load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
+        }
+        for &clients in &s.clients {
+            let n = s.issue_n.max(clients * 20);
+            let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
+            let mut latencies = Vec::new();
+            for round in 0..s.rounds {
+                for engine in Engine::order(round) {
+                    let m = measure(&bao, &target.creds_path(engine, role), n, clients);
+                    eprintln!(
+                        "issue {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
+                         p99 {:6.1} ms cpu {:.2} ms/cred",
+                        engine.label(),
+                        m.run.rate,
+                        m.run.p50_ms,
+                        m.run.p99_ms,
+                        m.cpu_ms_per_cred
+                    );
+                    raw.push(format!(
+                        "{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3}",
+                        engine.label(),
+                        m.run.rate,
+                        m.run.p50_ms,
+                        m.run.p99_ms,
+                        m.cpu_ms_per_cred
+                    ));
+                    latencies.extend(
+                        m.run
+                            .latencies_ms
+                            .iter()
+                            .map(|l| format!("{},{round},{l:.3}", engine.label())),
+                    );
+                    runs[engine as usize].push(m);
+                }
+            }
+            report.csv(
+                &format!("latency-{name}-{clients}.csv"),
+                "engine,round,ms",
+                latencies,
+            );
+            let [m, b] = &runs;
+            let rate = |r: &[Measured]| median_of(r, |x| x.run.rate);
+            let p50 = |r: &[Measured]| median_of(r, |x| x.run.p50_ms);
+            let p99 = |r: &[Measured]| median_of(r, |x| x.run.p99_ms);
+            let cpu = |r: &[Measured]| median_of(r, |x| x.cpu_ms_per_cred);
+            rows.push(vec![
+                name.clone(),
+                clients.to_string(),
+                f1(rate(m)),
+                f1(rate(b)),
+                format!("**{}**", ratio(rate(m), rate(b))),
+                f1(p50(m)),
+                f1(p50(b)),
+                f1(p99(m)),
+                f1(p99(b)),
+                format!("{:.2}", cpu(m)),
+                format!("{:.2}", cpu(b)),
+            ]);
+        }
+        target.clean(&bao);
+    }
+    report.csv(
+        "issuance-rounds.csv",
+        "target,clients,round,engine,rate,p50_ms,p99_ms,cpu_ms_per_cred",
+        raw,
+    );
+    report.table(
+        "Issuance",
+        &format!(
+            "{} credentials per run (at least 20 per client), TTL 1 h. CPU is the server's plus \
+             mayfly's processes', per credential, for either engine (the built-in engines run \
+             inside the server).",
+            s.issue_n
+        ),
+        &[
+            "target",
+            "clients",
+            "mayfly creds/s",
+            "built-in creds/s",
+            "throughput ratio",
+            "mayfly p50 ms",
+            "built-in p50 ms",
+            "mayfly p99 ms",
+            "built-in p99 ms",
+            "mayfly CPU ms/cred",
+            "built-in CPU ms/cred",
+        ],
+        &rows,
+    );
+}
+
+/// What one mass expiry showed.
+struct Expiry {
+    /// Seconds the issuance took (the spread of the deadlines).
+    window: f64,
+    /// From the last deadline until no user was left.
+    gone_after: f64,
+    /// (seconds relative to the last deadline, live users).
+    curve: Vec<(f64, usize)>,
+}
+
+/// Issues `count` credentials of `role` (default TTL `ttl`) at 32 clients; returns the moment
+/// the last of them expires and how long issuing took.
+fn issue_expiring(
+    bao: &Bao,
+    target: &Target,
+    engine: Engine,
+    role: &str,
+    count: usize,
+    ttl: u64,
+) -> (Instant, f64) {
+    target.role(bao, engine, role, ttl);
+    let start = Instant::now();
+    load::issue_many(bao, ROOT_TOKEN, &target.creds_path(engine, role), count, 32);
+    let window = start.elapsed().as_secs_f64();
+    assert!(
+        window < ttl as f64,
+        "{}: issuing {count} took {window:.0}s, longer than the TTL {ttl}s",
+        engine.label()
+    );
+    (Instant::now() + Duration::from_secs(ttl), window)
+}
+
+/// Samples the live users of `role` every 250 ms until none is left (20 minutes at most).
+fn watch_expiry(target: &Target, engine: Engine, role: &str, last: Instant) -> Expiry {
+    let mut curve = Vec::new();
+    let rel = |t: Instant| {
+        if t >= last {
+            t.duration_since(last).as_secs_f64()
+        } else {
+            -last.duration_since(t).as_secs_f64()
+        }
+    };
+    loop {
+        let now = Instant::now();
+        let live = target.live(engine, role);
+        curve.push((rel(now), live));
+        if live == 0 && now > last {
+            return Expiry {
+                window: 0.0,
+                gone_after: rel(now),
+                curve,
+            };
+        }
+        assert!(
+            rel(now) < 1200.0,
+            "{}: {live} users still there 20 minutes after expiry",
+            engine.label()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A TTL long enough to issue `count` at 40/s or faster before the first expires.
+fn expiry_ttl(count: usize) -> u64 {
+    count as u64 / 40 + 30
+}
+
+fn expiry(s: &Settings, report: &mut Report) {
+    let mut rows = Vec::new();
+    let mut curves = Vec::new();
+    for &count in &s.expire_counts {
+        let target = Target::start("postgres");
+        let bao = Bao::with_mayfly();
+        target.configure(&bao);
+        let mut gone = [0.0; 2];
+        for engine in [Engine::Mayfly, Engine::Builtin] {
+            let role = format!("e{count}");
+            let (last, window) =
+                issue_expiring(&bao, &target, engine, &role, count, expiry_ttl(count));
+            assert_eq!(target.live(engine, &role), count);
+            // Sample from 10 s before the first deadline: the curve shows the whole fall.
+            let first = last - Duration::from_secs_f64(window);
+            let watch_from = first.checked_sub(Duration::from_secs(10)).unwrap_or(first);
+            while Instant::now() < watch_from {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let e = Expiry {
+                window,
+                ..watch_expiry(&target, engine, &role, last)
+            };
+            eprintln!(
+                "expiry {count} {:<8} issued over {:.1}s, gone {:.1}s after the last deadline",
+                engine.label(),
+                e.window,
+                e.gone_after
+            );
+            curves.extend(
+                e.curve
+                    .iter()
+                    .map(|(t, n)| format!("{count},{},{t:.2},{n}", engine.label())),
+            );
+            gone[engine as usize] = e.gone_after;
+            rows.push(vec![
+                count.to_string(),
+                engine.label().into(),
+                f1(e.window),
+                f1(e.gone_after),
+            ]);
+        }
+        let n = rows.len();
+        rows[n - 2].push(String::new());
+        rows[n - 1].push(format!(
+            "**mayfly {} faster**",
+            ratio(gone[1], gone[0].max(0.25))
+        ));
+    }
+    report.csv(
+        "expiry-curve.csv",
+        "count,engine,t_after_last_deadline,live",
+        curves,
+    );
+    report.table(
+        "Mass expiry",
+        "PostgreSQL; each engine's default revocation; credentials issued at 32 clients with the \
+         role's TTL, so their deadlines spread over the issuance window. The time is from the \
+         last deadline until `pg_roles` holds none of them (sampled every 250 ms).",
+        &[
+            "credentials",
+            "engine",
+            "issued over s",
+            "all gone s after last deadline",
+            "ratio",
+        ],
+        &rows,
+    );
+}
+
+fn during(report: &mut Report) {
+    let count = 2000;
+    let target = Target::start("postgres");
+    let bao = Bao::with_mayfly();
+    target.configure(&bao);
+    let mut rows = Vec::new();
+    let mut rates = [0.0; 2];
+    for engine in [Engine::Mayfly, Engine::Builtin] {
+        target.role(&bao, engine, "live", 3600);
+        load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, "live"), 20, 4);
+        let (last, window) =
+            issue_expiring(&bao, &target, engine, "bulk", count, expiry_ttl(count));
+        let first = last - Duration::from_secs_f64(window);
+        while Instant::now() < first {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Issue from the first deadline until 5 s after the last.
+        let run = load::issue_for(
+            &bao,
+            ROOT_TOKEN,
+            &target.creds_path(engine, "live"),
+            8,
+            window + 5.0,
+        );
+        let left = target.live(engine, "bulk");
+        let done = wait_until(1200.0, || target.live(engine, "bulk") == 0);
+        assert!(done, "{}: expired users left", engine.label());
+        eprintln!(
+            "during {:<8} {:7.1}/s p99 {:6.1} ms ({left} of {count} still there when it ended)",
+            engine.label(),
+            run.rate,
+            run.p99_ms
+        );
+        rates[engine as usize] = run.rate;
+        rows.push(vec![
+            engine.label().into(),
+            f1(run.rate),
+            f1(run.p50_ms),
+            f1(run.p99_ms),
+            left.to_string(),
+        ]);
+    }
+    rows[1].push(format!("**{}**", ratio(rates[0], rates[1])));
+    rows[0].push(String::new());
+    report.table(
+        "Issuance during a mass expiry",
+        &format!(
+            "{count} credentials expire (PostgreSQL); 8 clients issue on another role from the \
+             first deadline until 5 s after the last."
+        ),
+        &[
+            "engine",
+            "creds/s",
+            "p50 ms",
+            "p99 ms",
+            "expired users still there at the end",
+            "mayfly/built-in",
+        ],
+        &rows,
+    );
+}
+
+fn footprint(report: &mut Report) {
+    let samples = 5;
+    let mut enable_ms = Vec::new();
+    let mut builtin_enable_ms = Vec::new();
+    let mut respawn_ms = Vec::new();
+    let mut idle_rss = Vec::new();
+    for _ in 0..samples {
+        let bao = Bao::start();
+        bao.register();
+        // Cold start: the first mount spawns the process, which hands shake, runs Setup and
+        // Initialize before the mount call answers.
+        let t = Instant::now();
+        put(&bao, "sys/mounts/mayfly", json!({"type": "mayfly"}));
+        enable_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        put(&bao, "sys/mounts/db", json!({"type": "database"}));
+        builtin_enable_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = bao.plugin_pids()[0];
+        idle_rss.push(load::rss_kib(pid) as f64 / 1024.0);
+        // Respawn: the first request after a SIGKILL (once the host has seen the death).
+        bao.kill_plugins();
+        let noticed = |l: &str| l.contains("plugin process exited") && l.contains(&pid.to_string());
+        assert!(wait_until(10.0, || bao.log().lines().any(noticed)));
+        let t = Instant::now();
+        let (status, body) = bao.list("mayfly/roles/");
+        assert!(status == 200 || status == 404, "{status} {body}");
+        respawn_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let m = |v: &[f64]| f1(load::median(v));
+    report.table(
+        "Footprint",
+        &format!("Medians of {samples} fresh servers."),
+        &["measure", "mayfly", "built-in database engine"],
+        &[
+            vec![
+                "mount enable (process start, handshake, Setup, Initialize), ms".into(),
+                m(&enable_ms),
+                format!("{} (in-process)", m(&builtin_enable_ms)),
+            ],
+            vec![
+                "first request after a SIGKILL (respawn + Setup + request), ms".into(),
+                m(&respawn_ms),
+                "n/a".into(),
+            ],
+            vec![
+                "idle RSS, one mount, MiB".into(),
+                m(&idle_rss),
+                "n/a (inside the server)".into(),
+            ],
+        ],
+    );
+}

@@ -1,0 +1,207 @@
+//! The targets both engines issue on, each configured identically on mayfly's mount and on the
+//! built-in engine's: the same server, the same admin, the same statements or settings.
+
+use mayfly_integration::rabbitmq::{MANAGEMENT, management};
+use mayfly_integration::{Bao, PrivateMariaDb, PrivatePostgres, PrivateRedis};
+use serde_json::{Value, json};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Engine {
+    Mayfly,
+    Builtin,
+}
+
+impl Engine {
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Mayfly => "mayfly",
+            Engine::Builtin => "built-in",
+        }
+    }
+
+    /// The two engines, the first one alternating by round.
+    pub fn order(round: usize) -> [Engine; 2] {
+        if round % 2 == 0 {
+            [Engine::Mayfly, Engine::Builtin]
+        } else {
+            [Engine::Builtin, Engine::Mayfly]
+        }
+    }
+}
+
+const PG_CREATE: &str = "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' \
+                         VALID UNTIL '{{expiration}}' IN ROLE app_readers;";
+const MYSQL_CREATE: &str = "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; \
+                            GRANT SELECT ON app.* TO '{{name}}'@'%';";
+const REDIS_RULES: &str = r#"["~app:*", "+@read"]"#;
+const RABBIT_VHOSTS: &str = r#"{"/": {"configure": ".*", "write": ".*", "read": ".*"}}"#;
+const REDIS_ADMIN: (&str, &str) = ("mayfly_admin", "adm1n-Pa55word-for-redis");
+const RABBIT_ADMIN: (&str, &str) = ("mayfly-bench-admin", "bench-Admin-pw-1");
+
+pub enum Target {
+    Postgres(PrivatePostgres),
+    MariaDb(PrivateMariaDb),
+    Redis(PrivateRedis),
+    /// The machine's broker, through its management API.
+    RabbitMq,
+}
+
+impl Target {
+    pub fn start(name: &str) -> Target {
+        match name {
+            "postgres" => {
+                let pg = PrivatePostgres::start();
+                pg.admin("CREATE ROLE app_readers NOLOGIN");
+                Target::Postgres(pg)
+            }
+            "mariadb" => Target::MariaDb(PrivateMariaDb::start()),
+            "redis" => {
+                let redis = PrivateRedis::start();
+                let (user, password) = REDIS_ADMIN;
+                let pw = format!(">{password}");
+                let setuser = ["ACL", "SETUSER", user, "on", &pw, "~*", "&*", "+@all"];
+                redis.cli(&setuser).unwrap();
+                Target::Redis(redis)
+            }
+            "rabbitmq" => {
+                let (user, password) = RABBIT_ADMIN;
+                let (status, body) = management(
+                    "PUT",
+                    &format!("/api/users/{user}"),
+                    Some(&json!({"password": password, "tags": "administrator"})),
+                );
+                assert!(status < 300, "{body}");
+                Target::RabbitMq
+            }
+            other => panic!("unknown target {other}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Target::Postgres(_) => "postgres",
+            Target::MariaDb(_) => "mariadb",
+            Target::Redis(_) => "redis",
+            Target::RabbitMq => "rabbitmq",
+        }
+    }
+
+    /// The built-in engine's mount for this target.
+    fn builtin_mount(&self) -> &'static str {
+        match self {
+            Target::RabbitMq => "rabbitmq",
+            _ => "db",
+        }
+    }
+
+    /// Mounts the built-in engine (once per server) and configures both engines' connections.
+    pub fn configure(&self, bao: &Bao) {
+        let mount = self.builtin_mount();
+        let (_, mounts) = bao.get("sys/mounts");
+        if mounts["data"][format!("{mount}/")].is_null() {
+            let kind = if mount == "db" {
+                "database"
+            } else {
+                "rabbitmq"
+            };
+            let (ok, out) = bao.cli(&["secrets", "enable", &format!("-path={mount}"), kind]);
+            assert!(ok, "{out}");
+        }
+        let name = self.name();
+        let mut connection = match self {
+            Target::Postgres(pg) => pg.connection("postgresql-database-plugin"),
+            Target::MariaDb(db) => db.connection("mysql-database-plugin"),
+            Target::Redis(redis) => json!({
+                "plugin_name": "redis-database-plugin", "host": "127.0.0.1", "port": redis.port,
+                "username": REDIS_ADMIN.0, "password": REDIS_ADMIN.1, "allowed_roles": "*"}),
+            Target::RabbitMq => json!({
+                "plugin_name": "rabbitmq", "connection_uri": MANAGEMENT,
+                "username": RABBIT_ADMIN.0, "password": RABBIT_ADMIN.1, "allowed_roles": "*"}),
+        };
+        if matches!(self, Target::Postgres(_) | Target::MariaDb(_)) {
+            connection["max_open_connections"] = json!(8);
+        }
+        put(bao, &format!("mayfly/config/{name}"), connection.clone());
+        if let Target::RabbitMq = self {
+            let obj = connection.as_object_mut().unwrap();
+            obj.remove("plugin_name");
+            obj.remove("allowed_roles");
+            put(bao, "rabbitmq/config/connection", connection);
+        } else {
+            put(bao, &format!("db/config/{name}"), connection);
+        }
+    }
+
+    /// Writes role `role` with `ttl` on `engine`'s mount, with the same statements on both.
+    pub fn role(&self, bao: &Bao, engine: Engine, role: &str, ttl: u64) {
+        let mut body = match self {
+            Target::Postgres(_) => json!({"creation_statements": PG_CREATE}),
+            Target::MariaDb(_) => json!({"creation_statements": MYSQL_CREATE}),
+            Target::Redis(_) => json!({"creation_statements": REDIS_RULES}),
+            Target::RabbitMq => json!({"tags": "management", "vhosts": RABBIT_VHOSTS}),
+        };
+        let builtin_rabbit = engine == Engine::Builtin && matches!(self, Target::RabbitMq);
+        if !builtin_rabbit {
+            body["db_name"] = json!(self.name());
+            body["default_ttl"] = json!(ttl);
+            body["max_ttl"] = json!(ttl.max(7200));
+        }
+        let path = match engine {
+            Engine::Mayfly => format!("mayfly/roles/{role}"),
+            Engine::Builtin => format!("{}/roles/{role}", self.builtin_mount()),
+        };
+        put(bao, &path, body);
+        if builtin_rabbit {
+            // The built-in rabbitmq engine takes TTLs on the mount's lease config.
+            put(
+                bao,
+                "rabbitmq/config/lease",
+                json!({"ttl": ttl, "max_ttl": ttl.max(7200)}),
+            );
+        }
+    }
+
+    pub fn creds_path(&self, engine: Engine, role: &str) -> String {
+        match engine {
+            Engine::Mayfly => format!("mayfly/creds/{role}"),
+            Engine::Builtin => format!("{}/creds/{role}", self.builtin_mount()),
+        }
+    }
+
+    /// How many principals `engine` made for `role` exist on the target now. The built-in
+    /// engine's names are `v-<display name>-<role, cut to 8>-…`, mayfly's `mf-<role>-…`.
+    pub fn live(&self, engine: Engine, role: &str) -> usize {
+        let like = match engine {
+            Engine::Mayfly => format!("mf-{role}-%"),
+            Engine::Builtin => format!("v-%-{}-%", &role[..role.len().min(8)]),
+        };
+        match self {
+            Target::Postgres(pg) => pg
+                .admin(&format!(
+                    "SELECT count(*) FROM pg_roles WHERE rolname LIKE '{like}'"
+                ))
+                .parse()
+                .unwrap(),
+            _ => panic!("live counts are read on PostgreSQL only"),
+        }
+    }
+
+    /// Removes what the engines left on a shared target (the machine's broker).
+    pub fn clean(&self, bao: &Bao) {
+        if let Target::RabbitMq = self {
+            for prefix in ["mayfly/creds/", "rabbitmq/creds/"] {
+                let (status, body) = bao.put(
+                    &format!("sys/leases/revoke-prefix/{prefix}"),
+                    json!({"sync": true}),
+                );
+                assert!(status < 300, "{body}");
+            }
+            management("DELETE", &format!("/api/users/{}", RABBIT_ADMIN.0), None);
+        }
+    }
+}
+
+pub fn put(bao: &Bao, path: &str, body: Value) {
+    let (status, resp) = bao.put(path, body);
+    assert!(status < 300, "{path}: {status} {resp}");
+}
