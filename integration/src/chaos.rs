@@ -400,7 +400,7 @@ pub fn run(settings: &Settings) -> Report {
             inject(fault, &bao, &pg, &mut rng);
             faults.end(i);
             *report.faults.entry(fault.name()).or_default() += 1;
-            if (cycle + 1) % 10 == 0 {
+            if (cycle + 1).is_multiple_of(10) {
                 eprintln!("chaos: {} cycles, {:?}", cycle + 1, report.faults);
             }
         }

@@ -4,6 +4,8 @@
 mod backend_service;
 mod broker;
 mod convert;
+#[cfg(test)]
+mod fuzz;
 mod host;
 mod lifecycle;
 mod logging;

@@ -12,3 +12,6 @@ mod tls;
 
 pub use backend::Http;
 pub use rabbitmq::RabbitMq;
+
+#[cfg(test)]
+mod fuzz;

@@ -5,3 +5,6 @@ mod backend;
 mod resp;
 
 pub use backend::Redis;
+
+#[cfg(test)]
+mod fuzz;

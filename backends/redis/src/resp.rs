@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// The largest bulk string or array mayfly accepts in a reply (an `ACL USERS` of a million
@@ -116,7 +116,7 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-async fn read_line(r: &mut BufReader<TcpStream>) -> Result<String, WireError> {
+async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, WireError> {
     let mut line = Vec::new();
     let n = r.read_until(b'\n', &mut line).await?;
     if n == 0 {
@@ -142,7 +142,7 @@ fn length(text: &str, max: usize) -> Result<Option<usize>, WireError> {
 
 /// Reads one reply; arrays are read iteratively (a stack of partly read arrays), so a hostile
 /// server cannot overflow mayfly's stack with deep nesting.
-async fn read_reply(r: &mut BufReader<TcpStream>) -> Result<Reply, WireError> {
+pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, WireError> {
     let mut stack: Vec<(usize, Vec<Reply>)> = Vec::new();
     loop {
         let line = read_line(r).await?;
@@ -157,8 +157,13 @@ async fn read_reply(r: &mut BufReader<TcpStream>) -> Result<Reply, WireError> {
             "$" => match length(rest, MAX_LEN)? {
                 None => Reply::Bulk(None),
                 Some(n) => {
-                    let mut buf = vec![0; n + 2];
-                    r.read_exact(&mut buf).await?;
+                    // Grown as the bytes arrive: a length alone (a hostile or broken server's
+                    // "$536870911") must not make mayfly allocate it.
+                    let mut buf = Vec::with_capacity(n.min(64 * 1024) + 2);
+                    (&mut *r).take(n as u64 + 2).read_to_end(&mut buf).await?;
+                    if buf.len() < n + 2 {
+                        return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                    }
                     if !buf.ends_with(b"\r\n") {
                         return Err(WireError::Protocol(
                             "a bulk string not ended by CRLF".into(),

@@ -7,3 +7,6 @@ pub mod statements;
 
 pub use mysql::MySql;
 pub use postgres::Postgres;
+
+#[cfg(test)]
+mod fuzz;

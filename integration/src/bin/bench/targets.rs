@@ -21,7 +21,7 @@ impl Engine {
 
     /// The two engines, the first one alternating by round.
     pub fn order(round: usize) -> [Engine; 2] {
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             [Engine::Mayfly, Engine::Builtin]
         } else {
             [Engine::Builtin, Engine::Mayfly]
