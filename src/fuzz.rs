@@ -141,15 +141,6 @@ fn body() -> impl Strategy<Value = Map<String, Value>> {
     prop::collection::btree_map(key, json_value(), 0..6).prop_map(|m| m.into_iter().collect())
 }
 
-/// proptest's defaults (`PROPTEST_CASES` sets the number of cases), without the regression
-/// files it would write beside the sources: a finding becomes a named unit test instead.
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 fn engine() -> Engine {
     Engine::new(
         Arc::new(InMemoryStorage::new()),
@@ -160,8 +151,6 @@ fn engine() -> Engine {
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn fuzz_field_parse_keeps_its_contract(ty in 0..TYPES.len(), raw in json_value()) {
         let def = FieldDef::new("the_field", TYPES[ty], "");

@@ -9,13 +9,6 @@ use prost::Message;
 use crate::convert;
 use crate::proto::pb;
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 /// Bytes that are a valid message some of the time: a real request, then mutated.
 fn message_bytes() -> impl Strategy<Value = Vec<u8>> {
     let real = (
@@ -62,8 +55,6 @@ fn message_bytes() -> impl Strategy<Value = Vec<u8>> {
 }
 
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn fuzz_host_messages_decode_or_fail_cleanly(bytes in message_bytes()) {
         let decoded = pb::HandleRequestArgs::decode(bytes.as_slice());

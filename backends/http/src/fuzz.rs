@@ -70,16 +70,7 @@ fn template() -> impl Strategy<Value = String> {
     .prop_map(|p| p.concat())
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn fuzz_any_template_in_any_place_ends_cleanly(t in template(), name in hostile()) {
         let pw = SecretString::from("s3cret-Pw");

@@ -53,16 +53,7 @@ fn reply() -> impl Strategy<Value = Reply> {
     })
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn fuzz_any_bytes_end_in_a_reply_or_an_error(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = read(&bytes);

@@ -71,16 +71,7 @@ fn hostile() -> impl Strategy<Value = String> {
     prop_oneof!["[a-z'\"`\\\\$;#/*\\- \n\u{0}]{0,16}", any::<String>(),]
 }
 
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
 proptest! {
-    #![proptest_config(config())]
-
     #[test]
     fn fuzz_render_never_panics(
         stmt in prop::collection::vec(prop_oneof![

@@ -8,7 +8,7 @@
 //!   RabbitMQ, and CPU per credential;
 //! - `expiry`: 2,000 and 10,000 credentials expiring together on PostgreSQL: the seconds from the
 //!   last expiry until none is left, and the live-user curve;
-//! - `during`: issuance while 2,000 credentials expire;
+//! - `during`: issuance while 2,000 credentials (the first expiry count) expire;
 //! - `footprint`: the plugin's cold start, respawn, idle RSS.
 
 mod report;
@@ -93,7 +93,7 @@ fn main() {
         expiry(&s, &mut report);
     }
     if s.has("during") {
-        during(&mut report);
+        during(s.expire_counts[0], &mut report);
     }
     if s.has("footprint") {
         footprint(&mut report);
@@ -370,8 +370,8 @@ fn expiry(s: &Settings, report: &mut Report) {
     );
 }
 
-fn during(report: &mut Report) {
-    let count = 2000;
+/// Issuance while `count` credentials (the first of `BENCH_EXPIRE_COUNTS`) expire.
+fn during(count: usize, report: &mut Report) {
     let target = Target::start("postgres");
     let bao = Bao::with_mayfly();
     target.configure(&bao);

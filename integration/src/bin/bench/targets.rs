@@ -189,7 +189,7 @@ impl Target {
     /// Removes what the engines left on a shared target (the machine's broker).
     pub fn clean(&self, bao: &Bao) {
         if let Target::RabbitMq = self {
-            for prefix in ["mayfly/creds/", "rabbitmq/creds/"] {
+            for prefix in ["mayfly/creds", "rabbitmq/creds"] {
                 let (status, body) = bao.put(
                     &format!("sys/leases/revoke-prefix/{prefix}"),
                     json!({"sync": true}),
