@@ -288,6 +288,7 @@ async fn issue_traced(
     };
     trail.cred_id = cred.id.clone();
     ledger::store(kv, &cred, None).await?;
+    let intent = cred.clone();
     core.scheduler.track(cred.due, &cred.id);
     core.crash_point("after_intent");
 
@@ -338,17 +339,17 @@ async fn issue_traced(
         }
     }
 
-    // A task's end or an operator may have revoked the intent while the principal was being
-    // created: then it must go again, now that it exists.
-    if let Some(current) = ledger::load(kv, &cred.id).await?
-        && current.state != State::Intent
+    // One write, only over the intent as this request wrote it: a task's end, an operator, or
+    // the scheduler at the intent's due time may have revoked it while the principal was being
+    // created (finding nothing yet on the target); then it must go again, now that it exists.
+    // The record stays indexed at its intent's due time, where the scheduler finds it active
+    // and moves it to its deadline, off the request path.
+    cred.state = State::Active;
+    if ledger::store_if_unchanged(core.storage.as_ref(), &intent, &cred, Some(cred.due)).await?
+        == ledger::Swap::Changed
     {
         return Err(revoked_while_issuing(core, cred).await);
     }
-    // One write: the record stays indexed at its intent's due time, where the scheduler finds
-    // it active and moves it to its deadline, off the request path.
-    cred.state = State::Active;
-    ledger::store(kv, &cred, Some(cred.due)).await?;
     // A task ended between its check above and the intent's write lists no such credential:
     // look again now that the credential is on record.
     if let Some(t) = &task
@@ -1003,6 +1004,41 @@ mod tests {
         s.fake.target.down.store(false, Ordering::SeqCst);
         assert!(wait(8.0, || record(&s, &resp).state == State::Revoked).await);
         assert_eq!(s.fake.target.count(), 0);
+    }
+
+    /// Found by the chaos suite: the scheduler revoked an intent whose create was still under
+    /// way (the target was slow), found nothing on the target, and wrote "revoked" over the
+    /// record the issuance had meanwhile made active: the principal lived on, recorded as
+    /// revoked. The outcome is now written only over the record it was decided on.
+    #[tokio::test]
+    async fn an_intent_revoked_while_its_create_is_slow_never_leaves_a_live_principal() {
+        let s = setup().await;
+        let (create_go, create_wait) = tokio::sync::oneshot::channel();
+        let (revoke_go, revoke_wait) = tokio::sync::oneshot::channel();
+        *s.fake.target.hold_create.lock().unwrap() = Some(create_wait);
+        *s.fake.target.hold_revoke.lock().unwrap() = Some(revoke_wait);
+        let issuing = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 1})));
+        let target = s.fake.target.clone();
+        let drive = async move {
+            // At the intent's deadline the scheduler revokes it and finds nothing yet; only
+            // then does the create finish.
+            let revoking = wait(5.0, || target.revoke_calls.load(Ordering::SeqCst) == 1).await;
+            assert!(revoking, "the scheduler did not revoke the intent");
+            create_go.send(()).unwrap();
+        };
+        let (issued, ()) = tokio::join!(issuing, drive);
+        let resp = issued.expect("the issuance completed before the revocation's answer");
+        assert_eq!(s.fake.target.count(), 1);
+        revoke_go.send(()).unwrap();
+        let gone = wait(5.0, || s.fake.target.count() == 0).await;
+        assert!(
+            gone,
+            "the principal outlived its revocation: {:?}",
+            record(&s, &resp)
+        );
+        assert!(wait(2.0, || record(&s, &resp).state == State::Revoked).await);
     }
 
     #[tokio::test]

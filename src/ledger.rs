@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::request::Requester;
-use crate::storage::{self, Kv, StorageError};
+use crate::storage::{self, Kv, Storage, StorageError};
 
 pub const RECORDS: &str = "ledger/creds/";
 pub const DUE: &str = "ledger/due/";
@@ -28,7 +28,7 @@ pub const BUCKET_SECS: u64 = 60;
 /// How long a revoked record stays listed under `leases/`.
 pub const RETENTION_SECS: u64 = 3 * 24 * 3600;
 /// Storage calls made at once when many records change together.
-const PARALLEL: usize = 16;
+pub(crate) const PARALLEL: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -250,6 +250,59 @@ pub async fn store_indexed(
         kv.delete(&due_key(old, entry)).await?;
     }
     Ok(())
+}
+
+/// How a conditional write ([`store_if_unchanged`]) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    Stored,
+    /// The stored record is no longer the one the caller decided on; nothing was written.
+    Changed,
+}
+
+/// Writes `cred` as [`store`] does, but only if the stored record is still `seen`, the one the
+/// caller decided on. Two writers that each read a record, act on the target and write back
+/// would otherwise lose one's news: a revocation that found nothing on the target (the create
+/// had not committed yet) overwriting the issuance that just made the principal active left a
+/// live principal recorded as revoked. A record changed in the meantime is left as it is, and
+/// the caller decides again on what is there now. In a transaction where the storage has them
+/// (OpenBao's does), so the check and the write are one step.
+pub async fn store_if_unchanged(
+    storage: &dyn Storage,
+    seen: &Credential,
+    cred: &Credential,
+    previous_due: Option<u64>,
+) -> Result<Swap, StorageError> {
+    let Some(tx) = storage.begin().await? else {
+        if load(storage, &cred.id).await?.as_ref() != Some(seen) {
+            return Ok(Swap::Changed);
+        }
+        store(storage, cred, previous_due).await?;
+        return Ok(Swap::Stored);
+    };
+    let written = async {
+        if load(tx.as_ref(), &cred.id).await?.as_ref() != Some(seen) {
+            return Ok(false);
+        }
+        store(tx.as_ref(), cred, previous_due).await.map(|()| true)
+    }
+    .await;
+    match written {
+        Ok(true) => match tx.commit().await {
+            Ok(()) => Ok(Swap::Stored),
+            // Someone wrote the record after this transaction read it.
+            Err(StorageError::Conflict) => Ok(Swap::Changed),
+            Err(e) => Err(e),
+        },
+        Ok(false) => {
+            tx.rollback().await?;
+            Ok(Swap::Changed)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
 }
 
 /// Stores many records at once, in parallel. Each item is (record, previous due).

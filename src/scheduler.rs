@@ -240,6 +240,9 @@ impl Scheduler {
 /// A credential to revoke in this pass, with the host calls waiting for it.
 struct Work {
     cred: Credential,
+    /// The record as read from the ledger, before this pass changed anything: the outcome is
+    /// written only over it ([`ledger::store_if_unchanged`]).
+    seen: Credential,
     reason: String,
     waiters: Vec<oneshot::Sender<Outcome>>,
 }
@@ -326,6 +329,7 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         work.insert(
             id,
             Work {
+                seen: cred.clone(),
                 cred,
                 reason,
                 waiters: Vec::new(),
@@ -343,12 +347,14 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         }
         match ledger::load(kv, &req.id).await {
             Ok(Some(mut cred)) if cred.state != State::Revoked => {
+                let seen = cred.clone();
                 if req.lease_id.is_some() {
                     cred.lease_id = req.lease_id;
                 }
                 work.insert(
                     req.id,
                     Work {
+                        seen,
                         cred,
                         reason: req.reason,
                         waiters: vec![req.done],
@@ -380,6 +386,57 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         }
     }
     remove_guards(core, now, guards).await;
+}
+
+/// Writes many revocation outcomes at once, each only over the record it was decided on.
+/// Each item is (record as read, outcome, previous due).
+async fn store_outcomes(
+    storage: &dyn crate::storage::Storage,
+    items: &[(Credential, Credential, Option<u64>)],
+) -> Vec<Result<ledger::Swap, crate::storage::StorageError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(ledger::PARALLEL) {
+        let writes = chunk.iter().map(|(seen, cred, previous)| {
+            ledger::store_if_unchanged(storage, seen, cred, *previous)
+        });
+        out.extend(join_all(writes).await);
+    }
+    out
+}
+
+/// Marks the current record of `id` for revocation now, unless it is already revoked, and
+/// hands it to the next pass. A record that keeps changing under it is looked at again.
+async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>) {
+    let storage = core.storage.as_ref();
+    for _ in 0..3 {
+        let seen = match ledger::load(storage, id).await {
+            Ok(Some(c)) if c.state != State::Revoked => c,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(cred_id = %id, error = %e, "could not read a ledger record; retrying");
+                break;
+            }
+        };
+        let mut cred = seen.clone();
+        cred.state = State::Revoking;
+        cred.revoke_requested_at.get_or_insert(now);
+        if cred.revoke_reason.is_none() {
+            cred.revoke_reason = reason.map(str::to_owned);
+        }
+        cred.due = now;
+        match ledger::store_if_unchanged(storage, &seen, &cred, Some(seen.due)).await {
+            Ok(ledger::Swap::Stored) => {
+                core.scheduler.track(cred.due, id);
+                return;
+            }
+            Ok(ledger::Swap::Changed) => continue,
+            Err(e) => {
+                tracing::warn!(cred_id = %id, error = %e, "could not mark a record for revocation");
+                break;
+            }
+        }
+    }
+    core.scheduler.look_again(now, id.to_owned());
 }
 
 /// Credentials revoked in one call: same connection, same revocation settings.
@@ -561,12 +618,20 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
             &Event::for_credential(&cred).detail(&detail),
         );
         replies.push((w.waiters, outcome));
-        updates.push((cred, Some(previous_due)));
+        updates.push((w.seen, cred, Some(previous_due)));
     }
-    let stored = ledger::store_all(core.storage.as_ref(), &updates).await;
-    for ((cred, _), result) in updates.iter().zip(stored) {
+    let stored = store_outcomes(core.storage.as_ref(), &updates).await;
+    for ((_, cred, _), result) in updates.iter().zip(stored) {
         match result {
-            Ok(()) => core.scheduler.track(cred.due, &cred.id),
+            Ok(ledger::Swap::Stored) => core.scheduler.track(cred.due, &cred.id),
+            Ok(ledger::Swap::Changed) => {
+                // Written meanwhile, most often by the issuance that created the principal
+                // after this revocation found nothing: the revocation stands, so it is
+                // recorded again on the record as it is now, and tried again at once.
+                tracing::info!(cred_id = %cred.id,
+                    "the record changed while it was being revoked; revoking it again");
+                revoke_again(core, now, &cred.id, cred.revoke_reason.as_deref()).await;
+            }
             Err(e) => {
                 // The old index entry still points at the record: it comes round again.
                 tracing::error!(cred_id = %cred.id, error = %e,

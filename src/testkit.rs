@@ -43,6 +43,11 @@ pub struct FakeTarget {
     pub makes_keys: AtomicBool,
     /// Access keys by account: (id, created), oldest first; at most two per account.
     pub keys: Mutex<BTreeMap<String, Vec<(String, u64)>>>,
+    /// When set, the next create waits for this before it makes the principal (a slow create).
+    pub hold_create: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// When set, the next revoke decides what it removed, then waits for this before it
+    /// answers (a slow answer).
+    pub hold_revoke: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl FakeTarget {
@@ -71,6 +76,25 @@ impl FakeTarget {
             .map(|k| k.iter().map(|(id, _)| id.clone()).collect())
             .unwrap_or_default()
     }
+    /// Removes `principals`, as one revoke call does.
+    fn remove(&self, principals: &[Principal]) -> Revoked {
+        let mut set = self.principals.lock().unwrap();
+        let mut r = Revoked::default();
+        for p in principals {
+            let n = &p.name;
+            if set.remove(n) {
+                r.removed += 1;
+                if let Some(end) = p.target_expires.filter(|e| *e > crate::host::now()) {
+                    self.guards.lock().unwrap().insert(n.clone());
+                    r.guarded.push((n.clone(), end));
+                }
+            } else {
+                r.already_gone.push(n.clone());
+            }
+        }
+        r
+    }
+
     pub fn count(&self) -> usize {
         self.principals.lock().unwrap().len()
     }
@@ -79,6 +103,10 @@ impl FakeTarget {
 #[async_trait]
 impl Target for FakeTarget {
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
+        let hold = self.hold_create.lock().unwrap().take();
+        if let Some(rx) = hold {
+            let _ = rx.await;
+        }
         self.check()?;
         self.principals.lock().unwrap().insert(p.name.to_owned());
         let secs = self.session_secs.load(Ordering::SeqCst);
@@ -104,19 +132,10 @@ impl Target for FakeTarget {
         self.revoke_calls.fetch_add(1, Ordering::SeqCst);
         self.largest_batch
             .fetch_max(principals.len(), Ordering::SeqCst);
-        let mut set = self.principals.lock().unwrap();
-        let mut r = Revoked::default();
-        for p in principals {
-            let n = &p.name;
-            if set.remove(n) {
-                r.removed += 1;
-                if let Some(end) = p.target_expires.filter(|e| *e > crate::host::now()) {
-                    self.guards.lock().unwrap().insert(n.clone());
-                    r.guarded.push((n.clone(), end));
-                }
-            } else {
-                r.already_gone.push(n.clone());
-            }
+        let r = self.remove(principals);
+        let hold = self.hold_revoke.lock().unwrap().take();
+        if let Some(rx) = hold {
+            let _ = rx.await;
         }
         Ok(r)
     }
