@@ -9,7 +9,9 @@
 //! - `expiry`: 2,000 and 10,000 credentials expiring together on PostgreSQL: the seconds from the
 //!   last expiry until none is left, and the live-user curve;
 //! - `during`: issuance while 2,000 credentials (the first expiry count) expire;
-//! - `footprint`: the plugin's cold start, respawn, idle RSS.
+//! - `footprint`: the plugin's cold start, respawn, idle RSS;
+//! - `scale`: `BENCH_SCALE_RECORDS` (1,000,000) ledger records written straight into the
+//!   mount's storage: the plugin's restart to serving, its RSS, and the memory per record.
 
 mod report;
 mod targets;
@@ -33,6 +35,7 @@ struct Settings {
     issue_n: usize,
     clients: Vec<usize>,
     expire_counts: Vec<usize>,
+    scale_records: usize,
     out: PathBuf,
 }
 
@@ -56,12 +59,13 @@ impl Settings {
                 .collect()
         };
         Settings {
-            scenarios: list("BENCH_SCENARIOS", "issue,expiry,during,footprint"),
+            scenarios: list("BENCH_SCENARIOS", "issue,expiry,during,footprint,scale"),
             targets: list("BENCH_TARGETS", "postgres,mariadb,redis,rabbitmq"),
             rounds: nums("BENCH_ROUNDS", "3")[0],
             issue_n: nums("BENCH_ISSUE_COUNT", "300")[0],
             clients: nums("BENCH_CLIENTS", "1,8,32"),
             expire_counts: nums("BENCH_EXPIRE_COUNTS", "2000,10000"),
+            scale_records: nums("BENCH_SCALE_RECORDS", "1000000")[0],
             out: PathBuf::from(
                 std::env::var("BENCH_OUT").unwrap_or_else(|_| "target/bench-report".into()),
             ),
@@ -97,6 +101,9 @@ fn main() {
     }
     if s.has("footprint") {
         footprint(&mut report);
+    }
+    if s.has("scale") {
+        scale(s.scale_records, &mut report);
     }
     report.print();
 }
@@ -436,7 +443,7 @@ fn footprint(report: &mut Report) {
     let samples = 5;
     let mut enable_ms = Vec::new();
     let mut builtin_enable_ms = Vec::new();
-    let mut respawn_ms = Vec::new();
+    let mut respawns = Vec::new();
     let mut idle_rss = Vec::new();
     for _ in 0..samples {
         let bao = Bao::start();
@@ -449,17 +456,8 @@ fn footprint(report: &mut Report) {
         let t = Instant::now();
         put(&bao, "sys/mounts/db", json!({"type": "database"}));
         builtin_enable_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        std::thread::sleep(Duration::from_secs(2));
-        let pid = bao.plugin_pids()[0];
-        idle_rss.push(load::rss_kib(pid) as f64 / 1024.0);
-        // Respawn: the first request after a SIGKILL (once the host has seen the death).
-        bao.kill_plugins();
-        let noticed = |l: &str| l.contains("plugin process exited") && l.contains(&pid.to_string());
-        assert!(wait_until(10.0, || bao.log().lines().any(noticed)));
-        let t = Instant::now();
-        let (status, body) = bao.list("mayfly/roles/");
-        assert!(status == 200 || status == 404, "{status} {body}");
-        respawn_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        idle_rss.push(settled_rss_mib(&bao));
+        respawns.push(respawn_ms(&bao));
     }
     let m = |v: &[f64]| f1(load::median(v));
     report.table(
@@ -474,13 +472,142 @@ fn footprint(report: &mut Report) {
             ],
             vec![
                 "first request after a SIGKILL (respawn + Setup + request), ms".into(),
-                m(&respawn_ms),
+                m(&respawns),
                 "n/a".into(),
             ],
             vec![
                 "idle RSS, one mount, MiB".into(),
                 m(&idle_rss),
                 "n/a (inside the server)".into(),
+            ],
+        ],
+    );
+}
+
+/// SIGKILLs the plugin, waits until the host has seen it die, and times the first request
+/// after it (the host respawns the process, runs Setup and Initialize, then the request).
+fn respawn_ms(bao: &Bao) -> f64 {
+    let pid = bao.plugin_pids()[0];
+    bao.kill_plugins();
+    let noticed = |l: &str| l.contains("plugin process exited") && l.contains(&pid.to_string());
+    assert!(wait_until(10.0, || bao.log().lines().any(noticed)));
+    let t = Instant::now();
+    let (status, body) = bao.list("mayfly/roles/");
+    assert!(status == 200 || status == 404, "{status} {body}");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The plugin's RSS in MiB once it has been idle for 3 s (its scheduler has loaded the due
+/// index's near buckets by then).
+fn settled_rss_mib(bao: &Bao) -> f64 {
+    std::thread::sleep(Duration::from_secs(3));
+    load::rss_kib(bao.plugin_pids()[0]) as f64 / 1024.0
+}
+
+/// `count` active ledger records, deadlines spread evenly over the next 30 days (from 2 h
+/// on), written with the due-index entry each through the server's raw storage endpoint, as
+/// issuance would have left them; then the plugin is restarted.
+fn scale(count: usize, report: &mut Report) {
+    let dir = mayfly_integration::scratch_dir("bench-raw");
+    let config = dir.join("raw.hcl");
+    std::fs::write(&config, "raw_storage_endpoint = true\n").unwrap();
+    let flag = format!("-config={}", config.display());
+    let bao = Bao::start_with(&[flag.as_str()]);
+    bao.register();
+    bao.enable("mayfly");
+    let empty_respawn = load::median(&(0..3).map(|_| respawn_ms(&bao)).collect::<Vec<_>>());
+    let empty_rss = settled_rss_mib(&bao);
+    let (_, mounts) = bao.get("sys/mounts");
+    let uuid = mounts["data"]["mayfly/"]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let prefix = format!("sys/raw/logical/{uuid}/ledger");
+    let now = mayfly_integration::creds::now();
+    let (first, span) = (now + 7200, 30 * 86400 - 7200);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let id = format!("scale{i:015}");
+                    let deadline = first + (i as u64 * span as u64) / count as u64;
+                    let record = json!({
+                    "id": id, "role": "app", "connection": "db",
+                    "principal": format!("mf-app-scale-{i:015}"), "state": "active",
+                    "created_at": now, "deadline": deadline, "max_deadline": deadline,
+                    "default_ttl": 3600, "due": deadline,
+                    "requester": {"entity_id": "", "token_accessor": "acc", "display_name": "bench",
+                                  "remote_addr": "127.0.0.1"},
+                    "settings": {}});
+                    let bucket = deadline / 60;
+                    put(
+                        &bao,
+                        &format!("{prefix}/due/{bucket:012}/{deadline:012}_{id}"),
+                        json!({"value": ""}),
+                    );
+                    put(
+                        &bao,
+                        &format!("{prefix}/creds/{id}"),
+                        json!({"value": record.to_string()}),
+                    );
+                    if (i + 1) % 100_000 == 0 {
+                        eprintln!(
+                            "scale: {} records written in {:.0}s",
+                            i + 1,
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let written_in = started.elapsed().as_secs_f64();
+    let respawns: Vec<f64> = (0..3).map(|_| respawn_ms(&bao)).collect();
+    let full_rss = settled_rss_mib(&bao);
+    let t = Instant::now();
+    let (status, body) = bao.get(&format!("mayfly/leases/scale{:015}", count / 2));
+    assert_eq!(status, 200, "{body}");
+    let lookup_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let per_record = (full_rss - empty_rss).max(0.0) * 1024.0 * 1024.0 / count as f64;
+    eprintln!(
+        "scale {count}: respawn {:.0} ms (empty {empty_respawn:.0}), RSS {full_rss:.1} MiB \
+         (empty {empty_rss:.1}), {per_record:.2} B/record",
+        load::median(&respawns)
+    );
+    report.table(
+        "Scale",
+        &format!(
+            "{count} active ledger records (deadlines over 30 days) written straight into the \
+             mount's storage through the raw endpoint of a dev server ({written_in:.0} s), then \
+             the plugin SIGKILLed and the first request timed (median of 3)."
+        ),
+        &["measure", "empty ledger", &format!("{count} records")],
+        &[
+            vec![
+                "restart to serving (respawn, Setup, first request), ms".into(),
+                f1(empty_respawn),
+                f1(load::median(&respawns)),
+            ],
+            vec![
+                "plugin RSS after restart, MiB".into(),
+                f1(empty_rss),
+                f1(full_rss),
+            ],
+            vec![
+                "memory per record, bytes".into(),
+                "".into(),
+                format!("{per_record:.2}"),
+            ],
+            vec![
+                "one record read (`leases/ID`), ms".into(),
+                "".into(),
+                f1(lookup_ms),
             ],
         ],
     );
