@@ -556,7 +556,7 @@ fn scale(count: usize, report: &mut Report) {
                         &format!("{prefix}/creds/{id}"),
                         json!({"value": record.to_string()}),
                     );
-                    if (i + 1) % 100_000 == 0 {
+                    if (i + 1).is_multiple_of(100_000) {
                         eprintln!(
                             "scale: {} records written in {:.0}s",
                             i + 1,
