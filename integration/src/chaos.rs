@@ -20,6 +20,9 @@ use serde_json::json;
 use crate::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use crate::{Bao, PrivatePostgres, wait_until};
 
+/// What a scan waits past a deadline or a retry: the sampler's period and a scheduler pass.
+const SLACK_SECS: f64 = 3.0;
+
 /// What a run does; [`Settings::from_env`] reads `CHAOS_CYCLES`, `CHAOS_SEED`, `CHAOS_CLIENTS`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -104,8 +107,8 @@ pub struct Report {
     pub latest: String,
     /// From the end of the faults (or the last deadline, if later) until no principal was left.
     pub settle_secs: f64,
-    /// How long the scan waited past that point: one backoff interval of the slowest failing
-    /// revocation when the faults ended, plus the sampler's period.
+    /// How long the scan waited past the last deadline: the slack, or the next attempt of a
+    /// revocation that was failing (one backoff interval), plus the slack.
     pub grace_secs: f64,
     /// Principals still on the target after the grace: must be empty.
     pub survivors: Vec<String>,
@@ -409,22 +412,34 @@ pub fn run(settings: &Settings) -> Report {
             c.join().unwrap();
         }
         let healed_at = now();
-        // Every deadline is at most max_ttl away (renewals included, capped by the role), and a
-        // revocation that failed waits for its next attempt: wait for the later of the two, plus
-        // the sampler's period and a scheduler pass.
+        // Every deadline is at most max_ttl away (renewals are capped by the role's max_ttl
+        // too). A revocation that failed is tried again after one backoff interval: while a
+        // principal is left, the scan waits for the next attempt of the failing revocations
+        // (a few times: one that keeps failing leaves a survivor). Each wait has the sampler's
+        // period and a scheduler pass on top.
         let bao = bao.read().unwrap();
-        let next_attempt = failing_next_attempt(&bao).unwrap_or(0.0);
-        let last_deadline = healed_at + settings.max_ttl as f64;
-        let settle_from = last_deadline.max(healed_at);
-        let scan_at = settle_from.max(next_attempt) + 3.0;
-        report.grace_secs = scan_at - settle_from;
+        let settle_from = healed_at + settings.max_ttl as f64;
+        let mut scan_at = settle_from + SLACK_SECS;
         let mut settled = None;
-        while now() < scan_at {
-            if Sampler::read(&pg).is_some_and(|r| r.is_empty()) && now() > last_deadline {
-                settled.get_or_insert(now());
+        for _ in 0..5 {
+            while now() < scan_at {
+                if settled.is_none()
+                    && now() > settle_from
+                    && Sampler::read(&pg).is_some_and(|r| r.is_empty())
+                {
+                    settled = Some(now());
+                }
+                std::thread::sleep(Duration::from_millis(250));
             }
-            std::thread::sleep(Duration::from_millis(250));
+            if Sampler::read(&pg).is_some_and(|r| r.is_empty()) {
+                break;
+            }
+            match failing_next_attempt(&bao) {
+                Some(t) if t + SLACK_SECS > now() => scan_at = t + SLACK_SECS,
+                _ => break,
+            }
         }
+        report.grace_secs = scan_at - settle_from;
         report.settle_secs = settled.map_or(f64::NAN, |t| (t - settle_from).max(0.0));
         stop_sampler.store(true, Ordering::Relaxed);
     });
