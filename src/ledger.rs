@@ -28,7 +28,7 @@ pub const BUCKET_SECS: u64 = 60;
 /// How long a revoked record stays listed under `leases/`.
 pub const RETENTION_SECS: u64 = 3 * 24 * 3600;
 /// Storage calls made at once when many records change together.
-pub(crate) const PARALLEL: usize = 16;
+const PARALLEL: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -273,20 +273,22 @@ pub async fn store_if_unchanged(
     cred: &Credential,
     previous_due: Option<u64>,
 ) -> Result<Swap, StorageError> {
-    let Some(tx) = storage.begin().await? else {
-        if load(storage, &cred.id).await?.as_ref() != Some(seen) {
-            return Ok(Swap::Changed);
-        }
-        store(storage, cred, previous_due).await?;
-        return Ok(Swap::Stored);
+    // Without transactions the check and the write are two steps (no OpenBao storage is so).
+    let tx = storage.begin().await?;
+    let kv: &dyn Kv = match &tx {
+        Some(tx) => tx.as_ref(),
+        None => storage,
     };
     let written = async {
-        if load(tx.as_ref(), &cred.id).await?.as_ref() != Some(seen) {
+        if load(kv, &cred.id).await?.as_ref() != Some(seen) {
             return Ok(false);
         }
-        store(tx.as_ref(), cred, previous_due).await.map(|()| true)
+        store(kv, cred, previous_due).await.map(|()| true)
     }
     .await;
+    let Some(tx) = tx else {
+        return written.map(|w| if w { Swap::Stored } else { Swap::Changed });
+    };
     match written {
         Ok(true) => match tx.commit().await {
             Ok(()) => Ok(Swap::Stored),
@@ -303,6 +305,22 @@ pub async fn store_if_unchanged(
             Err(e)
         }
     }
+}
+
+/// Many [`store_if_unchanged`] at once, in parallel. Each item is (record as read, record to
+/// write, previous due).
+pub async fn store_all_if_unchanged(
+    storage: &dyn Storage,
+    items: &[(Credential, Credential, Option<u64>)],
+) -> Vec<Result<Swap, StorageError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PARALLEL) {
+        let writes = chunk
+            .iter()
+            .map(|(seen, cred, previous)| store_if_unchanged(storage, seen, cred, *previous));
+        out.extend(join_all(writes).await);
+    }
+    out
 }
 
 /// Stores many records at once, in parallel. Each item is (record, previous due).

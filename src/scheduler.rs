@@ -388,22 +388,6 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     remove_guards(core, now, guards).await;
 }
 
-/// Writes many revocation outcomes at once, each only over the record it was decided on.
-/// Each item is (record as read, outcome, previous due).
-async fn store_outcomes(
-    storage: &dyn crate::storage::Storage,
-    items: &[(Credential, Credential, Option<u64>)],
-) -> Vec<Result<ledger::Swap, crate::storage::StorageError>> {
-    let mut out = Vec::with_capacity(items.len());
-    for chunk in items.chunks(ledger::PARALLEL) {
-        let writes = chunk.iter().map(|(seen, cred, previous)| {
-            ledger::store_if_unchanged(storage, seen, cred, *previous)
-        });
-        out.extend(join_all(writes).await);
-    }
-    out
-}
-
 /// Marks the current record of `id` for revocation now, unless it is already revoked, and
 /// hands it to the next pass. A record that keeps changing under it is looked at again.
 async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>) {
@@ -620,7 +604,8 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
         replies.push((w.waiters, outcome));
         updates.push((w.seen, cred, Some(previous_due)));
     }
-    let stored = store_outcomes(core.storage.as_ref(), &updates).await;
+    // Each only over the record it was decided on.
+    let stored = ledger::store_all_if_unchanged(core.storage.as_ref(), &updates).await;
     for ((_, cred, _), result) in updates.iter().zip(stored) {
         match result {
             Ok(ledger::Swap::Stored) => core.scheduler.track(cred.due, &cred.id),
