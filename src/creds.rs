@@ -20,7 +20,7 @@ use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{LeaseGrant, Request, Requester, Response};
 use crate::roles::Role;
-use crate::scheduler::Outcome;
+use crate::scheduler::{Claim, Outcome};
 use crate::tasks::{self, Task};
 use crate::template;
 
@@ -287,8 +287,8 @@ async fn issue_traced(
         target_id: None,
     };
     trail.cred_id = cred.id.clone();
+    let claim = core.scheduler.claim(&cred.id);
     ledger::store(kv, &cred, None).await?;
-    let intent = cred.clone();
     core.scheduler.track(cred.due, &cred.id);
     core.crash_point("after_intent");
 
@@ -339,16 +339,16 @@ async fn issue_traced(
         }
     }
 
-    // One write, only over the intent as this request wrote it: a task's end, an operator, or
-    // the scheduler at the intent's due time may have revoked it while the principal was being
-    // created (finding nothing yet on the target); then it must go again, now that it exists.
-    // The record stays indexed at its intent's due time, where the scheduler finds it active
-    // and moves it to its deadline, off the request path.
+    // One write: the claim kept every revocation off the record meanwhile. The record stays
+    // indexed at its intent's due time, where the scheduler finds it active and moves it to
+    // its deadline, off the request path.
     cred.state = State::Active;
-    if ledger::store_if_unchanged(core.storage.as_ref(), &intent, &cred, Some(cred.due)).await?
-        == ledger::Swap::Changed
-    {
-        return Err(revoked_while_issuing(core, cred).await);
+    ledger::store(kv, &cred, Some(cred.due)).await?;
+    // A task's end, an operator, or the intent's due time (a create slower than the deadline)
+    // asked for its revocation while the principal was being created: it goes now that it
+    // exists, and nothing is issued.
+    if claim.revocation_asked().is_some() {
+        return Err(revoked_while_issuing(core, cred, claim).await);
     }
     // A task ended between its check above and the intent's write lists no such credential:
     // look again now that the credential is on record.
@@ -357,7 +357,7 @@ async fn issue_traced(
             .await?
             .is_some_and(|t| t.is_open(crate::host::now()))
     {
-        return Err(revoked_while_issuing(core, cred).await);
+        return Err(revoked_while_issuing(core, cred, claim).await);
     }
     core.crash_point("before_reply");
 
@@ -409,8 +409,10 @@ async fn schedule_revocation(
 
 /// The credential was revoked (its task ended, or an operator revoked it) while it was being
 /// created: revoke what now exists and refuse the issuance.
-async fn revoked_while_issuing(core: &MountCore, mut cred: Credential) -> Error {
+async fn revoked_while_issuing(core: &MountCore, mut cred: Credential, claim: Claim<'_>) -> Error {
     schedule_revocation(core, &mut cred, "revoked while being issued", None).await;
+    // The revocations held back for it join this one.
+    drop(claim);
     let _ = core
         .scheduler
         .revoke_now(&cred.id, "revoked while being issued".into(), None)
@@ -1007,38 +1009,76 @@ mod tests {
     }
 
     /// Found by the chaos suite: the scheduler revoked an intent whose create was still under
-    /// way (the target was slow), found nothing on the target, and wrote "revoked" over the
-    /// record the issuance had meanwhile made active: the principal lived on, recorded as
-    /// revoked. The outcome is now written only over the record it was decided on.
+    /// way (the target was slow), found nothing on the target, and the issuance then made the
+    /// record active: the principal lived on, recorded as revoked. Now the scheduler leaves a
+    /// credential being issued alone and the issuance revokes it once it exists.
     #[tokio::test]
-    async fn an_intent_revoked_while_its_create_is_slow_never_leaves_a_live_principal() {
+    async fn an_intent_that_falls_due_while_its_create_is_slow_never_leaves_a_live_principal() {
         let s = setup().await;
         let (create_go, create_wait) = tokio::sync::oneshot::channel();
-        let (revoke_go, revoke_wait) = tokio::sync::oneshot::channel();
         *s.fake.target.hold_create.lock().unwrap() = Some(create_wait);
-        *s.fake.target.hold_revoke.lock().unwrap() = Some(revoke_wait);
         let issuing = s
             .engine
             .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 1})));
         let target = s.fake.target.clone();
         let drive = async move {
-            // At the intent's deadline the scheduler revokes it and finds nothing yet; only
-            // then does the create finish.
-            let revoking = wait(5.0, || target.revoke_calls.load(Ordering::SeqCst) == 1).await;
-            assert!(revoking, "the scheduler did not revoke the intent");
+            // Past the intent's deadline, with the create still held: nothing was revoked.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            assert_eq!(target.revoke_calls.load(Ordering::SeqCst), 0);
             create_go.send(()).unwrap();
         };
         let (issued, ()) = tokio::join!(issuing, drive);
-        let resp = issued.expect("the issuance completed before the revocation's answer");
-        assert_eq!(s.fake.target.count(), 1);
-        revoke_go.send(()).unwrap();
-        let gone = wait(5.0, || s.fake.target.count() == 0).await;
+        let err = issued.expect_err("a credential past its deadline was issued");
         assert!(
-            gone,
-            "the principal outlived its revocation: {:?}",
-            record(&s, &resp)
+            err.to_string()
+                .contains("revoked while it was being issued"),
+            "{err}"
         );
-        assert!(wait(2.0, || record(&s, &resp).state == State::Revoked).await);
+        assert!(wait(5.0, || s.fake.target.count() == 0).await);
+        let records = s.storage.dump();
+        let (_, bytes) = records
+            .iter()
+            .find(|(k, _)| k.starts_with(ledger::RECORDS))
+            .expect("the credential's record");
+        let cred: Credential = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(cred.state, State::Revoked);
+    }
+
+    /// An operator's revocation that comes while a credential is being created waits for the
+    /// create and then revokes what it made; its report counts it.
+    #[tokio::test]
+    async fn an_operator_revocation_during_a_create_waits_for_it_and_revokes_it() {
+        let s = setup().await;
+        let (create_go, create_wait) = tokio::sync::oneshot::channel();
+        *s.fake.target.hold_create.lock().unwrap() = Some(create_wait);
+        let issuing = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 60})));
+        let revoking = async {
+            // Once the intent is on record.
+            assert!(
+                wait(5.0, || s
+                    .storage
+                    .dump()
+                    .keys()
+                    .any(|k| k.starts_with(ledger::RECORDS)))
+                .await
+            );
+            s.engine
+                .handle(Request::new(Operation::Update, "revoke/role/app"))
+                .await
+        };
+        let target = s.fake.target.clone();
+        let drive = async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(target.revoke_calls.load(Ordering::SeqCst), 0);
+            create_go.send(()).unwrap();
+        };
+        let (issued, revoked, ()) = tokio::join!(issuing, revoking, drive);
+        issued.expect_err("a credential revoked during its issuance was issued");
+        let report = revoked.unwrap().data.unwrap();
+        assert_eq!(report["revoked"], 1, "{report:?}");
+        assert_eq!(s.fake.target.count(), 0);
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 //! credentials. Host revoke calls join the same loop: each waits for the batch it joined to be
 //! revoked on the target and recorded in the ledger (group commit).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +126,69 @@ pub struct Scheduler {
     /// The last bucket loaded into `soon`; `None` before the first load.
     horizon: Mutex<Option<u64>>,
     requests: Mutex<Vec<Waiting>>,
+    /// Credentials this process is issuing now ([`Claim`]), with the revocation that came for
+    /// each meanwhile.
+    issuing: Mutex<HashMap<String, Deferred>>,
+}
+
+/// A revocation held back until the issuance of its credential has finished.
+#[derive(Default)]
+struct Deferred {
+    reason: Option<String>,
+    waiters: Vec<oneshot::Sender<Outcome>>,
+}
+
+/// Held by an issuance from before its intent is written until its outcome is: the scheduler
+/// does not revoke the credential meanwhile but notes the revocation, which the issuance
+/// reads ([`Claim::revocation_asked`]) and which is handed back to the scheduler when the
+/// claim is dropped, whatever the issuance's end.
+///
+/// Revoking earlier would find nothing on the target while the create is still on its way,
+/// and the create would then leave a live principal recorded as revoked. Holding the
+/// revocation in memory is enough because every revocation of a credential passes through
+/// this process's scheduler: the host drains a mount's requests before it reloads the plugin
+/// (its route lock), so two processes never serve one mount at once, and a process whose
+/// server died can no longer write storage. It spares each issuance a storage transaction
+/// (four round trips to the host) around its last write.
+pub struct Claim<'a> {
+    scheduler: &'a Scheduler,
+    id: String,
+}
+
+impl Claim<'_> {
+    /// Why the credential is to be revoked, if a revocation came while it was being issued.
+    pub fn revocation_asked(&self) -> Option<String> {
+        let issuing = self.scheduler.issuing.lock().unwrap();
+        issuing.get(&self.id).and_then(|d| d.reason.clone())
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let deferred = self.scheduler.issuing.lock().unwrap().remove(&self.id);
+        let Some(Deferred {
+            reason: Some(reason),
+            mut waiters,
+        }) = deferred
+        else {
+            return;
+        };
+        if waiters.is_empty() {
+            // Asked by the scheduler itself (the intent fell due): nobody waits for it.
+            waiters.push(oneshot::channel().0);
+        }
+        let mut requests = self.scheduler.requests.lock().unwrap();
+        for done in waiters {
+            requests.push(Waiting {
+                id: self.id.clone(),
+                reason: reason.clone(),
+                lease_id: None,
+                done,
+            });
+        }
+        drop(requests);
+        self.scheduler.wake.notify_one();
+    }
 }
 
 impl Scheduler {
@@ -140,6 +203,34 @@ impl Scheduler {
             self.soon.lock().unwrap().insert((due, id.to_owned()));
             self.wake.notify_one();
         }
+    }
+
+    /// Holds back revocations of `id` while it is being issued; see [`Claim`]. Taken before
+    /// the credential's first record is written, so a revocation that can read the record
+    /// also finds the claim, and one that finds no claim comes after the create.
+    pub fn claim(&self, id: &str) -> Claim<'_> {
+        self.issuing
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Deferred::default());
+        Claim {
+            scheduler: self,
+            id: id.to_owned(),
+        }
+    }
+
+    /// Takes out of `work` every credential being issued now, noting its revocation for the
+    /// issuance to hand back.
+    fn defer_issuing(&self, work: &mut BTreeMap<String, Work>) {
+        let mut issuing = self.issuing.lock().unwrap();
+        work.retain(|id, w| match issuing.get_mut(id) {
+            Some(deferred) => {
+                deferred.reason.get_or_insert_with(|| w.reason.clone());
+                deferred.waiters.append(&mut w.waiters);
+                false
+            }
+            None => true,
+        });
     }
 
     /// Revokes `id` in the next batch and waits until that batch is recorded.
@@ -372,6 +463,9 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             }
         }
     }
+
+    // After every record was read: a record that exists has its claim, if any, by now.
+    core.scheduler.defer_issuing(&mut work);
 
     // One batch per connection and set of revocation settings.
     let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
@@ -610,9 +704,9 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
         match result {
             Ok(ledger::Swap::Stored) => core.scheduler.track(cred.due, &cred.id),
             Ok(ledger::Swap::Changed) => {
-                // Written meanwhile, most often by the issuance that created the principal
-                // after this revocation found nothing: the revocation stands, so it is
-                // recorded again on the record as it is now, and tried again at once.
+                // Written meanwhile (by a renewal, say): the
+                // revocation stands, so it is recorded again on the record as it is now, and
+                // tried again at once.
                 tracing::info!(cred_id = %cred.id,
                     "the record changed while it was being revoked; revoking it again");
                 revoke_again(core, now, &cred.id, cred.revoke_reason.as_deref()).await;
