@@ -46,6 +46,11 @@ impl PrivateRedis {
         assert!(up, "redis-server did not start on port {}", self.port);
     }
 
+    /// The server's ACL file as it is on disk now.
+    pub fn acl_file(&self) -> String {
+        std::fs::read_to_string(self.dir.join("users.acl")).unwrap_or_default()
+    }
+
     /// Kills the server at once, as a crash or an outage would.
     pub fn halt(&self) {
         if let Some(mut child) = self.server.lock().unwrap().take() {

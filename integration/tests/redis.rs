@@ -178,6 +178,11 @@ fn a_node_down_at_expiry_is_cleaned_when_it_returns() {
     // Node b crashes while the credential is live and is down when it expires; it comes
     // back with the user (its ACL file has it) and is cleaned by the scheduler's retries.
     let cred = issue(&bao, "mayfly/creds/app?ttl=4");
+    // Saved soon after, not before the issuance returns.
+    assert!(
+        wait_until(5.0, || b.acl_file().contains(&cred.user)),
+        "the new user never reached the node's ACL file"
+    );
     b.halt();
     let failing = wait_until(30.0, || {
         let r = ledger_record(&bao, &cred.user);

@@ -8,7 +8,8 @@
 //! Redis has no per-user expiry: the scheduler is the guarantee.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -100,7 +101,11 @@ impl Backend for Redis {
     }
 
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
-        Ok(Arc::new(RedisTarget::new(config)?))
+        let target = RedisTarget::new(config)?;
+        Ok(Arc::new_cyclic(|me| RedisTarget {
+            me: me.clone(),
+            ..target
+        }))
     }
 
     fn role_fields(&self) -> Vec<FieldDef> {
@@ -252,6 +257,19 @@ fn rules(settings: &Map<String, Value>) -> Result<Vec<String>, Error> {
 struct Node {
     address: String,
     idle: Mutex<Vec<Conn>>,
+    saves: SaveLog,
+}
+
+/// Which ACL changes on a node an `ACL SAVE` has covered, so that changes made together share
+/// one save ([`RedisTarget::save`]): each save rewrites the node's whole ACL file.
+#[derive(Default)]
+struct SaveLog {
+    /// ACL changes the node has answered, numbered from 1.
+    changed: AtomicU64,
+    /// The highest change number that a finished save was sent after.
+    saved: AtomicU64,
+    /// Held while a save runs.
+    running: tokio::sync::Mutex<()>,
 }
 
 /// The configured nodes, as the connection's user.
@@ -260,6 +278,8 @@ struct RedisTarget {
     username: Option<String>,
     password: Option<SecretString>,
     max_idle: usize,
+    /// The target itself, for the saves it leaves running ([`RedisTarget::save_soon`]).
+    me: Weak<RedisTarget>,
 }
 
 /// A failed operation on one node.
@@ -293,6 +313,7 @@ impl RedisTarget {
                 .map(|address| Node {
                     address,
                     idle: Mutex::new(Vec::new()),
+                    saves: SaveLog::default(),
                 })
                 .collect(),
             username: config
@@ -307,6 +328,7 @@ impl RedisTarget {
                 .setting_i64("max_open_connections")
                 .unwrap_or(4)
                 .clamp(1, 100) as usize,
+            me: Weak::new(),
         })
     }
 
@@ -450,32 +472,61 @@ impl RedisTarget {
         let mut delete: Vec<&[u8]> = vec![b"ACL", b"DELUSER"];
         delete.extend(present.iter().map(|n| n.as_bytes()));
         commands.push(delete);
-        commands.push(vec![b"ACL", b"SAVE"]);
         let replies = self.pipeline(node, "the revocation", &commands).await?;
         // CLIENT KILL USER fails when the user vanished meanwhile; only the delete matters.
-        if let Some(Reply::Error(m)) = replies.get(replies.len() - 2) {
+        if let Some(Reply::Error(m)) = replies.last() {
             return Err(NodeError::Refused(format!(
                 "Redis node {} refused ACL DELUSER: {m}",
                 node.address
             )));
         }
-        self.check_saved(node, replies.last());
+        self.save(node).await;
         Ok(present)
     }
 
-    /// Logs a failed `ACL SAVE`. A node with an ACL file reloads it when it restarts: a
-    /// deletion not saved there would bring a revoked user back, a creation not saved would
-    /// lose a live one. A node without an ACL file has nothing to save.
-    fn check_saved(&self, node: &Node, reply: Option<&Reply>) {
-        if let Some(Reply::Error(m)) = reply
-            && !m.contains("not configured to use an ACL file")
-        {
-            tracing::warn!(node = %node.address, error = %m,
-                "Redis could not save its ACL file; a restart of this node reloads an old one");
+    /// Returns once an `ACL SAVE` sent after the caller's change has finished on `node`. A
+    /// node with an ACL file reloads it when it restarts: a deletion not saved there would
+    /// bring a revoked user back, a creation not saved would lose a live one. Changes that wait
+    /// while a save runs share the next one, so concurrent issuances do not each rewrite the
+    /// file. A failed save is logged, as a node without an ACL file has nothing to save.
+    async fn save(&self, node: &Node) {
+        let log = &node.saves;
+        let mine = log.changed.fetch_add(1, Ordering::SeqCst) + 1;
+        let _running = log.running.lock().await;
+        if log.saved.load(Ordering::SeqCst) >= mine {
+            return;
+        }
+        // Every change numbered up to here was answered before this save is sent.
+        let covers = log.changed.load(Ordering::SeqCst);
+        let reply = self
+            .pipeline(node, "ACL SAVE", &[vec![b"ACL", b"SAVE"]])
+            .await
+            .map(|mut r| r.pop());
+        match reply {
+            Ok(Some(Reply::Error(m))) if !m.contains("not configured to use an ACL file") => {
+                tracing::warn!(node = %node.address, error = %m,
+                    "Redis could not save its ACL file; a restart of this node reloads an old one");
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.address, error = e.message(),
+                    "Redis could not save its ACL file; a restart of this node reloads an old one");
+            }
+            Ok(_) => {}
+        }
+        log.saved.fetch_max(covers, Ordering::SeqCst);
+    }
+
+    /// Saves the ACL file of node `i` without waiting for it, after a user was created there.
+    /// A new user that a restart of the node loses before the save only stops working early;
+    /// a creation that waited would hold its issuance for a rewrite of the whole file.
+    /// Deletions and password changes wait for theirs ([`RedisTarget::save`]).
+    fn save_soon(&self, i: usize) {
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(async move { me.save(&me.nodes[i]).await });
         }
     }
 
-    /// Runs one `ACL SETUSER` on `node` and saves the ACL file, in one round trip.
+    /// Runs one `ACL SETUSER` on `node` and saves the ACL file.
     async fn set_and_save(
         &self,
         node: &Node,
@@ -483,17 +534,8 @@ impl RedisTarget {
         args: &[&[u8]],
         secrets: &[&str],
     ) -> Result<(), NodeError> {
-        let replies = self
-            .pipeline(node, what, &[args.to_vec(), vec![b"ACL", b"SAVE"]])
-            .await?;
-        if let Some(Reply::Error(m)) = replies.first() {
-            return Err(NodeError::Refused(format!(
-                "Redis node {} refused {what}: {}",
-                node.address,
-                self.redact(m, secrets)
-            )));
-        }
-        self.check_saved(node, replies.get(1));
+        self.call_checked(node, what, args, secrets).await?;
+        self.save(node).await;
         Ok(())
     }
 
@@ -562,9 +604,11 @@ impl Target for RedisTarget {
         for (i, node) in self.nodes.iter().enumerate() {
             let secret = p.password.expose_secret();
             let created = self
-                .set_and_save(node, "the new user", &args, &[secret, &password])
+                .call_checked(node, "the new user", &args, &[secret, &password])
                 .await;
-            if let Err(e) = created {
+            if created.is_ok() {
+                self.save_soon(i);
+            } else if let Err(e) = created {
                 // All or nothing: take the user off the nodes that already have it.
                 for done in &self.nodes[..=i] {
                     if let Err(undo) = self.remove(done, &[p.name.to_owned()]).await {
