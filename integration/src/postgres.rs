@@ -92,6 +92,11 @@ impl PrivatePostgres {
         pg
     }
 
+    /// The server's log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pg.log")).unwrap_or_default()
+    }
+
     /// Starts the cluster again after [`PrivatePostgres::halt`], on the same port.
     pub fn resume(&self) {
         let (port, dir, bin) = (self.port, &self.dir, &self.bin);

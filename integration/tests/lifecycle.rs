@@ -117,6 +117,57 @@ fn issue_login_renew_revoke_ends_sessions_and_leaks_no_secret() {
 }
 
 #[test]
+fn scram_verifiers_keep_the_password_out_of_the_servers_logs() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    pg.admin("ALTER SYSTEM SET log_statement = 'ddl'");
+    pg.admin("SELECT pg_reload_conf()");
+    let mut connection = pg.connection("postgresql-database-plugin");
+    connection["password_authentication"] = json!("md5");
+    let (status, body) = bao.put("mayfly/config/db", connection.clone());
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string()
+            .contains("field 'password_authentication': expected 'password' or 'scram-sha-256'"),
+        "{body}"
+    );
+    connection["password_authentication"] = json!("scram-sha-256");
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "default_ttl": 60, "creation_statements":
+            "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' IN ROLE app_readers;"}),
+    );
+    let (status, body) = bao.put("mayfly/config/db", connection);
+    assert_eq!(status, 204, "{body}");
+
+    let cred = issue(&bao, "mayfly/creds/app");
+    assert_eq!(
+        pg.psql_as(&cred.user, &cred.password, "SELECT current_user")
+            .unwrap(),
+        cred.user
+    );
+    let stored = pg.admin(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+        cred.user
+    ));
+    assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "{stored}");
+    let log = pg.server_log();
+    assert!(log.contains(&cred.user), "the server did not log the DDL");
+    assert!(log.contains("PASSWORD 'SCRAM-SHA-256$4096:"), "{log}");
+    assert!(
+        !log.contains(&cred.password),
+        "the password reached the server's log"
+    );
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(pg.roles_like(&cred.user).is_empty());
+}
+
+#[test]
 fn expiry_alone_drops_the_user_and_a_forced_revoke_cannot_save_it() {
     let pg = PrivatePostgres::start();
     let bao = Bao::with_mayfly();

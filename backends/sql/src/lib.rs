@@ -3,6 +3,7 @@
 pub mod common;
 pub mod mysql;
 pub mod postgres;
+pub mod scram;
 pub mod statements;
 
 pub use mysql::MySql;

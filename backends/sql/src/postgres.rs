@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
-use mayfly::fields::{FieldDef, FieldType};
+use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::{percent_encode, redact};
 use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
@@ -34,13 +34,26 @@ impl Backend for Postgres {
     }
 
     fn connection_fields(&self) -> Vec<FieldDef> {
-        common::connection_fields(
+        let mut fields = common::connection_fields(
             "postgres://{{username}}:{{password}}@host:5432/dbname?sslmode=…; the placeholders \
              take the username and password fields.",
-        )
+        );
+        fields.push(
+            FieldDef::new(
+                "password_authentication",
+                FieldType::String,
+                "How passwords reach the server: 'password' sends them as they are, for the \
+                 server to hash; 'scram-sha-256' sends the SCRAM-SHA-256 verifier mayfly makes \
+                 (as OpenBao's plugin does), so no server log or view ever holds the password. \
+                 {{password}} in statements is then the verifier.",
+            )
+            .default(FieldValue::String(PLAIN.into())),
+        );
+        fields
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
+        hashes_passwords(config)?;
         common::validate_connection(
             config,
             config.setting_str("connection_url").unwrap_or_default(),
@@ -60,6 +73,7 @@ impl Backend for Postgres {
             pool,
             options,
             secrets: common::connection_secrets(config),
+            hash_passwords: hashes_passwords(config)?,
         }))
     }
 
@@ -138,6 +152,23 @@ impl Backend for Postgres {
     }
 }
 
+const PLAIN: &str = "password";
+const SCRAM: &str = "scram-sha-256";
+
+/// Whether connection `config` sends SCRAM verifiers (`password_authentication`).
+fn hashes_passwords(config: &ConnectionConfig) -> Result<bool, Error> {
+    match config
+        .setting_str("password_authentication")
+        .unwrap_or(PLAIN)
+    {
+        PLAIN | "" => Ok(false),
+        SCRAM => Ok(true),
+        other => Err(Error::bad_request(format!(
+            "field 'password_authentication': expected '{PLAIN}' or '{SCRAM}', got '{other}'"
+        ))),
+    }
+}
+
 /// A PostgreSQL role name mayfly will put in quotes: 1 to 63 bytes, no double quote, no
 /// control characters.
 fn check_identifier(name: &str) -> Result<(), String> {
@@ -163,6 +194,8 @@ struct PgTarget {
     options: PgConnectOptions,
     /// The connection's own secrets, removed from every error message.
     secrets: Vec<SecretString>,
+    /// Send SCRAM verifiers instead of passwords (`password_authentication`).
+    hash_passwords: bool,
 }
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
@@ -184,6 +217,13 @@ impl PgTarget {
             }
             _ => Error::Target(format!("PostgreSQL {what}: {text}")),
         }
+    }
+
+    /// What goes into SQL in place of `password`: the password, or its SCRAM verifier.
+    fn as_sent(&self, password: &str) -> Option<String> {
+        self.hash_passwords
+            .then(|| crate::scram::verifier(password))
+            .flatten()
     }
 
     async fn existing(&self, names: &[String]) -> Result<Vec<String>, Error> {
@@ -210,7 +250,9 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
 #[async_trait]
 impl Target for PgTarget {
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
-        let password = p.password.expose_secret();
+        let plain = p.password.expose_secret();
+        let verifier = self.as_sent(plain);
+        let password = verifier.as_deref().unwrap_or(plain);
         let exp = expiration(p.expires);
         let values = Values {
             name: p.name,
@@ -248,7 +290,7 @@ impl Target for PgTarget {
         run_in_transaction(&self.pool, sql)
             .await
             .map(|()| Created::default())
-            .map_err(|e| self.fail("refused the new user", &e, &[password]))
+            .map_err(|e| self.fail("refused the new user", &e, &[plain, password]))
     }
 
     async fn renew(
@@ -375,8 +417,10 @@ impl Target for PgTarget {
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
-        let password = new_password.expose_secret();
-        common::check_sendable(password)?;
+        let plain = new_password.expose_secret();
+        common::check_sendable(plain)?;
+        let verifier = self.as_sent(plain);
+        let password = verifier.as_deref().unwrap_or(plain);
         let sql = format!(
             "ALTER ROLE CURRENT_USER WITH PASSWORD {}",
             quote_literal(password)
@@ -385,7 +429,7 @@ impl Target for PgTarget {
             .execute(&self.pool)
             .await
             .map(|_| ())
-            .map_err(|e| self.fail("refused the new password", &e, &[password]))
+            .map_err(|e| self.fail("refused the new password", &e, &[plain, password]))
     }
 
     async fn set_password(
@@ -394,8 +438,10 @@ impl Target for PgTarget {
         password: &SecretString,
         statements: &[String],
     ) -> Result<(), Error> {
-        let secret = password.expose_secret();
-        common::check_sendable(secret)?;
+        let plain = password.expose_secret();
+        common::check_sendable(plain)?;
+        let verifier = self.as_sent(plain);
+        let secret = verifier.as_deref().unwrap_or(plain);
         if self.existing(&[username.to_owned()]).await?.is_empty() {
             return Err(Error::Target(format!(
                 "user '{username}' does not exist in PostgreSQL"
@@ -417,7 +463,7 @@ impl Target for PgTarget {
         }
         run_in_transaction(&self.pool, sql)
             .await
-            .map_err(|e| self.fail("refused the new password", &e, &[secret]))
+            .map_err(|e| self.fail("refused the new password", &e, &[plain, secret]))
     }
 
     async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
