@@ -46,6 +46,12 @@ pub enum Target {
     RabbitMq,
 }
 
+/// How both engines send PostgreSQL passwords (`BENCH_PG_PASSWORD_AUTH`): `password`, both
+/// engines' default, or `scram-sha-256` (each engine hashes too; the server's work is the same).
+pub fn pg_password_authentication() -> String {
+    std::env::var("BENCH_PG_PASSWORD_AUTH").unwrap_or_else(|_| "password".into())
+}
+
 impl Target {
     pub fn start(name: &str) -> Target {
         match name {
@@ -121,7 +127,16 @@ impl Target {
         if matches!(self, Target::Postgres(_) | Target::MariaDb(_)) {
             connection["max_open_connections"] = json!(8);
         }
-        put(bao, &format!("mayfly/config/{name}"), connection.clone());
+        if let Target::Postgres(_) = self {
+            connection["password_authentication"] = json!(pg_password_authentication());
+        }
+        let mut ours = connection.clone();
+        if let Target::Redis(_) = self {
+            // The built-in Redis plugin has no such setting; mayfly keeps as many idle
+            // connections as the SQL engines here may open.
+            ours["max_open_connections"] = json!(8);
+        }
+        put(bao, &format!("mayfly/config/{name}"), ours);
         if let Target::RabbitMq = self {
             let obj = connection.as_object_mut().unwrap();
             obj.remove("plugin_name");
