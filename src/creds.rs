@@ -347,7 +347,7 @@ async fn issue_traced(
     // A task's end, an operator, or the intent's due time (a create slower than the deadline)
     // asked for its revocation while the principal was being created: it goes now that it
     // exists, and nothing is issued.
-    if claim.revocation_asked().is_some() {
+    if claim.revocation_asked() {
         return Err(revoked_while_issuing(core, cred, claim).await);
     }
     // A task ended between its check above and the intent's write lists no such credential:

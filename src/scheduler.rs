@@ -156,10 +156,10 @@ pub struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    /// Why the credential is to be revoked, if a revocation came while it was being issued.
-    pub fn revocation_asked(&self) -> Option<String> {
+    /// Whether a revocation came for the credential while it was being issued.
+    pub fn revocation_asked(&self) -> bool {
         let issuing = self.scheduler.issuing.lock().unwrap();
-        issuing.get(&self.id).and_then(|d| d.reason.clone())
+        issuing.get(&self.id).is_some_and(|d| d.reason.is_some())
     }
 }
 
@@ -209,13 +209,14 @@ impl Scheduler {
     /// the credential's first record is written, so a revocation that can read the record
     /// also finds the claim, and one that finds no claim comes after the create.
     pub fn claim(&self, id: &str) -> Claim<'_> {
+        let id = id.to_owned();
         self.issuing
             .lock()
             .unwrap()
-            .insert(id.to_owned(), Deferred::default());
+            .insert(id.clone(), Deferred::default());
         Claim {
             scheduler: self,
-            id: id.to_owned(),
+            id,
         }
     }
 

@@ -502,16 +502,16 @@ impl RedisTarget {
             .pipeline(node, "ACL SAVE", &[vec![b"ACL", b"SAVE"]])
             .await
             .map(|mut r| r.pop());
-        match reply {
+        let failure = match &reply {
             Ok(Some(Reply::Error(m))) if !m.contains("not configured to use an ACL file") => {
-                tracing::warn!(node = %node.address, error = %m,
-                    "Redis could not save its ACL file; a restart of this node reloads an old one");
+                Some(m.as_str())
             }
-            Err(e) => {
-                tracing::warn!(node = %node.address, error = e.message(),
-                    "Redis could not save its ACL file; a restart of this node reloads an old one");
-            }
-            Ok(_) => {}
+            Err(e) => Some(e.message()),
+            Ok(_) => None,
+        };
+        if let Some(error) = failure {
+            tracing::warn!(node = %node.address, error,
+                "Redis could not save its ACL file; a restart of this node reloads an old one");
         }
         log.saved.fetch_max(covers, Ordering::SeqCst);
     }
@@ -606,9 +606,7 @@ impl Target for RedisTarget {
             let created = self
                 .call_checked(node, "the new user", &args, &[secret, &password])
                 .await;
-            if created.is_ok() {
-                self.save_soon(i);
-            } else if let Err(e) = created {
+            if let Err(e) = created {
                 // All or nothing: take the user off the nodes that already have it.
                 for done in &self.nodes[..=i] {
                     if let Err(undo) = self.remove(done, &[p.name.to_owned()]).await {
@@ -621,6 +619,7 @@ impl Target for RedisTarget {
                 }
                 return Err(e.into_error());
             }
+            self.save_soon(i);
         }
         Ok(Created::default())
     }

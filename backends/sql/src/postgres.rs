@@ -4,6 +4,7 @@
 //! The password never enters the URL text that sqlx parses (and may echo in an error): the
 //! placeholder is parsed as is and the password is set on the parsed options afterwards.
 
+use std::borrow::Cow;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -220,10 +221,14 @@ impl PgTarget {
     }
 
     /// What goes into SQL in place of `password`: the password, or its SCRAM verifier.
-    fn as_sent(&self, password: &str) -> Option<String> {
-        self.hash_passwords
+    fn as_sent<'a>(&self, password: &'a str) -> Cow<'a, str> {
+        match self
+            .hash_passwords
             .then(|| crate::scram::verifier(password))
-            .flatten()
+        {
+            Some(Some(verifier)) => Cow::Owned(verifier),
+            _ => Cow::Borrowed(password),
+        }
     }
 
     async fn existing(&self, names: &[String]) -> Result<Vec<String>, Error> {
@@ -251,8 +256,7 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
 impl Target for PgTarget {
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let plain = p.password.expose_secret();
-        let verifier = self.as_sent(plain);
-        let password = verifier.as_deref().unwrap_or(plain);
+        let password = &*self.as_sent(plain);
         let exp = expiration(p.expires);
         let values = Values {
             name: p.name,
@@ -419,8 +423,7 @@ impl Target for PgTarget {
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
         let plain = new_password.expose_secret();
         common::check_sendable(plain)?;
-        let verifier = self.as_sent(plain);
-        let password = verifier.as_deref().unwrap_or(plain);
+        let password = &*self.as_sent(plain);
         let sql = format!(
             "ALTER ROLE CURRENT_USER WITH PASSWORD {}",
             quote_literal(password)
@@ -440,8 +443,7 @@ impl Target for PgTarget {
     ) -> Result<(), Error> {
         let plain = password.expose_secret();
         common::check_sendable(plain)?;
-        let verifier = self.as_sent(plain);
-        let secret = verifier.as_deref().unwrap_or(plain);
+        let secret = &*self.as_sent(plain);
         if self.existing(&[username.to_owned()]).await?.is_empty() {
             return Err(Error::Target(format!(
                 "user '{username}' does not exist in PostgreSQL"

@@ -23,7 +23,7 @@ pub fn verifier(password: &str) -> Option<String> {
 }
 
 /// [`verifier`] with the given salt.
-pub fn verifier_with_salt(password: &str, salt: &[u8]) -> Option<String> {
+fn verifier_with_salt(password: &str, salt: &[u8]) -> Option<String> {
     if !password.is_ascii() {
         return None;
     }
