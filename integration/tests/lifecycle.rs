@@ -138,7 +138,7 @@ fn scram_verifiers_keep_the_password_out_of_the_servers_logs() {
         json!({"db_name": "db", "default_ttl": 60, "creation_statements":
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' IN ROLE app_readers;"}),
     );
-    let (status, body) = bao.put("mayfly/config/db", connection);
+    let (status, body) = bao.put("mayfly/config/db", connection.clone());
     assert_eq!(status, 204, "{body}");
 
     let cred = issue(&bao, "mayfly/creds/app");
@@ -165,6 +165,45 @@ fn scram_verifiers_keep_the_password_out_of_the_servers_logs() {
     );
     assert_eq!(status, 204, "{body}");
     assert!(pg.roles_like(&cred.user).is_empty());
+
+    // Fewer rounds: the server stores them as sent, and logins still work.
+    for (auth, rounds, error) in [
+        (
+            "password",
+            1,
+            "field 'scram_iterations': applies only with password_authentication",
+        ),
+        (
+            "scram-sha-256",
+            0,
+            "field 'scram_iterations': expected an integer from 1 to 1000000, got 0",
+        ),
+    ] {
+        let mut bad = connection.clone();
+        bad["password_authentication"] = json!(auth);
+        bad["scram_iterations"] = json!(rounds);
+        let (status, body) = bao.put("mayfly/config/db", bad);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.to_string().contains(error), "{body}");
+    }
+    connection["scram_iterations"] = json!(16);
+    let (status, body) = bao.put("mayfly/config/db", connection);
+    assert_eq!(status, 204, "{body}");
+    let cred = issue(&bao, "mayfly/creds/app");
+    let stored = pg.admin(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+        cred.user
+    ));
+    assert!(stored.starts_with("SCRAM-SHA-256$16:"), "{stored}");
+    assert_eq!(
+        pg.psql_as(&cred.user, &cred.password, "SELECT current_user")
+            .unwrap(),
+        cred.user
+    );
+    assert!(
+        pg.psql_as(&cred.user, "not-the-password", "SELECT 1")
+            .is_err()
+    );
 }
 
 #[test]

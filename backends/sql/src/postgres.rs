@@ -5,6 +5,7 @@
 //! placeholder is parsed as is and the password is set on the parsed options afterwards.
 
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgSslMode};
 
 use crate::common::{self, PASSWORD, USERNAME, expiration, list};
+use crate::scram;
 use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
 
 pub struct Postgres;
@@ -50,11 +52,18 @@ impl Backend for Postgres {
             )
             .default(FieldValue::String(PLAIN.into())),
         );
+        fields.push(
+            FieldDef::new(
+                "scram_iterations",
+                FieldType::Int,
+                "PBKDF2 rounds of the verifiers mayfly makes (password_authentication                  'scram-sha-256' only), 1 to 1000000. CREATE ROLE runs them once on the server,                  and every login once on the client. Rounds slow the guessing of weak passwords;                  the default generator's (32 letters and digits, about 190 bits) cannot be                  guessed, so a low count saves the server's CPU at no loss. Keep the default,                  4096 (PostgreSQL's), when a password_policy may make short passwords.",
+            ),
+        );
         fields
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
-        hashes_passwords(config)?;
+        sends_verifiers(config)?;
         common::validate_connection(
             config,
             config.setting_str("connection_url").unwrap_or_default(),
@@ -74,7 +83,7 @@ impl Backend for Postgres {
             pool,
             options,
             secrets: common::connection_secrets(config),
-            hash_passwords: hashes_passwords(config)?,
+            verifiers: sends_verifiers(config)?,
         }))
     }
 
@@ -156,18 +165,38 @@ impl Backend for Postgres {
 const PLAIN: &str = "password";
 const SCRAM: &str = "scram-sha-256";
 
-/// Whether connection `config` sends SCRAM verifiers (`password_authentication`).
-fn hashes_passwords(config: &ConnectionConfig) -> Result<bool, Error> {
-    match config
+const MAX_ITERATIONS: i64 = 1_000_000;
+
+/// The rounds of the SCRAM verifiers connection `config` sends instead of passwords, or `None`
+/// when it sends passwords (`password_authentication`, `scram_iterations`).
+fn sends_verifiers(config: &ConnectionConfig) -> Result<Option<NonZeroU32>, Error> {
+    let scram = match config
         .setting_str("password_authentication")
         .unwrap_or(PLAIN)
     {
-        PLAIN | "" => Ok(false),
-        SCRAM => Ok(true),
-        other => Err(Error::bad_request(format!(
-            "field 'password_authentication': expected '{PLAIN}' or '{SCRAM}', got '{other}'"
-        ))),
-    }
+        PLAIN | "" => false,
+        SCRAM => true,
+        other => {
+            return Err(Error::bad_request(format!(
+                "field 'password_authentication': expected '{PLAIN}' or '{SCRAM}', got '{other}'"
+            )));
+        }
+    };
+    let iterations = match config.setting_i64("scram_iterations") {
+        None => scram::DEFAULT_ITERATIONS,
+        Some(n) if !scram && n != i64::from(scram::DEFAULT_ITERATIONS) => {
+            return Err(Error::bad_request(format!(
+                "field 'scram_iterations': applies only with password_authentication                  '{SCRAM}' (the server hashes passwords it receives with its own setting)"
+            )));
+        }
+        Some(n) if (1..=MAX_ITERATIONS).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(Error::bad_request(format!(
+                "field 'scram_iterations': expected an integer from 1 to {MAX_ITERATIONS}, got {n}"
+            )));
+        }
+    };
+    Ok(scram.then(|| NonZeroU32::new(iterations).expect("checked above")))
 }
 
 /// A PostgreSQL role name mayfly will put in quotes: 1 to 63 bytes, no double quote, no
@@ -195,8 +224,9 @@ struct PgTarget {
     options: PgConnectOptions,
     /// The connection's own secrets, removed from every error message.
     secrets: Vec<SecretString>,
-    /// Send SCRAM verifiers instead of passwords (`password_authentication`).
-    hash_passwords: bool,
+    /// Send SCRAM verifiers of this many rounds instead of passwords
+    /// (`password_authentication`, `scram_iterations`).
+    verifiers: Option<NonZeroU32>,
 }
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
@@ -223,11 +253,11 @@ impl PgTarget {
     /// What goes into SQL in place of `password`: the password, or its SCRAM verifier.
     fn as_sent<'a>(&self, password: &'a str) -> Cow<'a, str> {
         match self
-            .hash_passwords
-            .then(|| crate::scram::verifier(password))
+            .verifiers
+            .and_then(|rounds| scram::verifier(password, rounds))
         {
-            Some(Some(verifier)) => Cow::Owned(verifier),
-            _ => Cow::Borrowed(password),
+            Some(verifier) => Cow::Owned(verifier),
+            None => Cow::Borrowed(password),
         }
     }
 

@@ -1,7 +1,8 @@
 //! SCRAM-SHA-256 verifiers as PostgreSQL stores them (RFC 5802, RFC 7677), made by mayfly so
 //! that the server receives `PASSWORD 'SCRAM-SHA-256$…'` instead of the password: the password
-//! then appears in no server log or statistics view. It saves the server no work: `CREATE ROLE`
-//! still runs the rounds once, to check that the verifier is not that of an empty password.
+//! then appears in no server log or statistics view. `CREATE ROLE` still runs the verifier's
+//! rounds once, to check that it is not that of an empty password: its iteration count is what
+//! a new user costs the server, and what each login costs the client.
 
 use std::num::NonZeroU32;
 
@@ -9,25 +10,24 @@ use aws_lc_rs::{digest, hmac, pbkdf2};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// PostgreSQL's own default (`scram_iterations`).
-const ITERATIONS: u32 = 4096;
+/// PostgreSQL's own default (its `scram_iterations` setting).
+pub const DEFAULT_ITERATIONS: u32 = 4096;
 const SALT_BYTES: usize = 16;
 
-/// The verifier of `password` with a fresh random salt, or `None` when PostgreSQL would first
-/// normalize the password (SASLprep applies to passwords that are not ASCII): those are sent
-/// as they are, for the server to hash as it would its own.
-pub fn verifier(password: &str) -> Option<String> {
+/// The verifier of `password` with a fresh random salt and `iterations` rounds, or `None`
+/// when PostgreSQL would first normalize the password (SASLprep applies to passwords that are
+/// not ASCII): those are sent as they are, for the server to hash as it would its own.
+pub fn verifier(password: &str, iterations: NonZeroU32) -> Option<String> {
     let mut salt = [0u8; SALT_BYTES];
     aws_lc_rs::rand::fill(&mut salt).ok()?;
-    verifier_with_salt(password, &salt)
+    verifier_with_salt(password, &salt, iterations)
 }
 
 /// [`verifier`] with the given salt.
-fn verifier_with_salt(password: &str, salt: &[u8]) -> Option<String> {
+fn verifier_with_salt(password: &str, salt: &[u8], iterations: NonZeroU32) -> Option<String> {
     if !password.is_ascii() {
         return None;
     }
-    let iterations = NonZeroU32::new(ITERATIONS).expect("non-zero");
     let mut salted = [0u8; 32];
     pbkdf2::derive(
         pbkdf2::PBKDF2_HMAC_SHA256,
@@ -41,7 +41,7 @@ fn verifier_with_salt(password: &str, salt: &[u8]) -> Option<String> {
     let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
     let server_key = hmac::sign(&key, b"Server Key");
     Some(format!(
-        "SCRAM-SHA-256${ITERATIONS}:{}${}:{}",
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
         STANDARD.encode(salt),
         STANDARD.encode(stored_key.as_ref()),
         STANDARD.encode(server_key.as_ref())
@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn matches_the_rfc_7677_example() {
         let salt = STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
-        let v = verifier_with_salt("pencil", &salt).unwrap();
+        let v = verifier_with_salt("pencil", &salt, default()).unwrap();
         let rest = v
             .strip_prefix("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$")
             .unwrap();
@@ -100,9 +100,34 @@ mod tests {
         );
     }
 
+    fn default() -> NonZeroU32 {
+        NonZeroU32::new(DEFAULT_ITERATIONS).unwrap()
+    }
+
     #[test]
     fn each_verifier_has_its_own_salt_and_non_ascii_is_left_to_the_server() {
-        assert_ne!(verifier("same"), verifier("same"));
-        assert_eq!(verifier("pässword"), None);
+        assert_ne!(verifier("same", default()), verifier("same", default()));
+        assert_eq!(verifier("pässword", default()), None);
+    }
+
+    /// The count is in the verifier, and it changes the keys: a server that read 4096 from a
+    /// verifier made with 1 round would refuse every login.
+    #[test]
+    fn the_iteration_count_is_recorded_and_used() {
+        let salt = [7u8; SALT_BYTES];
+        let one = verifier_with_salt("pencil", &salt, NonZeroU32::new(1).unwrap()).unwrap();
+        let many = verifier_with_salt("pencil", &salt, default()).unwrap();
+        assert!(one.starts_with("SCRAM-SHA-256$1:"), "{one}");
+        assert!(many.starts_with("SCRAM-SHA-256$4096:"), "{many}");
+        let keys = |v: &str| {
+            v.split_once('$')
+                .unwrap()
+                .1
+                .split_once('$')
+                .unwrap()
+                .1
+                .to_owned()
+        };
+        assert_ne!(keys(&one), keys(&many));
     }
 }
