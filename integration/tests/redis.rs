@@ -1,10 +1,11 @@
 //! The `redis` kind end to end: a real OpenBao loads mayfly, which manages ACL users on two
 //! private Redis servers at once.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::creds::{issue, ledger_record};
-use mayfly_integration::{Bao, PrivateRedis, wait_until};
+use mayfly_integration::{Bao, PrivateRedis, load, wait_until};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "mayfly_admin";
@@ -162,6 +163,38 @@ fn users_exist_on_both_nodes_obey_their_rules_and_leave_both() {
         ADMIN_PASSWORD,
     ] {
         assert!(!scanned.contains(secret), "a password leaked");
+    }
+}
+
+/// The `ACL SAVE` calls node `node` has served.
+fn acl_saves(node: &PrivateRedis) -> u64 {
+    let stats = node.cli(&["INFO", "commandstats"]).unwrap();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_acl|save:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+/// Users created together share one `ACL SAVE` per node: each save rewrites the node's whole
+/// ACL file, and the node serves nothing else while it writes.
+#[test]
+fn creations_together_share_one_acl_save() {
+    let (bao, a, b) = setup(json!({"db_name": "kv", "default_ttl": 600}));
+    let before = [acl_saves(&a), acl_saves(&b)];
+    load::issue_many(&bao, ROOT_TOKEN, "mayfly/creds/app", 12, 4);
+    let users = a.users_like("mf-app-");
+    assert_eq!(users.len(), 12, "{users:?}");
+    assert!(
+        wait_until(5.0, || users
+            .iter()
+            .all(|u| a.acl_file().contains(u) && b.acl_file().contains(u))),
+        "the new users never reached both ACL files"
+    );
+    // Long enough for any save still to come to have run.
+    std::thread::sleep(Duration::from_secs(1));
+    for (node, before) in [(&a, before[0]), (&b, before[1])] {
+        let saves = acl_saves(node) - before;
+        assert!((1..=2).contains(&saves), "{saves} saves for 12 creations");
     }
 }
 

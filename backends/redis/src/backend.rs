@@ -272,6 +272,16 @@ struct SaveLog {
     running: tokio::sync::Mutex<()>,
 }
 
+impl SaveLog {
+    /// Numbers a change the node has just answered.
+    fn note_change(&self) -> u64 {
+        self.changed.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+/// How long after a creation its save may wait, to be shared with the creations around it.
+const CREATION_SAVE_DELAY: Duration = Duration::from_millis(500);
+
 /// The configured nodes, as the connection's user.
 struct RedisTarget {
     nodes: Vec<Node>,
@@ -487,13 +497,18 @@ impl RedisTarget {
     /// Returns once an `ACL SAVE` sent after the caller's change has finished on `node`. A
     /// node with an ACL file reloads it when it restarts: a deletion not saved there would
     /// bring a revoked user back, a creation not saved would lose a live one. Changes that wait
-    /// while a save runs share the next one, so concurrent issuances do not each rewrite the
+    /// while a save runs share the next one, so concurrent changes do not each rewrite the
     /// file. A failed save is logged, as a node without an ACL file has nothing to save.
     async fn save(&self, node: &Node) {
+        let change = node.saves.note_change();
+        self.save_covering(node, change).await;
+    }
+
+    /// Returns once a save sent after change number `change` has finished on `node`.
+    async fn save_covering(&self, node: &Node, change: u64) {
         let log = &node.saves;
-        let mine = log.changed.fetch_add(1, Ordering::SeqCst) + 1;
         let _running = log.running.lock().await;
-        if log.saved.load(Ordering::SeqCst) >= mine {
+        if log.saved.load(Ordering::SeqCst) >= change {
             return;
         }
         // Every change numbered up to here was answered before this save is sent.
@@ -516,13 +531,19 @@ impl RedisTarget {
         log.saved.fetch_max(covers, Ordering::SeqCst);
     }
 
-    /// Saves the ACL file of node `i` without waiting for it, after a user was created there.
-    /// A new user that a restart of the node loses before the save only stops working early;
-    /// a creation that waited would hold its issuance for a rewrite of the whole file.
+    /// Saves the ACL file of node `i` within [`CREATION_SAVE_DELAY`], without waiting for it,
+    /// after a user was created there. A new user that a restart of the node loses before the
+    /// save only stops working early; a creation that waited would hold its issuance for a
+    /// rewrite of the whole file, and saves back to back would keep the node (which serves
+    /// nothing else while it writes) busy. So creations of the same moment share one save.
     /// Deletions and password changes wait for theirs ([`RedisTarget::save`]).
     fn save_soon(&self, i: usize) {
+        let change = self.nodes[i].saves.note_change();
         if let Some(me) = self.me.upgrade() {
-            tokio::spawn(async move { me.save(&me.nodes[i]).await });
+            tokio::spawn(async move {
+                tokio::time::sleep(CREATION_SAVE_DELAY).await;
+                me.save_covering(&me.nodes[i], change).await
+            });
         }
     }
 
