@@ -127,7 +127,12 @@ fn cpu_now(bao: &Bao) -> (f64, f64) {
     (load::cpu_seconds(bao.pid()), plugin)
 }
 
+/// The pause before each measured run, so that work the previous run left behind (mayfly's
+/// delayed Redis ACL saves, either engine's lease bookkeeping) does not land in the next.
+const SETTLE: Duration = Duration::from_secs(1);
+
 fn measure(bao: &Bao, path: &str, n: usize, clients: usize) -> Measured {
+    std::thread::sleep(SETTLE);
     let before = cpu_now(bao);
     let run = load::issue_many(bao, ROOT_TOKEN, path, n, clients);
     let after = cpu_now(bao);
@@ -228,9 +233,13 @@ fn issuance(s: &Settings, report: &mut Report) {
             "{} credentials per run (at least 20 per client), TTL 1 h. CPU is the server's plus \
              mayfly's processes', per credential, for either engine (the built-in engines run \
              inside the server). Both engines' PostgreSQL connections have \
-             password_authentication={}.",
+             password_authentication={}{}.",
             s.issue_n,
-            targets::pg_password_authentication()
+            targets::pg_password_authentication(),
+            targets::pg_scram_iterations().map_or(String::new(), |n| format!(
+                ", except mayfly's: scram-sha-256 with scram_iterations={n} (a setting the \
+                 built-in engine lacks; the server runs the verifier's rounds once per user)"
+            ))
         ),
         &[
             "target",

@@ -52,6 +52,14 @@ pub fn pg_password_authentication() -> String {
     std::env::var("BENCH_PG_PASSWORD_AUTH").unwrap_or_else(|_| "password".into())
 }
 
+/// `BENCH_PG_SCRAM_ITERATIONS`: the rounds of mayfly's PostgreSQL verifiers, when set (it then
+/// sends verifiers). The built-in engine has no such setting: its server work stays PostgreSQL's
+/// 4096 rounds per user.
+pub fn pg_scram_iterations() -> Option<u32> {
+    let rounds = std::env::var("BENCH_PG_SCRAM_ITERATIONS").ok()?;
+    Some(rounds.parse().expect("BENCH_PG_SCRAM_ITERATIONS: a number"))
+}
+
 impl Target {
     pub fn start(name: &str) -> Target {
         match name {
@@ -131,6 +139,10 @@ impl Target {
             connection["password_authentication"] = json!(pg_password_authentication());
         }
         let mut ours = connection.clone();
+        if let (Target::Postgres(_), Some(rounds)) = (self, pg_scram_iterations()) {
+            ours["password_authentication"] = json!("scram-sha-256");
+            ours["scram_iterations"] = json!(rounds);
+        }
         if let Target::Redis(_) = self {
             // The built-in Redis plugin has no such setting; mayfly keeps as many idle
             // connections as the SQL engines here may open.
