@@ -171,7 +171,7 @@ fn scram_verifiers_keep_the_password_out_of_the_servers_logs() {
         (
             "password",
             1,
-            "field 'scram_iterations': applies only with password_authentication",
+            "field 'scram_iterations': applies only with password_authentication 'scram-sha-256'",
         ),
         (
             "scram-sha-256",

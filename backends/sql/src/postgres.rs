@@ -52,13 +52,16 @@ impl Backend for Postgres {
             )
             .default(FieldValue::String(PLAIN.into())),
         );
-        fields.push(
-            FieldDef::new(
-                "scram_iterations",
-                FieldType::Int,
-                "PBKDF2 rounds of the verifiers mayfly makes (password_authentication                  'scram-sha-256' only), 1 to 1000000. CREATE ROLE runs them once on the server,                  and every login once on the client. Rounds slow the guessing of weak passwords;                  the default generator's (32 letters and digits, about 190 bits) cannot be                  guessed, so a low count saves the server's CPU at no loss. Keep the default,                  4096 (PostgreSQL's), when a password_policy may make short passwords.",
-            ),
-        );
+        fields.push(FieldDef::new(
+            "scram_iterations",
+            FieldType::Int,
+            "PBKDF2 rounds of the verifiers mayfly makes (password_authentication \
+                 'scram-sha-256' only), 1 to 1000000. CREATE ROLE runs them once on the server, \
+                 and every login once on the client. Rounds slow the guessing of weak passwords; \
+                 the default generator's (32 letters and digits, about 190 bits) cannot be \
+                 guessed, so a low count saves the server's CPU at no loss. Keep the default, \
+                 4096 (PostgreSQL's), when a password_policy may make short passwords.",
+        ));
         fields
     }
 
@@ -186,7 +189,8 @@ fn sends_verifiers(config: &ConnectionConfig) -> Result<Option<NonZeroU32>, Erro
         None => scram::DEFAULT_ITERATIONS,
         Some(n) if !scram && n != i64::from(scram::DEFAULT_ITERATIONS) => {
             return Err(Error::bad_request(format!(
-                "field 'scram_iterations': applies only with password_authentication                  '{SCRAM}' (the server hashes passwords it receives with its own setting)"
+                "field 'scram_iterations': applies only with password_authentication \
+                 '{SCRAM}' (the server hashes passwords it receives with its own setting)"
             )));
         }
         Some(n) if (1..=MAX_ITERATIONS).contains(&n) => n as u32,
