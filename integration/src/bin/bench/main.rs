@@ -232,9 +232,10 @@ fn issuance(s: &Settings, report: &mut Report) {
         &format!(
             "{} credentials per run (at least 20 per client), TTL 1 h. CPU is the server's plus \
              mayfly's processes', per credential, for either engine (the built-in engines run \
-             inside the server). Both engines' PostgreSQL connections have \
-             password_authentication={}{}.",
+             inside the server). Both engines' SQL connections have max_open_connections={}; \
+             their PostgreSQL connections have password_authentication={}{}.",
             s.issue_n,
+            targets::max_open_connections(),
             targets::pg_password_authentication(),
             targets::pg_scram_iterations().map_or(String::new(), |n| format!(
                 ", except mayfly's: scram-sha-256 with scram_iterations={n} (a setting the \

@@ -52,6 +52,14 @@ pub fn pg_password_authentication() -> String {
     std::env::var("BENCH_PG_PASSWORD_AUTH").unwrap_or_else(|_| "password".into())
 }
 
+/// `BENCH_MAX_OPEN_CONNECTIONS` (default 8): both engines' SQL connections' pool size, and
+/// mayfly's idle connections per Redis node.
+pub fn max_open_connections() -> u32 {
+    std::env::var("BENCH_MAX_OPEN_CONNECTIONS").map_or(8, |n| {
+        n.parse().expect("BENCH_MAX_OPEN_CONNECTIONS: a number")
+    })
+}
+
 /// `BENCH_PG_SCRAM_ITERATIONS`: the rounds of mayfly's PostgreSQL verifiers, when set (it then
 /// sends verifiers). The built-in engine has no such setting: its server work stays PostgreSQL's
 /// 4096 rounds per user.
@@ -133,7 +141,7 @@ impl Target {
                 "username": RABBIT_ADMIN.0, "password": RABBIT_ADMIN.1, "allowed_roles": "*"}),
         };
         if matches!(self, Target::Postgres(_) | Target::MariaDb(_)) {
-            connection["max_open_connections"] = json!(8);
+            connection["max_open_connections"] = json!(max_open_connections());
         }
         if let Target::Postgres(_) = self {
             connection["password_authentication"] = json!(pg_password_authentication());
@@ -146,7 +154,7 @@ impl Target {
         if let Target::Redis(_) = self {
             // The built-in Redis plugin has no such setting; mayfly keeps as many idle
             // connections as the SQL engines here may open.
-            ours["max_open_connections"] = json!(8);
+            ours["max_open_connections"] = json!(max_open_connections());
         }
         put(bao, &format!("mayfly/config/{name}"), ours);
         if let Target::RabbitMq = self {
