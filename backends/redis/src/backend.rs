@@ -8,7 +8,7 @@
 //! Redis has no per-user expiry: the scheduler is the guarantee.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -270,6 +270,8 @@ struct SaveLog {
     saved: AtomicU64,
     /// Held while a save runs.
     running: tokio::sync::Mutex<()>,
+    /// A delayed save for new users is waiting to run ([`RedisTarget::save_soon`]).
+    scheduled: AtomicBool,
 }
 
 impl SaveLog {
@@ -537,12 +539,23 @@ impl RedisTarget {
     /// rewrite of the whole file, and saves back to back would keep the node (which serves
     /// nothing else while it writes) busy. So creations of the same moment share one save.
     /// Deletions and password changes wait for theirs ([`RedisTarget::save`]).
+    /// One delayed save waits at a time: creations that find one waiting are covered by it,
+    /// since it saves every change numbered before it starts.
     fn save_soon(&self, i: usize) {
-        let change = self.nodes[i].saves.note_change();
+        let log = &self.nodes[i].saves;
+        log.note_change();
+        if log.scheduled.swap(true, Ordering::SeqCst) {
+            return;
+        }
         if let Some(me) = self.me.upgrade() {
             tokio::spawn(async move {
                 tokio::time::sleep(CREATION_SAVE_DELAY).await;
-                me.save_covering(&me.nodes[i], change).await
+                let log = &me.nodes[i].saves;
+                // Cleared first: a creation after this point schedules the next save, one
+                // before it is counted in `changed` below.
+                log.scheduled.store(false, Ordering::SeqCst);
+                let upto = log.changed.load(Ordering::SeqCst);
+                me.save_covering(&me.nodes[i], upto).await
             });
         }
     }
