@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::transport::HostChannel;
 use async_trait::async_trait;
 use mayfly::storage::{Kv, Storage, StorageError, Transaction};
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
-use tonic::transport::Channel;
 
 use crate::proto::pb;
 use crate::proto::pb::storage_client::StorageClient;
@@ -16,12 +16,12 @@ use crate::proto::pb::system_view_client::SystemViewClient;
 /// The mount's storage on the host. Storage replies carry application errors in a string field
 /// inside a successful gRPC reply; both kinds of failure become `StorageError::Backend`.
 pub struct HostStorage {
-    client: StorageClient<Channel>,
+    client: StorageClient<HostChannel>,
     transactional: OnceCell<bool>,
 }
 
 impl HostStorage {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: HostChannel) -> Self {
         HostStorage {
             client: StorageClient::new(channel).max_decoding_message_size(usize::MAX),
             transactional: OnceCell::new(),
@@ -60,7 +60,7 @@ fn check(err: String) -> Result<(), StorageError> {
 
 /// The four operations, inside transaction `txn` or outside it when `txn` is empty.
 async fn get(
-    c: &StorageClient<Channel>,
+    c: &StorageClient<HostChannel>,
     key: &str,
     txn: &str,
 ) -> Result<Option<Vec<u8>>, StorageError> {
@@ -78,7 +78,7 @@ async fn get(
 }
 
 async fn put(
-    c: &StorageClient<Channel>,
+    c: &StorageClient<HostChannel>,
     key: &str,
     value: Vec<u8>,
     txn: &str,
@@ -99,7 +99,7 @@ async fn put(
     check(r.into_inner().err)
 }
 
-async fn delete(c: &StorageClient<Channel>, key: &str, txn: &str) -> Result<(), StorageError> {
+async fn delete(c: &StorageClient<HostChannel>, key: &str, txn: &str) -> Result<(), StorageError> {
     let r = c
         .clone()
         .delete(pb::StorageDeleteArgs {
@@ -112,7 +112,7 @@ async fn delete(c: &StorageClient<Channel>, key: &str, txn: &str) -> Result<(), 
 }
 
 async fn list(
-    c: &StorageClient<Channel>,
+    c: &StorageClient<HostChannel>,
     prefix: &str,
     txn: &str,
 ) -> Result<Vec<String>, StorageError> {
@@ -167,7 +167,7 @@ impl Storage for HostStorage {
 }
 
 struct HostTx {
-    client: StorageClient<Channel>,
+    client: StorageClient<HostChannel>,
     txn: String,
 }
 
@@ -221,7 +221,7 @@ impl Transaction for HostTx {
 /// The host's SystemView: lease limits and environment.
 #[derive(Clone)]
 pub struct HostSystem {
-    client: SystemViewClient<Channel>,
+    client: SystemViewClient<HostChannel>,
 }
 
 /// What Initialize reports about the host.
@@ -233,7 +233,7 @@ pub struct HostFacts {
 }
 
 impl HostSystem {
-    pub fn new(channel: Channel) -> Self {
+    pub fn new(channel: HostChannel) -> Self {
         HostSystem {
             client: SystemViewClient::new(channel).max_decoding_message_size(usize::MAX),
         }

@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -15,6 +16,7 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
@@ -110,12 +112,48 @@ pub fn incoming(
     ReceiverStream::new(rx)
 }
 
+/// The channel to the host's services. A call's request body is collected before it is sent,
+/// so the message and the end of the stream leave in one HTTP/2 frame. tonic's own streaming
+/// body ends with an empty frame of its own, written and read by itself: three writes to the
+/// socket per storage call (headers, message, end) instead of two, and one more wake-up of the
+/// host's reader.
+#[derive(Clone)]
+pub struct HostChannel(Channel);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type CallFuture =
+    Pin<Box<dyn Future<Output = Result<http::Response<tonic::body::Body>, BoxError>> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for HostChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = BoxError;
+    type Future = CallFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        // The channel that was polled ready makes the call; `self` keeps a fresh clone.
+        let ready = self.0.clone();
+        let mut channel = std::mem::replace(&mut self.0, ready);
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            // A unary call's body is one encoded message, ready at once; a message that cannot
+            // be encoded fails the call with tonic's own status.
+            let whole = body.collect().await?.to_bytes();
+            let body = tonic::body::Body::new(http_body_util::Full::new(whole));
+            Ok(channel.call(http::Request::from_parts(parts, body)).await?)
+        })
+    }
+}
+
 /// Dials the host's broker at `network`/`address` with mutual TLS, as server name `localhost`.
 pub async fn dial(
     network: &str,
     address: &str,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Channel, String> {
+) -> Result<HostChannel, String> {
     let network = network.to_owned();
     let address = address.to_owned();
     let connector = TlsConnector::from(tls);
@@ -144,5 +182,6 @@ pub async fn dial(
     Endpoint::from_static("http://localhost")
         .connect_with_connector(connect)
         .await
+        .map(HostChannel)
         .map_err(|e| format!("cannot dial the host's broker: {e}"))
 }
