@@ -278,6 +278,45 @@ fn a_user_dropped_by_hand_is_revoked_on_the_first_attempt() {
     assert_eq!(record["last_error"], Value::Null);
 }
 
+/// mayfly tests a pooled connection again before use only when it has been idle for a second
+/// (it is always tested when it comes back to the pool): a server restarted since then has
+/// closed it, and the test finds that, so the next issuance gets a new connection instead of
+/// failing on the dead one.
+#[test]
+fn issuance_after_a_server_restart_uses_new_connections() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers"}),
+    );
+    let before = issue(&bao, "mayfly/creds/app");
+    let issued_at = Instant::now();
+    pg.halt();
+    pg.resume();
+    // A connection idle for less than the retest interval is used as it is.
+    if let Some(left) = Duration::from_millis(1500).checked_sub(issued_at.elapsed()) {
+        std::thread::sleep(left);
+    }
+    for _ in 0..3 {
+        let (status, body) = bao.get("mayfly/creds/app");
+        assert_eq!(
+            status,
+            200,
+            "issuance after a restart: {body}\n{}",
+            bao.log()
+        );
+        let cred = mayfly_integration::creds::Cred::from_response(body);
+        assert_eq!(
+            pg.psql_as(&cred.user, &cred.password, "SELECT 1")
+                .as_deref(),
+            Ok("1")
+        );
+    }
+    assert_eq!(pg.roles_like(&before.user).len(), 1);
+}
+
 #[test]
 fn injection_attempts_are_refused_and_create_nothing() {
     let pg = PrivatePostgres::start();
