@@ -52,10 +52,10 @@ pub fn pg_password_authentication() -> String {
     std::env::var("BENCH_PG_PASSWORD_AUTH").unwrap_or_else(|_| "password".into())
 }
 
-/// `BENCH_MAX_OPEN_CONNECTIONS` (default 8): both engines' SQL connections' pool size, and
-/// mayfly's idle connections per Redis node.
+/// `BENCH_MAX_OPEN_CONNECTIONS` (default 4, both engines' own default): both engines' SQL
+/// connections' pool size, and mayfly's idle connections per Redis node.
 pub fn max_open_connections() -> u32 {
-    std::env::var("BENCH_MAX_OPEN_CONNECTIONS").map_or(8, |n| {
+    std::env::var("BENCH_MAX_OPEN_CONNECTIONS").map_or(4, |n| {
         n.parse().expect("BENCH_MAX_OPEN_CONNECTIONS: a number")
     })
 }
