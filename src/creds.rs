@@ -1107,6 +1107,53 @@ mod tests {
         assert_eq!(c.revoke_reason.as_deref(), Some("issuance never completed"));
     }
 
+    #[tokio::test]
+    async fn active_records_whose_intent_time_passed_are_indexed_at_their_deadline() {
+        let s = setup().await;
+        let mut issued = Vec::new();
+        for _ in 0..40 {
+            issued.push(issue(&s, json!({})).await);
+        }
+        s.engine.stop();
+        // As a new process finds them once the intents' grace has run out.
+        let now = crate::host::now();
+        for resp in &issued {
+            let mut cred = record(&s, resp);
+            let previous = cred.due;
+            cred.due = now;
+            ledger::store(&s.storage, &cred, Some(previous))
+                .await
+                .unwrap();
+        }
+        let fresh = Engine::new(
+            Arc::new(s.storage.clone()),
+            Backends::new(vec![s.fake.clone()]),
+            Arc::new(FixedHost::default()),
+            "v0",
+        );
+        fresh.start();
+        let moved = || {
+            issued
+                .iter()
+                .all(|r| record(&s, r).due == record(&s, r).deadline)
+        };
+        assert!(wait(5.0, moved).await, "not every record was moved");
+        // One index entry each, at its deadline; nothing revoked.
+        let dump = s.storage.dump();
+        for resp in &issued {
+            let cred = record(&s, resp);
+            let entries: Vec<&String> = dump
+                .keys()
+                .filter(|k| k.starts_with(ledger::DUE) && k.ends_with(&format!("_{}", cred.id)))
+                .collect();
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            assert!(entries[0].contains(&format!("/{:012}_", cred.deadline)));
+            assert_eq!(cred.state, State::Active);
+        }
+        assert_eq!(s.fake.target.count(), 40);
+        fresh.stop();
+    }
+
     async fn wait(secs: f64, mut check: impl FnMut() -> bool) -> bool {
         let end = std::time::Instant::now() + Duration::from_secs_f64(secs);
         while std::time::Instant::now() < end {

@@ -366,6 +366,8 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     // Many credentials often fall due together: read their records in parallel.
     let ids: Vec<String> = due.iter().map(|(_, id)| id.clone()).collect();
     let loaded = ledger::load_each(kv, &ids).await;
+    // Active records at their intent's due time, to be indexed at their deadline instead.
+    let mut moves: Vec<(Credential, Option<u64>)> = Vec::new();
     for ((entry_due, id), record) in due.into_iter().zip(loaded) {
         let cred = match record {
             Ok(Some(c)) => c,
@@ -389,15 +391,10 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         }
         if cred.state == State::Active && cred.deadline > now {
             // Indexed at its intent's due time; from now on it waits for its deadline.
-            let mut moved = cred.clone();
-            moved.due = cred.deadline;
-            match ledger::store(kv, &moved, Some(cred.due)).await {
-                Ok(()) => core.scheduler.track(moved.due, &id),
-                Err(e) => {
-                    tracing::warn!(cred_id = %id, error = %e, "could not reschedule a record");
-                    core.scheduler.look_again(now, id);
-                }
-            }
+            let previous = Some(cred.due);
+            let mut moved = cred;
+            moved.due = moved.deadline;
+            moves.push((moved, previous));
             continue;
         }
         let reason = match cred.state {
@@ -427,6 +424,19 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
                 waiters: Vec::new(),
             },
         );
+    }
+
+    // Three writes each, made for many records at once (a sustained issuance brings as many
+    // moves as issuances), and before the requests below read any of these records.
+    let moved = ledger::store_all(kv, &moves).await;
+    for ((cred, _), result) in moves.iter().zip(moved) {
+        match result {
+            Ok(()) => core.scheduler.track(cred.due, &cred.id),
+            Err(e) => {
+                tracing::warn!(cred_id = %cred.id, error = %e, "could not reschedule a record");
+                core.scheduler.look_again(now, cred.id.clone());
+            }
+        }
     }
 
     for req in requests {
