@@ -349,3 +349,36 @@ fn the_plugin_exits_on_its_own_when_the_server_is_killed() {
         bao.plugin_pids()
     );
 }
+
+/// `MAYFLY_THREADS`, from the server's environment: mayfly runs on one thread unless it asks
+/// for more; a bad value is logged and one thread used.
+#[test]
+fn mayfly_threads_sets_how_many_threads_serve() {
+    let mut bao = Bao::start_persistent();
+    bao.register();
+    bao.enable("mayfly");
+    // The plugin's threads once it has served a request (which needs storage round trips).
+    let threads_after_a_request = |bao: &Bao| {
+        let config = json!({"plugin_name": "postgres", "verify_connection": false,
+                            "connection_url": "postgres://u@127.0.0.1:1/x"});
+        let (status, body) = bao.put("mayfly/config/c", config);
+        assert_eq!(status, 204, "{body}\n{}", bao.log());
+        let pids = bao.plugin_pids();
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        std::fs::read_dir(format!("/proc/{}/task", pids[0]))
+            .unwrap()
+            .count()
+    };
+    assert_eq!(threads_after_a_request(&bao), 1);
+    bao.restart(&[("MAYFLY_THREADS", "3")]);
+    // Three workers besides the main thread.
+    assert_eq!(threads_after_a_request(&bao), 4);
+    bao.restart(&[("MAYFLY_THREADS", "lots")]);
+    assert_eq!(threads_after_a_request(&bao), 1);
+    assert!(
+        bao.log()
+            .contains("MAYFLY_THREADS must be a whole number from 1 to 64"),
+        "{}",
+        bao.log()
+    );
+}
