@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::transport::HostChannel;
 use async_trait::async_trait;
 use mayfly::storage::{Kv, Storage, StorageError, Transaction};
 use secrecy::SecretString;
@@ -12,6 +11,7 @@ use tokio::sync::OnceCell;
 use crate::proto::pb;
 use crate::proto::pb::storage_client::StorageClient;
 use crate::proto::pb::system_view_client::SystemViewClient;
+use crate::transport::HostChannel;
 
 /// The mount's storage on the host. Storage replies carry application errors in a string field
 /// inside a successful gRPC reply; both kinds of failure become `StorageError::Backend`.
