@@ -1094,13 +1094,7 @@ mod tests {
         ledger::store(&s.storage, &cred, Some(previous))
             .await
             .unwrap();
-        let fresh = Engine::new(
-            Arc::new(s.storage.clone()),
-            Backends::new(vec![s.fake.clone()]),
-            Arc::new(FixedHost::default()),
-            "v0",
-        );
-        fresh.start();
+        let _fresh = restarted(&s);
         assert!(wait(5.0, || s.fake.target.count() == 0).await);
         let c = record(&s, &resp);
         assert_eq!(c.state, State::Revoked);
@@ -1125,13 +1119,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let fresh = Engine::new(
-            Arc::new(s.storage.clone()),
-            Backends::new(vec![s.fake.clone()]),
-            Arc::new(FixedHost::default()),
-            "v0",
-        );
-        fresh.start();
+        let fresh = restarted(&s);
         let moved = || {
             issued
                 .iter()
@@ -1152,6 +1140,18 @@ mod tests {
         }
         assert_eq!(s.fake.target.count(), 40);
         fresh.stop();
+    }
+
+    /// A new engine over the same storage and target, as a restarted process would be.
+    fn restarted(s: &Setup) -> Engine {
+        let fresh = Engine::new(
+            Arc::new(s.storage.clone()),
+            Backends::new(vec![s.fake.clone()]),
+            Arc::new(FixedHost::default()),
+            "v0",
+        );
+        fresh.start();
+        fresh
     }
 
     async fn wait(secs: f64, mut check: impl FnMut() -> bool) -> bool {
