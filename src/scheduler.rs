@@ -428,16 +428,7 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
 
     // Three writes each, made for many records at once (a sustained issuance brings as many
     // moves as issuances), and before the requests below read any of these records.
-    let moved = ledger::store_all(kv, &moves).await;
-    for ((cred, _), result) in moves.iter().zip(moved) {
-        match result {
-            Ok(()) => core.scheduler.track(cred.due, &cred.id),
-            Err(e) => {
-                tracing::warn!(cred_id = %cred.id, error = %e, "could not reschedule a record");
-                core.scheduler.look_again(now, cred.id.clone());
-            }
-        }
-    }
+    store_and_track(core, now, &moves).await;
 
     for req in requests {
         if let Some(w) = work.get_mut(&req.id) {
@@ -586,11 +577,20 @@ async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
             }
             updates.push((cred, Some(previous_due)));
         }
-        let stored = ledger::store_all(core.storage.as_ref(), &updates).await;
-        for ((cred, _), result) in updates.iter().zip(stored) {
-            match result {
-                Ok(()) => core.scheduler.track(cred.due, &cred.id),
-                Err(_) => core.scheduler.look_again(now, cred.id.clone()),
+        store_and_track(core, now, &updates).await;
+    }
+}
+
+/// Stores many records at once ([`ledger::store_all`]) and tracks each at its new due time;
+/// one that could not be written is looked at again shortly.
+async fn store_and_track(core: &MountCore, now: u64, items: &[(Credential, Option<u64>)]) {
+    let stored = ledger::store_all(core.storage.as_ref(), items).await;
+    for ((cred, _), result) in items.iter().zip(stored) {
+        match result {
+            Ok(()) => core.scheduler.track(cred.due, &cred.id),
+            Err(e) => {
+                tracing::warn!(cred_id = %cred.id, error = %e, "could not write a ledger record; retrying");
+                core.scheduler.look_again(now, cred.id.clone());
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::creds::{issue, ledger_record, now};
+use mayfly_integration::creds::{Cred, issue, ledger_record, now};
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
@@ -21,6 +21,15 @@ fn configure(bao: &Bao, pg: &PrivatePostgres, role: Value) {
     );
     let (status, body) = bao.put("mayfly/roles/app", role);
     assert!(status == 200 || status == 204, "{status} {body}");
+}
+
+/// A private cluster and a server with mayfly mounted, connection `db` and role `app` from
+/// `role` (see [`configure`]).
+fn mounted(role: Value) -> (PrivatePostgres, Bao) {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    configure(&bao, &pg, role);
+    (pg, bao)
 }
 
 fn valid_until(pg: &PrivatePostgres, user: &str) -> u64 {
@@ -208,11 +217,7 @@ fn scram_verifiers_keep_the_password_out_of_the_servers_logs() {
 
 #[test]
 fn expiry_alone_drops_the_user_and_a_forced_revoke_cannot_save_it() {
-    let pg = PrivatePostgres::start();
-    let bao = Bao::with_mayfly();
-    configure(
-        &bao,
-        &pg,
+    let (pg, bao) = mounted(
         json!({"db_name": "db", "member_of": ["app_readers"], "default_ttl": 3, "max_ttl": 600}),
     );
 
@@ -258,13 +263,7 @@ fn expiry_alone_drops_the_user_and_a_forced_revoke_cannot_save_it() {
 
 #[test]
 fn a_user_dropped_by_hand_is_revoked_on_the_first_attempt() {
-    let pg = PrivatePostgres::start();
-    let bao = Bao::with_mayfly();
-    configure(
-        &bao,
-        &pg,
-        json!({"db_name": "db", "member_of": "app_readers"}),
-    );
+    let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers"}));
     let cred = issue(&bao, "mayfly/creds/app");
     pg.admin(&format!("DROP ROLE \"{}\"", cred.user));
     let (status, body) = bao.put(
@@ -284,13 +283,7 @@ fn a_user_dropped_by_hand_is_revoked_on_the_first_attempt() {
 /// failing on the dead one.
 #[test]
 fn issuance_after_a_server_restart_uses_new_connections() {
-    let pg = PrivatePostgres::start();
-    let bao = Bao::with_mayfly();
-    configure(
-        &bao,
-        &pg,
-        json!({"db_name": "db", "member_of": "app_readers"}),
-    );
+    let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers"}));
     let before = issue(&bao, "mayfly/creds/app");
     let issued_at = Instant::now();
     pg.halt();
@@ -307,7 +300,7 @@ fn issuance_after_a_server_restart_uses_new_connections() {
             "issuance after a restart: {body}\n{}",
             bao.log()
         );
-        let cred = mayfly_integration::creds::Cred::from_response(body);
+        let cred = Cred::from_response(body);
         assert_eq!(
             pg.psql_as(&cred.user, &cred.password, "SELECT 1")
                 .as_deref(),
@@ -319,13 +312,7 @@ fn issuance_after_a_server_restart_uses_new_connections() {
 
 #[test]
 fn injection_attempts_are_refused_and_create_nothing() {
-    let pg = PrivatePostgres::start();
-    let bao = Bao::with_mayfly();
-    configure(
-        &bao,
-        &pg,
-        json!({"db_name": "db", "member_of": "app_readers"}),
-    );
+    let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers"}));
     let errors = |body: &Value| body["errors"].to_string();
     let cases = [
         (
@@ -451,13 +438,7 @@ fn an_outage_longer_than_the_host_retry_window_loses_no_revocation() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(660);
-    let pg = PrivatePostgres::start();
-    let bao = Bao::with_mayfly();
-    configure(
-        &bao,
-        &pg,
-        json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 5}),
-    );
+    let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 5}));
     let users: Vec<String> = (0..3)
         .map(|_| issue(&bao, "mayfly/creds/app").user)
         .collect();
