@@ -115,6 +115,8 @@ struct Measured {
     cpu_ms_per_cred: f64,
     /// Mayfly's processes' share of it.
     plugin_cpu_ms_per_cred: f64,
+    /// This driver's own CPU per credential: it shares the machine with what it measures.
+    driver_cpu_ms_per_cred: f64,
 }
 
 /// CPU seconds of the server and of its mayfly processes.
@@ -134,13 +136,16 @@ const SETTLE: Duration = Duration::from_secs(1);
 fn measure(bao: &Bao, path: &str, n: usize, clients: usize) -> Measured {
     std::thread::sleep(SETTLE);
     let before = cpu_now(bao);
+    let driver_before = load::cpu_seconds(std::process::id() as i32);
     let run = load::issue_many(bao, ROOT_TOKEN, path, n, clients);
+    let driver_after = load::cpu_seconds(std::process::id() as i32);
     let after = cpu_now(bao);
     let per_cred = |secs: f64| secs * 1000.0 / n as f64;
     Measured {
         run,
         cpu_ms_per_cred: per_cred(after.0 - before.0 + after.1 - before.1),
         plugin_cpu_ms_per_cred: per_cred(after.1 - before.1),
+        driver_cpu_ms_per_cred: per_cred(driver_after - driver_before),
     }
 }
 
@@ -161,6 +166,7 @@ fn issuance(s: &Settings, report: &mut Report) {
             // Warm up pools and caches; not measured.
             load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
         }
+        eprintln!("{name}: warm-up's {} principals dropped", target.drop_principals());
         for &clients in &s.clients {
             let n = s.issue_n.max(clients * 20);
             let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
@@ -168,15 +174,17 @@ fn issuance(s: &Settings, report: &mut Report) {
             for round in 0..s.rounds {
                 for engine in Engine::order(round) {
                     let m = measure(&bao, &target.creds_path(engine, role), n, clients);
+                    let dropped = target.drop_principals();
                     eprintln!(
                         "issue {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
-                         p99 {:6.1} ms cpu {:.2} ms/cred ({:.2} in mayfly)",
+                         p99 {:6.1} ms cpu {:.2} ms/cred ({:.2} in mayfly; driver {:.2}); {dropped} dropped",
                         engine.label(),
                         m.run.rate,
                         m.run.p50_ms,
                         m.run.p99_ms,
                         m.cpu_ms_per_cred,
-                        m.plugin_cpu_ms_per_cred
+                        m.plugin_cpu_ms_per_cred,
+                        m.driver_cpu_ms_per_cred
                     );
                     raw.push(format!(
                         "{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3},{:.3}",
