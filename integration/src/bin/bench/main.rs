@@ -62,7 +62,7 @@ impl Settings {
             scenarios: list("BENCH_SCENARIOS", "issue,expiry,during,footprint,scale"),
             targets: list("BENCH_TARGETS", "postgres,mariadb,redis,rabbitmq"),
             rounds: nums("BENCH_ROUNDS", "3")[0],
-            issue_n: nums("BENCH_ISSUE_COUNT", "300")[0],
+            issue_n: nums("BENCH_ISSUE_COUNT", "1000")[0],
             clients: nums("BENCH_CLIENTS", "1,8,32"),
             expire_counts: nums("BENCH_EXPIRE_COUNTS", "2000,10000"),
             scale_records: nums("BENCH_SCALE_RECORDS", "1000000")[0],
@@ -166,7 +166,10 @@ fn issuance(s: &Settings, report: &mut Report) {
             // Warm up pools and caches; not measured.
             load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
         }
-        eprintln!("{name}: warm-up's {} principals dropped", target.drop_principals());
+        eprintln!(
+            "{name}: warm-up's {} principals dropped",
+            target.drop_principals()
+        );
         for &clients in &s.clients {
             let n = s.issue_n.max(clients * 20);
             let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
@@ -238,7 +241,8 @@ fn issuance(s: &Settings, report: &mut Report) {
     report.table(
         "Issuance",
         &format!(
-            "{} credentials per run (at least 20 per client), TTL 1 h. CPU is the server's plus \
+            "{} credentials per run (at least 20 per client), TTL 1 h, each run on a target holding \
+             none of the previous runs' users. CPU is the server's plus \
              mayfly's processes', per credential, for either engine (the built-in engines run \
              inside the server). Both engines' SQL connections have max_open_connections={}; \
              their PostgreSQL connections have password_authentication={}{}.",

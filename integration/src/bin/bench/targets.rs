@@ -230,7 +230,11 @@ impl Target {
     pub fn drop_principals(&self) -> usize {
         // mayfly's names start `mf-`; the built-in database engine's `v-` (SQL) or `V_`
         // (Redis), the built-in RabbitMQ engine's with the token's display name, `token-`.
-        let made = |name: &str| ["mf-", "v-", "V_", "token-"].iter().any(|p| name.starts_with(p));
+        let made = |name: &str| {
+            ["mf-", "v-", "V_", "token-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+        };
         match self {
             Target::Postgres(pg) => {
                 let roles: Vec<String> = pg
