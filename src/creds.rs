@@ -339,11 +339,14 @@ async fn issue_traced(
         }
     }
 
-    // One write: the claim kept every revocation off the record meanwhile. The record stays
-    // indexed at its intent's due time, where the scheduler finds it active and moves it to
-    // its deadline, off the request path.
+    // One write: the claim kept every revocation off the record meanwhile. The record now
+    // waits for its deadline but stays indexed at its intent's due time, where the scheduler
+    // indexes it at its deadline, off the request path and without writing it again (so a
+    // renewal made meanwhile is never written over).
     cred.state = State::Active;
-    ledger::store(kv, &cred, Some(cred.due)).await?;
+    let intent_due = cred.due;
+    cred.due = cred.deadline;
+    ledger::store_due_later(kv, &cred, intent_due).await?;
     // A task's end, an operator, or the intent's due time (a create slower than the deadline)
     // asked for its revocation while the principal was being created: it goes now that it
     // exists, and nothing is issued.
@@ -759,7 +762,7 @@ mod tests {
 
     use crate::host::FixedHost;
     use crate::request::{LeaseInfo, Operation, Request};
-    use crate::storage::InMemoryStorage;
+    use crate::storage::{InMemoryStorage, Kv};
     use crate::testkit::Fake;
     use crate::{Backends, Engine};
 
@@ -1102,14 +1105,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn active_records_whose_intent_time_passed_are_indexed_at_their_deadline() {
+    async fn issued_records_are_indexed_at_their_deadline_without_being_written_again() {
         let s = setup().await;
         let mut issued = Vec::new();
         for _ in 0..40 {
             issued.push(issue(&s, json!({})).await);
         }
         s.engine.stop();
-        // As a new process finds them once the intents' grace has run out.
+        // Each record waits for its deadline but is indexed at its intent's due time. Bring
+        // that entry to now, as a new process finds it once the intent's grace has run out,
+        // and mark the stored record: a record the scheduler wrote would lose the mark (and
+        // with it a renewal written between the scheduler's read and its write).
+        let now = crate::host::now();
+        for resp in &issued {
+            let cred = record(&s, resp);
+            assert_eq!(cred.due, cred.deadline);
+            let mut entries = due_entries(&s, &cred.id);
+            assert_eq!(entries.len(), 1, "{entries:?}");
+            let intent_entry = entries.pop().unwrap();
+            assert!(!intent_entry.contains(&format!("/{:012}_", cred.deadline)));
+            s.storage.delete(&intent_entry).await.unwrap();
+            let entry = ledger::due_key(now, &cred.id);
+            s.storage.put(&entry, Vec::new()).await.unwrap();
+            let mut marked = serde_json::to_value(&cred).unwrap();
+            marked["mark"] = json!(true);
+            let key = format!("{}{}", ledger::RECORDS, cred.id);
+            s.storage
+                .put(&key, marked.to_string().into_bytes())
+                .await
+                .unwrap();
+        }
+        let fresh = restarted(&s);
+        let at_deadline = |id: &str, deadline: u64| {
+            let entries = due_entries(&s, id);
+            entries.len() == 1 && entries[0].contains(&format!("/{deadline:012}_"))
+        };
+        let indexed = || {
+            issued.iter().all(|r| {
+                let cred = record(&s, r);
+                at_deadline(&cred.id, cred.deadline)
+            })
+        };
+        assert!(
+            wait(5.0, indexed).await,
+            "not every record was indexed at its deadline"
+        );
+        for resp in &issued {
+            let id = record(&s, resp).id;
+            let stored = &s.storage.dump()[&format!("{}{id}", ledger::RECORDS)];
+            let stored: Value = serde_json::from_slice(stored).unwrap();
+            assert_eq!(stored["mark"], json!(true), "record {id} was written again");
+            assert_eq!(stored["state"], json!("active"));
+        }
+        assert_eq!(s.fake.target.count(), 40);
+        fresh.stop();
+    }
+
+    #[tokio::test]
+    async fn active_records_an_earlier_version_left_at_their_intent_time_move_to_their_deadline() {
+        let s = setup().await;
+        let mut issued = Vec::new();
+        for _ in 0..40 {
+            issued.push(issue(&s, json!({})).await);
+        }
+        s.engine.stop();
+        // Active records due at their intent's time, as an earlier mayfly wrote them, found
+        // by a new process once that time has passed.
         let now = crate::host::now();
         for resp in &issued {
             let mut cred = record(&s, resp);
@@ -1118,6 +1179,11 @@ mod tests {
             ledger::store(&s.storage, &cred, Some(previous))
                 .await
                 .unwrap();
+            for stale in due_entries(&s, &cred.id) {
+                if !stale.contains(&format!("/{now:012}_")) {
+                    s.storage.delete(&stale).await.unwrap();
+                }
+            }
         }
         let fresh = restarted(&s);
         let moved = || {
@@ -1127,19 +1193,24 @@ mod tests {
         };
         assert!(wait(5.0, moved).await, "not every record was moved");
         // One index entry each, at its deadline; nothing revoked.
-        let dump = s.storage.dump();
         for resp in &issued {
             let cred = record(&s, resp);
-            let entries: Vec<&String> = dump
-                .keys()
-                .filter(|k| k.starts_with(ledger::DUE) && k.ends_with(&format!("_{}", cred.id)))
-                .collect();
+            let entries = due_entries(&s, &cred.id);
             assert_eq!(entries.len(), 1, "{entries:?}");
             assert!(entries[0].contains(&format!("/{:012}_", cred.deadline)));
             assert_eq!(cred.state, State::Active);
         }
         assert_eq!(s.fake.target.count(), 40);
         fresh.stop();
+    }
+
+    /// The due-index entries of credential `id`.
+    fn due_entries(s: &Setup, id: &str) -> Vec<String> {
+        s.storage
+            .dump()
+            .into_keys()
+            .filter(|k| k.starts_with(ledger::DUE) && k.ends_with(&format!("_{id}")))
+            .collect()
     }
 
     /// A new engine over the same storage and target, as a restarted process would be.

@@ -201,7 +201,7 @@ fn record_key(id: &str) -> String {
     format!("{RECORDS}{id}")
 }
 
-fn due_key(due: u64, id: &str) -> String {
+pub(crate) fn due_key(due: u64, id: &str) -> String {
     format!("{DUE}{:012}/{due:012}_{id}", bucket(due))
 }
 
@@ -232,9 +232,26 @@ pub async fn store(
     store_indexed(kv, &cred.id, cred.due, previous_due, record).await
 }
 
+/// Writes `cred`, whose due time has moved later than `indexed_at` (the time of its due-index
+/// entry), and leaves that entry where it is: the scheduler, finding the entry early, indexes
+/// the record at its own due time then ([`reindex_all`]) without writing the record again.
+/// One write where a move is three. A record now due before its entry is moved at once, or it
+/// would be late.
+pub async fn store_due_later(
+    kv: &dyn Kv,
+    cred: &Credential,
+    indexed_at: u64,
+) -> Result<(), StorageError> {
+    if cred.due < indexed_at {
+        return store(kv, cred, Some(indexed_at)).await;
+    }
+    storage::put_json(kv, &record_key(&cred.id), cred).await
+}
+
 /// Writes a record with `write`, moving its due-index entry `entry` from `previous_due` to
 /// `due`. The new entry is written first, so a crash between the writes leaves the record
-/// reachable by the scheduler (a stale entry is harmless: the scheduler drops it).
+/// reachable by the scheduler (a stale entry is harmless: the scheduler indexes the record at
+/// its own due time and drops the stale one).
 pub async fn store_indexed(
     kv: &dyn Kv,
     entry: &str,
@@ -319,6 +336,23 @@ pub async fn store_all_if_unchanged(
             .iter()
             .map(|(seen, cred, previous)| store_if_unchanged(storage, seen, cred, *previous));
         out.extend(join_all(writes).await);
+    }
+    out
+}
+
+/// Indexes many records at their own due times and drops the entries they were found by,
+/// in parallel. Each item is (credential id, the record's due time, the entry's). The new
+/// entry goes first, so the record stays reachable whatever fails; the record is not written.
+pub async fn reindex_all(
+    kv: &dyn Kv,
+    items: &[(String, u64, u64)],
+) -> Vec<Result<(), StorageError>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PARALLEL) {
+        let moves = chunk
+            .iter()
+            .map(|(id, due, stale)| store_indexed(kv, id, *due, Some(*stale), async { Ok(()) }));
+        out.extend(join_all(moves).await);
     }
     out
 }

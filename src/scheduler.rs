@@ -366,8 +366,10 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     // Many credentials often fall due together: read their records in parallel.
     let ids: Vec<String> = due.iter().map(|(_, id)| id.clone()).collect();
     let loaded = ledger::load_each(kv, &ids).await;
-    // Active records at their intent's due time, to be indexed at their deadline instead.
-    let mut moves: Vec<(Credential, Option<u64>)> = Vec::new();
+    // Records found by an entry before their own due time: (id, due time, entry's due time).
+    let mut reindex: Vec<(String, u64, u64)> = Vec::new();
+    // Active records an earlier mayfly left at their intent's due time: (as read, moved, due).
+    let mut legacy: Vec<(Credential, Credential, Option<u64>)> = Vec::new();
     for ((entry_due, id), record) in due.into_iter().zip(loaded) {
         let cred = match record {
             Ok(Some(c)) => c,
@@ -382,19 +384,24 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             }
         };
         if cred.due != entry_due {
-            // Renewed or rescheduled since this entry was written (or an in-memory retry
-            // after a storage failure, which has no stored entry to remove).
+            // An issued credential found at its intent's entry, one renewed or rescheduled
+            // since this entry was written, or an in-memory retry after a storage failure
+            // (which has no stored entry): the record's own due time decides.
+            if cred.due > now {
+                reindex.push((id, cred.due, entry_due));
+                continue;
+            }
             let _ = ledger::remove_due(kv, entry_due, &id).await;
         }
         if cred.due > now || work.contains_key(&id) {
             continue;
         }
         if cred.state == State::Active && cred.deadline > now {
-            // Indexed at its intent's due time; from now on it waits for its deadline.
-            let previous = Some(cred.due);
-            let mut moved = cred;
+            // Activated by a mayfly that kept an active record's due time at its intent's:
+            // from now on it waits for its deadline.
+            let mut moved = cred.clone();
             moved.due = moved.deadline;
-            moves.push((moved, previous));
+            legacy.push((cred, moved, Some(entry_due)));
             continue;
         }
         let reason = match cred.state {
@@ -426,9 +433,31 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         );
     }
 
-    // Three writes each, made for many records at once (a sustained issuance brings as many
-    // moves as issuances), and before the requests below read any of these records.
-    store_and_track(core, now, &moves).await;
+    // Many at once (a sustained issuance brings one per issuance), and before the requests
+    // below read any of these records.
+    let reindexed = ledger::reindex_all(kv, &reindex).await;
+    for ((id, due, _), result) in reindex.iter().zip(reindexed) {
+        match result {
+            Ok(()) => core.scheduler.track(*due, id),
+            Err(e) => {
+                tracing::warn!(cred_id = %id, error = %e, "could not index a ledger record; retrying");
+                core.scheduler.look_again(now, id.clone());
+            }
+        }
+    }
+    // Each only over the record as read: a renewal made meanwhile stands.
+    let moved = ledger::store_all_if_unchanged(core.storage.as_ref(), &legacy).await;
+    for ((_, cred, _), result) in legacy.iter().zip(moved) {
+        match result {
+            Ok(ledger::Swap::Stored) => core.scheduler.track(cred.due, &cred.id),
+            // Changed meanwhile: the record as it is now decides.
+            Ok(ledger::Swap::Changed) => core.scheduler.look_again(now, cred.id.clone()),
+            Err(e) => {
+                tracing::warn!(cred_id = %cred.id, error = %e, "could not write a ledger record; retrying");
+                core.scheduler.look_again(now, cred.id.clone());
+            }
+        }
+    }
 
     for req in requests {
         if let Some(w) = work.get_mut(&req.id) {
