@@ -21,7 +21,7 @@ use mayfly::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
-use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool, MySqlSslMode};
 
 use crate::common::{self, PASSWORD, USERNAME, list};
 use crate::statements::{Dialect, Values, quote_literal};
@@ -374,6 +374,17 @@ impl MySqlTarget {
     }
 }
 
+/// Runs each statement in turn on `conn`; the first failure stops it, with its index.
+async fn run_each(conn: &mut MySqlConnection, sql: &[String]) -> Result<(), (usize, sqlx::Error)> {
+    for (i, stmt) in sql.iter().enumerate() {
+        // A query without arguments goes as text (COM_QUERY), as `raw_sql` would send it.
+        sqlx::Executor::execute(&mut *conn, stmt.as_str())
+            .await
+            .map_err(|e| (i, e))?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Target for MySqlTarget {
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
@@ -390,24 +401,35 @@ impl Target for MySqlTarget {
             &values,
             Dialect::MySql,
         )?;
+        // All on one connection: one checkout and one return (which sqlx tests with a round
+        // trip) per user, not one per statement. It goes back before any undo below, which
+        // takes connections of its own.
+        let run = async {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(|e| self.fail("cannot get a connection", &e, &[]))?;
+            run_each(&mut conn, &sql).await.map_err(|(i, e)| {
+                let what = format!("refused creation statement {}", i + 1);
+                self.fail(&what, &e, &[password])
+            })
+        };
         // MySQL commits each DDL statement on its own: there is no transaction to roll back,
         // so a failure midway is undone by dropping what was created.
-        for (i, stmt) in sql.iter().enumerate() {
-            let what = format!("refused creation statement {}", i + 1);
-            if let Err(e) = self.execute(&what, stmt, &[password]).await {
-                let undo = async {
-                    let created = self.accounts(&[p.name.to_owned()]).await?;
-                    self.drop_accounts(&created).await
-                };
-                if let Err(undo_error) = undo.await {
-                    tracing::warn!(
-                        user = p.name,
-                        error = %undo_error,
-                        "could not drop a partly created MySQL user; the scheduler retries"
-                    );
-                }
-                return Err(e);
+        if let Err(e) = run.await {
+            let undo = async {
+                let created = self.accounts(&[p.name.to_owned()]).await?;
+                self.drop_accounts(&created).await
+            };
+            if let Err(undo_error) = undo.await {
+                tracing::warn!(
+                    user = p.name,
+                    error = %undo_error,
+                    "could not drop a partly created MySQL user; the scheduler retries"
+                );
             }
+            return Err(e);
         }
         Ok(Created::default())
     }
