@@ -1106,12 +1106,7 @@ mod tests {
 
     #[tokio::test]
     async fn issued_records_are_indexed_at_their_deadline_without_being_written_again() {
-        let s = setup().await;
-        let mut issued = Vec::new();
-        for _ in 0..40 {
-            issued.push(issue(&s, json!({})).await);
-        }
-        s.engine.stop();
+        let (s, issued) = forty_issued_then_stopped().await;
         // Each record waits for its deadline but is indexed at its intent's due time. Bring
         // that entry to now, as a new process finds it once the intent's grace has run out,
         // and mark the stored record: a record the scheduler wrote would lose the mark (and
@@ -1163,12 +1158,7 @@ mod tests {
 
     #[tokio::test]
     async fn active_records_an_earlier_version_left_at_their_intent_time_move_to_their_deadline() {
-        let s = setup().await;
-        let mut issued = Vec::new();
-        for _ in 0..40 {
-            issued.push(issue(&s, json!({})).await);
-        }
-        s.engine.stop();
+        let (s, issued) = forty_issued_then_stopped().await;
         // Active records due at their intent's time, as an earlier mayfly wrote them, found
         // by a new process once that time has passed.
         let now = crate::host::now();
@@ -1202,6 +1192,18 @@ mod tests {
         }
         assert_eq!(s.fake.target.count(), 40);
         fresh.stop();
+    }
+
+    /// 40 credentials issued with a TTL of an hour, then the engine stopped, as a crash
+    /// leaves them for the next process.
+    async fn forty_issued_then_stopped() -> (Setup, Vec<Response>) {
+        let s = setup().await;
+        let mut issued = Vec::new();
+        for _ in 0..40 {
+            issued.push(issue(&s, json!({})).await);
+        }
+        s.engine.stop();
+        (s, issued)
     }
 
     /// The due-index entries of credential `id`.

@@ -237,28 +237,17 @@ impl Target {
         };
         match self {
             Target::Postgres(pg) => {
-                let roles: Vec<String> = pg
-                    .admin("SELECT quote_ident(rolname) FROM pg_roles")
-                    .lines()
-                    .filter(|r| made(r.trim_start_matches('"')))
-                    .map(str::to_owned)
-                    .collect();
-                for batch in roles.chunks(500) {
-                    pg.admin(&format!("DROP ROLE {}", batch.join(", ")));
-                }
-                roles.len()
+                let listed = pg.admin("SELECT quote_ident(rolname) FROM pg_roles");
+                drop_listed(&listed, '"', made, |list| {
+                    pg.admin(&format!("DROP ROLE {list}"));
+                })
             }
             Target::MariaDb(db) => {
-                let accounts: Vec<String> = db
-                    .root("SELECT CONCAT(QUOTE(User), '@', QUOTE(Host)) FROM mysql.user")
-                    .lines()
-                    .filter(|a| made(a.trim_start_matches('\'')))
-                    .map(str::to_owned)
-                    .collect();
-                for batch in accounts.chunks(500) {
-                    db.root(&format!("DROP USER {}", batch.join(", ")));
-                }
-                accounts.len()
+                let listed =
+                    db.root("SELECT CONCAT(QUOTE(User), '@', QUOTE(Host)) FROM mysql.user");
+                drop_listed(&listed, '\'', made, |list| {
+                    db.root(&format!("DROP USER {list}"));
+                })
             }
             Target::Redis(redis) => {
                 let listed = redis.cli(&["ACL", "USERS"]).unwrap();
@@ -302,6 +291,24 @@ impl Target {
             management("DELETE", &format!("/api/users/{}", RABBIT_ADMIN.0), None);
         }
     }
+}
+
+/// Drops, 500 to a statement (`drop` runs one with the comma-separated list), the quoted
+/// names in `listed`, one a line, that `made` (given the name after its opening `quote`) picks.
+fn drop_listed(
+    listed: &str,
+    quote: char,
+    made: impl Fn(&str) -> bool,
+    drop: impl Fn(String),
+) -> usize {
+    let names: Vec<&str> = listed
+        .lines()
+        .filter(|n| made(n.trim_start_matches(quote)))
+        .collect();
+    for batch in names.chunks(500) {
+        drop(batch.join(", "));
+    }
+    names.len()
 }
 
 pub fn put(bao: &Bao, path: &str, body: Value) {
