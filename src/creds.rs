@@ -18,7 +18,7 @@ use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::{now, random_lower};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
-use crate::request::{LeaseGrant, Request, Requester, Response};
+use crate::request::{LeaseGrant, LeaseInfo, Request, Requester, Response};
 use crate::roles::Role;
 use crate::scheduler::{Claim, Outcome};
 use crate::tasks::{self, Task};
@@ -559,10 +559,38 @@ async fn renew_traced(
     let lease = req.lease.clone().unwrap_or_default();
     let id = cred_id(req)
         .ok_or_else(|| Error::bad_request("this lease carries no mayfly credential id"))?;
-    let mut cred = ledger::load(kv, &id)
-        .await?
-        .ok_or_else(|| Error::bad_request(format!("credential '{id}' is not in the ledger")))?;
-    *record = Some(cred.clone());
+    // The record is written only over the one the renewal was decided on: one that changed
+    // while the target was renewed (a revocation finished, another renewal landed) is decided
+    // on again as it is now.
+    for _ in 0..RENEW_ATTEMPTS {
+        let seen = ledger::load(kv, &id)
+            .await?
+            .ok_or_else(|| Error::bad_request(format!("credential '{id}' is not in the ledger")))?;
+        *record = Some(seen.clone());
+        if let Some(renewed) = renew_once(core, req, &lease, seen, policy).await? {
+            return Ok(renewed);
+        }
+    }
+    Err(Error::Internal(format!(
+        "credential '{id}' kept changing while it was being renewed; try again"
+    )))
+}
+
+/// How many times a renewal is decided again on a record that changed under it.
+const RENEW_ATTEMPTS: usize = 3;
+
+/// Renews `seen`, the record as read, or returns `None` when it changed before the renewal
+/// could be written.
+async fn renew_once(
+    core: &MountCore,
+    req: &Request,
+    lease: &LeaseInfo,
+    seen: Credential,
+    policy: &mut String,
+) -> Result<Option<Response>, Error> {
+    let kv = core.storage.as_ref();
+    let id = seen.id.clone();
+    let mut cred = seen.clone();
     if cred.state != State::Active {
         return Err(Error::bad_request(format!(
             "credential '{id}' is {} and cannot be renewed",
@@ -619,18 +647,21 @@ async fn renew_traced(
     let previous = cred.due;
     cred.deadline = deadline;
     cred.due = deadline;
-    ledger::store(kv, &cred, Some(previous)).await?;
+    let swap = ledger::store_if_unchanged(core.storage.as_ref(), &seen, &cred, Some(previous));
+    if swap.await? == ledger::Swap::Changed {
+        return Ok(None);
+    }
     core.scheduler.track(cred.due, &cred.id);
-    Ok(Response {
+    Ok(Some(Response {
         data: Some(req.data.clone()),
         warnings: Vec::new(),
         lease: Some(LeaseGrant {
             ttl: deadline - now,
             max_ttl: lease.max_ttl,
             renewable: true,
-            internal_data: lease.internal_data,
+            internal_data: lease.internal_data.clone(),
         }),
-    })
+    }))
 }
 
 /// The policies' say on renewing `cred` to `ttl` seconds from now. The host says nothing of
@@ -1008,6 +1039,35 @@ mod tests {
         assert!(c.due > c.last_attempt_at.unwrap() && c.due - c.last_attempt_at.unwrap() <= 5);
         s.fake.target.down.store(false, Ordering::SeqCst);
         assert!(wait(8.0, || record(&s, &resp).state == State::Revoked).await);
+        assert_eq!(s.fake.target.count(), 0);
+    }
+
+    /// A revocation that finished while the target was renewing: the renewal found the user,
+    /// the revocation then removed it, and the renewal used to write the record back as
+    /// active. Now it is decided again on the revoked record and refused.
+    #[tokio::test]
+    async fn a_renewal_never_writes_over_a_revocation_made_meanwhile() {
+        let s = setup().await;
+        let resp = issue(&s, json!({})).await;
+        let (renew_go, renew_wait) = tokio::sync::oneshot::channel();
+        *s.fake.target.hold_renew.lock().unwrap() = Some(renew_wait);
+        let renewing = s
+            .engine
+            .handle(lease_request(Operation::Renew, &resp, 3600));
+        let drive = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            s.engine
+                .handle(lease_request(Operation::Revoke, &resp, 0))
+                .await
+                .unwrap();
+            assert_eq!(record(&s, &resp).state, State::Revoked);
+            renew_go.send(()).unwrap();
+        };
+        let (renewed, ()) = tokio::join!(renewing, drive);
+        let err = renewed.expect_err("a revoked credential was renewed");
+        assert!(err.to_string().contains("is revoked"), "{err}");
+        let cred = record(&s, &resp);
+        assert_eq!(cred.state, State::Revoked);
         assert_eq!(s.fake.target.count(), 0);
     }
 

@@ -48,6 +48,8 @@ pub struct FakeTarget {
     /// When set, the next revoke decides what it removed, then waits for this before it
     /// answers (a slow answer).
     pub hold_revoke: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// When set, the next renew finds its principal, then waits for this before it answers.
+    pub hold_renew: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl FakeTarget {
@@ -117,11 +119,14 @@ impl Target for FakeTarget {
     }
     async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
         self.check()?;
-        if self.has(&p.name) {
-            Ok(())
-        } else {
-            Err(Error::Target(format!("{} is gone", p.name)))
+        if !self.has(&p.name) {
+            return Err(Error::Target(format!("{} is gone", p.name)));
         }
+        let hold = self.hold_renew.lock().unwrap().take();
+        if let Some(rx) = hold {
+            let _ = rx.await;
+        }
+        Ok(())
     }
     async fn revoke(
         &self,
