@@ -605,3 +605,104 @@ fn password_policy_custom_statements_and_owned_objects() {
         "revocation_statements did not replace the default"
     );
 }
+
+/// The due-index entries of mount `mayfly/` in the host's storage: (due time, credential id).
+fn due_entries(bao: &Bao) -> Vec<(u64, String)> {
+    bao.raw_mount_storage("mayfly")
+        .into_iter()
+        .filter(|(key, _)| key.contains("/ledger/due/"))
+        .filter_map(|(key, _)| {
+            let (due, id) = key.rsplit('/').next()?.split_once('_')?;
+            Some((due.parse().ok()?, id.to_owned()))
+        })
+        .collect()
+}
+
+/// The due times at which `id` is indexed.
+fn indexed_at(entries: &[(u64, String)], id: &str) -> Vec<u64> {
+    entries
+        .iter()
+        .filter(|(_, e)| e == id)
+        .map(|(due, _)| *due)
+        .collect()
+}
+
+/// A credential that outlives its intent's grace (90 s) stays indexed at the intent's due time
+/// until then. There the scheduler moves its entry, in the host's own storage, to its deadline
+/// (a renewed credential's to its renewed deadline), and revokes nothing early.
+#[test]
+fn credentials_past_the_intent_grace_are_indexed_at_their_deadlines_in_host_storage() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::start_persistent();
+    bao.register();
+    bao.enable("mayfly");
+    configure(
+        &bao,
+        &pg,
+        json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 100, "max_ttl": 600}),
+    );
+    let issued_at = now();
+    let kept = issue(&bao, "mayfly/creds/app");
+    let renewed = issue(&bao, "mayfly/creds/app");
+    let id = |c: &Cred| {
+        ledger_record(&bao, &c.user)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ids = [id(&kept), id(&renewed)];
+    let entries = due_entries(&bao);
+    for id in &ids {
+        let at = indexed_at(&entries, id);
+        assert!(
+            at.len() == 1 && (issued_at + 89..=issued_at + 92).contains(&at[0]),
+            "not indexed once at its intent's due time: {at:?}, issued at {issued_at}"
+        );
+    }
+    let (status, body) = bao.put(
+        "sys/leases/renew",
+        json!({"lease_id": renewed.lease_id, "increment": 125}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = |c: &Cred| ledger_record(&bao, &c.user)["deadline"].as_u64().unwrap();
+    let deadlines = [deadline(&kept), deadline(&renewed)];
+    assert!(deadlines[1] >= deadlines[0] + 20, "{deadlines:?}");
+
+    // Past the intent's due time: each entry is at its record's deadline, and only there.
+    std::thread::sleep(Duration::from_secs((issued_at + 90).saturating_sub(now())));
+    let moved = wait_until(20.0, || {
+        let entries = due_entries(&bao);
+        ids.iter()
+            .zip(deadlines)
+            .all(|(id, deadline)| indexed_at(&entries, id) == [deadline])
+    });
+    assert!(
+        moved,
+        "entries not at the deadlines {deadlines:?}: {:?}",
+        due_entries(&bao)
+    );
+    for c in [&kept, &renewed] {
+        assert_eq!(ledger_record(&bao, &c.user)["state"], "active");
+        pg.psql_as(&c.user, &c.password, "SELECT 1")
+            .expect("revoked before its deadline");
+    }
+
+    // Each goes at its own deadline.
+    let left = |d: u64| d.saturating_sub(now()) as f64 + 15.0;
+    assert!(wait_until(left(deadlines[0]), || pg
+        .roles_like(&kept.user)
+        .is_empty()));
+    assert!(now() >= deadlines[0] - 1, "dropped before its deadline");
+    pg.psql_as(&renewed.user, &renewed.password, "SELECT 1")
+        .expect("the renewed credential went at its first deadline");
+    assert!(wait_until(left(deadlines[1]), || pg
+        .roles_like(&renewed.user)
+        .is_empty()));
+    assert!(
+        now() >= deadlines[1] - 1,
+        "dropped before its renewed deadline"
+    );
+    for c in [&kept, &renewed] {
+        assert_eq!(ledger_record(&bao, &c.user)["state"], "revoked");
+    }
+}
