@@ -1,4 +1,5 @@
-//! The chaos suite: a steady issuance load with short TTLs and tasks runs while faults hit every
+//! The chaos suite: a steady issuance load with short TTLs and tasks (and, now and then, a
+//! credential that outlives the ledger's 90 s intent grace) runs while faults hit every
 //! layer at random moments (the plugin SIGKILLed, OpenBao SIGKILLed and restarted, PostgreSQL
 //! stopped and started, the plugin reloaded). Then the load stops, everything is left to expire,
 //! and the target is scanned: a principal carrying mayfly's mark that outlives its deadline by
@@ -23,7 +24,13 @@ use crate::{Bao, PrivatePostgres, wait_until};
 /// What a scan waits past a deadline or a retry: the sampler's period and a scheduler pass.
 const SLACK_SECS: f64 = 3.0;
 
-/// What a run does; [`Settings::from_env`] reads `CHAOS_CYCLES`, `CHAOS_SEED`, `CHAOS_CLIENTS`.
+/// How long after issuance the ledger looks at a credential's intent (mayfly's
+/// `INTENT_GRACE_SECS`). An issued credential stays indexed there and is indexed at its deadline
+/// only then, so only a TTL past it puts that step under the faults.
+const INTENT_GRACE_SECS: u64 = 90;
+
+/// What a run does; [`Settings::from_env`] reads `CHAOS_CYCLES`, `CHAOS_SEED`, `CHAOS_CLIENTS`,
+/// `CHAOS_LONG_TTL`.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Faults injected, one per cycle.
@@ -33,7 +40,13 @@ pub struct Settings {
     pub clients: usize,
     /// The longest TTL a credential is asked for, in seconds; tasks live as long at most.
     pub max_ttl: u64,
+    /// One issuance in [`LONG_ONE_IN`] without a task asks for a TTL from past the intent grace
+    /// up to this (0: none do).
+    pub long_ttl: u64,
 }
+
+/// How rare a long-lived credential is among issuances without a task.
+pub const LONG_ONE_IN: u32 = 20;
 
 impl Settings {
     pub fn from_env(default_cycles: usize) -> Settings {
@@ -49,7 +62,20 @@ impl Settings {
             seed,
             clients: var("CHAOS_CLIENTS").map_or(3, |v| v as usize),
             max_ttl: 12,
+            long_ttl: {
+                let long = var("CHAOS_LONG_TTL").unwrap_or(120);
+                assert!(
+                    long == 0 || long > INTENT_GRACE_SECS,
+                    "CHAOS_LONG_TTL must be 0 (none) or more than {INTENT_GRACE_SECS} s"
+                );
+                long
+            },
         }
+    }
+
+    /// The longest a credential may live.
+    fn longest_ttl(&self) -> u64 {
+        self.max_ttl.max(self.long_ttl)
     }
 }
 
@@ -92,6 +118,8 @@ pub struct Report {
     pub faults: BTreeMap<&'static str, usize>,
     /// Credentials handed out (200 answers to `creds/ROLE`).
     pub issued: usize,
+    /// Of those, the ones whose TTL outlived the intent grace.
+    pub issued_long: usize,
     /// Requests of the load that failed (most during a fault).
     pub failed_requests: usize,
     pub tasks_created: usize,
@@ -125,13 +153,15 @@ impl Report {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect();
         format!(
-            "chaos seed={} cycles={} faults=[{}] issued={} failed_requests={} tasks={}/{} ended \
+            "chaos seed={} cycles={} faults=[{}] issued={} (long-lived {}) failed_requests={} \
+             tasks={}/{} ended \
              revoked_early={} renewed={} principals_seen={} max_late={:.1}s ({}) settle={:.1}s \
              grace={:.1}s survivors={} live_records={} elapsed={:.0}s",
             self.seed,
             self.cycles,
             faults.join(", "),
             self.issued,
+            self.issued_long,
             self.failed_requests,
             self.tasks_created,
             self.tasks_ended,
@@ -242,6 +272,7 @@ impl Sampler {
 #[derive(Default)]
 struct Load {
     issued: AtomicUsize,
+    issued_long: AtomicUsize,
     failed: AtomicUsize,
     tasks_created: AtomicUsize,
     tasks_ended: AtomicUsize,
@@ -260,7 +291,8 @@ impl Load {
 
     /// One client: issues credentials with short TTLs, some under short tasks, and now and then
     /// ends a task, revokes a lease or renews one, until `stop`.
-    fn client(&self, bao: &RwLock<Bao>, seed: u64, max_ttl: u64, stop: &AtomicBool) {
+    fn client(&self, bao: &RwLock<Bao>, seed: u64, settings: &Settings, stop: &AtomicBool) {
+        let max_ttl = settings.max_ttl;
         let mut rng = StdRng::seed_from_u64(seed);
         let mut tasks: Vec<String> = Vec::new();
         let mut leases: Vec<String> = Vec::new();
@@ -296,14 +328,24 @@ impl Load {
                 }
                 _ => {
                     let mut body = json!({"ttl": ttl});
-                    if roll < 50 && !tasks.is_empty() {
+                    let long = if roll < 50 && !tasks.is_empty() {
                         body["task_id"] = json!(tasks[rng.random_range(0..tasks.len())]);
-                    }
+                        false
+                    } else if settings.long_ttl > 0 && rng.random_ratio(1, LONG_ONE_IN) {
+                        let ttl = rng.random_range(INTENT_GRACE_SECS + 1..=settings.long_ttl);
+                        body["ttl"] = json!(ttl);
+                        true
+                    } else {
+                        false
+                    };
                     let (status, resp) = bao.put("mayfly/creds/app", body);
                     if let Some(id) = resp["lease_id"].as_str() {
                         leases.push(id.to_owned());
                     }
                     self.count(status == 200, &self.issued);
+                    if long && status == 200 {
+                        self.issued_long.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             // Keep the lists short: old entries have expired anyway.
@@ -363,7 +405,7 @@ pub fn run(settings: &Settings) -> Report {
     let (status, body) = bao.put(
         "mayfly/roles/app",
         json!({"db_name": "db", "member_of": "app_readers", "default_ttl": 5,
-               "max_ttl": settings.max_ttl}),
+               "max_ttl": settings.longest_ttl()}),
     );
     assert!(status < 300, "{body}");
     let (status, body) = bao.put(
@@ -393,7 +435,7 @@ pub fn run(settings: &Settings) -> Report {
             .map(|i| {
                 let (load, bao, stop) = (&load, &bao, &stop_load);
                 let seed = settings.seed.wrapping_add(1 + i as u64);
-                s.spawn(move || load.client(bao, seed, settings.max_ttl, stop))
+                s.spawn(move || load.client(bao, seed, settings, stop))
             })
             .collect();
         for cycle in 0..settings.cycles {
@@ -412,13 +454,13 @@ pub fn run(settings: &Settings) -> Report {
             c.join().unwrap();
         }
         let healed_at = now();
-        // Every deadline is at most max_ttl away (renewals are capped by the role's max_ttl
-        // too). A revocation that failed is tried again after one backoff interval: while a
+        // Every deadline is at most the longest TTL away (renewals are capped by the role's
+        // max_ttl too). A revocation that failed is tried again after one backoff interval: while a
         // principal is left, the scan waits for the next attempt of the failing revocations
         // (a few times: one that keeps failing leaves a survivor). Each wait has the sampler's
         // period and a scheduler pass on top.
         let bao = bao.read().unwrap();
-        let settle_from = healed_at + settings.max_ttl as f64;
+        let settle_from = healed_at + settings.longest_ttl() as f64;
         let mut scan_at = settle_from + SLACK_SECS;
         let mut settled = None;
         for _ in 0..5 {
@@ -451,6 +493,7 @@ pub fn run(settings: &Settings) -> Report {
         .collect();
     report.live_records = live_records(&bao);
     report.issued = load.issued.into_inner();
+    report.issued_long = load.issued_long.into_inner();
     report.failed_requests = load.failed.into_inner();
     report.tasks_created = load.tasks_created.into_inner();
     report.tasks_ended = load.tasks_ended.into_inner();

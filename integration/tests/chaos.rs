@@ -16,6 +16,11 @@ fn no_credential_survives_random_faults_under_load() {
     );
     assert_eq!(report.faults.values().sum::<usize>(), settings.cycles);
     assert!(
+        settings.long_ttl == 0 || report.issued_long > 0,
+        "no credential outlived the intent grace: {}",
+        report.summary()
+    );
+    assert!(
         report.survivors.is_empty(),
         "survivors {:?}: {}",
         report.survivors,
