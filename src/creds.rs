@@ -339,14 +339,26 @@ async fn issue_traced(
         }
     }
 
-    // One write: the claim kept every revocation off the record meanwhile. The record now
-    // waits for its deadline but stays indexed at its intent's due time, where the scheduler
-    // indexes it at its deadline, off the request path and without writing it again (so a
-    // renewal made meanwhile is never written over).
+    // The claim kept every revocation off the record meanwhile. The record now waits for its
+    // deadline and is indexed there; the intent's entry (if the deadline has its own) goes
+    // once that is stored, off the request path.
     cred.state = State::Active;
     let intent_due = cred.due;
     cred.due = cred.deadline;
-    ledger::store_due_later(kv, &cred, intent_due).await?;
+    match ledger::activate(kv, &cred, intent_due).await? {
+        ledger::Activated::Indexed => core.scheduler.moved(intent_due, cred.due, &cred.id),
+        ledger::Activated::IntentEntryLeft => {
+            core.scheduler.moved(intent_due, cred.due, &cred.id);
+            let (storage, id) = (core.storage.clone(), cred.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = ledger::remove_due(storage.as_ref(), intent_due, &id).await {
+                    // Harmless: the scheduler drops the entry when it falls due.
+                    tracing::debug!(cred_id = %id, error = %e, "could not remove an intent's index entry");
+                }
+            });
+        }
+        ledger::Activated::AtIntentEntry => {}
+    }
     // A task's end, an operator, or the intent's due time (a create slower than the deadline)
     // asked for its revocation while the principal was being created: it goes now that it
     // exists, and nothing is issued.
@@ -1165,23 +1177,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn issued_records_are_indexed_at_their_deadline_without_being_written_again() {
+    async fn issuance_indexes_a_long_lived_credential_at_its_deadline_only() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": "1h"})).await;
+        let cred = record(&s, &resp);
+        assert_eq!((cred.state, cred.due), (State::Active, cred.deadline));
+        // The intent's entry goes right after the reply.
+        let deadline_only = || {
+            let entries = due_entries(&s, &cred.id);
+            entries.len() == 1 && entries[0].contains(&format!("/{:012}_", cred.deadline))
+        };
+        assert!(
+            wait(2.0, deadline_only).await,
+            "{:?}",
+            due_entries(&s, &cred.id)
+        );
+        // Short-lived: the intent's entry is at the deadline already, and stays.
+        let resp = issue(&s, json!({"ttl": 30})).await;
+        let cred = record(&s, &resp);
+        let entries = due_entries(&s, &cred.id);
+        assert_eq!(entries.len(), 1, "{entries:?}");
+        assert!(entries[0].contains(&format!("/{:012}_", cred.deadline)));
+    }
+
+    #[tokio::test]
+    async fn intent_entries_a_crash_left_are_dropped_without_writing_the_record() {
         let (s, issued) = forty_issued_then_stopped().await;
-        // Each record waits for its deadline but is indexed at its intent's due time. Bring
-        // that entry to now, as a new process finds it once the intent's grace has run out,
-        // and mark the stored record: a record the scheduler wrote would lose the mark (and
-        // with it a renewal written between the scheduler's read and its write).
+        // A crash between an activation and the removal of the intent's entry leaves that
+        // entry. Put one back for each record, brought to now as a new process finds it once
+        // the intent's grace has run out, and mark the stored record: a record the scheduler
+        // wrote would lose the mark (and with it a renewal written between the scheduler's
+        // read and its write).
         let now = crate::host::now();
         for resp in &issued {
             let cred = record(&s, resp);
             assert_eq!(cred.due, cred.deadline);
-            let mut entries = due_entries(&s, &cred.id);
-            assert_eq!(entries.len(), 1, "{entries:?}");
-            let intent_entry = entries.pop().unwrap();
-            assert!(!intent_entry.contains(&format!("/{:012}_", cred.deadline)));
-            s.storage.delete(&intent_entry).await.unwrap();
-            let entry = ledger::due_key(now, &cred.id);
-            s.storage.put(&entry, Vec::new()).await.unwrap();
+            s.storage
+                .put(&ledger::due_key(now, &cred.id), Vec::new())
+                .await
+                .unwrap();
             let mut marked = serde_json::to_value(&cred).unwrap();
             marked["mark"] = json!(true);
             let key = format!("{}{}", ledger::RECORDS, cred.id);
@@ -1262,6 +1296,13 @@ mod tests {
         for _ in 0..40 {
             issued.push(issue(&s, json!({})).await);
         }
+        // Each indexed at its deadline only, once the intents' entries are removed.
+        let settled = || {
+            issued
+                .iter()
+                .all(|r| due_entries(&s, &record(&s, r).id).len() == 1)
+        };
+        assert!(wait(2.0, settled).await, "intent entries were not removed");
         s.engine.stop();
         (s, issued)
     }

@@ -232,20 +232,51 @@ pub async fn store(
     store_indexed(kv, &cred.id, cred.due, previous_due, record).await
 }
 
-/// Writes `cred`, whose due time has moved later than `indexed_at` (the time of its due-index
-/// entry), and leaves that entry where it is: the scheduler, finding the entry early, indexes
-/// the record at its own due time then ([`reindex_all`]) without writing the record again.
-/// One write where a move is three. A record now due before its entry is moved at once, or it
-/// would be late.
-pub async fn store_due_later(
+/// Where an activation left a credential's due-index entries ([`activate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activated {
+    /// Indexed at its due time, and there only.
+    Indexed,
+    /// Indexed at its due time; the intent's entry is left for the caller to remove.
+    IntentEntryLeft,
+    /// The new entry could not be written: only the intent's entry reaches the record, and the
+    /// scheduler indexes it at its due time when that entry falls due.
+    AtIntentEntry,
+}
+
+/// Writes `cred`, just made active, and indexes it at its due time (its deadline), the record
+/// and the new entry in parallel: two writes with the latency of one. The entry at
+/// `intent_due` stays until the caller removes it ([`remove_due`]), so one entry or the other
+/// reaches the record at every moment; were that removal lost (a crash), the scheduler drops
+/// the entry when it falls due, without writing the record ([`reindex_all`]).
+///
+/// Done here rather than by the scheduler when the intent's entry falls due: there it cost a
+/// read of the record besides the same two writes, 90 s after the issuance, when other
+/// requests pay for it. Only a failed record write fails the activation.
+pub async fn activate(
     kv: &dyn Kv,
     cred: &Credential,
-    indexed_at: u64,
-) -> Result<(), StorageError> {
-    if cred.due < indexed_at {
-        return store(kv, cred, Some(indexed_at)).await;
+    intent_due: u64,
+) -> Result<Activated, StorageError> {
+    if cred.due <= intent_due {
+        // Due no later than the intent's entry (a target that ends the principal sooner):
+        // indexed before the record is written, or it could be revoked late.
+        return store(kv, cred, Some(intent_due))
+            .await
+            .map(|()| Activated::Indexed);
     }
-    storage::put_json(kv, &record_key(&cred.id), cred).await
+    let (record_at, entry_at) = (record_key(&cred.id), due_key(cred.due, &cred.id));
+    let record = storage::put_json(kv, &record_at, cred);
+    let entry = kv.put(&entry_at, Vec::new());
+    let (entry, record) = futures_util::future::join(entry, record).await;
+    record?;
+    Ok(match entry {
+        Ok(()) => Activated::IntentEntryLeft,
+        Err(e) => {
+            tracing::warn!(cred_id = %cred.id, error = %e, "could not index a credential at its deadline; its intent's entry still reaches it");
+            Activated::AtIntentEntry
+        }
+    })
 }
 
 /// Writes a record with `write`, moving its due-index entry `entry` from `previous_due` to

@@ -205,6 +205,13 @@ impl Scheduler {
         }
     }
 
+    /// `id`, tracked at `from`, is now due at `to` instead (its issuance indexed it at its
+    /// deadline and is removing the intent's entry).
+    pub fn moved(&self, from: u64, to: u64, id: &str) {
+        self.soon.lock().unwrap().remove(&(from, id.to_owned()));
+        self.track(to, id);
+    }
+
     /// Holds back revocations of `id` while it is being issued; see [`Claim`]. Taken before
     /// the credential's first record is written, so a revocation that can read the record
     /// also finds the claim, and one that finds no claim comes after the create.
@@ -384,9 +391,10 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             }
         };
         if cred.due != entry_due {
-            // An issued credential found at its intent's entry, one renewed or rescheduled
-            // since this entry was written, or an in-memory retry after a storage failure
-            // (which has no stored entry): the record's own due time decides.
+            // An issued credential found at its intent's entry (its removal was lost to a
+            // crash, or an earlier mayfly left it), one renewed or rescheduled since this
+            // entry was written, or an in-memory retry after a storage failure (which has no
+            // stored entry): the record's own due time decides.
             if cred.due > now {
                 reindex.push((id, cred.due, entry_due));
                 continue;

@@ -25,8 +25,9 @@ use crate::{Bao, PrivatePostgres, wait_until};
 const SLACK_SECS: f64 = 3.0;
 
 /// How long after issuance the ledger looks at a credential's intent (mayfly's
-/// `INTENT_GRACE_SECS`). An issued credential stays indexed there and is indexed at its deadline
-/// only then, so only a TTL past it puts that step under the faults.
+/// `INTENT_GRACE_SECS`). Only a TTL past it gives the intent and the deadline index entries of
+/// their own: an issuance writes the second, then removes the first, and a fault in between
+/// leaves the scheduler a stale entry to drop.
 const INTENT_GRACE_SECS: u64 = 90;
 
 /// What a run does; [`Settings::from_env`] reads `CHAOS_CYCLES`, `CHAOS_SEED`, `CHAOS_CLIENTS`,
