@@ -194,6 +194,14 @@ impl Drop for Claim<'_> {
 impl Scheduler {
     /// Tells the scheduler that `id` is now indexed at `due`.
     pub fn track(&self, due: u64, id: &str) {
+        if self.keep(due, id) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Keeps (`due`, `id`) in memory if it falls within the horizon (beyond it, the bucket's
+    /// load finds it); returns whether it did.
+    fn keep(&self, due: u64, id: &str) -> bool {
         let within = self
             .horizon
             .lock()
@@ -201,15 +209,23 @@ impl Scheduler {
             .is_some_and(|h| bucket(due) <= h);
         if within {
             self.soon.lock().unwrap().insert((due, id.to_owned()));
-            self.wake.notify_one();
         }
+        within
     }
 
     /// `id`, tracked at `from`, is now due at `to` instead (its issuance indexed it at its
-    /// deadline and is removing the intent's entry).
+    /// deadline and is removing the intent's entry). Issued at every issuance, so it wakes
+    /// the loop only when `to` is earlier: the loop sleeps until `from` at the latest anyway.
     pub fn moved(&self, from: u64, to: u64, id: &str) {
+        if from == to {
+            return;
+        }
         self.soon.lock().unwrap().remove(&(from, id.to_owned()));
-        self.track(to, id);
+        if to < from {
+            self.track(to, id);
+        } else {
+            self.keep(to, id);
+        }
     }
 
     /// Holds back revocations of `id` while it is being issued; see [`Claim`]. Taken before

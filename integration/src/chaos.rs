@@ -456,10 +456,10 @@ pub fn run(settings: &Settings) -> Report {
         }
         let healed_at = now();
         // Every deadline is at most the longest TTL away (renewals are capped by the role's
-        // max_ttl too). A revocation that failed is tried again after one backoff interval: while a
-        // principal is left, the scan waits for the next attempt of the failing revocations
-        // (a few times: one that keeps failing leaves a survivor). Each wait has the sampler's
-        // period and a scheduler pass on top.
+        // max_ttl too). A revocation that failed is tried again after one backoff interval:
+        // while a principal is left, the scan waits for the next attempt of the failing
+        // revocations (a few times: one that keeps failing leaves a survivor). Each wait has
+        // the sampler's period and a scheduler pass on top.
         let bao = bao.read().unwrap();
         let settle_from = healed_at + settings.longest_ttl() as f64;
         let mut scan_at = settle_from + SLACK_SECS;
