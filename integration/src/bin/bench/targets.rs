@@ -1,6 +1,8 @@
 //! The targets both engines issue on, each configured identically on mayfly's mount and on the
 //! built-in engine's: the same server, the same admin, the same statements or settings.
 
+use std::collections::HashSet;
+
 use mayfly_integration::rabbitmq::{MANAGEMENT, management};
 use mayfly_integration::{Bao, PrivateMariaDb, PrivatePostgres, PrivateRedis};
 use serde_json::{Value, json};
@@ -42,8 +44,11 @@ pub enum Target {
     Postgres(PrivatePostgres),
     MariaDb(PrivateMariaDb),
     Redis(PrivateRedis),
-    /// The machine's broker, through its management API.
-    RabbitMq,
+    /// The machine's broker, through its management API. It is shared: `existing` are the
+    /// users it held before the bench, which the bench's cleanup leaves alone.
+    RabbitMq {
+        existing: HashSet<String>,
+    },
 }
 
 /// How both engines send PostgreSQL passwords (`BENCH_PG_PASSWORD_AUTH`): `password`, both
@@ -93,7 +98,8 @@ impl Target {
                     Some(&json!({"password": password, "tags": "administrator"})),
                 );
                 assert!(status < 300, "{body}");
-                Target::RabbitMq
+                let existing = rabbit_users().into_iter().collect();
+                Target::RabbitMq { existing }
             }
             other => panic!("unknown target {other}"),
         }
@@ -104,14 +110,14 @@ impl Target {
             Target::Postgres(_) => "postgres",
             Target::MariaDb(_) => "mariadb",
             Target::Redis(_) => "redis",
-            Target::RabbitMq => "rabbitmq",
+            Target::RabbitMq { .. } => "rabbitmq",
         }
     }
 
     /// The built-in engine's mount for this target.
     fn builtin_mount(&self) -> &'static str {
         match self {
-            Target::RabbitMq => "rabbitmq",
+            Target::RabbitMq { .. } => "rabbitmq",
             _ => "db",
         }
     }
@@ -136,7 +142,7 @@ impl Target {
             Target::Redis(redis) => json!({
                 "plugin_name": "redis-database-plugin", "host": "127.0.0.1", "port": redis.port,
                 "username": REDIS_ADMIN.0, "password": REDIS_ADMIN.1, "allowed_roles": "*"}),
-            Target::RabbitMq => json!({
+            Target::RabbitMq { .. } => json!({
                 "plugin_name": "rabbitmq", "connection_uri": MANAGEMENT,
                 "username": RABBIT_ADMIN.0, "password": RABBIT_ADMIN.1, "allowed_roles": "*"}),
         };
@@ -157,7 +163,7 @@ impl Target {
             ours["max_open_connections"] = json!(max_open_connections());
         }
         put(bao, &format!("mayfly/config/{name}"), ours);
-        if let Target::RabbitMq = self {
+        if let Target::RabbitMq { .. } = self {
             let obj = connection.as_object_mut().unwrap();
             obj.remove("plugin_name");
             obj.remove("allowed_roles");
@@ -173,9 +179,9 @@ impl Target {
             Target::Postgres(_) => json!({"creation_statements": PG_CREATE}),
             Target::MariaDb(_) => json!({"creation_statements": MYSQL_CREATE}),
             Target::Redis(_) => json!({"creation_statements": REDIS_RULES}),
-            Target::RabbitMq => json!({"tags": "management", "vhosts": RABBIT_VHOSTS}),
+            Target::RabbitMq { .. } => json!({"tags": "management", "vhosts": RABBIT_VHOSTS}),
         };
-        let builtin_rabbit = engine == Engine::Builtin && matches!(self, Target::RabbitMq);
+        let builtin_rabbit = engine == Engine::Builtin && matches!(self, Target::RabbitMq { .. });
         if !builtin_rabbit {
             body["db_name"] = json!(self.name());
             body["default_ttl"] = json!(ttl);
@@ -259,14 +265,10 @@ impl Target {
                 }
                 users.len()
             }
-            Target::RabbitMq => {
-                let (_, list) = management("GET", "/api/users", None);
-                let users: Vec<&str> = list
-                    .as_array()
+            Target::RabbitMq { existing } => {
+                let users: Vec<String> = rabbit_users()
                     .into_iter()
-                    .flatten()
-                    .filter_map(|u| u["name"].as_str())
-                    .filter(|u| made(u))
+                    .filter(|u| made(u) && !existing.contains(u))
                     .collect();
                 if !users.is_empty() {
                     let body = json!({ "users": users });
@@ -280,7 +282,7 @@ impl Target {
 
     /// Removes what the engines left on a shared target (the machine's broker).
     pub fn clean(&self, bao: &Bao) {
-        if let Target::RabbitMq = self {
+        if let Target::RabbitMq { .. } = self {
             for prefix in ["mayfly/creds", "rabbitmq/creds"] {
                 let (status, body) = bao.put(
                     &format!("sys/leases/revoke-prefix/{prefix}"),
@@ -291,6 +293,17 @@ impl Target {
             management("DELETE", &format!("/api/users/{}", RABBIT_ADMIN.0), None);
         }
     }
+}
+
+/// The names of the broker's users.
+fn rabbit_users() -> Vec<String> {
+    let (status, list) = management("GET", "/api/users", None);
+    assert!(status < 300, "listing the broker's users: {status} {list}");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|u| u["name"].as_str().map(str::to_owned))
+        .collect()
 }
 
 /// Drops, 500 to a statement (`drop` runs one with the comma-separated list), the quoted
