@@ -2,6 +2,7 @@
 
 latency-<target>.png: the latency distribution (CDF) of each engine, one panel per client count.
 expiry.png: live users over time around a mass expiry, one panel per size.
+sustained.png: the issuance rate of each sustained run, window by window.
 """
 import csv
 import glob
@@ -76,8 +77,31 @@ def expiry_chart(out):
     plt.close(fig)
 
 
+def sustained_chart(out):
+    path = os.path.join(out, "sustained.csv")
+    if not os.path.exists(path):
+        return
+    runs = defaultdict(list)
+    for r in rows(path):
+        runs[(r["engine"], int(r["round"]))].append((float(r["t_end_s"]), float(r["rate"])))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for (engine, round_), points in sorted(runs.items()):
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=COLORS.get(engine),
+                linestyle="-" if round_ == 0 else "--", label=f"{engine}, round {round_}")
+    ax.set_title("sustained issuance, PostgreSQL, 8 clients")
+    ax.set_xlabel("seconds into the run (end of each window)")
+    ax.set_ylabel("credentials per second")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "sustained.png"), dpi=100)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     out_dir = sys.argv[1]
     latency_charts(out_dir)
     expiry_chart(out_dir)
+    sustained_chart(out_dir)
     print(f"charts: {out_dir}")

@@ -14,11 +14,15 @@ pub struct Run {
     pub p99_ms: f64,
     /// Every request's latency in milliseconds, sorted.
     pub latencies_ms: Vec<f64>,
+    /// When each request completed, in seconds from the run's start, sorted.
+    pub done_s: Vec<f64>,
 }
 
 impl Run {
-    fn of(mut latencies_ms: Vec<f64>, secs: f64) -> Run {
+    fn of(requests: Vec<(f64, f64)>, secs: f64) -> Run {
+        let (mut latencies_ms, mut done_s): (Vec<f64>, Vec<f64>) = requests.into_iter().unzip();
         latencies_ms.sort_by(f64::total_cmp);
+        done_s.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             let n = latencies_ms.len();
             if n == 0 {
@@ -31,7 +35,19 @@ impl Run {
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
             latencies_ms,
+            done_s,
         }
+    }
+
+    /// Issued per second among the requests that completed from `from` to `to` seconds into
+    /// the run.
+    pub fn rate_between(&self, from: f64, to: f64) -> f64 {
+        let done = self
+            .done_s
+            .iter()
+            .filter(|t| (from..to).contains(*t))
+            .count();
+        done as f64 / (to - from).max(1e-9)
     }
 }
 
@@ -57,7 +73,7 @@ fn issue_while(
     more: impl Fn() -> bool + Sync,
 ) -> Run {
     let start = Instant::now();
-    let latencies: Vec<f64> = std::thread::scope(|s| {
+    let requests: Vec<(f64, f64)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 s.spawn(|| {
@@ -66,7 +82,8 @@ fn issue_while(
                         let t = Instant::now();
                         let (status, body) = bao.request_as(token, "GET", path, None);
                         assert_eq!(status, 200, "{path}: {body}");
-                        mine.push(t.elapsed().as_secs_f64() * 1000.0);
+                        let latency_ms = t.elapsed().as_secs_f64() * 1000.0;
+                        mine.push((latency_ms, start.elapsed().as_secs_f64()));
                     }
                     mine
                 })
@@ -77,7 +94,7 @@ fn issue_while(
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    Run::of(latencies, start.elapsed().as_secs_f64())
+    Run::of(requests, start.elapsed().as_secs_f64())
 }
 
 /// The median of `values`.
