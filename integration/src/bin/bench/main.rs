@@ -143,13 +143,15 @@ fn cpu_now(bao: &Bao) -> (f64, f64) {
 /// delayed Redis ACL saves, either engine's lease bookkeeping) does not land in the next.
 const SETTLE: Duration = Duration::from_secs(1);
 
-fn measure(bao: &Bao, path: &str, n: usize, clients: usize) -> Measured {
+/// Runs `load` after the settle pause and measures what it cost.
+fn measure(bao: &Bao, load: impl FnOnce() -> Run) -> Measured {
     std::thread::sleep(SETTLE);
     let before = cpu_now(bao);
     let driver_before = load::cpu_seconds(std::process::id() as i32);
-    let run = load::issue_many(bao, ROOT_TOKEN, path, n, clients);
+    let run = load();
     let driver_after = load::cpu_seconds(std::process::id() as i32);
     let after = cpu_now(bao);
+    let n = run.latencies_ms.len().max(1);
     let per_cred = |secs: f64| secs * 1000.0 / n as f64;
     Measured {
         run,
@@ -186,7 +188,10 @@ fn issuance(s: &Settings, report: &mut Report) {
             let mut latencies = Vec::new();
             for round in 0..s.rounds {
                 for engine in Engine::order(round) {
-                    let m = measure(&bao, &target.creds_path(engine, role), n, clients);
+                    let path = target.creds_path(engine, role);
+                    let m = measure(&bao, || {
+                        load::issue_many(&bao, ROOT_TOKEN, &path, n, clients)
+                    });
                     let dropped = target.drop_principals();
                     eprintln!(
                         "issue {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
@@ -502,30 +507,28 @@ fn sustained(secs: usize, report: &mut Report) {
     }
     target.drop_principals();
     let windows = secs / WINDOW_SECS;
-    let mut measured: [Vec<(Run, f64)>; 2] = [Vec::new(), Vec::new()];
+    let mut measured: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
     let mut curve = Vec::new();
     for round in 0..2 {
         for engine in Engine::order(round) {
-            std::thread::sleep(SETTLE);
-            let before = cpu_now(&bao);
             let path = target.creds_path(engine, "held");
-            let run = load::issue_for(&bao, ROOT_TOKEN, &path, 8, secs as f64);
-            let after = cpu_now(&bao);
-            let cpu_ms = (after.0 - before.0 + after.1 - before.1) * 1000.0
-                / run.latencies_ms.len().max(1) as f64;
+            let m = measure(&bao, || {
+                load::issue_for(&bao, ROOT_TOKEN, &path, 8, secs as f64)
+            });
             let dropped = target.drop_principals();
             let rates: Vec<f64> = (0..windows)
                 .map(|w| {
                     let from = (w * WINDOW_SECS) as f64;
-                    run.rate_between(from, from + WINDOW_SECS as f64)
+                    m.run.rate_between(from, from + WINDOW_SECS as f64)
                 })
                 .collect();
             eprintln!(
-                "sustained round={round} {:<8} {:7.1}/s p99 {:6.1} ms cpu {cpu_ms:.2} ms/cred; \
+                "sustained round={round} {:<8} {:7.1}/s p99 {:6.1} ms cpu {:.2} ms/cred; \
                  per {WINDOW_SECS} s: {:?}; {dropped} dropped",
                 engine.label(),
-                run.rate,
-                run.p99_ms,
+                m.run.rate,
+                m.run.p99_ms,
+                m.cpu_ms_per_cred,
                 rates.iter().map(|r| r.round()).collect::<Vec<_>>()
             );
             curve.extend(rates.iter().enumerate().map(|(w, r)| {
@@ -535,7 +538,7 @@ fn sustained(secs: usize, report: &mut Report) {
                     (w + 1) * WINDOW_SECS
                 )
             }));
-            measured[engine as usize].push((run, cpu_ms));
+            measured[engine as usize].push(m);
         }
     }
     let plugin_rss_mib = bao
@@ -545,27 +548,26 @@ fn sustained(secs: usize, report: &mut Report) {
         .sum::<u64>() as f64
         / 1024.0;
     report.csv("sustained.csv", "engine,round,t_end_s,rate", curve);
-    let med = |e: Engine, f: &dyn Fn(&(Run, f64)) -> f64| {
-        load::median(&measured[e as usize].iter().map(f).collect::<Vec<_>>())
-    };
+    let med = |e: Engine, f: &dyn Fn(&Measured) -> f64| median_of(&measured[e as usize], f);
     let last_from = (windows - 1) * WINDOW_SECS;
-    let first_rate = |r: &(Run, f64)| r.0.rate_between(0.0, WINDOW_SECS as f64);
-    let last_rate = |r: &(Run, f64)| {
-        r.0.rate_between(last_from as f64, (windows * WINDOW_SECS) as f64)
+    let first_rate = |r: &Measured| r.run.rate_between(0.0, WINDOW_SECS as f64);
+    let last_rate = |r: &Measured| {
+        r.run
+            .rate_between(last_from as f64, (windows * WINDOW_SECS) as f64)
     };
     let mut rows = Vec::new();
     for engine in [Engine::Mayfly, Engine::Builtin] {
         rows.push(vec![
             engine.label().into(),
-            format!("{:.0}", med(engine, &|r| r.0.latencies_ms.len() as f64)),
-            f1(med(engine, &|r| r.0.rate)),
+            format!("{:.0}", med(engine, &|r| r.run.latencies_ms.len() as f64)),
+            f1(med(engine, &|r| r.run.rate)),
             f1(med(engine, &first_rate)),
             f1(med(engine, &last_rate)),
-            f1(med(engine, &|r| r.0.p99_ms)),
-            format!("{:.2}", med(engine, &|r| r.1)),
+            f1(med(engine, &|r| r.run.p99_ms)),
+            format!("{:.2}", med(engine, &|r| r.cpu_ms_per_cred)),
         ]);
     }
-    let rate = |e: Engine| med(e, &|r| r.0.rate);
+    let rate = |e: Engine| med(e, &|r| r.run.rate);
     rows[0].push(format!(
         "**{}**",
         ratio(rate(Engine::Mayfly), rate(Engine::Builtin))
