@@ -161,6 +161,13 @@ fn measure(bao: &Bao, load: impl FnOnce() -> Run) -> Measured {
     }
 }
 
+/// Writes `role` (TTL 1 h) on `engine`'s mount and issues 20 of it, unmeasured, to warm up
+/// pools and caches.
+fn warmed_role(bao: &Bao, target: &Target, engine: Engine, role: &str) {
+    target.role(bao, engine, role, 3600);
+    load::issue_many(bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
+}
+
 fn median_of(runs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {
     load::median(&runs.iter().map(f).collect::<Vec<_>>())
 }
@@ -174,9 +181,7 @@ fn issuance(s: &Settings, report: &mut Report) {
         target.configure(&bao);
         let role = "iss";
         for engine in [Engine::Mayfly, Engine::Builtin] {
-            target.role(&bao, engine, role, 3600);
-            // Warm up pools and caches; not measured.
-            load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
+            warmed_role(&bao, &target, engine, role);
         }
         eprintln!(
             "{name}: warm-up's {} principals dropped",
@@ -431,8 +436,7 @@ fn during(count: usize, report: &mut Report) {
     let mut rows = Vec::new();
     let mut rates = [0.0; 2];
     for engine in [Engine::Mayfly, Engine::Builtin] {
-        target.role(&bao, engine, "live", 3600);
-        load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, "live"), 20, 4);
+        warmed_role(&bao, &target, engine, "live");
         let (last, window) =
             issue_expiring(&bao, &target, engine, "bulk", count, expiry_ttl(count));
         let first = last - Duration::from_secs_f64(window);
@@ -502,8 +506,7 @@ fn sustained(secs: usize, report: &mut Report) {
     let bao = Bao::with_mayfly();
     target.configure(&bao);
     for engine in [Engine::Mayfly, Engine::Builtin] {
-        target.role(&bao, engine, "held", 3600);
-        load::issue_many(&bao, ROOT_TOKEN, &target.creds_path(engine, "held"), 20, 4);
+        warmed_role(&bao, &target, engine, "held");
     }
     target.drop_principals();
     let windows = secs / WINDOW_SECS;
