@@ -118,6 +118,29 @@ pub fn rss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds the whole machine has spent busy so far, every core and process together (the
+/// targets' servers, the driver, anything else), from `/proc/stat`: user, nice, system, irq,
+/// softirq and steal time.
+pub fn machine_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let busy: f64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    busy / per_second.max(1.0)
+}
+
 /// CPU seconds (user and system) process `pid` has used so far, from `/proc/PID/stat`.
 pub fn cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

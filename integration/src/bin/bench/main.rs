@@ -11,6 +11,9 @@
 //! - `during`: issuance while 2,000 credentials (the first expiry count) expire;
 //! - `sustained`: issuance held for `BENCH_SUSTAINED_SECS` (120) at 8 clients on PostgreSQL:
 //!   whether the rate holds as users and ledger records pile up, in 10 s windows;
+//! - `ceiling`: reads of a role at 8 clients on mayfly's mount and on the built-in Redis
+//!   engine's, beside the built-in engine's Redis issuance: what OpenBao's round trip to any
+//!   external plugin costs, and so the most any external engine can issue;
 //! - `footprint`: the plugin's cold start, respawn, idle RSS;
 //! - `scale`: `BENCH_SCALE_RECORDS` (1,000,000) ledger records written straight into the
 //!   mount's storage: the plugin's restart to serving, its RSS, and the memory per record.
@@ -64,7 +67,7 @@ impl Settings {
         Settings {
             scenarios: list(
                 "BENCH_SCENARIOS",
-                "issue,expiry,during,sustained,footprint,scale",
+                "issue,expiry,during,sustained,ceiling,footprint,scale",
             ),
             targets: list("BENCH_TARGETS", "postgres,mariadb,redis,rabbitmq"),
             rounds: nums("BENCH_ROUNDS", "3")[0],
@@ -94,7 +97,7 @@ fn main() {
              mounted, the same targets and statements, {} alternating rounds, medians. \
              Plugin: `{plugin}`. Machine: {} cores.",
             s.rounds,
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            cores()
         ),
     );
     if s.has("issue") {
@@ -109,6 +112,9 @@ fn main() {
     if s.has("sustained") {
         sustained(s.sustained_secs, &mut report);
     }
+    if s.has("ceiling") {
+        ceiling(s.rounds, &mut report);
+    }
     if s.has("footprint") {
         footprint(&mut report);
     }
@@ -116,6 +122,10 @@ fn main() {
         scale(s.scale_records, &mut report);
     }
     report.print();
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(0, |n| n.get())
 }
 
 /// One measured run and what it cost in CPU.
@@ -127,6 +137,10 @@ struct Measured {
     plugin_cpu_ms_per_cred: f64,
     /// This driver's own CPU per credential: it shares the machine with what it measures.
     driver_cpu_ms_per_cred: f64,
+    /// The whole machine's busy CPU per credential: the server, mayfly, the target's server,
+    /// the driver and anything else. On two cores, 2,000 ms per second of the run means the
+    /// machine was the limit.
+    machine_cpu_ms_per_cred: f64,
 }
 
 /// CPU seconds of the server and of its mayfly processes.
@@ -148,7 +162,9 @@ fn measure(bao: &Bao, load: impl FnOnce() -> Run) -> Measured {
     std::thread::sleep(SETTLE);
     let before = cpu_now(bao);
     let driver_before = load::cpu_seconds(std::process::id() as i32);
+    let machine_before = load::machine_cpu_seconds();
     let run = load();
+    let machine_after = load::machine_cpu_seconds();
     let driver_after = load::cpu_seconds(std::process::id() as i32);
     let after = cpu_now(bao);
     let n = run.latencies_ms.len().max(1);
@@ -158,6 +174,7 @@ fn measure(bao: &Bao, load: impl FnOnce() -> Run) -> Measured {
         cpu_ms_per_cred: per_cred(after.0 - before.0 + after.1 - before.1),
         plugin_cpu_ms_per_cred: per_cred(after.1 - before.1),
         driver_cpu_ms_per_cred: per_cred(driver_after - driver_before),
+        machine_cpu_ms_per_cred: per_cred(machine_after - machine_before),
     }
 }
 
@@ -200,23 +217,26 @@ fn issuance(s: &Settings, report: &mut Report) {
                     let dropped = target.drop_principals();
                     eprintln!(
                         "issue {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
-                         p99 {:6.1} ms cpu {:.2} ms/cred ({:.2} in mayfly; driver {:.2}); {dropped} dropped",
+                         p99 {:6.1} ms cpu {:.2} ms/cred ({:.2} in mayfly; driver {:.2}; \
+                         machine {:.2}); {dropped} dropped",
                         engine.label(),
                         m.run.rate,
                         m.run.p50_ms,
                         m.run.p99_ms,
                         m.cpu_ms_per_cred,
                         m.plugin_cpu_ms_per_cred,
-                        m.driver_cpu_ms_per_cred
+                        m.driver_cpu_ms_per_cred,
+                        m.machine_cpu_ms_per_cred
                     );
                     raw.push(format!(
-                        "{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3},{:.3}",
+                        "{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3},{:.3},{:.3}",
                         engine.label(),
                         m.run.rate,
                         m.run.p50_ms,
                         m.run.p99_ms,
                         m.cpu_ms_per_cred,
-                        m.plugin_cpu_ms_per_cred
+                        m.plugin_cpu_ms_per_cred,
+                        m.machine_cpu_ms_per_cred
                     ));
                     latencies.extend(
                         m.run
@@ -237,6 +257,7 @@ fn issuance(s: &Settings, report: &mut Report) {
             let p50 = |r: &[Measured]| median_of(r, |x| x.run.p50_ms);
             let p99 = |r: &[Measured]| median_of(r, |x| x.run.p99_ms);
             let cpu = |r: &[Measured]| median_of(r, |x| x.cpu_ms_per_cred);
+            let machine = |r: &[Measured]| median_of(r, |x| x.machine_cpu_ms_per_cred);
             rows.push(vec![
                 name.clone(),
                 clients.to_string(),
@@ -249,13 +270,16 @@ fn issuance(s: &Settings, report: &mut Report) {
                 f1(p99(b)),
                 format!("{:.2}", cpu(m)),
                 format!("{:.2}", cpu(b)),
+                format!("{:.2}", machine(m)),
+                format!("{:.2}", machine(b)),
             ]);
         }
         target.clean(&bao);
     }
     report.csv(
         "issuance-rounds.csv",
-        "target,clients,round,engine,rate,p50_ms,p99_ms,cpu_ms_per_cred,mayfly_cpu_ms_per_cred",
+        "target,clients,round,engine,rate,p50_ms,p99_ms,cpu_ms_per_cred,mayfly_cpu_ms_per_cred,\
+         machine_cpu_ms_per_cred",
         raw,
     );
     report.table(
@@ -264,9 +288,13 @@ fn issuance(s: &Settings, report: &mut Report) {
             "{} credentials per run (at least 20 per client), TTL 1 h, each run on a target holding \
              none of the previous runs' users. CPU is the server's plus \
              mayfly's processes', per credential, for either engine (the built-in engines run \
-             inside the server). Both engines' SQL connections have max_open_connections={}; \
-             their PostgreSQL connections have password_authentication={}{}.",
+             inside the server). Machine CPU is every process's, the target's server and this \
+             driver included: at its limit, {} cores make {} ms of it per second. Both \
+             engines' SQL connections have max_open_connections={}; their PostgreSQL \
+             connections have password_authentication={}{}.",
             s.issue_n,
+            cores(),
+            cores() * 1000,
             targets::max_open_connections(),
             targets::pg_password_authentication(),
             targets::pg_scram_iterations().map_or(String::new(), |n| format!(
@@ -286,6 +314,8 @@ fn issuance(s: &Settings, report: &mut Report) {
             "built-in p99 ms",
             "mayfly CPU ms/cred",
             "built-in CPU ms/cred",
+            "mayfly machine CPU ms/cred",
+            "built-in machine CPU ms/cred",
         ],
         &rows,
     );
@@ -596,6 +626,98 @@ fn sustained(secs: usize, report: &mut Report) {
             "mayfly/built-in",
         ],
         &rows,
+    );
+}
+
+/// Reads of the role per run in [`ceiling`].
+const CEILING_READS: usize = 5000;
+
+/// `ceiling`: what OpenBao's round trip to an external plugin costs, apart from any target.
+/// Each engine's role is read at 8 clients: mayfly answers from its plugin process (a gRPC
+/// request from the server, two storage reads back), the built-in Redis engine from inside the
+/// server. The built-in engine's Redis issuance runs beside them. An issuance through mayfly
+/// is such a request and more (storage writes, a lease, the target's work), so mayfly's read
+/// rate bounds what it can issue on any target, on this machine.
+fn ceiling(rounds: usize, report: &mut Report) {
+    let target = Target::start("redis");
+    let bao = Bao::with_mayfly();
+    target.configure(&bao);
+    let role = "ceil";
+    for engine in [Engine::Mayfly, Engine::Builtin] {
+        warmed_role(&bao, &target, engine, role);
+    }
+    target.drop_principals();
+    let clients = 8;
+    // mayfly's reads, the built-in engine's reads, the built-in engine's issuance.
+    let mut runs: [Vec<Measured>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for engine in Engine::order(round) {
+            let roles = target
+                .creds_path(engine, role)
+                .replace("/creds/", "/roles/");
+            let m = measure(&bao, || {
+                load::issue_many(&bao, ROOT_TOKEN, &roles, CEILING_READS, clients)
+            });
+            eprintln!(
+                "ceiling round={round} {:<8} role reads {:7.1}/s p99 {:5.1} ms cpu {:.2} ms/read \
+                 ({:.2} in mayfly; machine {:.2})",
+                engine.label(),
+                m.run.rate,
+                m.run.p99_ms,
+                m.cpu_ms_per_cred,
+                m.plugin_cpu_ms_per_cred,
+                m.machine_cpu_ms_per_cred
+            );
+            runs[engine as usize].push(m);
+        }
+        let creds = target.creds_path(Engine::Builtin, role);
+        let m = measure(&bao, || {
+            load::issue_many(&bao, ROOT_TOKEN, &creds, 1000, clients)
+        });
+        target.drop_principals();
+        eprintln!(
+            "ceiling round={round} built-in issuance {:7.1}/s cpu {:.2} ms/cred (machine {:.2})",
+            m.run.rate, m.cpu_ms_per_cred, m.machine_cpu_ms_per_cred
+        );
+        runs[2].push(m);
+    }
+    target.clean(&bao);
+    let row = |what: &str, r: &[Measured]| {
+        vec![
+            what.to_owned(),
+            f1(median_of(r, |x| x.run.rate)),
+            f1(median_of(r, |x| x.run.p99_ms)),
+            format!("{:.2}", median_of(r, |x| x.cpu_ms_per_cred)),
+            format!("{:.2}", median_of(r, |x| x.machine_cpu_ms_per_cred)),
+        ]
+    };
+    let [mayfly_reads, builtin_reads, builtin_issuance] = &runs;
+    let issued = median_of(builtin_issuance, |x| x.run.rate);
+    report.table(
+        "Ceiling of an external plugin",
+        &format!(
+            "Redis, {clients} clients, {CEILING_READS} role reads or 1,000 issuances per run. \
+             mayfly's role read is a round trip from the server to its plugin process with two \
+             storage reads back; every issuance through mayfly is that and more. x1.5 of the \
+             built-in Redis issuance here is {:.0}/s; mayfly's reads reach {:.0}/s.",
+            1.5 * issued,
+            median_of(mayfly_reads, |x| x.run.rate)
+        ),
+        &[
+            "requests",
+            "per s",
+            "p99 ms",
+            "CPU ms per request",
+            "machine CPU ms per request",
+        ],
+        &[
+            row("mayfly: read roles/NAME (external plugin)", mayfly_reads),
+            row(
+                "built-in Redis: read roles/NAME (in the server)",
+                builtin_reads,
+            ),
+            row("built-in Redis: issue creds/NAME", builtin_issuance),
+        ],
     );
 }
 
