@@ -136,9 +136,14 @@ pub fn machine_cpu_seconds() -> f64 {
         .iter()
         .filter_map(|&i| ticks.get(i))
         .sum();
+    busy / clock_ticks_per_second()
+}
+
+/// The unit of `/proc`'s CPU times.
+fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    busy / per_second.max(1.0)
+    per_second.max(1.0)
 }
 
 /// CPU seconds (user and system) process `pid` has used so far, from `/proc/PID/stat`.
@@ -154,7 +159,34 @@ pub fn cpu_seconds(pid: i32) -> f64 {
             .unwrap_or(0.0)
     };
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(11) + ticks(12)) / per_second.max(1.0)
+    (ticks(11) + ticks(12)) / clock_ticks_per_second()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's own busy work shows in the machine's count and in its own.
+    #[test]
+    fn cpu_counters_see_a_busy_loop() {
+        let (machine, own) = (
+            machine_cpu_seconds(),
+            cpu_seconds(std::process::id() as i32),
+        );
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed().as_millis() < 300 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let machine_spent = machine_cpu_seconds() - machine;
+        let own_spent = cpu_seconds(std::process::id() as i32) - own;
+        assert!(
+            own_spent >= 0.15,
+            "own CPU {own_spent} s after a 0.3 s busy loop"
+        );
+        assert!(
+            machine_spent >= 0.15,
+            "machine CPU {machine_spent} s after a 0.3 s busy loop"
+        );
+    }
 }

@@ -187,11 +187,7 @@ impl Target {
             body["default_ttl"] = json!(ttl);
             body["max_ttl"] = json!(ttl.max(7200));
         }
-        let path = match engine {
-            Engine::Mayfly => format!("mayfly/roles/{role}"),
-            Engine::Builtin => format!("{}/roles/{role}", self.builtin_mount()),
-        };
-        put(bao, &path, body);
+        put(bao, &self.path(engine, "roles", role), body);
         if builtin_rabbit {
             // The built-in rabbitmq engine takes TTLs on the mount's lease config.
             put(
@@ -203,9 +199,14 @@ impl Target {
     }
 
     pub fn creds_path(&self, engine: Engine, role: &str) -> String {
+        self.path(engine, "creds", role)
+    }
+
+    /// `engine`'s path `what/role` (`roles`, `creds`) for this target.
+    pub fn path(&self, engine: Engine, what: &str, role: &str) -> String {
         match engine {
-            Engine::Mayfly => format!("mayfly/creds/{role}"),
-            Engine::Builtin => format!("{}/creds/{role}", self.builtin_mount()),
+            Engine::Mayfly => format!("mayfly/{what}/{role}"),
+            Engine::Builtin => format!("{}/{what}/{role}", self.builtin_mount()),
         }
     }
 
