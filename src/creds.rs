@@ -258,6 +258,7 @@ async fn issue_traced(
 
     let deadline = now + ttl;
     let mut cred = Credential {
+        format: ledger::FORMAT,
         id: cred_id.clone(),
         role: role_name.to_owned(),
         connection: role.db_name.clone(),
@@ -350,7 +351,7 @@ async fn issue_traced(
         ledger::Activated::IntentEntryLeft => {
             core.scheduler.moved(intent_due, cred.due, &cred.id);
             let (storage, id) = (core.storage.clone(), cred.id.clone());
-            tokio::spawn(async move {
+            core.node.spawn(async move {
                 if let Err(e) = ledger::remove_due(storage.as_ref(), intent_due, &id).await {
                     // Harmless: the scheduler drops the entry when it falls due.
                     tracing::debug!(cred_id = %id, error = %e, "could not remove an intent's index entry");
@@ -730,6 +731,10 @@ pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> 
         .scheduler
         .revoke_now(&id, "revoked through the host".into(), lease_id.clone())
         .await?;
+    if let Outcome::NotRecorded(why) = outcome {
+        // The ledger does not hold it: the host must keep its lease and try again.
+        return Err(Error::Internal(why));
+    }
     if outcome == Outcome::NotLive {
         audit::emit(
             Action::Revoke,
@@ -765,12 +770,15 @@ pub async fn list_leases(core: &MountCore, req: &Request) -> Result<Response, Er
             ))
         })?),
     };
-    let kv = core.storage.as_ref();
-    let ids = ledger::ids(kv).await?;
-    let creds = ledger::load_all(kv, &ids).await?;
+    let loaded = ledger::scan(core.storage.as_ref()).await?;
     let mut keys = Vec::new();
     let mut info = Map::new();
-    for c in creds {
+    // Records this mayfly cannot read are listed whatever the filter: an operator must see them.
+    for u in loaded.unreadable {
+        info.insert(u.id.clone(), u.view());
+        keys.push(u.id);
+    }
+    for c in loaded.records {
         if fields.str("role").is_some_and(|r| r != c.role) || state.is_some_and(|s| s != c.state) {
             continue;
         }
@@ -790,10 +798,22 @@ pub async fn list_leases(core: &MountCore, req: &Request) -> Result<Response, Er
 }
 
 pub async fn read_lease(core: &MountCore, id: &str) -> Result<Response, Error> {
-    Ok(ledger::load(core.storage.as_ref(), id)
-        .await?
-        .map(|c| Response::data(c.view()))
-        .unwrap_or_default())
+    let kv = core.storage.as_ref();
+    match ledger::load(kv, id).await {
+        Ok(record) => Ok(record.map(|c| Response::data(c.view())).unwrap_or_default()),
+        Err(e) if e.is_unreadable() => {
+            let loaded = ledger::load_all(kv, &[id.to_owned()]).await?;
+            let view = loaded.unreadable.first().map(|u| u.view());
+            match view {
+                Some(Value::Object(mut v)) => {
+                    v.insert("id".into(), json!(id));
+                    Ok(Response::data(v))
+                }
+                _ => Err(e.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -826,7 +846,7 @@ mod tests {
             Arc::new(FixedHost::default()),
             "v0",
         );
-        engine.start();
+        engine.start(crate::NodeRole::Active);
         let call = |path: &str, body: Value| {
             engine.handle(Request::new(Operation::Update, path).with_data(body))
         };
@@ -1054,6 +1074,73 @@ mod tests {
         assert_eq!(s.fake.target.count(), 0);
     }
 
+    /// A later mayfly may record what its revocation needs in a newer format: this one leaves
+    /// such a record alone (never acts on it, never deletes it), lists it for operators, and
+    /// goes on revoking the rest.
+    #[tokio::test]
+    async fn a_record_of_a_newer_format_is_left_alone_and_listed_while_the_rest_are_revoked() {
+        let s = setup().await;
+        let newer = issue(&s, json!({"ttl": 1})).await;
+        let older = issue(&s, json!({"ttl": 1})).await;
+        let cred = record(&s, &newer);
+        let key = format!("{}{}", ledger::RECORDS, cred.id);
+        let mut raw: Value = serde_json::from_slice(&s.storage.dump()[&key]).unwrap();
+        raw["format"] = json!(ledger::FORMAT + 1);
+        raw["deadline"] = json!("a shape this mayfly does not know");
+        let bytes = serde_json::to_vec(&raw).unwrap();
+        crate::storage::Kv::put(&s.storage, &key, bytes.clone())
+            .await
+            .unwrap();
+
+        assert!(wait(8.0, || record(&s, &older).state == State::Revoked).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            s.fake.target.has(&cred.principal),
+            "acted on an unreadable record"
+        );
+        assert_eq!(
+            s.storage.dump()[&key],
+            bytes,
+            "an unreadable record was rewritten"
+        );
+
+        let call = |op, path: &str| s.engine.handle(Request::new(op, path));
+        let failing = call(Operation::List, "revocations/")
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(failing["keys"], json!([cred.id]));
+        let info = &failing["key_info"][&cred.id];
+        assert_eq!(info["state"], "unreadable");
+        assert_eq!(info["principal"], json!(cred.principal));
+        let reason = info["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("format 2") && reason.contains("upgrade mayfly"),
+            "{reason}"
+        );
+        let leases = call(Operation::List, "leases/")
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(leases["key_info"][&cred.id]["state"], "unreadable");
+        let one = call(Operation::Read, &format!("leases/{}", cred.id))
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(one["state"], "unreadable");
+        // An orphan purge keeps what the unreadable record names.
+        let purged = s
+            .engine
+            .handle(Request::new(Operation::Update, "orphans/db").with_data(json!({"purge": true})))
+            .await
+            .unwrap();
+        assert_eq!(purged.data.unwrap()["count"], 0);
+        assert!(s.fake.target.has(&cred.principal));
+    }
+
     /// A revocation that finished while the target was renewing: the renewal found the user,
     /// the revocation then removed it, and the renewal used to write the record back as
     /// active. Now it is decided again on the revoked record and refused.
@@ -1162,7 +1249,7 @@ mod tests {
         let resp = issue(&s, json!({"ttl": 1})).await;
         // Put the record back to an intent, as a crash between create and activation leaves it.
         let mut cred = record(&s, &resp);
-        s.engine.stop();
+        s.engine.stop().await;
         let previous = cred.due;
         cred.state = State::Intent;
         cred.due = cred.deadline;
@@ -1247,7 +1334,7 @@ mod tests {
             assert_eq!(stored["state"], json!("active"));
         }
         assert_eq!(s.fake.target.count(), 40);
-        fresh.stop();
+        fresh.stop().await;
     }
 
     #[tokio::test]
@@ -1285,7 +1372,7 @@ mod tests {
             assert_eq!(cred.state, State::Active);
         }
         assert_eq!(s.fake.target.count(), 40);
-        fresh.stop();
+        fresh.stop().await;
     }
 
     /// 40 credentials issued with a TTL of an hour, then the engine stopped, as a crash
@@ -1303,7 +1390,7 @@ mod tests {
                 .all(|r| due_entries(&s, &record(&s, r).id).len() == 1)
         };
         assert!(wait(2.0, settled).await, "intent entries were not removed");
-        s.engine.stop();
+        s.engine.stop().await;
         (s, issued)
     }
 
@@ -1324,7 +1411,7 @@ mod tests {
             Arc::new(FixedHost::default()),
             "v0",
         );
-        fresh.start();
+        fresh.start(crate::NodeRole::Active);
         fresh
     }
 

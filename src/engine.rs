@@ -1,13 +1,13 @@
 //! The engine of one mount: routes each request to its handler over the mount's storage.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
 use crate::backend::Backends;
 use crate::host::Host;
 use crate::mount::{CrashHook, MountCore, Targets};
+use crate::node::NodeRole;
 use crate::operator::{self, Scope};
 use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
@@ -31,8 +31,6 @@ pub struct Engine {
     core: Arc<MountCore>,
     router: Router,
     version: String,
-    /// Set while the scheduler runs; sending `true` stops it.
-    stop: Mutex<Option<watch::Sender<bool>>>,
 }
 
 impl Engine {
@@ -63,6 +61,7 @@ impl Engine {
                 host,
                 targets: Targets::default(),
                 scheduler: Scheduler::default(),
+                node: Default::default(),
                 crash_hook,
                 cache: Default::default(),
                 root_rotation: Default::default(),
@@ -70,26 +69,30 @@ impl Engine {
             }),
             router,
             version: version.into(),
-            stop: Mutex::new(None),
         }
     }
 
-    /// Starts the mount's scheduler (once storage is usable: at the host's Initialize).
-    pub fn start(&self) {
-        let mut stop = self.stop.lock().unwrap();
-        if stop.is_none() {
-            let (tx, rx) = watch::channel(false);
-            tokio::spawn(Scheduler::run(self.core.clone(), rx));
-            *stop = Some(tx);
+    /// Starts the mount as `role` decides (once storage is usable: at the host's Initialize).
+    /// The active node runs the scheduler; a standby only serves reads. Called once per mount:
+    /// the host builds the mount again when the node's role changes.
+    pub fn start(&self, role: NodeRole) {
+        self.core.node.set_role(role);
+        if role == NodeRole::Active {
+            self.core.node.spawn(Scheduler::run(self.core.clone()));
         }
     }
 
-    /// Stops the scheduler (at Cleanup). Work it had not started is picked up from the ledger
-    /// by the next process.
-    pub fn stop(&self) {
-        if let Some(tx) = self.stop.lock().unwrap().take() {
-            let _ = tx.send(true);
-        }
+    /// Stops the mount (at Cleanup): the scheduler and everything it started, and requests
+    /// still running, which end with an error the host forwards. Returns once all of it has
+    /// stopped, so no call to a target outlives it; what was cut short is in the ledger and
+    /// is picked up by the next process that acts.
+    pub async fn stop(&self) {
+        self.core.node.stop().await;
+    }
+
+    /// The role the mount was started with.
+    pub fn role(&self) -> NodeRole {
+        self.core.node.role()
     }
 
     /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
@@ -115,9 +118,24 @@ impl Engine {
             Operation::Help => return self.help(&req.path),
             _ => {}
         }
+        let what = format!("{} {}", req.operation.name(), req.path);
+        self.core.node.request(&what, self.handle_routed(req)).await
+    }
+
+    async fn handle_routed(&self, req: Request) -> Result<Response, Error> {
+        let node = &self.core.node;
         match req.operation {
-            Operation::Renew => return creds::renew(&self.core, &req).await,
-            Operation::Revoke => return creds::revoke(&self.core, &req).await,
+            // The host's lease manager runs on the active node only: these never reach a
+            // standby, but if one did, the active node must answer it.
+            Operation::Renew | Operation::Revoke => {
+                if let Some(refused) = node.refuse(&req.path) {
+                    return Err(refused);
+                }
+                return match req.operation {
+                    Operation::Renew => creds::renew(&self.core, &req).await,
+                    _ => creds::revoke(&self.core, &req).await,
+                };
+            }
             _ => {}
         }
         if req.body_len > MAX_BODY_BYTES {
@@ -130,6 +148,13 @@ impl Engine {
         let op = req.operation.normalized();
         if !m.def.operations.contains(&op) {
             return Err(Error::UnsupportedOperation);
+        }
+        // Before anything else: a standby answers only what it can from its copy of storage,
+        // and the host replays the rest on the active node.
+        if m.def.route.acts(op)
+            && let Some(refused) = node.refuse(&format!("{} {}", op.name(), req.path))
+        {
+            return Err(refused);
         }
         if matches!(m.def.route, Route::Config | Route::Role | Route::Policy)
             && matches!(op, Operation::Update | Operation::Delete)

@@ -19,9 +19,17 @@ pub enum Error {
     Target(String),
     /// 503: the target could not be reached at all; nothing was done on it.
     Unavailable(String),
+    /// 503: this node may not act (a standby, or a mount being stopped): the host forwards the
+    /// request to the active node, which it recognises by the words of [`FORWARD`] in the
+    /// message. Returned before anything was done.
+    Forward(String),
     /// 500: something inside mayfly or the host failed.
     Internal(String),
 }
+
+/// The words OpenBao's `logical.ShouldForward` looks for in an error (`ErrPerfStandbyPleaseForward`):
+/// a request that fails with them on a standby is replayed on the active node.
+pub const FORWARD: &str = "please forward to the active node";
 
 impl Error {
     pub fn bad_request(msg: impl Into<String>) -> Self {
@@ -37,7 +45,7 @@ impl Error {
             Error::UnsupportedOperation => 405,
             Error::PayloadTooLarge(_) => 413,
             Error::Target(_) => 502,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Forward(_) => 503,
             Error::Internal(_) => 500,
         }
     }
@@ -52,6 +60,7 @@ impl fmt::Display for Error {
             | Error::Target(m)
             | Error::Unavailable(m)
             | Error::Internal(m) => f.write_str(m),
+            Error::Forward(why) => write!(f, "{FORWARD}: {why}"),
             Error::UnsupportedPath => f.write_str("unsupported path"),
             Error::UnsupportedOperation => f.write_str("unsupported operation"),
         }

@@ -19,6 +19,8 @@ use crate::storage::{self, Kv, Storage, StorageError};
 pub const RECORDS: &str = "ledger/creds/";
 pub const DUE: &str = "ledger/due/";
 pub const BY_TASK: &str = "ledger/tasks/";
+/// Orphan purges under way ([`begin_purge`]).
+pub const PURGES: &str = "ledger/purges/";
 /// The due-index entry name of a task is this prefix and the task id.
 pub const TASK_ENTRY: &str = "task.";
 /// Due-index entries of static roles are `static.` + the role name.
@@ -96,9 +98,22 @@ impl From<&RequesterRecord> for Requester {
     }
 }
 
+/// The format of the ledger records this mayfly writes. A record carries its format so that
+/// a later mayfly can add what revocation needs; records from before formats were numbered
+/// have none and are format 1. A record of a newer format than this is never acted on, nor
+/// deleted: it waits for the mayfly that wrote it, and `revocations/` lists it.
+pub const FORMAT: u32 = 1;
+
+fn format_one() -> u32 {
+    1
+}
+
 /// One credential. Times are unix seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Credential {
+    /// The record's format ([`FORMAT`]).
+    #[serde(default = "format_one")]
+    pub format: u32,
     pub id: String,
     pub role: String,
     pub connection: String,
@@ -209,8 +224,39 @@ fn task_key(task: &str, id: &str) -> String {
     format!("{BY_TASK}{task}/{id}")
 }
 
+/// The record of credential `id`. One this mayfly cannot read (a newer format, or damaged)
+/// is an error that [`StorageError::is_unreadable`] recognises.
 pub async fn load(kv: &dyn Kv, id: &str) -> Result<Option<Credential>, StorageError> {
-    storage::get_json(kv, &record_key(id)).await
+    let key = record_key(id);
+    kv.get(&key)
+        .await?
+        .map(|bytes| decode(&key, &bytes))
+        .transpose()
+}
+
+/// Decodes a record, refusing one of a newer format than [`FORMAT`] even where its fields
+/// happen to parse: what a newer mayfly added may be what its revocation needs.
+fn decode(key: &str, bytes: &[u8]) -> Result<Credential, StorageError> {
+    let newer = |format: u32| StorageError::NewerFormat {
+        key: key.to_owned(),
+        format,
+        supported: FORMAT,
+    };
+    match storage::decode_json::<Credential>(key, bytes) {
+        Ok(cred) if cred.format > FORMAT => Err(newer(cred.format)),
+        Ok(cred) => Ok(cred),
+        Err(e) => {
+            // A newer format may also have changed a field beyond this mayfly's reading.
+            let format = serde_json::from_slice::<Value>(bytes)
+                .ok()
+                .and_then(|v| v.get("format")?.as_u64())
+                .and_then(|f| u32::try_from(f).ok());
+            match format {
+                Some(f) if f > FORMAT => Err(newer(f)),
+                _ => Err(e),
+            }
+        }
+    }
 }
 
 /// Writes `cred` and indexes it at `cred.due` (unless it already is: `previous_due` says where
@@ -443,18 +489,92 @@ pub async fn bucket_entries(kv: &dyn Kv, bucket: u64) -> Result<Vec<(u64, String
         .collect())
 }
 
+/// Records that an orphan purge is about to drop `principals` on `connection`, before the
+/// target is touched: the purge goes ahead only if this write succeeded, which proves this
+/// node still leads the cluster. Returns the record's key, for [`end_purge`].
+pub async fn begin_purge(
+    kv: &dyn Kv,
+    connection: &str,
+    principals: &[String],
+    now: u64,
+) -> Result<String, StorageError> {
+    let key = format!("{PURGES}{now:012}_{}", crate::host::random_lower(8));
+    let record = json!({"connection": connection, "principals": principals, "at": now});
+    storage::put_json(kv, &key, &record).await?;
+    Ok(key)
+}
+
+/// Removes the record of a purge that has ended ([`begin_purge`]).
+pub async fn end_purge(kv: &dyn Kv, key: &str) -> Result<(), StorageError> {
+    kv.delete(key).await
+}
+
 /// Every record id.
 pub async fn ids(kv: &dyn Kv) -> Result<Vec<String>, StorageError> {
     kv.list(RECORDS).await
 }
 
-/// Loads many records at once, in parallel; missing ones are skipped.
-pub async fn load_all(kv: &dyn Kv, ids: &[String]) -> Result<Vec<Credential>, StorageError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for r in load_each(kv, ids).await {
-        out.extend(r?);
+/// A record this mayfly cannot read ([`StorageError::is_unreadable`]), with what can be made
+/// out of it. It is never acted on and never deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable {
+    pub id: String,
+    pub reason: String,
+    /// The principal and connection, where the record still names them.
+    pub principal: Option<String>,
+    pub connection: Option<String>,
+}
+
+impl Unreadable {
+    async fn read(kv: &dyn Kv, id: &str, error: &StorageError) -> Unreadable {
+        let raw: Option<Value> = match kv.get(&record_key(id)).await {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+            _ => None,
+        };
+        let field = |name: &str| {
+            raw.as_ref()
+                .and_then(|v| v.get(name)?.as_str())
+                .map(str::to_owned)
+        };
+        Unreadable {
+            id: id.to_owned(),
+            reason: error.to_string(),
+            principal: field("principal"),
+            connection: field("connection"),
+        }
+    }
+
+    /// The operator's view under `leases/` and `revocations/`.
+    pub fn view(&self) -> Value {
+        json!({"state": "unreadable", "reason": self.reason, "principal": self.principal,
+               "connection": self.connection})
+    }
+}
+
+/// Records loaded together: those this mayfly reads, and those it cannot.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub records: Vec<Credential>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Loads many records at once, in parallel; missing ones are skipped, unreadable ones set
+/// apart (one of them must not hide the others).
+pub async fn load_all(kv: &dyn Kv, ids: &[String]) -> Result<Loaded, StorageError> {
+    let mut out = Loaded::default();
+    for (id, r) in ids.iter().zip(load_each(kv, ids).await) {
+        match r {
+            Ok(record) => out.records.extend(record),
+            Err(e) if e.is_unreadable() => out.unreadable.push(Unreadable::read(kv, id, &e).await),
+            Err(e) => return Err(e),
+        }
     }
     Ok(out)
+}
+
+/// Every record of the ledger ([`load_all`]).
+pub async fn scan(kv: &dyn Kv) -> Result<Loaded, StorageError> {
+    load_all(kv, &ids(kv).await?).await
 }
 
 /// Loads many records at once, in parallel, with each one's own outcome, in the order of `ids`.

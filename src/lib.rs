@@ -18,6 +18,7 @@ mod fuzz;
 pub mod host;
 pub mod ledger;
 pub mod mount;
+pub mod node;
 pub mod openapi;
 pub mod operator;
 pub mod policies;
@@ -42,5 +43,6 @@ pub use backend::{
 pub use engine::Engine;
 pub use error::Error;
 pub use host::{Alias, Group, Host, Identity};
+pub use node::NodeRole;
 pub use request::{LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
 pub use storage::{InMemoryStorage, Storage, StorageError, Transaction};

@@ -12,6 +12,7 @@ use crate::backend::{Backends, Target};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::host::{Host, Identity};
+use crate::node::Node;
 use crate::policy_set::PolicySet;
 use crate::roles::{self, Role};
 use crate::scheduler::Scheduler;
@@ -27,6 +28,8 @@ pub struct MountCore {
     pub host: Arc<dyn Host>,
     pub targets: Targets,
     pub scheduler: Scheduler,
+    /// The node's role, and the work in flight that Cleanup stops.
+    pub node: Node,
     pub crash_hook: Option<CrashHook>,
     pub cache: Cache,
     /// Held while a connection's root password is rotated or a stopped rotation is settled.

@@ -49,15 +49,12 @@ impl Scope<'_> {
     }
 }
 
-/// Every credential the ledger does not yet have as revoked.
-async fn live_credentials(core: &MountCore) -> Result<Vec<Credential>, Error> {
-    let kv = core.storage.as_ref();
-    let ids = ledger::ids(kv).await?;
-    Ok(ledger::load_all(kv, &ids)
-        .await?
-        .into_iter()
-        .filter(|c| c.state != State::Revoked)
-        .collect())
+/// Every credential the ledger does not yet have as revoked, and the records this mayfly
+/// cannot read (which may be live: they are never acted on).
+async fn live_credentials(core: &MountCore) -> Result<ledger::Loaded, Error> {
+    let mut loaded = ledger::scan(core.storage.as_ref()).await?;
+    loaded.records.retain(|c| c.state != State::Revoked);
+    Ok(loaded)
 }
 
 /// `revoke/...`: revokes every live credential in `scope` on its target and reports how many
@@ -74,6 +71,7 @@ pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result
         _ => {
             let ids: Vec<String> = live_credentials(core)
                 .await?
+                .records
                 .into_iter()
                 .filter(|c| scope.covers(c))
                 .map(|c| c.id)
@@ -103,10 +101,12 @@ fn emit_operator(action: Action, outcome: &str, req: &Request, what: &str, r: &R
 }
 
 /// `revocations/`: the credentials whose revocation has failed at least once and not yet
-/// succeeded, with attempts, last error and since when.
+/// succeeded, with attempts, last error and since when; and the records this mayfly cannot
+/// read, with the reason, which it leaves to the mayfly that can.
 pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
-    let mut failing: Vec<Credential> = live_credentials(core)
-        .await?
+    let live = live_credentials(core).await?;
+    let mut failing: Vec<Credential> = live
+        .records
         .into_iter()
         .filter(|c| c.state == State::Revoking && c.attempts > 0)
         .collect();
@@ -121,7 +121,12 @@ pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
                    "next_attempt_at": c.due, "reason": c.revoke_reason}),
         );
     }
-    let mut resp = Response::list(failing.into_iter().map(|c| c.id).collect());
+    let mut keys: Vec<String> = failing.into_iter().map(|c| c.id).collect();
+    for u in live.unreadable {
+        info.insert(u.id.clone(), u.view());
+        keys.push(u.id);
+    }
+    let mut resp = Response::list(keys);
     if let Some(d) = resp.data.as_mut() {
         d.insert("key_info".into(), Value::Object(info));
     }
@@ -179,11 +184,27 @@ pub async fn orphans(
             }
         }
     }
-    let live: HashSet<String> = live_credentials(core)
-        .await?
+    let ledger = live_credentials(core).await?;
+    // A record this mayfly cannot read may hold a live principal: what it names is kept, and
+    // nothing is purged when it names none (mayfly cannot tell what it protects).
+    if purge && let Some(u) = ledger.unreadable.iter().find(|u| u.principal.is_none()) {
+        return Err(Error::bad_request(format!(
+            "cannot purge: ledger record '{}' is unreadable ({}) and does not say which \
+             principal it holds; upgrade mayfly first",
+            u.id, u.reason
+        )));
+    }
+    let unreadable = ledger
+        .unreadable
+        .into_iter()
+        .filter(|u| u.connection.as_deref().is_none_or(|c| c == name))
+        .filter_map(|u| u.principal);
+    let live: HashSet<String> = ledger
+        .records
         .into_iter()
         .filter(|c| c.connection == name)
         .map(|c| c.principal)
+        .chain(unreadable)
         .collect();
     marked.retain(|(p, _)| !live.contains(&p.name));
     let orphans: Vec<String> = marked.iter().map(|(p, _)| p.name.clone()).collect();
@@ -212,6 +233,12 @@ pub async fn orphans(
             None => groups.push((settings, vec![p])),
         }
     }
+    // On record before the target is touched (and only if that write succeeds).
+    let kv = core.storage.as_ref();
+    let record = match orphans.is_empty() {
+        true => None,
+        false => Some(ledger::begin_purge(kv, name, &orphans, crate::host::now()).await?),
+    };
     for (settings, principals) in &groups {
         for chunk in principals.chunks(PURGE_BATCH) {
             match target.revoke(chunk, settings).await {
@@ -224,6 +251,11 @@ pub async fn orphans(
                     .extend(chunk.iter().map(|p| (p.name.clone(), e.to_string()))),
             }
         }
+    }
+    if let Some(record) = record
+        && let Err(e) = ledger::end_purge(kv, &record).await
+    {
+        tracing::warn!(error = %e, "could not remove the record of a finished purge");
     }
     let detail = format!("{what}: {} found", orphans.len());
     emit_operator(
@@ -273,7 +305,7 @@ mod tests {
                 Arc::new(host),
                 "v0",
             );
-            engine.start();
+            engine.start(crate::NodeRole::Active);
             let m = Mount { engine, fake };
             m.write(
                 "config/db",

@@ -372,7 +372,7 @@ mod tests {
                 Arc::new(host),
                 "v0",
             );
-            engine.start();
+            engine.start(crate::NodeRole::Active);
             let m = Mount { engine, storage };
             let admin = who("e-admin", "127.0.0.1");
             m.call(

@@ -40,6 +40,21 @@ pub enum Route {
     PolicySimulate,
 }
 
+impl Route {
+    /// Whether `op` on this route may change anything or reach a target. Such a request runs
+    /// only on the active node; the rest are served from any node's copy of storage.
+    /// Reading `creds/` issues, `orphans/` asks the target, and `static-creds/` must not
+    /// serve a standby's copy, which can hold the password from before the last rotation.
+    pub fn acts(self, op: Operation) -> bool {
+        match op {
+            Operation::Read | Operation::List => {
+                matches!(self, Route::Creds | Route::Orphans | Route::StaticCreds)
+            }
+            _ => true,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PathDef {
     /// Segments separated by `/`; `{name}` is a parameter that matches one segment. A pattern

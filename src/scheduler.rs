@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, oneshot};
 
 use futures_util::future::join_all;
 
@@ -56,6 +56,9 @@ pub enum Outcome {
     NotLive,
     /// The target refused or was unreachable; the ledger holds it and retries.
     Failing(String),
+    /// The ledger could not record that the revocation began, so nothing was done on the
+    /// target (this node may no longer lead the cluster, or storage failed).
+    NotRecorded(String),
 }
 
 /// What a revocation of many credentials came to, for operators.
@@ -104,7 +107,9 @@ pub async fn revoke_many(core: &MountCore, ids: Vec<String>, reason: &str) -> Re
             Ok(Outcome::Revoked) => report.revoked += 1,
             Ok(Outcome::AlreadyGone) => report.already_gone += 1,
             Ok(Outcome::NotLive) => {}
-            Ok(Outcome::Failing(e)) => report.failed.push((id.clone(), e)),
+            Ok(Outcome::Failing(e) | Outcome::NotRecorded(e)) => {
+                report.failed.push((id.clone(), e))
+            }
             Err(e) => report.failed.push((id.clone(), e.to_string())),
         }
     }
@@ -276,11 +281,11 @@ impl Scheduler {
             .map_err(|_| Error::Internal("the scheduler stopped before revoking".into()))
     }
 
-    /// Runs until `stop` turns true.
-    pub async fn run(core: Arc<MountCore>, mut stop: watch::Receiver<bool>) {
+    /// Runs until the mount stops ([`crate::node::Node::stop`] aborts it).
+    pub async fn run(core: Arc<MountCore>) {
         let s = &core.scheduler;
         tracing::info!("scheduler started");
-        while !*stop.borrow() {
+        loop {
             let now = now();
             if let Err(e) = s.load_horizon(&core, now).await {
                 tracing::warn!(error = %e, "could not read the due index; retrying");
@@ -299,13 +304,11 @@ impl Scheduler {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = s.wake.notified() => {}
-                    _ = stop.changed() => {}
                 }
                 continue;
             }
             process(&core, now, due, requests).await;
         }
-        tracing::info!("scheduler stopped");
     }
 
     /// Loads the due index up to the bucket after `now`'s into memory. The horizon moves first,
@@ -345,6 +348,27 @@ impl Scheduler {
         self.soon.lock().unwrap().insert((now + backoff(1), id));
     }
 
+    /// `w`'s record changed before its revocation could begin: decided again on the record as
+    /// it is now. A revocation someone asked for stands (it goes back to the requests, and
+    /// its waiters with it); one the scheduler decided on its own leaves it to the record.
+    fn decide_again(&self, now: u64, w: Work) {
+        if w.waiters.is_empty() {
+            self.look_again(now, w.cred.id);
+            return;
+        }
+        let mut requests = self.requests.lock().unwrap();
+        for done in w.waiters {
+            requests.push(Waiting {
+                id: w.cred.id.clone(),
+                reason: w.reason.clone(),
+                lease_id: w.cred.lease_id.clone(),
+                done,
+            });
+        }
+        drop(requests);
+        self.wake.notify_one();
+    }
+
     fn take_due(&self, now: u64) -> Vec<(u64, String)> {
         let mut soon = self.soon.lock().unwrap();
         let later = soon.split_off(&(now + 1, String::new()));
@@ -375,10 +399,11 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
         .partition(|(_, id)| id.starts_with(TASK_ENTRY) || id.starts_with(STATIC_ENTRY));
     for (entry_due, entry) in own_entries {
         if let Some(id) = entry.strip_prefix(TASK_ENTRY) {
-            tokio::spawn(crate::tasks::on_due(core.clone(), entry_due, id.to_owned()));
+            core.node
+                .spawn(crate::tasks::on_due(core.clone(), entry_due, id.to_owned()));
         } else if let Some(name) = entry.strip_prefix(STATIC_ENTRY) {
             let name = name.to_owned();
-            tokio::spawn(crate::static_rotation::on_due(
+            core.node.spawn(crate::static_rotation::on_due(
                 core.clone(),
                 entry_due,
                 name,
@@ -398,6 +423,13 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             Ok(Some(c)) => c,
             Ok(None) => {
                 let _ = ledger::remove_due(kv, entry_due, &id).await;
+                continue;
+            }
+            Err(e) if e.is_unreadable() => {
+                // Left as it is, index entry and all, for a mayfly that can read it; listed
+                // under revocations/. Looked at again when this process next loads the index.
+                tracing::warn!(cred_id = %id, error = %e,
+                    "a ledger record this mayfly cannot read is due; it is left for one that can");
                 continue;
             }
             Err(e) => {
@@ -595,9 +627,29 @@ async fn bounded<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, E
 /// that the principals they stopped have ended, one call per connection and settings. A
 /// failure is retried with backoff; the record stays until its guard is gone.
 async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
+    // As a revocation does ([`begin_attempts`]): the attempt is on record before the target
+    // is touched, and only where that write succeeded.
+    let items: Vec<(Credential, Credential, Option<u64>)> = guards
+        .into_iter()
+        .map(|seen| {
+            let mut begun = seen.clone();
+            begun.last_attempt_at = Some(now);
+            let due = seen.due;
+            (seen, begun, Some(due))
+        })
+        .collect();
+    let written = ledger::store_all_if_unchanged(core.storage.as_ref(), &items).await;
     let mut groups: BTreeMap<(String, String), Vec<Credential>> = BTreeMap::new();
-    for c in guards {
-        groups.entry(batch_key(&c)).or_default().push(c);
+    for ((_, begun, _), result) in items.into_iter().zip(written) {
+        match result {
+            Ok(ledger::Swap::Stored) => groups.entry(batch_key(&begun)).or_default().push(begun),
+            Ok(ledger::Swap::Changed) => core.scheduler.look_again(now, begun.id),
+            Err(e) => {
+                tracing::warn!(cred_id = %begun.id, error = %e,
+                    "could not record that a revocation guard is being removed; left as it is");
+                core.scheduler.look_again(now, begun.id);
+            }
+        }
     }
     for ((connection, _), group) in groups {
         let names: Vec<String> = group.iter().map(|c| c.principal.clone()).collect();
@@ -649,7 +701,66 @@ async fn store_and_track(core: &MountCore, now: u64, items: &[(Credential, Optio
     }
 }
 
+/// Records in the ledger that the revocation of each credential of `batch` begins (its state
+/// `revoking`, the attempt counted) and returns those whose record was written: only they go
+/// on to the target. A write that succeeds proves this node still leads the cluster (a node
+/// deposed without stepping down still reads itself as active, but its writes fail), and each
+/// is written only over the record it was decided on, so a renewal the leading node made
+/// meanwhile is never undone by a revocation decided on a stale copy. A record that changed is
+/// decided again as it is now; one that could not be written is left alone.
+async fn begin_attempts(core: &MountCore, now: u64, batch: Vec<Work>) -> Vec<Work> {
+    let items: Vec<(Credential, Credential, Option<u64>)> = batch
+        .iter()
+        .map(|w| {
+            let mut begun = w.cred.clone();
+            begun.state = State::Revoking;
+            begun.attempts += 1;
+            begun.last_attempt_at = Some(now);
+            begun.revoke_requested_at.get_or_insert(now);
+            begun.revoke_reason.get_or_insert_with(|| w.reason.clone());
+            // The index entry stays where it is (due now): were this process to stop before
+            // the outcome is written, the next one takes the revocation up at once.
+            (w.seen.clone(), begun, Some(w.seen.due))
+        })
+        .collect();
+    let written = ledger::store_all_if_unchanged(core.storage.as_ref(), &items).await;
+    let mut go = Vec::with_capacity(batch.len());
+    let mut unwritten: Option<(usize, String)> = None;
+    for ((w, (_, begun, _)), result) in batch.into_iter().zip(items).zip(written) {
+        match result {
+            Ok(ledger::Swap::Stored) => go.push(Work {
+                seen: begun.clone(),
+                cred: begun,
+                ..w
+            }),
+            Ok(ledger::Swap::Changed) => core.scheduler.decide_again(now, w),
+            Err(e) => {
+                let msg = format!(
+                    "could not record in the ledger that the revocation begins, so nothing was \
+                     done on the target: {e}"
+                );
+                if w.waiters.is_empty() {
+                    core.scheduler.look_again(now, w.cred.id.clone());
+                }
+                for done in w.waiters {
+                    let _ = done.send(Outcome::NotRecorded(msg.clone()));
+                }
+                unwritten.get_or_insert((0, e.to_string())).0 += 1;
+            }
+        }
+    }
+    if let Some((count, e)) = unwritten {
+        tracing::warn!(count, error = %e,
+            "could not record that revocations begin; none of them was made");
+    }
+    go
+}
+
 async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<Work>) {
+    let batch = begin_attempts(core, now, batch).await;
+    if batch.is_empty() {
+        return;
+    }
     let settings: Map<String, Value> = batch[0].cred.settings.clone();
     let principals: Vec<Principal> = batch.iter().map(|w| w.cred.as_principal()).collect();
     let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
@@ -700,12 +811,9 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
     let mut updates = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for (w, result) in batch.into_iter().zip(results) {
+        // The attempt was counted when it began ([`begin_attempts`]).
         let mut cred = w.cred;
         let previous_due = cred.due;
-        cred.attempts += 1;
-        cred.last_attempt_at = Some(now);
-        cred.revoke_requested_at.get_or_insert(now);
-        cred.revoke_reason.get_or_insert(w.reason.clone());
         let outcome = match result {
             Ok(already_gone) => {
                 cred.state = State::Revoked;

@@ -437,6 +437,8 @@ async fn attempt_key(
     target: &dyn Target,
 ) -> Result<(), Error> {
     let user = role.username.clone();
+    // Keys may be deleted below: only once a write has succeeded (see `on_due`).
+    save(core, name, state).await?;
     let keys = settle_keys(role, state, target).await?;
     let outgoing = match &state.key_id {
         Some(current) => Some(current.clone()),
@@ -554,6 +556,14 @@ pub async fn on_due(core: Arc<MountCore>, entry_due: u64, name: String) {
         let _ = ledger::remove_due(kv, entry_due, &entry(&name)).await;
     }
     if state.due.is_none_or(|d| d > now) {
+        return;
+    }
+    // Nothing on the target before a write has succeeded: it proves this node still leads
+    // (one deposed without stepping down reads itself as active, but cannot write).
+    if let Err(e) = save(&core, &name, &mut state).await {
+        tracing::warn!(static_role = %name, error = %e,
+            "could not record that a static role's due work begins; nothing was done");
+        core.scheduler.look_again(now, entry(&name));
         return;
     }
 
@@ -800,6 +810,7 @@ mod tests {
             host: Arc::new(FixedHost::default()),
             targets: Default::default(),
             scheduler: Default::default(),
+            node: Default::default(),
             crash_hook: None,
             cache: Default::default(),
             root_rotation: Default::default(),

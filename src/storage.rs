@@ -19,6 +19,26 @@ pub enum StorageError {
     Conflict,
     #[error("stored value at '{key}' is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    #[error(
+        "the record at '{key}' has format {format}, newer than this mayfly reads (up to \
+         {supported}): it was written by a later version of mayfly; upgrade mayfly to act on it"
+    )]
+    NewerFormat {
+        key: String,
+        format: u32,
+        supported: u32,
+    },
+}
+
+impl StorageError {
+    /// Whether the value is there but cannot be read (damaged, or of a newer format): reading
+    /// it again will not help, and it must be left as it is.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Corrupt { .. } | StorageError::NewerFormat { .. }
+        )
+    }
 }
 
 /// The four key-value operations, shared by the storage and its transactions.

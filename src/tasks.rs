@@ -451,8 +451,9 @@ pub async fn read(core: &MountCore, id: &str) -> Result<Response, Error> {
         return Ok(Response::empty());
     };
     let ids = ledger::task_credentials(kv, id).await?;
-    let mut creds: Vec<Value> = ledger::load_all(kv, &ids)
-        .await?
+    let loaded = ledger::load_all(kv, &ids).await?;
+    let mut creds: Vec<Value> = loaded
+        .records
         .into_iter()
         .map(|c| {
             json!({"cred_id": c.id, "role": c.role, "connection": c.connection,
@@ -460,6 +461,11 @@ pub async fn read(core: &MountCore, id: &str) -> Result<Response, Error> {
                    "revoke_reason": c.revoke_reason, "last_error": c.last_error})
         })
         .collect();
+    creds.extend(loaded.unreadable.into_iter().map(|u| {
+        let mut v = u.view();
+        v["cred_id"] = json!(u.id);
+        v
+    }));
     creds.sort_by_key(|c| c["cred_id"].as_str().unwrap_or("").to_owned());
     let mut data = task.view();
     data.insert("credentials".into(), Value::Array(creds));

@@ -287,3 +287,99 @@ impl Backend for Fake {
         }
     }
 }
+
+/// Storage on a node of a cluster, over shared [`InMemoryStorage`]: reads always work; writes
+/// fail as OpenBao's do on a standby (`read_only`) or on a node that lost its leadership
+/// without stepping down (`deposed`).
+#[derive(Clone, Default)]
+pub struct NodeStorage {
+    pub inner: crate::storage::InMemoryStorage,
+    pub read_only: Arc<AtomicBool>,
+    pub deposed: Arc<AtomicBool>,
+}
+
+impl NodeStorage {
+    pub fn over(inner: &crate::storage::InMemoryStorage) -> NodeStorage {
+        NodeStorage {
+            inner: inner.clone(),
+            ..NodeStorage::default()
+        }
+    }
+
+    fn writable(&self) -> Result<(), crate::storage::StorageError> {
+        let refused = if self.read_only.load(Ordering::SeqCst) {
+            "cannot write to readonly storage"
+        } else if self.deposed.load(Ordering::SeqCst) {
+            "node is not the leader"
+        } else {
+            return Ok(());
+        };
+        Err(crate::storage::StorageError::Backend(refused.into()))
+    }
+}
+
+#[async_trait]
+impl crate::storage::Kv for NodeStorage {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), crate::storage::StorageError> {
+        self.writable()?;
+        self.inner.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), crate::storage::StorageError> {
+        self.writable()?;
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::storage::StorageError> {
+        self.inner.list(prefix).await
+    }
+}
+
+#[async_trait]
+impl crate::storage::Storage for NodeStorage {
+    async fn begin(
+        &self,
+    ) -> Result<Option<Box<dyn crate::storage::Transaction>>, crate::storage::StorageError> {
+        Ok(self.inner.begin().await?.map(|tx| {
+            Box::new(NodeTx {
+                tx,
+                node: self.clone(),
+            }) as Box<dyn crate::storage::Transaction>
+        }))
+    }
+}
+
+/// A transaction of [`NodeStorage`]: its writes are buffered, and its commit is the write
+/// that fails.
+struct NodeTx {
+    tx: Box<dyn crate::storage::Transaction>,
+    node: NodeStorage,
+}
+
+#[async_trait]
+impl crate::storage::Kv for NodeTx {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+        self.tx.get(key).await
+    }
+    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), crate::storage::StorageError> {
+        self.tx.put(key, value).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), crate::storage::StorageError> {
+        self.tx.delete(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::storage::StorageError> {
+        self.tx.list(prefix).await
+    }
+}
+
+#[async_trait]
+impl crate::storage::Transaction for NodeTx {
+    async fn commit(self: Box<Self>) -> Result<(), crate::storage::StorageError> {
+        self.node.writable()?;
+        self.tx.commit().await
+    }
+    async fn rollback(self: Box<Self>) -> Result<(), crate::storage::StorageError> {
+        self.tx.rollback().await
+    }
+}

@@ -119,16 +119,29 @@ impl pb::backend_server::Backend for BackendService {
         request: Request<pb::InitializeArgs>,
     ) -> Result<Response<pb::InitializeReply>, Status> {
         let mount = self.mount(&request)?;
-        // Storage is usable from here on: the scheduler picks up the ledger where the last
-        // process left it.
-        mount.engine.start();
+        // Storage is usable from here on. On the active node the scheduler picks up the ledger
+        // where the last process left it; a standby only serves reads.
+        // Asked here, once: the host builds the mount again whenever the node's role changes.
+        let (role, replication_state) = match mount.system.replication_state().await {
+            Ok(state) => (mayfly::NodeRole::from_replication_state(state), state),
+            Err(e) => {
+                // Acting is the safe default: on a node that does not lead every write fails,
+                // and mayfly acts on a target only after a write has succeeded.
+                tracing::warn!(error = %e.message(),
+                    "the host did not say whether this node is a standby; acting as the active node");
+                (mayfly::NodeRole::Active, -1)
+            }
+        };
+        mount.engine.start(role);
         // Informational only: an Initialize error would not roll the mount back anyway, so
         // problems are logged, and configuration is validated on each request instead.
         let transactional = mount.storage.is_transactional().await;
         match mount.system.facts().await {
-            Ok(f) => tracing::info!(host_version = %f.version,
+            Ok(f) => {
+                tracing::info!(host_version = %f.version, node_role = role.name(), replication_state,
                 default_lease_ttl_s = f.default_lease_ttl.as_secs(), max_lease_ttl_s = f.max_lease_ttl.as_secs(),
-                storage_transactional = transactional, "initialized"),
+                storage_transactional = transactional, "initialized")
+            }
             Err(e) => {
                 tracing::warn!(error = %e.message(), "initialized, but the host's SystemView did not answer")
             }
@@ -182,7 +195,9 @@ impl pb::backend_server::Backend for BackendService {
         let id = multiplex_id(&request);
         let removed = self.mounts.lock().unwrap().remove(&id);
         if let Some(mount) = removed {
-            mount.engine.stop();
+            // Returns once the scheduler and every call to a target of this mount have
+            // stopped: the node may be losing its leadership, and must not act after this.
+            mount.engine.stop().await;
             tracing::info!(multiplex_id = %id, "mount cleaned up");
         }
         Ok(Response::new(pb::Empty {}))

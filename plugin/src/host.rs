@@ -255,6 +255,15 @@ impl HostSystem {
     }
 }
 
+impl HostSystem {
+    /// The host's replication state, a bit field that says whether this node is a standby
+    /// ([`mayfly::NodeRole::from_replication_state`]).
+    pub async fn replication_state(&self) -> Result<i32, tonic::Status> {
+        let reply = self.client.clone().replication_state(pb::Empty {}).await?;
+        Ok(reply.into_inner().state)
+    }
+}
+
 fn nanos(n: i64) -> Duration {
     Duration::from_nanos(u64::try_from(n).unwrap_or(0))
 }
