@@ -26,6 +26,8 @@ pub struct Bao {
     token: String,
     /// Set for a persistent server: its unseal key.
     unseal_key: Option<String>,
+    /// A node of a raft cluster (`cluster.rs`): unsealed, it may be a standby, not active.
+    clustered: bool,
 }
 
 /// The `bao` binary: `MAYFLY_BAO`, else the project's virtualenv, else the PATH.
@@ -65,6 +67,7 @@ impl Bao {
             agent,
             token: ROOT_TOKEN.to_owned(),
             unseal_key: None,
+            clustered: false,
         }
     }
 
@@ -138,38 +141,93 @@ impl Bao {
     /// on, initialises it with one unseal key and unseals it.
     pub fn start_persistent() -> Bao {
         let mut bao = Bao::new();
+        bao.write_raft_config("mayfly-test", "");
+        bao.launch_persistent(&[]);
+        bao.initialize();
+        bao.unseal();
+        bao
+    }
+
+    /// Writes the configuration of a server with raft storage under node id `node_id`, with
+    /// `extra` (HCL) appended.
+    fn write_raft_config(&self, node_id: &str, extra: &str) {
+        let port = self.port;
         let config = format!(
             r#"storage "raft" {{
   path = "{data}"
-  node_id = "mayfly-test"
+  node_id = "{node_id}"
 }}
 cluster_addr = "http://127.0.0.1:{cluster_port}"
 listener "tcp" {{
   address = "127.0.0.1:{port}"
+  cluster_address = "127.0.0.1:{cluster_port}"
   tls_disable = true
 }}
 plugin_directory = "{plugins}"
 api_addr = "http://127.0.0.1:{port}"
 raw_storage_endpoint = true
 log_level = "debug"
+{extra}
 "#,
-            data = bao.dir.join("data").display(),
+            data = self.dir.join("data").display(),
             cluster_port = crate::free_port(),
-            plugins = bao.dir.join("plugins").display(),
-            port = bao.port,
+            plugins = self.dir.join("plugins").display(),
         );
-        std::fs::write(bao.dir.join("config.hcl"), config).unwrap();
-        std::fs::create_dir_all(bao.dir.join("data")).unwrap();
-        bao.launch_persistent(&[]);
-        let (status, body) = bao.put(
+        std::fs::write(self.dir.join("config.hcl"), config).unwrap();
+        std::fs::create_dir_all(self.dir.join("data")).unwrap();
+    }
+
+    /// `sys/init` with one unseal key; keeps the root token and the key.
+    fn initialize(&mut self) {
+        let (status, body) = self.put(
             "sys/init",
             serde_json::json!({"secret_shares": 1, "secret_threshold": 1}),
         );
         assert_eq!(status, 200, "init: {body}");
-        bao.token = body["root_token"].as_str().unwrap().to_owned();
-        bao.unseal_key = Some(body["keys_base64"][0].as_str().unwrap().to_owned());
-        bao.unseal();
+        self.token = body["root_token"].as_str().unwrap().to_owned();
+        self.unseal_key = Some(body["keys_base64"][0].as_str().unwrap().to_owned());
+    }
+
+    /// A node of a raft cluster, started but not initialised: the first node of a cluster
+    /// initialises it ([`Bao::initialize_cluster`]), the others join it ([`Bao::join`]).
+    /// `extra` is HCL appended to its configuration.
+    pub fn raft_node(node_id: &str, extra: &str) -> Bao {
+        let mut bao = Bao::new();
+        bao.clustered = true;
+        bao.write_raft_config(node_id, extra);
+        bao.launch_persistent(&[]);
         bao
+    }
+
+    /// Initialises and unseals the first node of a cluster; it becomes the active node.
+    pub fn initialize_cluster(&mut self) {
+        self.initialize();
+        self.unseal();
+        let active = crate::wait_until(30.0, || self.health() == 200);
+        assert!(
+            active,
+            "the first node did not become active; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Joins the cluster of `leader` (its token and unseal key are this node's from now on)
+    /// and unseals; the node comes up as a standby.
+    pub fn join(&mut self, leader: &Bao) {
+        self.token = leader.token.clone();
+        self.unseal_key = leader.unseal_key.clone();
+        let (status, body) = self.put(
+            "sys/storage/raft/join",
+            json!({ "leader_api_addr": leader.addr }),
+        );
+        assert_eq!(status, 200, "raft join: {body}\n{}", self.log());
+        self.unseal();
+    }
+
+    /// The status of `sys/health`: 200 active, 429 standby, 473 performance standby, 503
+    /// sealed, 0 when the server does not answer.
+    pub fn health(&self) -> u16 {
+        self.get("sys/health").0
     }
 
     fn launch_persistent(&mut self, env: &[(&str, &str)]) {
@@ -180,16 +238,15 @@ log_level = "debug"
         assert!(up, "OpenBao did not come up; log:\n{}", self.log());
     }
 
+    /// Unseals with the kept key and waits until the server serves: active, or for a node of
+    /// a cluster, a standby.
     fn unseal(&self) {
         let key = self.unseal_key.clone().expect("a persistent server");
         let (status, body) = self.put("sys/unseal", serde_json::json!({ "key": key }));
         assert_eq!(status, 200, "unseal: {body}");
-        let active = crate::wait_until(30.0, || self.get("sys/health").0 == 200);
-        assert!(
-            active,
-            "OpenBao did not become active; log:\n{}",
-            self.log()
-        );
+        let serving = |h: u16| h == 200 || (self.clustered && (h == 429 || h == 473));
+        let up = crate::wait_until(60.0, || serving(self.health()));
+        assert!(up, "OpenBao did not come up unsealed; log:\n{}", self.log());
     }
 
     /// Stops a persistent server (SIGTERM) and starts it again with `env` added to its
@@ -204,12 +261,32 @@ log_level = "debug"
     /// Kills a persistent server at once (SIGKILL to the server alone, as a crash would: its
     /// plugins must notice on their own), then starts and unseals it again.
     pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// SIGKILLs the server alone, as a crash would; its plugins must notice on their own.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             process::signal(child.id() as i32, libc::SIGKILL);
             let _ = child.wait();
         }
+    }
+
+    /// Starts a stopped or killed persistent server again and unseals it.
+    pub fn start_again(&mut self) {
         self.launch_persistent(&[]);
         self.unseal();
+    }
+
+    /// Freezes the server process (SIGSTOP), as a long pause of its machine would; its
+    /// plugins keep running. [`Bao::resume`] thaws it.
+    pub fn pause(&self) {
+        process::signal(self.pid(), libc::SIGSTOP);
+    }
+
+    pub fn resume(&self) {
+        process::signal(self.pid(), libc::SIGCONT);
     }
 
     /// SIGKILLs every mayfly process of this server; returns how many there were.

@@ -5,6 +5,7 @@
 
 pub mod bao;
 pub mod chaos;
+pub mod cluster;
 pub mod creds;
 pub mod http_fixtures;
 pub mod load;
@@ -16,6 +17,7 @@ pub mod rabbitmq;
 pub mod redis;
 
 pub use bao::Bao;
+pub use cluster::Cluster;
 pub use mariadb::PrivateMariaDb;
 pub use moto::Moto;
 pub use postgres::PrivatePostgres;

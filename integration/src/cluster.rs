@@ -1,0 +1,123 @@
+//! A 3-node OpenBao raft cluster on loopback, as production runs one: every node with its own
+//! plugin directory holding the same mayfly binary (the catalog and its SHA-256 are shared),
+//! mayfly registered and mounted at `mayfly/`. Nodes can be stopped, killed, frozen, restarted
+//! and asked to step down; the tests find the active node by `sys/health`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::Bao;
+
+/// How many nodes a cluster has: the smallest that survives the loss of one.
+pub const NODES: usize = 3;
+
+/// A read every mount of mayfly answers with 200, whatever its configuration.
+pub const SERVED: &str = "mayfly/policies-schema";
+
+pub struct Cluster {
+    pub nodes: Vec<Bao>,
+}
+
+/// How the cluster's servers are configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// `disable_standby_reads = true`: standbys load no mounts and forward every request.
+    pub disable_standby_reads: bool,
+}
+
+impl Cluster {
+    /// Starts a cluster with mayfly mounted at `mayfly/`; node 0 is active.
+    pub fn start(options: Options) -> Cluster {
+        let extra = if options.disable_standby_reads {
+            "disable_standby_reads = true\nlog_format = \"json\"\n"
+        } else {
+            "log_format = \"json\"\n"
+        };
+        let mut nodes: Vec<Bao> = (0..NODES)
+            .map(|i| Bao::raft_node(&format!("node-{i}"), extra))
+            .collect();
+        nodes[0].initialize_cluster();
+        let (first, rest) = nodes.split_at_mut(1);
+        for node in rest {
+            node.join(&first[0]);
+        }
+        let cluster = Cluster { nodes };
+        let leader = cluster.active();
+        cluster.nodes[leader].register();
+        cluster.nodes[leader].enable("mayfly");
+        if !options.disable_standby_reads {
+            // Standbys learn of the new mount from the active node and start its plugin.
+            for node in &cluster.nodes {
+                let up = crate::wait_until(30.0, || node.get(SERVED).0 == 200);
+                assert!(
+                    up,
+                    "{} does not serve mayfly/; log:\n{}",
+                    node.addr,
+                    node.log()
+                );
+            }
+        }
+        cluster
+    }
+
+    /// The index of the active node, waiting up to 60 s for one.
+    pub fn active(&self) -> usize {
+        self.wait_for_active(None, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no active node; logs:\n{}", self.logs()))
+    }
+
+    /// Waits up to `within` for a node other than `except` to be active; its index.
+    pub fn wait_for_active(&self, except: Option<usize>, within: Duration) -> Option<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = (0..self.nodes.len())
+                .filter(|i| Some(*i) != except)
+                .find(|i| self.nodes[*i].health() == 200);
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The indices of the nodes that are up and not active.
+    pub fn standbys(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| matches!(self.nodes[*i].health(), 429 | 473))
+            .collect()
+    }
+
+    /// `sys/step-down` on the active node; returns the index of the node that takes over.
+    pub fn step_down(&self) -> usize {
+        let old = self.active();
+        let (status, body) = self.nodes[old].put("sys/step-down", Value::Null);
+        assert!(status < 300, "step-down: {status} {body}");
+        self.wait_for_active(Some(old), Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no node took over; logs:\n{}", self.logs()))
+    }
+
+    /// Every node's log, headed by its index, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("==== node {i} ({})\n{}", n.addr, n.log()))
+            .collect()
+    }
+
+    /// mayfly's audit events in node `i`'s log.
+    pub fn audit_events(&self, i: usize) -> Vec<Value> {
+        self.nodes[i].audit_events()
+    }
+
+    /// The lines of node `i`'s log that say a storage write was refused as read-only.
+    pub fn readonly_failures(&self, i: usize) -> Vec<String> {
+        self.nodes[i]
+            .log()
+            .lines()
+            .filter(|l| l.contains("cannot write to readonly storage") && l.contains("mayfly"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
