@@ -111,12 +111,33 @@ impl Cluster {
         self.nodes[i].audit_events()
     }
 
-    /// The lines of node `i`'s log that say a storage write was refused as read-only.
+    /// The (node_role, replication_state) each mayfly mount reported at Initialize on node
+    /// `i`, in order.
+    pub fn initialized_roles(&self, i: usize) -> Vec<(String, i64)> {
+        self.nodes[i]
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["@message"] == "initialized" && v.get("node_role").is_some())
+            .map(|v| {
+                let role = v["node_role"].as_str().unwrap_or("").to_owned();
+                // The host logs the plugin's fields as text.
+                let state = v["replication_state"].as_str().and_then(|s| s.parse().ok());
+                (role, state.unwrap_or(-1))
+            })
+            .collect()
+    }
+
+    /// The lines of node `i`'s log that say a storage write was refused as read-only, or
+    /// that mayfly logged as errors.
     pub fn readonly_failures(&self, i: usize) -> Vec<String> {
         self.nodes[i]
             .log()
             .lines()
-            .filter(|l| l.contains("cannot write to readonly storage") && l.contains("mayfly"))
+            .filter(|l| l.contains("mayfly"))
+            .filter(|l| {
+                l.contains("cannot write to readonly storage") || l.contains(r#""@level":"error""#)
+            })
             .map(str::to_owned)
             .collect()
     }

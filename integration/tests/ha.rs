@@ -85,6 +85,13 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     let standbys = cluster.standbys();
     assert_eq!(standbys.len(), 2, "{}", cluster.logs());
     let (s1, s2) = (standbys[0], standbys[1]);
+    // The role each node's mayfly read from the host at Initialize (protocol document §6a).
+    let roles: Vec<_> = (0..3).map(|i| cluster.initialized_roles(i)).collect();
+    eprintln!("roles read at Initialize: {roles:?}");
+    assert_eq!(roles[active], [("active".to_owned(), 8224)]);
+    for i in [s1, s2] {
+        assert_eq!(roles[i], [("standby".to_owned(), 24576)]);
+    }
 
     // Written through a standby: forwarded to the active node, readable everywhere.
     configure(&cluster, s1, &pg, 20);
@@ -119,6 +126,81 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
         assert!(pg.roles_like(&c.user).is_empty(), "{} survived", c.user);
         assert_eq!(state_of(&cluster.nodes[active], &c.user), "revoked");
     }
+
+    // A task created, drawn on and ended through standbys.
+    let (status, body) = cluster.nodes[s1].put("mayfly/tasks", json!({"ttl": "5m"}));
+    assert_eq!(status, 200, "{body}");
+    let task = body["data"]["task_id"].as_str().unwrap().to_owned();
+    let tasked: Vec<Cred> = (0..3)
+        .map(|_| issue(&cluster.nodes[s2], &format!("mayfly/creds/app?task_id={task}")))
+        .collect();
+    let (status, body) = cluster.nodes[s2].delete(&format!("mayfly/tasks/{task}"));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["revoked"], 3, "{body}");
+    for c in &tasked {
+        assert!(pg.roles_like(&c.user).is_empty(), "{} survived its task", c.user);
+        assert_eq!(state_of(&cluster.nodes[active], &c.user), "revoked");
+    }
+
+    // Expiry: short credentials issued through a standby are revoked by the active node.
+    let short: Vec<Cred> = (0..4)
+        .map(|_| issue(&cluster.nodes[s1], "mayfly/creds/app?ttl=3"))
+        .collect();
+    let expired = wait_until(15.0, || short.iter().all(|c| pg.roles_like(&c.user).is_empty()));
+    assert!(expired, "short credentials outlived their deadline");
+    let done = wait_until(5.0, || {
+        short
+            .iter()
+            .all(|c| state_of(&cluster.nodes[active], &c.user) == "revoked")
+    });
+    assert!(done, "the ledger does not have the expired credentials revoked");
+
+    // An orphan purge through a standby: the orphan goes, leased users stay.
+    let live = issue(&cluster.nodes[s1], "mayfly/creds/app");
+    pg.admin("CREATE ROLE \"mf-hand-orphan\" LOGIN");
+    let (status, body) = cluster.nodes[s2].put("mayfly/orphans/db", json!({"purge": true}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["purged"], 1, "{body}");
+    assert!(pg.roles_like("mf-hand-orphan").is_empty());
+    assert!(logs_in(&pg, &live));
+
+    // rotate-root through a standby, on a connection of its own admin: the target and the
+    // stored connection agree afterwards (the old password fails, issuance works).
+    pg.admin("CREATE ROLE mayfly_root LOGIN CREATEROLE PASSWORD 'root-before-rotation'");
+    let mut own = pg.connection("postgres");
+    own["username"] = json!("mayfly_root");
+    own["password"] = json!("root-before-rotation");
+    let (status, body) = cluster.nodes[s1].put("mayfly/config/own", own);
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = cluster.nodes[s1].put(
+        "mayfly/roles/own",
+        json!({"db_name": "own", "default_ttl": 60, "creation_statements": [CREATE]}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = cluster.nodes[s2].put("mayfly/rotate-root/own", json!({}));
+    assert_eq!(status, 204, "{body}");
+    assert!(pg.psql_as("mayfly_root", "root-before-rotation", "SELECT 1").is_err());
+    assert!(logs_in(&pg, &issue(&cluster.nodes[s1], "mayfly/creds/own")));
+
+    // A static role taken over and rotated through standbys; static-creds read through a
+    // standby is the current password.
+    pg.admin("CREATE ROLE legacy_app LOGIN PASSWORD 'legacy-before'");
+    let (status, body) = cluster.nodes[s2].put(
+        "mayfly/static-roles/legacy",
+        json!({"db_name": "db", "username": "legacy_app", "rotation_period": "1h"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = cluster.nodes[s1].put("mayfly/rotate-role/legacy", json!({}));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = cluster.nodes[s2].get("mayfly/static-creds/legacy");
+    assert_eq!(status, 200, "{body}");
+    let password = body["data"]["password"].as_str().unwrap().to_owned();
+    assert_eq!(pg.psql_as("legacy_app", &password, "SELECT 1"), Ok("1".into()));
+
+    // Every request above ran once, on the active node: one audit event each.
+    let events = cluster.audit_events(active);
+    let issued = events.iter().filter(|e| e["audit_action"] == "issue").count();
+    assert_eq!(issued, 10 + 3 + 4 + 1 + 1, "issue events on the active node");
 
     // A stale standby: down while credentials are renewed, back after their first deadlines.
     let creds: Vec<Cred> = (0..10)
