@@ -496,31 +496,20 @@ log_level = "debug"
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        let url = format!("{addr}/v1/{path}");
-        let result = match (method, body) {
-            ("GET", _) => with_headers(self.agent.get(&url), token, headers).call(),
-            ("DELETE", _) => with_headers(self.agent.delete(&url), token, headers).call(),
-            ("PUT", b) => {
-                let r = self
-                    .agent
-                    .put(&url)
-                    .header("Content-Type", "application/json");
-                with_headers(r, token, headers).send(b.unwrap_or_default())
-            }
-            (m, _) => panic!("unsupported method {m}"),
-        };
-        match result {
-            Ok(mut resp) => {
-                let status = resp.status().as_u16();
-                let text = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(64 * 1024 * 1024)
-                    .read_to_string()
-                    .unwrap_or_default();
-                (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-            }
-            Err(e) => (0, Value::String(e.to_string())),
+        send(&self.agent, addr, token, method, path, body, headers)
+    }
+
+    /// This server's API for a client thread: it keeps working across a kill and restart of
+    /// the server, and gives up on a request after `timeout`.
+    pub fn endpoint(&self, timeout: Duration) -> Endpoint {
+        Endpoint {
+            addr: self.addr.clone(),
+            token: self.token.clone(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .build()
+                .into(),
         }
     }
 
@@ -576,6 +565,66 @@ impl Drop for Bao {
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A server's API as a client thread holds it ([`Bao::endpoint`]).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Endpoint {
+    /// One request; (status, JSON body), status 0 when the server did not answer.
+    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(|b| b.to_string());
+        send(
+            &self.agent,
+            &self.addr,
+            &self.token,
+            method,
+            path,
+            body,
+            &[],
+        )
+    }
+}
+
+/// One HTTP request to the server at `addr`; returns the status and the JSON body (`Null` when
+/// empty), status 0 when it did not answer.
+fn send(
+    agent: &ureq::Agent,
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let url = format!("{addr}/v1/{path}");
+    let result = match (method, body) {
+        ("GET", _) => with_headers(agent.get(&url), token, headers).call(),
+        ("DELETE", _) => with_headers(agent.delete(&url), token, headers).call(),
+        ("PUT", b) => {
+            let r = agent.put(&url).header("Content-Type", "application/json");
+            with_headers(r, token, headers).send(b.unwrap_or_default())
+        }
+        (m, _) => panic!("unsupported method {m}"),
+    };
+    match result {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let text = resp
+                .body_mut()
+                .with_config()
+                .limit(64 * 1024 * 1024)
+                .read_to_string()
+                .unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(e) => (0, Value::String(e.to_string())),
     }
 }
 

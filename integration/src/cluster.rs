@@ -44,6 +44,14 @@ impl Cluster {
         }
         let cluster = Cluster { nodes };
         let leader = cluster.active();
+        // A node joins as a non-voter and is promoted once stable (autopilot, about 10 s):
+        // until then the loss of the leader leaves no quorum to elect another.
+        let voters = crate::wait_until(60.0, || cluster.voters(leader) == NODES);
+        assert!(
+            voters,
+            "not every node became a voter; logs:\n{}",
+            cluster.logs()
+        );
         cluster.nodes[leader].register();
         cluster.nodes[leader].enable("mayfly");
         if !options.disable_standby_reads {
@@ -79,6 +87,14 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// How many voters the raft configuration has, as node `via` reads it.
+    pub fn voters(&self, via: usize) -> usize {
+        let (_, body) = self.nodes[via].get("sys/storage/raft/configuration");
+        body["data"]["config"]["servers"]
+            .as_array()
+            .map_or(0, |s| s.iter().filter(|s| s["voter"] == true).count())
     }
 
     /// The indices of the nodes that are up and not active.

@@ -7,6 +7,7 @@ pub mod bao;
 pub mod chaos;
 pub mod cluster;
 pub mod creds;
+pub mod expiry_watch;
 pub mod http_fixtures;
 pub mod load;
 pub mod mariadb;

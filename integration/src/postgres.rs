@@ -153,27 +153,14 @@ impl PrivatePostgres {
 
     /// Runs `sql` with psql as `user`; returns the unaligned output or psql's error text.
     pub fn psql_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
-        let out = Command::new(self.bin.join("psql"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
-            .args([
-                "-d",
-                "postgres",
-                "-X",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                sql,
-            ])
-            .env("PGPASSWORD", password)
-            .env("PGCONNECT_TIMEOUT", "5")
-            .output()
-            .expect("running psql");
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        self.psql().run_as(user, password, sql)
+    }
+
+    /// psql on this cluster, for a thread of its own.
+    pub fn psql(&self) -> Psql {
+        Psql {
+            bin: self.bin.clone(),
+            port: self.port,
         }
     }
 
@@ -226,6 +213,41 @@ impl PrivatePostgres {
             "postgres://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{}/postgres",
             self.port
         )
+    }
+}
+
+/// psql on a cluster ([`PrivatePostgres::psql`]).
+#[derive(Clone)]
+pub struct Psql {
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Psql {
+    /// Runs `sql` as `user`; returns the unaligned output or psql's error text.
+    pub fn run_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args([
+                "-d",
+                "postgres",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "5")
+            .output()
+            .expect("running psql");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
     }
 }
 

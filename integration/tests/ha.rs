@@ -3,12 +3,26 @@
 //! the active node does it all, and a failover keeps every deadline.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use mayfly_integration::bao::Endpoint;
 use mayfly_integration::cluster::{Cluster, Options};
 use mayfly_integration::creds::{Cred, now};
+use mayfly_integration::expiry_watch::{self, ExpiryWatch, Seen, lateness, median_and_max};
+use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
+
+/// One cluster at a time: each test runs three servers with their plugins, and two such
+/// clusters at once on a two-core machine would time the machine, not mayfly.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 const CREATE: &str =
     "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'";
@@ -79,6 +93,7 @@ fn assert_standbys_quiet(cluster: &Cluster, standbys: &[usize]) {
 
 #[test]
 fn standbys_serve_reads_forward_the_rest_and_never_act() {
+    let _one_cluster = serial();
     let pg = PrivatePostgres::start();
     let mut cluster = Cluster::start(Options::default());
     let active = cluster.active();
@@ -132,13 +147,22 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     assert_eq!(status, 200, "{body}");
     let task = body["data"]["task_id"].as_str().unwrap().to_owned();
     let tasked: Vec<Cred> = (0..3)
-        .map(|_| issue(&cluster.nodes[s2], &format!("mayfly/creds/app?task_id={task}")))
+        .map(|_| {
+            issue(
+                &cluster.nodes[s2],
+                &format!("mayfly/creds/app?task_id={task}"),
+            )
+        })
         .collect();
     let (status, body) = cluster.nodes[s2].delete(&format!("mayfly/tasks/{task}"));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["revoked"], 3, "{body}");
     for c in &tasked {
-        assert!(pg.roles_like(&c.user).is_empty(), "{} survived its task", c.user);
+        assert!(
+            pg.roles_like(&c.user).is_empty(),
+            "{} survived its task",
+            c.user
+        );
         assert_eq!(state_of(&cluster.nodes[active], &c.user), "revoked");
     }
 
@@ -146,14 +170,19 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     let short: Vec<Cred> = (0..4)
         .map(|_| issue(&cluster.nodes[s1], "mayfly/creds/app?ttl=3"))
         .collect();
-    let expired = wait_until(15.0, || short.iter().all(|c| pg.roles_like(&c.user).is_empty()));
+    let expired = wait_until(15.0, || {
+        short.iter().all(|c| pg.roles_like(&c.user).is_empty())
+    });
     assert!(expired, "short credentials outlived their deadline");
     let done = wait_until(5.0, || {
         short
             .iter()
             .all(|c| state_of(&cluster.nodes[active], &c.user) == "revoked")
     });
-    assert!(done, "the ledger does not have the expired credentials revoked");
+    assert!(
+        done,
+        "the ledger does not have the expired credentials revoked"
+    );
 
     // An orphan purge through a standby: the orphan goes, leased users stay.
     let live = issue(&cluster.nodes[s1], "mayfly/creds/app");
@@ -179,7 +208,10 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     assert_eq!(status, 204, "{body}");
     let (status, body) = cluster.nodes[s2].put("mayfly/rotate-root/own", json!({}));
     assert_eq!(status, 204, "{body}");
-    assert!(pg.psql_as("mayfly_root", "root-before-rotation", "SELECT 1").is_err());
+    assert!(
+        pg.psql_as("mayfly_root", "root-before-rotation", "SELECT 1")
+            .is_err()
+    );
     assert!(logs_in(&pg, &issue(&cluster.nodes[s1], "mayfly/creds/own")));
 
     // A static role taken over and rotated through standbys; static-creds read through a
@@ -195,12 +227,22 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     let (status, body) = cluster.nodes[s2].get("mayfly/static-creds/legacy");
     assert_eq!(status, 200, "{body}");
     let password = body["data"]["password"].as_str().unwrap().to_owned();
-    assert_eq!(pg.psql_as("legacy_app", &password, "SELECT 1"), Ok("1".into()));
+    assert_eq!(
+        pg.psql_as("legacy_app", &password, "SELECT 1"),
+        Ok("1".into())
+    );
 
     // Every request above ran once, on the active node: one audit event each.
     let events = cluster.audit_events(active);
-    let issued = events.iter().filter(|e| e["audit_action"] == "issue").count();
-    assert_eq!(issued, 10 + 3 + 4 + 1 + 1, "issue events on the active node");
+    let issued = events
+        .iter()
+        .filter(|e| e["audit_action"] == "issue")
+        .count();
+    assert_eq!(
+        issued,
+        10 + 3 + 4 + 1 + 1,
+        "issue events on the active node"
+    );
 
     // A stale standby: down while credentials are renewed, back after their first deadlines.
     let creds: Vec<Cred> = (0..10)
@@ -231,4 +273,278 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
         cluster.logs()
     );
     assert_standbys_quiet(&cluster, &[s1, s2]);
+}
+
+/// OpenBao's own `database` engine mounted at `database/` beside mayfly, on the same database
+/// with the same statement and TTL, for comparison.
+fn configure_builtin(node: &Bao, pg: &PrivatePostgres, ttl: u64) {
+    let (status, body) = node.put("sys/mounts/database", json!({"type": "database"}));
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = node.put(
+        "database/config/pg",
+        json!({"plugin_name": "postgresql-database-plugin",
+               "connection_url": pg.template_url(), "username": SUPERUSER,
+               "password": SUPERUSER_PASSWORD, "allowed_roles": "*"}),
+    );
+    assert!(status < 300, "{status} {body}");
+    let (status, body) = node.put(
+        "database/roles/app",
+        json!({"db_name": "pg", "default_ttl": ttl, "max_ttl": "10m",
+               "creation_statements": [CREATE]}),
+    );
+    assert!(status < 300, "{status} {body}");
+}
+
+/// One request of the load: which engine, when it was sent and answered, and the user it
+/// got with its deadline (moved on by a renewal), if it got one.
+#[derive(Debug, Clone)]
+struct Attempt {
+    engine: &'static str,
+    sent: f64,
+    answered: f64,
+    issued: Option<(String, f64)>,
+}
+
+/// A client of the load: round-robin over the nodes (standbys forward), a mayfly credential
+/// with a TTL of 5 to 12 s and a built-in one in turn, every third mayfly lease renewed by
+/// 10 s, until `stop`.
+fn client(seed: usize, nodes: &[Endpoint], log: &Mutex<Vec<Attempt>>, stop: &AtomicBool) {
+    let mut turn = seed;
+    while !stop.load(Ordering::Relaxed) {
+        let node = &nodes[turn % nodes.len()];
+        turn += 1;
+        let ttl = 5 + turn % 8;
+        for (engine, path) in [
+            ("mayfly", format!("mayfly/creds/app?ttl={ttl}")),
+            ("builtin", "database/creds/app".to_owned()),
+        ] {
+            let sent = expiry_watch::now();
+            let (status, body) = node.request("GET", &path, None);
+            let answered = expiry_watch::now();
+            // The deadline as the client knows it: the lease's end.
+            let deadline = |body: &Value| answered + body["lease_duration"].as_f64().unwrap_or(0.0);
+            let mut issued = (status == 200).then(|| {
+                let user = body["data"]["username"].as_str().unwrap_or("").to_owned();
+                (user, deadline(&body))
+            });
+            if let Some((_, until)) = issued.as_mut()
+                && engine == "mayfly"
+                && turn % 3 == 0
+            {
+                let renew = json!({"lease_id": body["lease_id"], "increment": 10});
+                let (status, renewed) = node.request("PUT", "sys/leases/renew", Some(&renew));
+                if status == 200 {
+                    *until = deadline(&renewed);
+                }
+            }
+            log.lock().unwrap().push(Attempt {
+                engine,
+                sent,
+                answered,
+                issued,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a failover cost one engine: the time from the fault to its first credential served,
+/// and the requests that failed in between.
+fn failover_cost(log: &[Attempt], engine: &str, fault: f64) -> (f64, usize) {
+    let mine = log.iter().filter(|a| a.engine == engine && a.sent >= fault);
+    let served = mine
+        .clone()
+        .filter(|a| a.issued.is_some())
+        .map(|a| a.answered)
+        .fold(f64::INFINITY, f64::min);
+    let failed = mine
+        .filter(|a| a.issued.is_none() && a.sent < served)
+        .count();
+    (served - fault, failed)
+}
+
+#[test]
+fn failover_under_load_keeps_every_deadline() {
+    let _one_cluster = serial();
+    let pg = PrivatePostgres::start();
+    let mut cluster = Cluster::start(Options::default());
+    let first = cluster.active();
+    configure(&cluster, first, &pg, 8);
+    configure_builtin(&cluster.nodes[first], &pg, 8);
+    let watch = ExpiryWatch::start(&pg, &["mf-", "v-"]);
+    let nodes: Vec<Endpoint> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.endpoint(Duration::from_secs(20)))
+        .collect();
+    let log: Mutex<Vec<Attempt>> = Mutex::default();
+    let stop = AtomicBool::new(false);
+    let mut gaps = Vec::new();
+    let (killed, stepped) = std::thread::scope(|s| {
+        // The load stops when this scope ends, also when it ends in a failed assertion.
+        let _stop_load = StopOnDrop(&stop);
+        for seed in 0..2 {
+            let (nodes, log, stop) = (&nodes, &log, &stop);
+            s.spawn(move || client(seed, nodes, log, stop));
+        }
+        std::thread::sleep(Duration::from_secs(8));
+
+        // The active node dies (SIGKILL, its plugin left to notice on its own).
+        let killed = expiry_watch::now();
+        cluster.nodes[first].kill();
+        let second = cluster
+            .wait_for_active(Some(first), Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("no new active node; logs:\n{}", cluster.logs()));
+        gaps.push((killed, expiry_watch::now()));
+        cluster.nodes[first].start_again();
+        std::thread::sleep(Duration::from_secs(8));
+
+        // The next one steps down.
+        let stepped = expiry_watch::now();
+        let third = cluster.step_down();
+        gaps.push((stepped, expiry_watch::now()));
+        assert_ne!(third, second);
+        std::thread::sleep(Duration::from_secs(8));
+        stop.store(true, Ordering::Relaxed);
+        (killed, stepped)
+    });
+
+    // Every deadline passes; every user must be gone within 10 s of it.
+    let last = watch
+        .seen()
+        .values()
+        .map(|s| s.deadline)
+        .fold(0.0, f64::max);
+    // Both engines' users are waited for (up to 30 s past the last deadline), so that the
+    // built-in engine's lateness is measured too.
+    wait_until((last - expiry_watch::now()).max(0.0) + 30.0, || {
+        watch.seen().values().all(|s| s.gone_at.is_some())
+    });
+    let seen = watch.seen();
+    let log = log.into_inner().unwrap();
+    let mut report = Vec::new();
+    for engine in ["mayfly", "builtin"] {
+        let issued: Vec<(&String, f64)> = log
+            .iter()
+            .filter(|a| a.engine == engine)
+            .filter_map(|a| a.issued.as_ref().map(|(u, d)| (u, *d)))
+            .collect();
+        let survivors: Vec<&String> = issued
+            .iter()
+            .filter(|(u, _)| seen.get(*u).is_none_or(|s| s.gone_at.is_none()))
+            .map(|(u, _)| *u)
+            .collect();
+        // Lateness against the lease's end as the client saw it.
+        let late = |(user, deadline): &(&String, f64)| {
+            let gone_at = seen.get(*user)?.gone_at;
+            lateness(
+                &Seen {
+                    deadline: *deadline,
+                    gone_at,
+                },
+                &gaps,
+            )
+        };
+        let mut all: Vec<f64> = issued.iter().filter_map(late).collect();
+        let in_gap = |(_, d): &&(&String, f64)| gaps.iter().any(|(a, b)| (*a..=*b).contains(d));
+        let mut across: Vec<f64> = issued.iter().filter(in_gap).filter_map(late).collect();
+        let (p50, max) = median_and_max(&mut all);
+        let (gap_p50, gap_max) = median_and_max(&mut across);
+        let (kill_served, kill_failed) = failover_cost(&log, engine, killed);
+        let (step_served, step_failed) = failover_cost(&log, engine, stepped);
+        report.push(format!(
+            "{engine}: {} issued, {} left; revocation lateness p50 {p50:.1} s, max {max:.1} s; \
+             of the {} whose deadline fell in a failover (counted from the election): p50 \
+             {gap_p50:.1} s, max {gap_max:.1} s; SIGKILL: first credential after \
+             {kill_served:.1} s, {kill_failed} requests failed; step-down: first credential \
+             after {step_served:.1} s, {step_failed} requests failed",
+            issued.len(),
+            survivors.len(),
+            across.len(),
+        ));
+        if engine == "mayfly" {
+            assert!(
+                survivors.is_empty(),
+                "users outlived their deadline: {survivors:?}"
+            );
+            assert!(max <= 10.0, "a user was dropped {max:.1} s late");
+        }
+    }
+    eprintln!(
+        "failover under load (gaps {gaps:?}):\n{}",
+        report.join("\n")
+    );
+    for i in 0..cluster.nodes.len() {
+        let refused = cluster.readonly_failures(i);
+        assert!(refused.is_empty(), "node {i}: {refused:?}");
+    }
+}
+
+#[test]
+fn a_node_deposed_without_stepping_down_revokes_nothing_renewed_meanwhile() {
+    let _one_cluster = serial();
+    let pg = PrivatePostgres::start();
+    // Standbys load no mounts here: the new active node's mayfly starts cold on promotion.
+    let cluster = Cluster::start(Options {
+        disable_standby_reads: true,
+    });
+    let old = cluster.active();
+    configure(&cluster, old, &pg, 40);
+    let creds: Vec<Cred> = (0..10)
+        .map(|_| issue(&cluster.nodes[old], "mayfly/creds/app"))
+        .collect();
+    let issued = now();
+
+    // The active server freezes (a stalled machine); its mayfly runs on and wakes at the
+    // credentials' first deadlines with a copy of the ledger the others have moved past.
+    cluster.nodes[old].pause();
+    let new = cluster
+        .wait_for_active(Some(old), Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("no new active node; logs:\n{}", cluster.logs()));
+    for c in &creds {
+        let renew = json!({"lease_id": c.lease_id, "increment": 300});
+        let served = wait_until(15.0, || {
+            cluster.nodes[new].put("sys/leases/renew", renew.clone()).0 == 200
+        });
+        assert!(served, "the new active node did not renew {}", c.lease_id);
+    }
+    assert!(now() < issued + 40, "the renewals came after the deadlines");
+    std::thread::sleep(Duration::from_secs((issued + 43).saturating_sub(now())));
+
+    // Thawed: it finds it lost its leadership and steps down; until then it still reads
+    // itself as active, and its writes fail.
+    cluster.nodes[old].resume();
+    let stepped_down = wait_until(30.0, || matches!(cluster.nodes[old].health(), 429 | 473));
+    assert!(stepped_down, "{}", cluster.nodes[old].log());
+    std::thread::sleep(Duration::from_secs(5));
+    let dropped: Vec<&str> = creds
+        .iter()
+        .filter(|c| !logs_in(&pg, c))
+        .map(|c| c.user.as_str())
+        .collect();
+    assert!(
+        dropped.is_empty(),
+        "the deposed node revoked renewed credentials: {dropped:?}\n{}",
+        cluster.nodes[old].log()
+    );
+    for c in &creds {
+        assert_eq!(state_of(&cluster.nodes[new], &c.user), "active");
+    }
+    let refused = cluster.nodes[old]
+        .log()
+        .lines()
+        .filter(|l| l.contains("could not record that revocations begin"))
+        .count();
+    eprintln!(
+        "the deposed node's mayfly tried to revoke and was refused the write {refused} times"
+    );
 }
