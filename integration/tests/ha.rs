@@ -329,7 +329,7 @@ fn client(seed: usize, nodes: &[Endpoint], log: &Mutex<Vec<Attempt>>, stop: &Ato
             });
             if let Some((_, until)) = issued.as_mut()
                 && engine == "mayfly"
-                && turn % 3 == 0
+                && turn.is_multiple_of(3)
             {
                 let renew = json!({"lease_id": body["lease_id"], "increment": 10});
                 let (status, renewed) = node.request("PUT", "sys/leases/renew", Some(&renew));
