@@ -535,6 +535,18 @@ log_level = "debug"
         process::pids_of(&self.plugin)
     }
 
+    /// Places a copy of the mayfly binary in this server's plugin directory as `command`, as
+    /// an operator places a new version before registering it.
+    pub fn install_plugin(&self, command: &str) {
+        let to = self.plugin.with_file_name(command);
+        std::fs::copy(crate::plugin_binary(), to).expect("copying the plugin binary");
+    }
+
+    /// Live processes started from `command` in this server's plugin directory.
+    pub fn plugin_pids_of(&self, command: &str) -> Vec<i32> {
+        process::pids_of(&self.plugin.with_file_name(command))
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -548,3 +548,97 @@ fn a_node_deposed_without_stepping_down_revokes_nothing_renewed_meanwhile() {
         "the deposed node's mayfly tried to revoke and was refused the write {refused} times"
     );
 }
+
+#[test]
+fn an_upgrade_node_by_node_loses_nothing_and_revokes_nothing_early() {
+    let _one_cluster = serial();
+    let pg = PrivatePostgres::start();
+    let cluster = Cluster::start(Options::default());
+    let active = cluster.active();
+    let standbys = cluster.standbys();
+    configure(&cluster, active, &pg, 60);
+    let live: Vec<Cred> = (0..6)
+        .map(|_| issue(&cluster.nodes[active], "mayfly/creds/app"))
+        .collect();
+    for c in &live[..3] {
+        let renew = json!({"lease_id": c.lease_id, "increment": 300});
+        assert_eq!(cluster.nodes[active].put("sys/leases/renew", renew).0, 200);
+    }
+
+    // The new version's binary is placed on every node first (the catalog, and its SHA-256,
+    // are shared), registered under its version, and the mount switched to it.
+    const NEXT: &str = "v0.99.0";
+    for node in &cluster.nodes {
+        node.install_plugin("mayfly-next");
+    }
+    let leader = &cluster.nodes[active];
+    let (status, body) = leader.put(
+        "sys/plugins/catalog/secret/mayfly",
+        json!({"sha256": leader.sha256(), "command": "mayfly-next", "version": NEXT,
+               "env": [format!("MAYFLY_PLUGIN_VERSION={NEXT}")]}),
+    );
+    assert!(status < 300, "register: {status} {body}");
+    let (status, body) = leader.put("sys/mounts/mayfly/tune", json!({"plugin_version": NEXT}));
+    assert!(status < 300, "tune: {status} {body}");
+
+    // One node at a time, the active node first: a reload acts on the node that receives it.
+    let reload = |i: usize| {
+        let (status, body) =
+            cluster.nodes[i].put("sys/plugins/reload/backend", json!({"mounts": ["mayfly/"]}));
+        assert!(status < 300, "reload on node {i}: {status} {body}");
+        let next = wait_until(30.0, || {
+            !cluster.nodes[i].plugin_pids_of("mayfly-next").is_empty()
+        });
+        assert!(
+            next,
+            "node {i} does not run the new version\n{}",
+            cluster.nodes[i].log()
+        );
+    };
+    reload(active);
+    let old_left = wait_until(10.0, || cluster.nodes[active].plugin_pids().is_empty());
+    assert!(old_left, "the active node still runs the old version");
+
+    // The mixed window: the active node runs the new version, the standbys the old one.
+    let mixed = standbys
+        .iter()
+        .filter(|i| !cluster.nodes[**i].plugin_pids().is_empty())
+        .count();
+    eprintln!("standbys still on the old version after the active node's reload: {mixed}");
+    let short: Vec<Cred> = (0..4)
+        .map(|i| issue(&cluster.nodes[standbys[i % 2]], "mayfly/creds/app?ttl=4"))
+        .collect();
+    for c in &live[3..] {
+        let renew = json!({"lease_id": c.lease_id, "increment": 300});
+        let (status, body) = cluster.nodes[standbys[0]].put("sys/leases/renew", renew);
+        assert_eq!(status, 200, "{body}");
+    }
+    let expired = wait_until(15.0, || {
+        short.iter().all(|c| pg.roles_like(&c.user).is_empty())
+    });
+    assert!(
+        expired,
+        "credentials issued in the mixed window outlived their deadline"
+    );
+
+    for &i in &standbys {
+        reload(i);
+    }
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let gone = wait_until(10.0, || node.plugin_pids().is_empty());
+        assert!(gone, "node {i} still runs the old version");
+    }
+    // Through it all, and once it is done, every live credential still works.
+    std::thread::sleep(Duration::from_secs(3));
+    let dropped: Vec<&str> = live
+        .iter()
+        .filter(|c| !logs_in(&pg, c))
+        .map(|c| c.user.as_str())
+        .collect();
+    assert!(dropped.is_empty(), "lost in the upgrade: {dropped:?}");
+    let (status, body) = cluster.nodes[standbys[1]].get("mayfly/creds/app");
+    assert_eq!(status, 200, "{body}");
+    let (_, mounts) = leader.get("sys/mounts");
+    assert_eq!(mounts["data"]["mayfly/"]["running_plugin_version"], NEXT);
+    assert_standbys_quiet(&cluster, &standbys);
+}

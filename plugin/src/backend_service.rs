@@ -99,7 +99,7 @@ impl pb::backend_server::Backend for BackendService {
                 storage.clone(),
                 self.backends.clone(),
                 Arc::new(system.clone()),
-                crate::VERSION,
+                crate::reported_version(),
                 crate::lifecycle::crash_hook(),
             ),
             storage,

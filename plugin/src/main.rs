@@ -22,8 +22,41 @@ use tonic::{Request, Response, Status};
 
 use crate::proto::{logical, multiplexing, plugin};
 
-/// The version reported to the host at registration, as semver with a leading `v`.
+/// The version this build is, as semver with a leading `v`.
 pub const VERSION: &str = concat!("v", env!("CARGO_PKG_VERSION"));
+/// Overrides the version reported to the host, for an operator who registers a build under a
+/// version of their own (the host refuses a `-version` that differs from what the plugin
+/// reports). Set through the catalog entry's `env`.
+const VERSION_VAR: &str = "MAYFLY_PLUGIN_VERSION";
+
+/// The version reported to the host: [`VERSION_VAR`] when it is set to a semver with a
+/// leading `v`, else [`VERSION`].
+pub(crate) fn reported_version() -> String {
+    match std::env::var(VERSION_VAR) {
+        Ok(v) if is_semver(&v) => v,
+        Ok(v) => {
+            tracing::warn!(value = %v, "{VERSION_VAR} is not a version like v1.2.3; reporting {VERSION}");
+            VERSION.to_owned()
+        }
+        Err(_) => VERSION.to_owned(),
+    }
+}
+
+/// `vMAJOR.MINOR.PATCH`, optionally followed by `-pre-release` and `+build` parts.
+fn is_semver(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let core = rest.split(['-', '+']).next().unwrap_or("");
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers
+            .iter()
+            .all(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+        && rest[core.len()..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.'))
+}
 
 const MAGIC_COOKIE_KEY: &str = "VAULT_BACKEND_PLUGIN";
 const MAGIC_COOKIE_VALUE: &str = "6669da05-b1c8-4f49-97d9-c8e5bed98e20";
@@ -190,7 +223,7 @@ impl logical::plugin_version_server::PluginVersion for Version {
         _: Request<logical::Empty>,
     ) -> Result<Response<logical::VersionReply>, Status> {
         Ok(Response::new(logical::VersionReply {
-            plugin_version: VERSION.into(),
+            plugin_version: reported_version(),
         }))
     }
 }
@@ -207,5 +240,26 @@ impl multiplexing::plugin_multiplexing_server::PluginMultiplexing for Multiplexi
         Ok(Response::new(multiplexing::MultiplexingSupportResponse {
             supported: true,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_semver_with_a_leading_v_may_be_reported() {
+        for ok in [
+            "v0.1.0",
+            "v1.22.333",
+            "v0.2.0-rc.1",
+            "v0.2.0+corp.7",
+            "v1.0.0-a+b",
+        ] {
+            assert!(super::is_semver(ok), "{ok}");
+        }
+        for bad in [
+            "0.1.0", "v1.2", "v1.2.3.4", "v1..3", "va.b.c", "v1.2.3 ", "v1.2.3/x", "",
+        ] {
+            assert!(!super::is_semver(bad), "{bad}");
+        }
     }
 }
