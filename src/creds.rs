@@ -1062,7 +1062,8 @@ mod tests {
         s.fake.target.down.store(true, Ordering::SeqCst);
         let failing = wait(5.0, || {
             let c = record(&s, &resp);
-            c.state == State::Revoking && c.attempts >= 1
+            // The attempt is on record as it begins; its error once it has failed.
+            c.state == State::Revoking && c.attempts >= 1 && c.last_error.is_some()
         })
         .await;
         assert!(failing);

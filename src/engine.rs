@@ -118,25 +118,23 @@ impl Engine {
             Operation::Help => return self.help(&req.path),
             _ => {}
         }
-        let what = format!("{} {}", req.operation.name(), req.path);
-        self.core.node.request(&what, self.handle_routed(req)).await
+        let node = &self.core.node;
+        node.request(req.operation, &req.path, self.handle_routed(&req))
+            .await
     }
 
-    async fn handle_routed(&self, req: Request) -> Result<Response, Error> {
+    async fn handle_routed(&self, req: &Request) -> Result<Response, Error> {
         let node = &self.core.node;
-        match req.operation {
+        if matches!(req.operation, Operation::Renew | Operation::Revoke) {
             // The host's lease manager runs on the active node only: these never reach a
             // standby, but if one did, the active node must answer it.
-            Operation::Renew | Operation::Revoke => {
-                if let Some(refused) = node.refuse(&req.path) {
-                    return Err(refused);
-                }
-                return match req.operation {
-                    Operation::Renew => creds::renew(&self.core, &req).await,
-                    _ => creds::revoke(&self.core, &req).await,
-                };
+            if let Some(refused) = node.refuse(req.operation, &req.path) {
+                return Err(refused);
             }
-            _ => {}
+            return match req.operation {
+                Operation::Renew => creds::renew(&self.core, req).await,
+                _ => creds::revoke(&self.core, req).await,
+            };
         }
         if req.body_len > MAX_BODY_BYTES {
             return Err(Error::PayloadTooLarge(format!(
@@ -152,7 +150,7 @@ impl Engine {
         // Before anything else: a standby answers only what it can from its copy of storage,
         // and the host replays the rest on the active node.
         if m.def.route.acts(op)
-            && let Some(refused) = node.refuse(&format!("{} {}", op.name(), req.path))
+            && let Some(refused) = node.refuse(op, &req.path)
         {
             return Err(refused);
         }
@@ -161,11 +159,11 @@ impl Engine {
         {
             // Before and after: a request racing this write cannot leave a stale entry behind.
             self.core.invalidate();
-            let result = self.route(&m, op, &req).await;
+            let result = self.route(&m, op, req).await;
             self.core.invalidate();
             return result;
         }
-        self.route(&m, op, &req).await
+        self.route(&m, op, req).await
     }
 
     /// Storage changed behind the engine's back (the host's InvalidateKey).

@@ -19,6 +19,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 
 use crate::error::Error;
+use crate::request::Operation;
 
 /// What this node's mount may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,20 +95,17 @@ impl Node {
         *self.stop.borrow()
     }
 
-    /// The error for a request this node may not act on, if it may not: it is a standby, or
-    /// the mount is stopping. `what` names the request.
-    pub fn refuse(&self, what: &str) -> Option<Error> {
-        if self.stopped() {
-            Some(Error::Forward(format!(
-                "mayfly's mount is stopping on this node ({what})"
-            )))
+    /// The error for a request (`op` on `path`) this node may not act on, if it may not: it is
+    /// a standby, or the mount is stopping.
+    pub fn refuse(&self, op: Operation, path: &str) -> Option<Error> {
+        let why = if self.stopped() {
+            "mayfly's mount is stopping on this node"
         } else if self.role() == NodeRole::Standby {
-            Some(Error::Forward(format!(
-                "this node is a standby and mayfly acts only on the active node ({what})"
-            )))
+            "this node is a standby and mayfly acts only on the active node"
         } else {
-            None
-        }
+            return None;
+        };
+        Some(Error::Forward(format!("{why} ({} {path})", op.name())))
     }
 
     /// Runs `work` in the background until it ends or the mount stops.
@@ -121,22 +119,25 @@ impl Node {
         set.spawn(work);
     }
 
-    /// Runs a request: cancelled (with [`Error::Forward`]) if the mount stops meanwhile.
+    /// Runs a request (`op` on `path`): cancelled, with [`Error::Forward`], if the mount stops
+    /// meanwhile.
     pub async fn request<T>(
         &self,
-        what: &str,
+        op: Operation,
+        path: &str,
         work: impl Future<Output = Result<T, Error>>,
     ) -> Result<T, Error> {
         self.requests.fetch_add(1, Ordering::SeqCst);
         let _done = RequestDone(self);
         let mut stop = self.stop.subscribe();
         if *stop.borrow_and_update() {
-            return Err(self.refuse(what).expect("stopped"));
+            return Err(self.refuse(op, path).expect("stopped"));
         }
         tokio::select! {
             result = work => result,
             _ = stop.changed() => Err(Error::Forward(format!(
-                "mayfly's mount stopped on this node while the request ran ({what})"
+                "mayfly's mount stopped on this node while the request ran ({} {path})",
+                op.name()
             ))),
         }
     }
@@ -181,7 +182,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use crate::host::FixedHost;
-    use crate::request::{LeaseInfo, Operation, Request, Response};
+    use crate::request::{LeaseInfo, Request, Response};
     use crate::storage::InMemoryStorage;
     use crate::testkit::{Fake, NodeStorage};
     use crate::{Backends, Engine};
@@ -383,8 +384,8 @@ mod tests {
         let request = {
             let node = node.clone();
             tokio::spawn(async move {
-                node.request("creds/x", std::future::pending::<Result<(), Error>>())
-                    .await
+                let pending = std::future::pending::<Result<(), Error>>();
+                node.request(Operation::Read, "creds/x", pending).await
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -396,7 +397,9 @@ mod tests {
         assert!(err.to_string().contains(crate::error::FORWARD), "{err}");
         // Nothing runs after the stop, and a second stop is harmless.
         node.spawn(async { panic!("spawned after the stop") });
-        let late = node.request("creds/x", async { Ok(()) }).await;
+        let late = node
+            .request(Operation::Read, "creds/x", async { Ok(()) })
+            .await;
         assert!(matches!(late, Err(Error::Forward(_))));
         node.stop().await;
     }

@@ -461,7 +461,15 @@ log_level = "debug"
         body: Option<&Value>,
     ) -> (u16, Value) {
         let addr = self.addr6.as_deref().expect("a dual-stack server");
-        self.send_to(addr, token, method, path, body.map(|b| b.to_string()), &[])
+        send(
+            &self.agent,
+            addr,
+            token,
+            method,
+            path,
+            body.map(|b| b.to_string()),
+            &[],
+        )
     }
 
     /// A request with extra HTTP headers.
@@ -473,7 +481,8 @@ log_level = "debug"
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> (u16, Value) {
-        self.send_to(
+        send(
+            &self.agent,
             &self.addr,
             token,
             method,
@@ -484,19 +493,7 @@ log_level = "debug"
     }
 
     fn send(&self, token: &str, method: &str, path: &str, body: Option<String>) -> (u16, Value) {
-        self.send_to(&self.addr, token, method, path, body, &[])
-    }
-
-    fn send_to(
-        &self,
-        addr: &str,
-        token: &str,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-        headers: &[(&str, &str)],
-    ) -> (u16, Value) {
-        send(&self.agent, addr, token, method, path, body, headers)
+        send(&self.agent, &self.addr, token, method, path, body, &[])
     }
 
     /// This server's API for a client thread: it keeps working across a kill and restart of

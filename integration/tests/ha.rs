@@ -70,6 +70,16 @@ fn logs_in(pg: &PrivatePostgres, cred: &Cred) -> bool {
     pg.psql_as(&cred.user, &cred.password, "SELECT 1").is_ok()
 }
 
+/// Every credential of `creds` still logs in; `why` and `logs` explain a failure.
+fn assert_all_log_in(pg: &PrivatePostgres, creds: &[Cred], why: &str, logs: &str) {
+    let dropped: BTreeSet<&str> = creds
+        .iter()
+        .filter(|c| !logs_in(pg, c))
+        .map(|c| c.user.as_str())
+        .collect();
+    assert!(dropped.is_empty(), "{why}: {dropped:?}\n{logs}");
+}
+
 /// No standby wrote or acted: no refused writes, no audit events (a forwarded request leaves
 /// its event on the node that executed it).
 fn assert_standbys_quiet(cluster: &Cluster, standbys: &[usize]) {
@@ -262,15 +272,11 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
     let served = wait_until(30.0, || cluster.nodes[s2].get("mayfly/roles/app").0 == 200);
     assert!(served, "{}", cluster.nodes[s2].log());
     std::thread::sleep(Duration::from_secs(8));
-    let dropped: BTreeSet<&str> = creds
-        .iter()
-        .filter(|c| !logs_in(&pg, c))
-        .map(|c| c.user.as_str())
-        .collect();
-    assert!(
-        dropped.is_empty(),
-        "renewed credentials dropped early: {dropped:?}\n{}",
-        cluster.logs()
+    assert_all_log_in(
+        &pg,
+        &creds,
+        "renewed credentials dropped early",
+        &cluster.logs(),
     );
     assert_standbys_quiet(&cluster, &[s1, s2]);
 }
@@ -389,7 +395,7 @@ fn failover_under_load_keeps_every_deadline() {
     let log: Mutex<Vec<Attempt>> = Mutex::default();
     let stop = AtomicBool::new(false);
     let mut gaps = Vec::new();
-    let (killed, stepped) = std::thread::scope(|s| {
+    let (killed, stepped, second, third) = std::thread::scope(|s| {
         // The load stops when this scope ends, also when it ends in a failed assertion.
         let _stop_load = StopOnDrop(&stop);
         for seed in 0..2 {
@@ -415,7 +421,7 @@ fn failover_under_load_keeps_every_deadline() {
         assert_ne!(third, second);
         std::thread::sleep(Duration::from_secs(8));
         stop.store(true, Ordering::Relaxed);
-        (killed, stepped)
+        (killed, stepped, second, third)
     });
 
     // Every deadline passes; every user must be gone within 10 s of it.
@@ -483,6 +489,12 @@ fn failover_under_load_keeps_every_deadline() {
         "failover under load (gaps {gaps:?}):\n{}",
         report.join("\n")
     );
+    // Each change of role rebuilt the mount (Cleanup, then Setup and Initialize), which read
+    // the node's new role: the last node to take over last started as the active node, and the
+    // one that stepped down as a standby.
+    let last_role = |i: usize| cluster.initialized_roles(i).last().cloned();
+    assert_eq!(last_role(third), Some(("active".to_owned(), 8224)));
+    assert_eq!(last_role(second), Some(("standby".to_owned(), 24576)));
     for i in 0..cluster.nodes.len() {
         let refused = cluster.readonly_failures(i);
         assert!(refused.is_empty(), "node {i}: {refused:?}");
@@ -526,26 +538,22 @@ fn a_node_deposed_without_stepping_down_revokes_nothing_renewed_meanwhile() {
     let stepped_down = wait_until(30.0, || matches!(cluster.nodes[old].health(), 429 | 473));
     assert!(stepped_down, "{}", cluster.nodes[old].log());
     std::thread::sleep(Duration::from_secs(5));
-    let dropped: Vec<&str> = creds
-        .iter()
-        .filter(|c| !logs_in(&pg, c))
-        .map(|c| c.user.as_str())
-        .collect();
-    assert!(
-        dropped.is_empty(),
-        "the deposed node revoked renewed credentials: {dropped:?}\n{}",
-        cluster.nodes[old].log()
-    );
+    let why = "the deposed node revoked renewed credentials";
+    assert_all_log_in(&pg, &creds, why, &cluster.nodes[old].log());
     for c in &creds {
         assert_eq!(state_of(&cluster.nodes[new], &c.user), "active");
     }
-    let refused = cluster.nodes[old]
-        .log()
+    let log = cluster.nodes[old].log();
+    let refused: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("could not record that revocations begin"))
-        .count();
+        .collect();
     eprintln!(
-        "the deposed node's mayfly tried to revoke and was refused the write {refused} times"
+        "the deposed node's mayfly tried to revoke and was refused the write {} times{}",
+        refused.len(),
+        refused
+            .first()
+            .map_or(String::new(), |l| format!(", as: {l}"))
     );
 }
 
@@ -630,12 +638,7 @@ fn an_upgrade_node_by_node_loses_nothing_and_revokes_nothing_early() {
     }
     // Through it all, and once it is done, every live credential still works.
     std::thread::sleep(Duration::from_secs(3));
-    let dropped: Vec<&str> = live
-        .iter()
-        .filter(|c| !logs_in(&pg, c))
-        .map(|c| c.user.as_str())
-        .collect();
-    assert!(dropped.is_empty(), "lost in the upgrade: {dropped:?}");
+    assert_all_log_in(&pg, &live, "lost in the upgrade", &cluster.logs());
     let (status, body) = cluster.nodes[standbys[1]].get("mayfly/creds/app");
     assert_eq!(status, 200, "{body}");
     let (_, mounts) = leader.get("sys/mounts");

@@ -445,10 +445,13 @@ fn an_outage_longer_than_the_host_retry_window_loses_no_revocation() {
     pg.halt();
     let down_at = Instant::now();
     let failing = wait_until(30.0, || {
+        // Each attempt is on record as it begins; its error once it has failed.
         let (_, list) = bao.list("mayfly/leases/?state=revoking");
-        list["data"]["keys"]
-            .as_array()
-            .is_some_and(|k| k.len() == 3)
+        let info = list["data"]["key_info"]
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        info.len() == 3 && info.values().all(|r| !r["last_error"].is_null())
     });
     assert!(failing, "leases/ did not show the failing revocations");
     let record = ledger_record(&bao, &users[0]);
