@@ -527,8 +527,10 @@ fn cred_id(req: &Request) -> Option<String> {
 }
 
 /// The host's `renew`: moves the deadline (and the target-side expiry) and echoes what the
-/// host must keep (protocol document §5.2: the reply replaces the stored lease). Emits one
-/// audit event.
+/// host must keep (protocol document §5.2: the reply replaces the stored lease). Its `data` is
+/// empty: the host hands it to whoever renewed, and OpenBao's `default` policy lets any token
+/// renew any lease it knows the id of. A lease whose stored data still holds the secret (an
+/// earlier mayfly echoed it) stops holding it at its next renewal. Emits one audit event.
 pub async fn renew(core: &MountCore, req: &Request) -> Result<Response, Error> {
     let (mut record, mut policy) = (None, String::new());
     let result = renew_traced(core, req, &mut record, &mut policy).await;
@@ -666,7 +668,7 @@ async fn renew_once(
     }
     core.scheduler.track(cred.due, &cred.id);
     Ok(Some(Response {
-        data: Some(req.data.clone()),
+        data: None,
         warnings: Vec::new(),
         lease: Some(LeaseGrant {
             ttl: deadline - now,
@@ -922,7 +924,7 @@ mod tests {
             .handle(lease_request(Operation::Renew, &resp, 3600))
             .await
             .unwrap();
-        assert_eq!(renewed.data, resp.data, "renew echoes data");
+        assert_eq!(renewed.data, None, "a renewal hands out no secret");
         let grant = renewed.lease.unwrap();
         assert_eq!((grant.ttl, grant.max_ttl), (3600, 7200));
         assert_eq!(grant.internal_data, lease.internal_data);

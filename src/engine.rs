@@ -229,13 +229,21 @@ impl Engine {
                 tasks::write_settings(kv, &req.data).await?;
                 Ok(Response::empty())
             }
-            (Route::TaskList, Operation::List) => tasks::list(&self.core).await,
+            (Route::TaskList, Operation::List) => {
+                tasks::list(&self.core, Some(&req.requester)).await
+            }
             (Route::TaskCreate, Operation::Update) => tasks::write(&self.core, None, req).await,
             (Route::Task, Operation::Update) => {
                 tasks::write(&self.core, Some(m.param("id")), req).await
             }
-            (Route::Task, Operation::Read) => tasks::read(&self.core, m.param("id")).await,
+            (Route::Task, Operation::Read) => {
+                tasks::read(&self.core, m.param("id"), Some(&req.requester)).await
+            }
             (Route::Task, Operation::Delete) => tasks::delete(&self.core, m.param("id"), req).await,
+            (Route::RevokeTaskList, Operation::List) => tasks::list(&self.core, None).await,
+            (Route::RevokeTask, Operation::Read) => {
+                tasks::read(&self.core, m.param("id"), None).await
+            }
             (Route::RevokeTask, Operation::Update) => {
                 operator::revoke(&self.core, Scope::Task(m.param("id")), req).await
             }
@@ -386,8 +394,9 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
             route: Route::TaskList,
             fields: vec![],
             operations: vec![Operation::List],
-            synopsis: "List the tasks, with each one's state, deadline, owner and description.",
-            description: "",
+            synopsis: "List the caller's own tasks, with each one's state, deadline, owner \
+                and description.",
+            description: "Operators list every task at revoke/task/ (sudo).",
         },
         PathDef {
             pattern: "tasks/{id}",
@@ -399,14 +408,25 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
                 answering.",
             description: "A task ends at its deadline through the scheduler in the same way. \
                 Shortening the ttl of an open task moves its deadline; its credentials are \
-                revoked at the new deadline.",
+                revoked at the new deadline. A task bound to its owner (bound_to_owner, the \
+                default) is read, changed and ended by its owner alone (the same entity; the \
+                same token for tokens without one); operators reach it under revoke/task/.",
+        },
+        PathDef {
+            pattern: "revoke/task/",
+            route: Route::RevokeTaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List every task, whoever owns it (sudo).",
+            description: "",
         },
         PathDef {
             pattern: "revoke/task/{id}",
             route: Route::RevokeTask,
             fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "End a task and revoke all its credentials (sudo).",
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Read any task with its credentials, or end it and revoke all its \
+                credentials (sudo).",
             description: "Answers how many were revoked, were already gone, and failed; \
                 failures stay in the ledger and are retried (see revocations/).",
         },

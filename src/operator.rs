@@ -524,6 +524,120 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
+        let m = Mount::new().await;
+        let (owner, other) = (who("e-1", "127.0.0.1"), who("e-2", "127.0.0.1"));
+        m.call(
+            Operation::Update,
+            "tasks/job",
+            json!({"ttl": "1h"}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/a",
+            json!({"task_id": "job"}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+        m.call(
+            Operation::Update,
+            "tasks/open",
+            json!({"bound_to_owner": false}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+
+        // Someone else can neither read, unbind, draw on nor end it.
+        let refused = [
+            (Operation::Read, json!(null), "read"),
+            (
+                Operation::Update,
+                json!({"bound_to_owner": false}),
+                "change",
+            ),
+            (Operation::Update, json!({"ttl": "10h"}), "change"),
+            (Operation::Delete, json!(null), "end"),
+        ];
+        for (op, body, doing) in refused {
+            let err = m
+                .call(op, "tasks/job", body, other.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 403, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("bound to its owner (entity 'e-1')")
+                    && text.contains(&format!("only its owner may {doing} it")),
+                "{text}"
+            );
+        }
+        let err = m
+            .call(
+                Operation::Update,
+                "creds/a",
+                json!({"task_id": "job"}),
+                other.clone(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        assert_eq!(m.fake.target.count(), 1, "nothing was revoked");
+        let read = m.call(Operation::Read, "tasks/job", json!(null), owner.clone());
+        let read = read.await.unwrap().data.unwrap();
+        assert_eq!(
+            (read["bound_to_owner"].clone(), read["state"].clone()),
+            (json!(true), json!("open"))
+        );
+
+        // Each lists its own; operators (sudo) list and read them all.
+        let keys = |r: Response| r.data.unwrap()["keys"].clone();
+        let mine = m
+            .call(Operation::List, "tasks/", json!(null), other.clone())
+            .await;
+        assert_eq!(keys(mine.unwrap()), json!([]));
+        let mine = m
+            .call(Operation::List, "tasks/", json!(null), owner.clone())
+            .await;
+        assert_eq!(keys(mine.unwrap()), json!(["job", "open"]));
+        let all = m.data(Operation::List, "revoke/task/", Value::Null).await;
+        assert_eq!(all["keys"], json!(["job", "open"]));
+        let one = m.call(
+            Operation::Read,
+            "revoke/task/job",
+            json!(null),
+            other.clone(),
+        );
+        assert_eq!(
+            one.await.unwrap().data.unwrap()["credentials"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        // A task that is not bound is anyone's to use and change.
+        m.call(
+            Operation::Update,
+            "tasks/open",
+            json!({"description": "x"}),
+            other.clone(),
+        )
+        .await
+        .unwrap();
+
+        // The owner ends it.
+        let ended = m
+            .call(Operation::Delete, "tasks/job", json!(null), owner)
+            .await;
+        assert_eq!(ended.unwrap().data.unwrap()["revoked"], 1);
+        assert_eq!(m.fake.target.count(), 0);
+    }
+
+    #[tokio::test]
     async fn operators_revoke_in_bulk_list_failures_and_purge_orphans() {
         let m = Mount::new().await;
         let mut names = Vec::new();

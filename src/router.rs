@@ -23,6 +23,7 @@ pub enum Route {
     TaskCreate,
     TaskList,
     Task,
+    RevokeTaskList,
     RevokeTask,
     RevokeRole,
     RevokeConfig,

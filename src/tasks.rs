@@ -106,6 +106,26 @@ impl Task {
         }
     }
 
+    /// Refuses `who` (a 403 naming the rule) when the task is bound to its owner and `who` is
+    /// not its owner. Bound tasks are read, changed and ended by their owner alone; operators
+    /// reach every task through the sudo paths under `revoke/task/`. `doing` says what was
+    /// refused.
+    pub fn check_owner(&self, who: &Requester, doing: &str) -> Result<(), Error> {
+        if !self.bound_to_owner || self.owned_by(who) {
+            return Ok(());
+        }
+        let owner = if self.owner.entity_id.is_empty() {
+            format!("the token with accessor '{}'", self.owner.token_accessor)
+        } else {
+            format!("entity '{}'", self.owner.entity_id)
+        };
+        Err(Error::PermissionDenied(format!(
+            "task '{}' is bound to its owner ({owner}); only its owner may {doing} it (an \
+             operator may, through the sudo paths under revoke/task/)",
+            self.id
+        )))
+    }
+
     fn entry(&self) -> String {
         entry(&self.id)
     }
@@ -329,6 +349,7 @@ async fn write_traced(
     let asked = fields.duration("ttl");
     let task = match existing {
         Some(mut task) => {
+            task.check_owner(&req.requester, "change")?;
             if !task.is_open(now) {
                 return Err(Error::bad_request(format!(
                     "task '{}' has ended and cannot be changed",
@@ -444,12 +465,16 @@ fn apply_cap(task: &mut Task, cap: Option<u64>, now: u64) -> Option<String> {
     ))
 }
 
-/// `tasks/ID` read: the task and its credentials with their states.
-pub async fn read(core: &MountCore, id: &str) -> Result<Response, Error> {
+/// `tasks/ID` read: the task and its credentials with their states, for its owner when it is
+/// bound to them (`who`); `None` for an operator's read through `revoke/task/ID`.
+pub async fn read(core: &MountCore, id: &str, who: Option<&Requester>) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
     let Some(task) = load(kv, id).await? else {
         return Ok(Response::empty());
     };
+    if let Some(who) = who {
+        task.check_owner(who, "read")?;
+    }
     let ids = ledger::task_credentials(kv, id).await?;
     let loaded = ledger::load_all(kv, &ids).await?;
     let mut creds: Vec<Value> = loaded
@@ -472,19 +497,25 @@ pub async fn read(core: &MountCore, id: &str) -> Result<Response, Error> {
     Ok(Response::data(data))
 }
 
-/// `tasks/` list, with each task's state, deadline, owner and description.
-pub async fn list(core: &MountCore) -> Result<Response, Error> {
+/// `tasks/` list: the tasks `who` owns, with each one's state, deadline, owner and
+/// description; every task for an operator's list through `revoke/task/` (`who` is `None`).
+pub async fn list(core: &MountCore, who: Option<&Requester>) -> Result<Response, Error> {
     let kv = core.storage.as_ref();
-    let ids = kv.list(PREFIX).await?;
+    let mut ids = Vec::new();
     let mut info = Map::new();
-    for id in &ids {
-        if let Some(t) = load(kv, id).await? {
-            info.insert(
-                id.clone(),
-                json!({"state": t.state.name(), "deadline": t.deadline,
-                       "owner_entity_id": t.owner.entity_id, "description": t.description}),
-            );
+    for id in kv.list(PREFIX).await? {
+        let Some(t) = load(kv, &id).await? else {
+            continue;
+        };
+        if who.is_some_and(|who| !t.owned_by(who)) {
+            continue;
         }
+        info.insert(
+            id.clone(),
+            json!({"state": t.state.name(), "deadline": t.deadline,
+                   "owner_entity_id": t.owner.entity_id, "description": t.description}),
+        );
+        ids.push(id);
     }
     let mut resp = Response::list(ids);
     if let Some(d) = resp.data.as_mut() {
@@ -535,8 +566,12 @@ pub async fn end(
     Ok(Some((task, report)))
 }
 
-/// `tasks/ID` delete: ends the task; answers with what was revoked.
+/// `tasks/ID` delete: ends the task (its owner alone, when it is bound to them); answers with
+/// what was revoked.
 pub async fn delete(core: &MountCore, id: &str, req: &Request) -> Result<Response, Error> {
+    if let Some(task) = load(core.storage.as_ref(), id).await? {
+        task.check_owner(&req.requester, "end")?;
+    }
     match end(core, id, "deleted", &req.requester).await? {
         None => Ok(Response::empty()),
         Some((task, report)) => {

@@ -261,6 +261,42 @@ fn expiry_alone_drops_the_user_and_a_forced_revoke_cannot_save_it() {
     assert_eq!(ledger_record(&bao, &cred.user)["state"], "revoked");
 }
 
+/// OpenBao's `default` policy grants `sys/leases/renew` to every token, and the host hands the
+/// renewal's reply to whoever renewed: a renewal must carry no secret.
+#[test]
+fn a_token_with_only_the_default_policy_renews_a_lease_and_gets_no_secret() {
+    let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers"}));
+    let cred = issue(&bao, "mayfly/creds/app");
+    let (status, body) = bao.put(
+        "auth/token/create",
+        json!({"policies": ["default"], "no_parent": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let stranger = body["auth"]["client_token"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let (status, body) = bao.request_as(
+            &stranger,
+            "PUT",
+            "sys/leases/renew",
+            Some(&json!({"lease_id": cred.lease_id, "increment": 120})),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"], Value::Null, "{body}");
+        assert!(!body.to_string().contains(&cred.password), "{body}");
+    }
+    // The renewed lease still works and revokes by what the host keeps of it.
+    assert_eq!(
+        pg.psql_as(&cred.user, &cred.password, "SELECT 1"),
+        Ok("1".into())
+    );
+    let (status, body) = bao.put(
+        "sys/leases/revoke",
+        json!({"lease_id": cred.lease_id, "sync": true}),
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(pg.roles_like(&cred.user).is_empty());
+}
+
 #[test]
 fn a_user_dropped_by_hand_is_revoked_on_the_first_attempt() {
     let (pg, bao) = mounted(json!({"db_name": "db", "member_of": "app_readers"}));

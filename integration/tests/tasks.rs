@@ -424,3 +424,68 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
     .into();
     assert_eq!(calls, expected);
 }
+
+#[test]
+fn a_task_bound_to_its_owner_is_theirs_alone_whatever_another_token_tries() {
+    let pg = PrivatePostgres::start();
+    let bao = bao();
+    connect(&bao, "db", &pg);
+    role(&bao, "app", json!({"db_name": "db"}));
+    let (alice, alice_entity) = bao.agent_login("alice");
+    let (bob, _) = bao.agent_login("bob");
+    let as_ = |token: &str, method: &str, path: &str, body: Option<Value>| {
+        bao.request_as(token, method, path, body.as_ref())
+    };
+    let (status, task) = as_(
+        &alice,
+        "PUT",
+        "mayfly/tasks/alice-job",
+        Some(json!({"ttl": "10m"})),
+    );
+    assert_eq!(status, 200, "{task}");
+    let (status, resp) = issue_as(&bao, &alice, "app", json!({"task_id": "alice-job"}));
+    assert_eq!(status, 200, "{resp}");
+    let alices = Cred::from_response(resp);
+
+    // Another ordinary token can neither read it, unbind it, draw on it nor end it.
+    let tries = [
+        ("GET", None, "read"),
+        ("PUT", Some(json!({"bound_to_owner": false})), "change"),
+        ("PUT", Some(json!({"ttl": "1s"})), "change"),
+        ("DELETE", None, "end"),
+    ];
+    for (method, body, doing) in tries {
+        let (status, resp) = as_(&bob, method, "mayfly/tasks/alice-job", body);
+        assert_eq!(status, 403, "{method}: {resp}");
+        let text = resp.to_string();
+        assert!(
+            text.contains(&format!("only its owner may {doing} it")),
+            "{text}"
+        );
+        assert!(text.contains(&alice_entity), "{text}");
+    }
+    let (status, resp) = issue_as(&bao, &bob, "app", json!({"task_id": "alice-job"}));
+    assert_eq!(status, 403, "{resp}");
+    assert_eq!(
+        pg.psql_as(&alices.user, &alices.password, "SELECT 1"),
+        Ok("1".into()),
+        "the owner's credential survived"
+    );
+    let (_, listed) = as_(&bob, "GET", "mayfly/tasks/?list=true", None);
+    assert!(!listed.to_string().contains("alice-job"), "{listed}");
+    let (status, listed) = bao.list("mayfly/revoke/task/");
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["data"]["keys"], json!(["alice-job"]));
+    // The operator's list is a sudo path.
+    let (status, _) = as_(&bob, "GET", "mayfly/revoke/task/?list=true", None);
+    assert_eq!(status, 403);
+
+    // Its owner reads and ends it.
+    let (status, read) = as_(&alice, "GET", "mayfly/tasks/alice-job", None);
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read["data"]["bound_to_owner"], true);
+    let (status, ended) = as_(&alice, "DELETE", "mayfly/tasks/alice-job", None);
+    assert_eq!(status, 200, "{ended}");
+    assert_eq!(ended["data"]["revoked"], 1);
+    assert!(pg.roles_like(&alices.user).is_empty());
+}
