@@ -511,6 +511,10 @@ fn a_node_deposed_without_stepping_down_revokes_nothing_renewed_meanwhile() {
     });
     let old = cluster.active();
     configure(&cluster, old, &pg, 40);
+    for i in cluster.standbys() {
+        let pids = cluster.nodes[i].plugin_pids();
+        assert!(pids.is_empty(), "standby {i} started mayfly: {pids:?}");
+    }
     let creds: Vec<Cred> = (0..10)
         .map(|_| issue(&cluster.nodes[old], "mayfly/creds/app"))
         .collect();
