@@ -18,6 +18,12 @@ pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleNam
 /// apart from everyone else's on a target.
 pub const MARK: &str = "mf-";
 
+/// The longest text a template may produce, whole or at any step of its rendering. Names are
+/// short (PostgreSQL's are 63 bytes); the bound keeps a hostile template (a chain of `replace`
+/// that doubles its text at each step) from exhausting the memory of the plugin process, which
+/// every mount shares.
+pub const MAX_RENDERED: usize = 4096;
+
 pub struct Inputs<'a> {
     pub role_name: &'a str,
     pub display_name: &'a str,
@@ -46,10 +52,22 @@ pub fn render(template: &str, inputs: &Inputs<'_>) -> Result<String, Error> {
             return Err(bad("unexpected text after the end of an action"));
         }
         out.push_str(&value.text());
+        within_bound(out.len())?;
         rest = &after[end + 2..];
     }
     out.push_str(rest);
+    within_bound(out.len())?;
     Ok(out)
+}
+
+/// Refuses a text of `len` bytes past [`MAX_RENDERED`].
+fn within_bound(len: usize) -> Result<(), Error> {
+    if len > MAX_RENDERED {
+        return Err(bad(format!(
+            "the name grows past {MAX_RENDERED} bytes while it is rendered"
+        )));
+    }
+    Ok(())
 }
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
@@ -258,17 +276,27 @@ fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
         }
         "lowercase" => {
             arity(1)?;
-            Ok(Val::Str(args[0].text().to_lowercase()))
+            let text = args[0].text().to_lowercase();
+            within_bound(text.len())?;
+            Ok(Val::Str(text))
         }
         "uppercase" => {
             arity(1)?;
-            Ok(Val::Str(args[0].text().to_uppercase()))
+            let text = args[0].text().to_uppercase();
+            within_bound(text.len())?;
+            Ok(Val::Str(text))
         }
         "replace" => {
             arity(3)?;
-            Ok(Val::Str(
-                args[2].text().replace(&args[0].text(), &args[1].text()),
-            ))
+            let (old, new, text) = (args[0].text(), args[1].text(), args[2].text());
+            // Sized before it is made: each step of a chain may multiply the text.
+            let count = if old.is_empty() {
+                text.chars().count() + 1
+            } else {
+                text.matches(old.as_str()).count()
+            };
+            within_bound((text.len() - count * old.len()).saturating_add(count * new.len()))?;
+            Ok(Val::Str(text.replace(&old, &new)))
         }
         "unix_time" => {
             arity(0)?;
@@ -331,6 +359,7 @@ fn printf(format: &str, args: &[Val]) -> Result<String, Error> {
                     .next()
                     .ok_or_else(|| bad("printf: more verbs than arguments"))?;
                 out.push_str(&arg.text());
+                within_bound(out.len())?;
             }
             other => {
                 return Err(bad(format!(
@@ -356,6 +385,38 @@ mod tests {
         credential_id: "abcdefghij0123456789",
         task_id: "",
     };
+
+    /// A chain of `replace` doubles its text at each step: 40 steps would ask for a terabyte.
+    #[test]
+    fn a_template_cannot_grow_past_its_bound() {
+        let mut t = "{{ .RoleName".to_owned();
+        for _ in 0..40 {
+            t.push_str(r#" | replace "e" "ee""#);
+        }
+        t.push_str(" }}");
+        let started = std::time::Instant::now();
+        let err = render(&t, &IN).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(err.status(), 400);
+        assert!(
+            err.to_string()
+                .contains("field 'username_template': the name grows past 4096 bytes"),
+            "{err}"
+        );
+        let wide = format!("{{{{ printf \"{}\" }}}}", "%s".repeat(3000));
+        let args = " .RoleName".repeat(3000);
+        let wide = wide.replace("\" }}", &format!("\"{args} }}}}"));
+        assert!(
+            render(&wide, &IN)
+                .unwrap_err()
+                .to_string()
+                .contains("4096 bytes")
+        );
+        assert!(render(&"x".repeat(5000), &IN).is_err());
+        // Within the bound, replace works as before, an empty pattern included.
+        let ok = r#"{{ .RoleName | replace "-" "_" | replace "" "." | truncate 9 }}"#;
+        assert_eq!(render(ok, &IN).unwrap(), ".R.e.a.d.");
+    }
 
     #[test]
     fn default_template_is_marked_short_and_lowercase() {

@@ -146,6 +146,7 @@ async fn serve() -> Result<(), String> {
     let incoming = transport::incoming(
         listener,
         tokio_rustls::TlsAcceptor::from(Arc::new(server_tls)),
+        transport::HANDSHAKE_TIMEOUT,
     );
 
     let broker = broker::Broker::new();

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
@@ -79,11 +80,18 @@ pub fn socket_path() -> PathBuf {
     dir.join(name)
 }
 
+/// How long a TLS handshake with the host may take, either way. The host's own take
+/// milliseconds; a peer that connects and stays silent must not hold a task and a socket for
+/// ever in a process every mount shares.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections on `listener` and hands each one to tonic once its TLS handshake is
-/// done. Handshakes run in their own tasks, so one slow peer cannot hold up the others.
+/// done, within `handshake_timeout`. Handshakes run in their own tasks, so one slow peer cannot
+/// hold up the others.
 pub fn incoming(
     listener: UnixListener,
     acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
@@ -100,11 +108,15 @@ pub fn incoming(
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match acceptor.accept(stream).await {
-                    Ok(tls) => {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(TlsConn(tls))).await;
                     }
-                    Err(e) => tracing::warn!(error = %e, "TLS handshake with the host failed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "TLS handshake with the host failed"),
+                    Err(_) => tracing::warn!(
+                        waited_ms = handshake_timeout.as_millis() as u64,
+                        "a TLS handshake did not finish in time; connection closed"
+                    ),
                 }
             });
         }
@@ -170,12 +182,12 @@ pub async fn dial(
                     ));
                 }
             };
-            let tls = connector
-                .connect(
-                    ServerName::try_from("localhost").expect("valid name"),
-                    stream,
-                )
-                .await?;
+            let name = ServerName::try_from("localhost").expect("valid name");
+            let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "the TLS handshake timed out")
+                })??;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
     });
@@ -184,4 +196,35 @@ pub async fn dial(
         .await
         .map(HostChannel)
         .map_err(|e| format!("cannot dial the host's broker: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio_stream::StreamExt;
+
+    /// A peer that connects and never speaks is dropped after the handshake timeout, and one
+    /// that finishes in time still gets through.
+    #[tokio::test]
+    async fn a_silent_peer_is_dropped_after_the_handshake_timeout() {
+        let path = std::env::temp_dir().join(format!("mayfly-test-{}.sock", rand::random::<u64>()));
+        let listener = UnixListener::bind(&path).unwrap();
+        let identity = crate::tls::Identity::generate().unwrap();
+        let config = crate::tls::server_config(&identity, identity.cert.clone()).unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let mut incoming = incoming(listener, acceptor, Duration::from_millis(200));
+        let mut silent = UnixStream::connect(&path).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "not closed: {read:?}"
+        );
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        let nothing = tokio::time::timeout(Duration::from_millis(100), incoming.next()).await;
+        assert!(nothing.is_err(), "a silent peer reached tonic");
+        let _ = std::fs::remove_file(&path);
+    }
 }

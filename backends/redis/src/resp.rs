@@ -7,10 +7,19 @@ use std::time::Duration;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// The largest bulk string or array mayfly accepts in a reply (an `ACL USERS` of a million
-/// users fits); anything bigger is a protocol error, not an allocation.
-const MAX_LEN: usize = 512 * 1024 * 1024;
+/// Bounds on what a server may make mayfly read: the plugin process is shared by every mount,
+/// so a hostile or broken target must not make it allocate without end. Past any of them a
+/// reply is a protocol error, and the connection is dropped.
+/// A line (a simple string, an error, a length): ACL replies' lines are short.
+const MAX_LINE: usize = 64 * 1024;
+/// A bulk string (one user's rules in `ACL LIST` are a few KiB).
+const MAX_LEN: usize = 16 * 1024 * 1024;
+/// The items of an array (an `ACL USERS` of a million users fits).
 const MAX_ITEMS: usize = 16 * 1024 * 1024;
+/// A whole reply, counting each item's bytes and the memory it takes to hold.
+const MAX_REPLY: usize = 256 * 1024 * 1024;
+/// What holding one reply item costs beyond its bytes.
+const ITEM_COST: usize = std::mem::size_of::<Reply>();
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
@@ -118,9 +127,18 @@ pub fn encode(args: &[&[u8]]) -> Vec<u8> {
 
 async fn read_line<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<String, WireError> {
     let mut line = Vec::new();
-    let n = r.read_until(b'\n', &mut line).await?;
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 2)
+        .read_until(b'\n', &mut line)
+        .await?;
     if n == 0 {
         return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    if n > MAX_LINE + 1 && !line.ends_with(b"\n") {
+        return Err(WireError::Protocol(format!(
+            "a line longer than {} KiB",
+            MAX_LINE / 1024
+        )));
     }
     if !line.ends_with(b"\r\n") {
         return Err(WireError::Protocol("a line not ended by CRLF".into()));
@@ -143,9 +161,24 @@ fn length(text: &str, max: usize) -> Result<Option<usize>, WireError> {
 /// Reads one reply; arrays are read iteratively (a stack of partly read arrays), so a hostile
 /// server cannot overflow mayfly's stack with deep nesting.
 pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Reply, WireError> {
+    read_reply_within(r, MAX_REPLY).await
+}
+
+/// [`read_reply`], with `max` bytes for the whole reply ([`MAX_REPLY`]).
+async fn read_reply_within<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Reply, WireError> {
     let mut stack: Vec<(usize, Vec<Reply>)> = Vec::new();
+    let mut held = 0usize;
     loop {
         let line = read_line(r).await?;
+        held += line.len() + ITEM_COST;
+        if held > max {
+            return Err(WireError::Protocol(format!(
+                "a reply larger than {max} bytes"
+            )));
+        }
         let (tag, rest) = line.split_at(line.len().min(1));
         let mut reply = match tag {
             "+" => Reply::Simple(rest.to_owned()),
@@ -170,6 +203,12 @@ pub(crate) async fn read_reply<R: AsyncBufRead + Unpin>(r: &mut R) -> Result<Rep
                         ));
                     }
                     buf.truncate(n);
+                    held += n;
+                    if held > max {
+                        return Err(WireError::Protocol(format!(
+                            "a reply larger than {max} bytes"
+                        )));
+                    }
                     Reply::Bulk(Some(buf))
                 }
             },
@@ -240,6 +279,31 @@ mod tests {
                 Reply::Array(Some(vec![Reply::Int(5), Reply::Simple("OK".into())])),
                 Reply::Bulk(None),
             ]))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_cannot_make_mayfly_read_without_end() {
+        // A line that never ends, and a bulk string past the bound.
+        let endless: &'static [u8] = Box::leak(vec![b'+'; 2 * MAX_LINE].into_boxed_slice());
+        for reply in [endless, b"$16777217\r\n"] {
+            let addr = server(reply).await;
+            let mut c = Conn::connect(&addr, Duration::from_secs(2)).await.unwrap();
+            let err = c.call(&[b"PING"]).await.unwrap_err();
+            assert!(matches!(err, WireError::Protocol(_)), "{err}");
+        }
+        // A whole reply past its bound (a small one here): many items, each allowed alone.
+        let mut big = b"*1000\r\n".to_vec();
+        for _ in 0..1000 {
+            big.extend_from_slice(b"$10\r\n0123456789\r\n");
+        }
+        let within = read_reply_within(&mut BufReader::new(&big[..]), 100_000).await;
+        assert!(matches!(within, Ok(Reply::Array(Some(ref items))) if items.len() == 1000));
+        let past = read_reply_within(&mut BufReader::new(&big[..]), 10_000).await;
+        let err = past.unwrap_err();
+        assert!(
+            err.to_string().contains("a reply larger than 10000 bytes"),
+            "{err}"
         );
     }
 
