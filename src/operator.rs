@@ -63,7 +63,7 @@ pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result
     let what = scope.describe();
     let report = match scope {
         Scope::Task(id) => {
-            tasks::end(core, id, "revoked by an operator", &req.requester)
+            tasks::end(core, id, "revoked by an operator", &req.requester, false)
                 .await?
                 .ok_or_else(|| Error::bad_request(format!("no task '{id}'")))?
                 .1

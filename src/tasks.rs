@@ -526,16 +526,22 @@ pub async fn list(core: &MountCore, who: Option<&Requester>) -> Result<Response,
 
 /// Ends task `id` (if still open) and revokes every live credential issued under it, waiting
 /// until each revocation is done or recorded as failing. `None` when there is no such task.
+/// With `as_owner`, `by` must own the task if it is bound to its owner (a client's delete);
+/// without, it ends whoever `by` is (an operator, the deadline).
 pub async fn end(
     core: &MountCore,
     id: &str,
     reason: &str,
     by: &Requester,
+    as_owner: bool,
 ) -> Result<Option<(Task, Report)>, Error> {
     let kv = core.storage.as_ref();
     let Some(mut task) = load(kv, id).await? else {
         return Ok(None);
     };
+    if as_owner {
+        task.check_owner(by, "end")?;
+    }
     let now = now();
     if task.state == TaskState::Open {
         // Marked ended before its credentials are listed: an issuance that checked the task
@@ -569,10 +575,7 @@ pub async fn end(
 /// `tasks/ID` delete: ends the task (its owner alone, when it is bound to them); answers with
 /// what was revoked.
 pub async fn delete(core: &MountCore, id: &str, req: &Request) -> Result<Response, Error> {
-    if let Some(task) = load(core.storage.as_ref(), id).await? {
-        task.check_owner(&req.requester, "end")?;
-    }
-    match end(core, id, "deleted", &req.requester).await? {
+    match end(core, id, "deleted", &req.requester, true).await? {
         None => Ok(Response::empty()),
         Some((task, report)) => {
             let mut data = report.view();
@@ -607,7 +610,8 @@ pub async fn on_due(core: Arc<MountCore>, entry_due: u64, id: String) {
     }
     match task.state {
         TaskState::Open => {
-            if let Err(e) = end(&core, &id, "deadline reached", &Requester::default()).await {
+            if let Err(e) = end(&core, &id, "deadline reached", &Requester::default(), false).await
+            {
                 tracing::warn!(task_id = %id, error = %e, "could not end a task; retrying");
                 core.scheduler.look_again(now, entry(&id));
             }
