@@ -120,7 +120,15 @@ pub struct Revoked {
 
 #[async_trait]
 pub trait Target: Send + Sync {
+    /// Whether the target has a principal named `name` (created with a role's `settings`),
+    /// asked before a create: issuance records that the name was free, which is what lets it
+    /// drop that name later if the create is cut off. A kind whose principals are not accounts
+    /// (STS sessions) answers `false`.
+    async fn exists(&self, name: &str, settings: &Map<String, Value>) -> Result<bool, Error>;
+
     /// Creates the principal, all or nothing: on error nothing of it is left on the target.
+    /// A principal of that name that exists already is never changed nor dropped: the create
+    /// fails with [`Error::Conflict`].
     async fn create(&self, principal: &NewPrincipal<'_>) -> Result<Created, Error>;
 
     /// Moves the principal's target-side expiry to `expires` (unix seconds).

@@ -242,6 +242,8 @@ async fn issue_traced(
             display_name: &req.requester.display_name,
             credential_id: &cred_id,
             task_id,
+            mark: &core.mark,
+            sources: template::Sources::Live,
         },
     )?;
     backend.validate_principal(&principal).map_err(|e| {
@@ -250,6 +252,18 @@ async fn issue_traced(
         ))
     })?;
     trail.principal = principal.clone();
+    // Before anything is on record: a name that is taken fails the issuance here, and the
+    // intent below records that the name was free, which is what lets mayfly drop that name
+    // later if the create is cut off.
+    let target = core.target_for(&role.db_name, &config).await?;
+    let taken = within(
+        CREATE_TIMEOUT,
+        "look up the name",
+        target.exists(&principal, &role.settings),
+    );
+    if taken.await? {
+        return Err(name_taken(&principal, &role.db_name));
+    }
     let password = if backend.target_makes_secret() {
         SecretString::from(String::new())
     } else {
@@ -286,6 +300,7 @@ async fn issue_traced(
         target_expires: None,
         guard_until: None,
         target_id: None,
+        name_was_free: Some(true),
     };
     trail.cred_id = cred.id.clone();
     let claim = core.scheduler.claim(&cred.id);
@@ -293,8 +308,7 @@ async fn issue_traced(
     core.scheduler.track(cred.due, &cred.id);
     core.crash_point("after_intent");
 
-    let created = async {
-        let target = core.target_for(&role.db_name, &config).await?;
+    let created = {
         let new = crate::backend::NewPrincipal {
             name: &principal,
             password: &password,
@@ -308,20 +322,24 @@ async fn issue_traced(
                 role_name,
             },
         };
-        match tokio::time::timeout(CREATE_TIMEOUT, target.create(&new)).await {
-            Ok(r) => r,
-            Err(_) => Err(Error::Target(format!(
-                "the target did not create the principal within {}s",
-                CREATE_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-    .await;
+        within(CREATE_TIMEOUT, "create the principal", target.create(&new)).await
+    };
     let created = match created {
         Ok(c) => c,
+        Err(Error::Conflict(_)) => {
+            // Taken since it was looked up: whoever has it keeps it, untouched.
+            end_untouched(core, &mut cred).await;
+            return Err(name_taken(&principal, &role.db_name));
+        }
         Err(e) => {
             // Nothing should exist, but a timeout leaves that unsure: revoke now, idempotently.
-            schedule_revocation(core, &mut cred, "creation failed", Some(e.to_string())).await;
+            schedule_revocation(
+                core,
+                &mut cred,
+                ledger::CREATION_FAILED,
+                Some(e.to_string()),
+            )
+            .await;
             return Err(e);
         }
     };
@@ -401,6 +419,52 @@ async fn issue_traced(
             internal_data: internal,
         }),
     })
+}
+
+/// `call`, failing as a target error if it takes longer than `limit`; `what` says what it does.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Target(format!(
+            "the target did not {what} within {}s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+/// The issuance's error when the target has a principal of the name the template made.
+fn name_taken(principal: &str, connection: &str) -> Error {
+    Error::Conflict(format!(
+        "connection '{connection}' already has a principal named '{principal}', which \
+         username_template made for this credential; mayfly neither changes nor drops an \
+         account it did not create, so nothing was issued. Make the template's names unique \
+         (random, .CredentialID) or choose a name that is not taken"
+    ))
+}
+
+/// Closes the record of an issuance whose create was refused because the name is taken: the
+/// principal of that name is someone else's, so the record ends without a revocation.
+async fn end_untouched(core: &MountCore, cred: &mut Credential) {
+    let now = now();
+    let previous = cred.due;
+    cred.state = State::Revoked;
+    cred.revoke_requested_at = Some(now);
+    cred.revoked_at = Some(now);
+    cred.revoke_reason = Some("the name was taken on the target; nothing was created".into());
+    cred.name_was_free = Some(false);
+    cred.due = now + ledger::RETENTION_SECS;
+    match ledger::store(core.storage.as_ref(), cred, Some(previous)).await {
+        Ok(()) => core.scheduler.moved(previous, cred.due, &cred.id),
+        // The intent stays on record, saying the name was free, and its revocation will drop
+        // that name: the one way left for mayfly to drop an account it did not make, and it
+        // takes a name taken between the look-up and the create and then a failed write.
+        Err(e) => tracing::warn!(cred_id = %cred.id, error = %e,
+            "could not close the record of an issuance whose name was taken"),
+    }
 }
 
 /// Marks `cred` for revocation now and hands it to the scheduler.
@@ -1244,6 +1308,126 @@ mod tests {
         let report = revoked.unwrap().data.unwrap();
         assert_eq!(report["revoked"], 1, "{report:?}");
         assert_eq!(s.fake.target.count(), 0);
+    }
+
+    /// Found by a hostile role writer: a template that made the name of an existing account
+    /// got a failed create, whose undo then dropped that account.
+    #[tokio::test]
+    async fn a_name_that_is_taken_fails_the_issuance_and_its_account_is_left_alone() {
+        let s = setup().await;
+        s.engine
+            .handle(Request::new(Operation::Update, "roles/app").with_data(
+                json!({"db_name": "db", "username_template": "{{ random 1 | lowercase }}"}),
+            ))
+            .await
+            .unwrap();
+        // Every name the template can make is someone's account.
+        for c in ('a'..='z').chain('0'..='9') {
+            s.fake
+                .target
+                .principals
+                .lock()
+                .unwrap()
+                .insert(c.to_string());
+        }
+        let err = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/app"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 409, "{err}");
+        assert!(
+            err.to_string().contains("already has a principal named"),
+            "{err}"
+        );
+        // Found before anything was on record: no intent, nothing revoked.
+        assert!(
+            !s.storage
+                .dump()
+                .keys()
+                .any(|k| k.starts_with(ledger::RECORDS))
+        );
+        assert_eq!(s.fake.target.count(), 36);
+        assert_eq!(s.fake.target.revoke_calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// The name was free when issuance looked, and taken when it created: the create's refusal
+    /// closes the record without a revocation.
+    #[tokio::test]
+    async fn a_name_taken_between_the_look_up_and_the_create_is_left_alone() {
+        let s = setup().await;
+        let (create_go, create_wait) = tokio::sync::oneshot::channel();
+        *s.fake.target.hold_create.lock().unwrap() = Some(create_wait);
+        let issuing = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 60})));
+        let squat = async {
+            assert!(
+                wait(5.0, || s
+                    .storage
+                    .dump()
+                    .keys()
+                    .any(|k| k.starts_with(ledger::RECORDS)))
+                .await
+            );
+            let (_, bytes) = s
+                .storage
+                .dump()
+                .into_iter()
+                .find(|(k, _)| k.starts_with(ledger::RECORDS))
+                .unwrap();
+            let intent: Credential = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(intent.name_was_free, Some(true));
+            s.fake
+                .target
+                .principals
+                .lock()
+                .unwrap()
+                .insert(intent.principal.clone());
+            create_go.send(()).unwrap();
+            intent
+        };
+        let (issued, intent) = tokio::join!(issuing, squat);
+        assert_eq!(issued.unwrap_err().status(), 409);
+        // Past the intent's grace, with the scheduler running: the account is still there.
+        let bytes = s.storage.dump()[&format!("{}{}", ledger::RECORDS, intent.id)].clone();
+        let closed: Credential = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (closed.state, closed.name_was_free),
+            (State::Revoked, Some(false))
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(s.fake.target.has(&intent.principal));
+        assert_eq!(s.fake.target.revoke_calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// An intent of an earlier version does not say whether its name was free: an unmarked
+    /// name may be someone's account, so its record ends and the account stays.
+    #[tokio::test]
+    async fn an_earlier_versions_intent_with_an_unmarked_name_is_left_on_the_target() {
+        let s = setup().await;
+        let resp = issue(&s, json!({"ttl": 1})).await;
+        let mut cred = record(&s, &resp);
+        s.engine.stop().await;
+        s.fake
+            .target
+            .principals
+            .lock()
+            .unwrap()
+            .insert("app_owner".into());
+        let previous = cred.due;
+        cred.state = State::Intent;
+        cred.principal = "app_owner".into();
+        cred.name_was_free = None;
+        cred.due = cred.deadline;
+        ledger::store(&s.storage, &cred, Some(previous))
+            .await
+            .unwrap();
+        let _fresh = restarted(&s);
+        assert!(wait(5.0, || record(&s, &resp).state == State::Revoked).await);
+        let c = record(&s, &resp);
+        assert_eq!(c.last_error.as_deref(), Some(ledger::NOT_OURS));
+        assert!(s.fake.target.has("app_owner"));
     }
 
     #[tokio::test]

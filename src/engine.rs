@@ -15,6 +15,7 @@ use crate::scheduler::Scheduler;
 use crate::storage::Storage;
 use crate::{
     connections, creds, policies, roles, rotate_root, static_roles, static_rotation, tasks,
+    template,
 };
 use crate::{error::Error, openapi};
 
@@ -27,6 +28,15 @@ mayfly issues credentials that live only as long as the task they serve: databas
 sessions and API keys, each recorded in a durable ledger and revoked at its deadline even when the
 host's lease manager fails.";
 
+/// What the host tells a mount about itself when it sets it up.
+#[derive(Default)]
+pub struct MountOptions {
+    /// The mount's backend UUID, from which its mark comes ([`template::mark_of`]).
+    pub backend_uuid: String,
+    /// Called at each step of issuance (for crash tests).
+    pub crash_hook: Option<CrashHook>,
+}
+
 pub struct Engine {
     core: Arc<MountCore>,
     router: Router,
@@ -34,22 +44,23 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// An engine without a backend UUID: its principals carry the legacy mark
+    /// ([`template::LEGACY_MARK`]). Mounts are made with [`Engine::for_mount`].
     pub fn new(
         storage: Arc<dyn Storage>,
         backends: Backends,
         host: Arc<dyn Host>,
         version: impl Into<String>,
     ) -> Self {
-        Engine::with_crash_hook(storage, backends, host, version, None)
+        Engine::for_mount(storage, backends, host, version, MountOptions::default())
     }
 
-    /// As [`Engine::new`], with a hook called at each step of issuance (for crash tests).
-    pub fn with_crash_hook(
+    pub fn for_mount(
         storage: Arc<dyn Storage>,
         backends: Backends,
         host: Arc<dyn Host>,
         version: impl Into<String>,
-        crash_hook: Option<CrashHook>,
+        options: MountOptions,
     ) -> Self {
         let router = Router {
             paths: paths(&backends),
@@ -62,7 +73,8 @@ impl Engine {
                 targets: Targets::default(),
                 scheduler: Scheduler::default(),
                 node: Default::default(),
-                crash_hook,
+                crash_hook: options.crash_hook,
+                mark: template::mark_of(&options.backend_uuid),
                 cache: Default::default(),
                 root_rotation: Default::default(),
                 static_rotation: Default::default(),
@@ -205,7 +217,7 @@ impl Engine {
                 .unwrap_or_default()),
             (Route::Role, Operation::Update) => {
                 let name = m.param("name");
-                let warnings = roles::write(kv, backends, name, &req.data).await?;
+                let warnings = roles::write(kv, backends, &self.core.mark, name, &req.data).await?;
                 tracing::info!(role = name, "role saved");
                 Ok(Response {
                     warnings,

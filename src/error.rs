@@ -13,6 +13,9 @@ pub enum Error {
     UnsupportedPath,
     /// 405: the path exists but does not take this operation.
     UnsupportedOperation,
+    /// 409: the target already has a principal of the name issuance chose; nothing was done
+    /// to it.
+    Conflict(String),
     /// 413: the request body is larger than the engine accepts.
     PayloadTooLarge(String),
     /// 502: the target (database, cloud API…) refused or failed the operation.
@@ -43,6 +46,7 @@ impl Error {
             Error::PermissionDenied(_) => 403,
             Error::UnsupportedPath => 404,
             Error::UnsupportedOperation => 405,
+            Error::Conflict(_) => 409,
             Error::PayloadTooLarge(_) => 413,
             Error::Target(_) => 502,
             Error::Unavailable(_) | Error::Forward(_) => 503,
@@ -56,6 +60,7 @@ impl fmt::Display for Error {
         match self {
             Error::BadRequest(m)
             | Error::PermissionDenied(m)
+            | Error::Conflict(m)
             | Error::PayloadTooLarge(m)
             | Error::Target(m)
             | Error::Unavailable(m)

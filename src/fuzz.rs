@@ -15,7 +15,7 @@ use crate::host::FixedHost;
 use crate::request::{Operation, Request};
 use crate::router::{Router, validate_name};
 use crate::storage::InMemoryStorage;
-use crate::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, MARK, render};
+use crate::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, Sources, render};
 use crate::testkit::Fake;
 use crate::{Backends, Engine};
 
@@ -208,7 +208,7 @@ proptest! {
 
     #[test]
     fn fuzz_username_templates_end_in_bounded_time(template in template_text()) {
-        let inputs = Inputs { role_name: "app", display_name: "token", credential_id: "c1", task_id: "" };
+        let inputs = Inputs { role_name: "app", display_name: "token", credential_id: "c1", task_id: "", mark: "mf-0a1b2c-", sources: Sources::Live };
         let started = Instant::now();
         match render(&template, &inputs) {
             Ok(out) => prop_assert!(out.len() < 1 << 20),
@@ -221,9 +221,9 @@ proptest! {
     fn fuzz_default_template_keeps_the_mark_and_the_limit(
         role in any::<String>(), display in any::<String>(), task in any::<String>()
     ) {
-        let inputs = Inputs { role_name: &role, display_name: &display, credential_id: "c1", task_id: &task };
+        let inputs = Inputs { role_name: &role, display_name: &display, credential_id: "c1", task_id: &task, mark: "mf-0a1b2c-", sources: Sources::Live };
         let name = render(DEFAULT_USERNAME_TEMPLATE, &inputs).unwrap();
-        prop_assert!(name.starts_with(MARK), "{}", name);
+        prop_assert!(name.starts_with(inputs.mark), "{}", name);
         prop_assert!(name.len() <= 63, "{} bytes", name.len());
         prop_assert_eq!(name.to_lowercase(), name.clone());
     }

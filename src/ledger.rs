@@ -162,9 +162,43 @@ pub struct Credential {
     /// The target's own id of the principal where it is not the name (an API key's id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_id: Option<String>,
+    /// Issuance found no principal of this name on the target just before it created one:
+    /// what allows dropping the name although the create may not have finished
+    /// ([`Credential::ours`]). `None` in records of versions that did not look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_was_free: Option<bool>,
 }
 
+/// The revocation reasons of a record whose create failed, and of an intent a crash left.
+pub const CREATION_FAILED: &str = "creation failed";
+pub const NEVER_COMPLETED: &str = "issuance never completed";
+
+/// Why a record's principal is left on the target: nothing shows mayfly made it.
+pub const NOT_OURS: &str = "left on the target: mayfly did not see the name free before its \
+    create, so the principal of that name may be an account mayfly did not make";
+
 impl Credential {
+    /// Whether the principal of this record is mayfly's to drop. It is once its create
+    /// succeeded, and before that only when issuance saw the name free just before creating
+    /// it. A record of an earlier version that never became active (an intent, or a failed
+    /// create) proves neither: only a name with a mark (`mf-`, which every mount's mark begins
+    /// with) is taken as mayfly's then, since an unmarked name may be someone's account that
+    /// a colliding template chose.
+    pub fn ours(&self) -> bool {
+        if self.name_was_free.is_some() {
+            return self.name_was_free == Some(true);
+        }
+        let never_active = match self.state {
+            State::Intent => true,
+            State::Revoking | State::Revoked => matches!(
+                self.revoke_reason.as_deref(),
+                Some(CREATION_FAILED | NEVER_COMPLETED)
+            ),
+            State::Active => false,
+        };
+        !never_active || self.principal.starts_with(crate::template::LEGACY_MARK)
+    }
+
     /// The principal as its target knows it.
     pub fn as_principal(&self) -> crate::backend::Principal {
         crate::backend::Principal {

@@ -40,7 +40,7 @@ mod testkit;
 pub use backend::{
     Backend, Backends, Created, ExpiryEnforcement, NewPrincipal, Origin, Principal, Revoked, Target,
 };
-pub use engine::Engine;
+pub use engine::{Engine, MountOptions};
 pub use error::Error;
 pub use host::{Alias, Group, Host, Identity};
 pub use node::NodeRole;

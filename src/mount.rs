@@ -31,6 +31,9 @@ pub struct MountCore {
     /// The node's role, and the work in flight that Cleanup stops.
     pub node: Node,
     pub crash_hook: Option<CrashHook>,
+    /// The beginning of the names this mount's default templates make, its own on every
+    /// target ([`crate::template::mark_of`]): what its orphan scan looks for.
+    pub mark: String,
     pub cache: Cache,
     /// Held while a connection's root password is rotated or a stopped rotation is settled.
     pub root_rotation: tokio::sync::Mutex<()>,

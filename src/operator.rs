@@ -16,7 +16,6 @@ use crate::request::{Request, Response};
 use crate::roles;
 use crate::scheduler::{self, Report};
 use crate::tasks;
-use crate::template::MARK;
 
 /// The most principals dropped in one call during a purge.
 const PURGE_BATCH: usize = 1000;
@@ -178,7 +177,7 @@ pub async fn orphans(
     // intent on record when it appears on the target, so it is never taken for an orphan.
     let mut marked: Vec<(Principal, Map<String, Value>)> = Vec::new();
     for settings in listings(core, name).await? {
-        for p in target.list_marked(MARK, &settings).await? {
+        for p in target.list_marked(&core.mark, &settings).await? {
             if !marked.iter().any(|(m, _)| m.name == p.name) {
                 marked.push((p, settings.clone()));
             }
@@ -212,7 +211,7 @@ pub async fn orphans(
     let what = format!("orphans/{name}");
     let mut data = Map::new();
     data.insert("connection".into(), json!(name));
-    data.insert("mark".into(), json!(MARK));
+    data.insert("mark".into(), json!(core.mark));
     data.insert("count".into(), json!(orphans.len()));
     if !purge {
         let report = Report::default();

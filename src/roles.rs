@@ -13,7 +13,7 @@ use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::storage::{self, Kv};
-use crate::template::{self, MARK};
+use crate::template;
 
 pub const PREFIX: &str = "roles/";
 
@@ -108,7 +108,9 @@ pub fn common_fields() -> Vec<FieldDef> {
             FieldType::String,
             "How principal names are made, in OpenBao's template syntax (.RoleName, \
              .DisplayName, random, truncate, printf, …). The default starts every name with \
-             'mf-', the mark mayfly uses to find its principals on a target.",
+             the mount's mark (.Mark, such as 'mf-3fa2c1-'), which mayfly looks for to find \
+             this mount's principals on a target. A template must make a new name for each \
+             credential (random, uuid or .CredentialID that truncate keeps).",
         ),
         FieldDef::new(
             "password_policy",
@@ -218,9 +220,11 @@ pub async fn connection<'b>(
 
 /// Creates or updates `roles/NAME`; fields left out keep their stored values. Returns the
 /// warnings the operator should see.
+/// `mark` is the mount's ([`crate::mount::MountCore::mark`]).
 pub async fn write(
     kv: &dyn Kv,
     backends: &Backends,
+    mark: &str,
     name: &str,
     data: &Map<String, Value>,
 ) -> Result<Vec<String>, Error> {
@@ -327,27 +331,37 @@ pub async fn write(
             role.default_ttl, role.max_ttl
         )));
     }
-    let sample = template::render(
-        role.username_template(backend),
-        &template::Inputs {
-            role_name: name,
-            display_name: "token",
-            // As long as real ones, so that length limits are checked with the real lengths.
-            credential_id: "abcdefghij0123456789",
-            task_id: "abcdefghij0123456789",
-        },
-    )?;
+    let inputs = template::Inputs {
+        role_name: name,
+        display_name: "token",
+        // As long as real ones, so that length limits are checked with the real lengths.
+        credential_id: "abcdefghij0123456789",
+        task_id: "abcdefghij0123456789",
+        mark,
+        sources: template::Sources::Live,
+    };
+    let sample = template::render(role.username_template(backend), &inputs)?;
+    // A name made twice would make issuance fail on the account the first credential made,
+    // so a template must make a new one every time.
+    if !template::unique_per_credential(role.username_template(backend), &inputs)? {
+        return Err(Error::bad_request(format!(
+            "field 'username_template': it makes the same name (such as '{sample}') for every \
+             credential of one role and requester, so the second issuance would find the first \
+             one's account; add {{{{random N}}}}, {{{{uuid}}}} or {{{{.CredentialID}}}} where \
+             truncate keeps it"
+        )));
+    }
     backend
         .validate_principal(&sample)
         .map_err(|e| Error::bad_request(format!("field 'username_template': {e}")))?;
     backend.validate_role(&role.settings, &sample)?;
 
     let mut warnings = Vec::new();
-    if !sample.starts_with(MARK) {
+    if !sample.starts_with(mark) {
         warnings.push(format!(
-            "username_template makes names such as '{sample}', without the '{MARK}' mark: \
-             mayfly cannot tell these principals from others on the target when it looks for \
-             orphans"
+            "username_template makes names such as '{sample}', without this mount's mark \
+             '{mark}' (.Mark): mayfly cannot tell these principals from others on the target \
+             when it looks for orphans"
         ));
     }
     if !config.allowed_roles.iter().any(|r| r == "*" || r == name) {

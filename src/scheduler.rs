@@ -471,7 +471,7 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
                 }
                 continue;
             }
-            State::Intent => "issuance never completed".to_owned(),
+            State::Intent => ledger::NEVER_COMPLETED.to_owned(),
             State::Active => "deadline reached".to_owned(),
             State::Revoking => cred
                 .revoke_reason
@@ -761,12 +761,24 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
     if batch.is_empty() {
         return;
     }
-    let settings: Map<String, Value> = batch[0].cred.settings.clone();
+    // A principal mayfly cannot show it made (an intent of an earlier version whose name may
+    // be someone's account) is never dropped: its record ends without a call to the target.
+    let (batch, left): (Vec<Work>, Vec<Work>) = batch.into_iter().partition(|w| w.cred.ours());
+    let left_alone: HashSet<String> = left.iter().map(|w| w.cred.id.clone()).collect();
+    let settings: Map<String, Value> = batch
+        .first()
+        .map(|w| w.cred.settings.clone())
+        .unwrap_or_default();
     let principals: Vec<Principal> = batch.iter().map(|w| w.cred.as_principal()).collect();
     let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
     let mut degraded: BTreeMap<String, String> = BTreeMap::new();
     // Per principal: Ok(true) when it was already gone.
-    let results: Vec<Result<bool, String>> = match core.target(connection).await {
+    let target = match batch.is_empty() {
+        true => Err(Error::Internal("no principal goes to the target".into())),
+        false => core.target(connection).await,
+    };
+    let results: Vec<Result<bool, String>> = match target {
+        _ if batch.is_empty() => Vec::new(),
         Err(e) => vec![Err(e.to_string()); batch.len()],
         Ok(target) => {
             let call = |principals: Vec<Principal>| {
@@ -808,9 +820,12 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
         }
     };
 
-    let mut updates = Vec::with_capacity(batch.len());
-    let mut replies = Vec::with_capacity(batch.len());
-    for (w, result) in batch.into_iter().zip(results) {
+    let results = results
+        .into_iter()
+        .chain(std::iter::repeat_n(Ok(true), left.len()));
+    let mut updates = Vec::with_capacity(batch.len() + left.len());
+    let mut replies = Vec::with_capacity(batch.len() + left.len());
+    for (w, result) in batch.into_iter().chain(left).zip(results) {
         // The attempt was counted when it began ([`begin_attempts`]).
         let mut cred = w.cred;
         let previous_due = cred.due;
@@ -825,6 +840,9 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 }
                 if let Some(why) = degraded.get(&cred.principal) {
                     cred.last_error = Some(format!("revocation degraded to expiry: {why}"));
+                }
+                if left_alone.contains(&cred.id) {
+                    cred.last_error = Some(ledger::NOT_OURS.to_owned());
                 }
                 if already_gone {
                     Outcome::AlreadyGone
@@ -848,6 +866,10 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                     cred.attempts,
                     cred.due - now
                 ),
+            ),
+            Outcome::AlreadyGone if left_alone.contains(&cred.id) => (
+                "left_on_target",
+                format!("{}; {}", w.reason, ledger::NOT_OURS),
             ),
             Outcome::AlreadyGone => ("already_gone", w.reason.clone()),
             _ => match degraded.get(&cred.principal) {

@@ -11,7 +11,7 @@ use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue, Fields};
 use crate::roles;
 use crate::storage::{self, Kv};
-use crate::template::MARK;
+use crate::template::LEGACY_MARK as MARK;
 
 pub const PREFIX: &str = "static-roles/";
 
@@ -457,8 +457,8 @@ async fn check(
             .map_err(|e| Error::bad_request(format!("field '{field}': {e}")))?;
         if account.starts_with(MARK) {
             return Err(Error::bad_request(format!(
-                "field '{field}': '{account}' starts with '{MARK}', the mark of the accounts \
-                 mayfly creates and drops; a static role cannot manage one"
+                "field '{field}': '{account}' starts with '{MARK}', the mark of the accounts mayfly \
+                 mounts create and drop; a static role cannot manage one"
             )));
         }
         if account == own {

@@ -812,6 +812,7 @@ mod tests {
             scheduler: Default::default(),
             node: Default::default(),
             crash_hook: None,
+            mark: crate::template::LEGACY_MARK.into(),
             cache: Default::default(),
             root_rotation: Default::default(),
             static_rotation: Default::default(),

@@ -2,7 +2,8 @@
 //! that templates written for OpenBao work unchanged.
 //!
 //! Fields: `.RoleName`, `.DisplayName`, and mayfly's own `.CredentialID` and `.TaskID` (empty
-//! without a task), so that a name can carry what it was issued for. Functions: `random N`, `truncate N`, `lowercase`,
+//! without a task), so that a name can carry what it was issued for, and `.Mark`, the mount's
+//! mark ([`mark_of`]), which the orphan scan looks for. Functions: `random N`, `truncate N`, `lowercase`,
 //! `uppercase`, `replace OLD NEW`, `printf FORMAT ARGS…` (`%s`, `%d`, `%%`), `unix_time`,
 //! `unix_time_millis`, `uuid`. Pipes (`x | truncate 8`) pass their value as the last argument,
 //! and parentheses group a pipeline.
@@ -10,13 +11,36 @@
 use crate::error::Error;
 use crate::host::{now, random_lower, random_string};
 
-/// mayfly's default: a mark, the role, the requester's display name and randomness, cut to
-/// PostgreSQL's 63-byte identifier limit. Lowercase, so the name needs no case care.
-pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | lowercase | truncate 63 }}"#;
+/// mayfly's default: the mount's mark, the role, the requester's display name and randomness,
+/// cut to PostgreSQL's 63-byte identifier limit. Lowercase, so the name needs no case care.
+pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "%s%s-%s-%s" .Mark (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | lowercase | truncate 63 }}"#;
 
-/// The prefix of every principal the default template makes: how mayfly's principals are told
-/// apart from everyone else's on a target.
-pub const MARK: &str = "mf-";
+/// The mark every mount's principals began with before marks were per mount, and still the
+/// beginning of each mount's own ([`mark_of`]).
+pub const LEGACY_MARK: &str = "mf-";
+
+/// Hex digits of the backend UUID a mark carries: 16.7 million marks, so two mounts (or two
+/// clusters) on one target have the same one with odds of one in millions, and the mark stays
+/// short enough for MySQL's 32-character user names.
+const MARK_DIGITS: usize = 6;
+
+/// The mark of a mount whose backend UUID is `backend_uuid`: `mf-` and the UUID's first six hex
+/// digits, then `-` (`mf-3fa2c1-`). The host keeps a mount's backend UUID when the mount is
+/// moved and makes a new one for every new mount, so the mark tells one mount's principals
+/// from every other mount's and cluster's on a shared target. Without a UUID (the host's
+/// registration probe, which issues nothing) it is [`LEGACY_MARK`].
+pub fn mark_of(backend_uuid: &str) -> String {
+    let hex: String = backend_uuid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(MARK_DIGITS)
+        .collect::<String>()
+        .to_lowercase();
+    if hex.len() < MARK_DIGITS {
+        return LEGACY_MARK.to_owned();
+    }
+    format!("{LEGACY_MARK}{hex}-")
+}
 
 /// The longest text a template may produce, whole or at any step of its rendering. Names are
 /// short (PostgreSQL's are 63 bytes); the bound keeps a hostile template (a chain of `replace`
@@ -29,6 +53,46 @@ pub struct Inputs<'a> {
     pub display_name: &'a str,
     pub credential_id: &'a str,
     pub task_id: &'a str,
+    /// The mount's mark ([`mark_of`]).
+    pub mark: &'a str,
+    pub sources: Sources,
+}
+
+/// Where `random`, `uuid` and the clock functions take their values from.
+#[derive(Clone, Copy)]
+pub enum Sources {
+    /// Randomness and the clock: for names that are used.
+    Live,
+    /// Every random character is `fill` and the clock stands at `millis`: renderings that
+    /// differ only in `fill` (and `.CredentialID`) show whether a template's names differ
+    /// from one credential to the next ([`unique_per_credential`]).
+    Fixed { fill: char, millis: i64 },
+}
+
+/// Whether `template` (given the role, requester and task of `inputs`) makes a different name
+/// for each credential: from randomness or the credential id that `truncate` keeps. A name
+/// that can repeat is refused, because issuance would fail on (or, in a target that overwrites,
+/// take over) the account an earlier credential made.
+pub fn unique_per_credential(template: &str, inputs: &Inputs<'_>) -> Result<bool, Error> {
+    let fixed = |fill: char, credential_id: &str| -> Result<String, Error> {
+        render(
+            template,
+            &Inputs {
+                credential_id,
+                sources: Sources::Fixed {
+                    fill,
+                    millis: 1_700_000_000_000,
+                },
+                ..*inputs
+            },
+        )
+    };
+    // Three fills, so that a template replacing one fill character by another still counts.
+    let first = fixed('a', "aaaaaaaaaaaaaaaaaaaa")?;
+    Ok(
+        first != fixed('b', "bbbbbbbbbbbbbbbbbbbb")?
+            || first != fixed('c', "cccccccccccccccccccc")?,
+    )
 }
 
 /// Renders `template`. Errors name the field `username_template`.
@@ -204,7 +268,7 @@ impl Parser<'_, '_> {
                 args.push(self.operand()?);
             }
             args.extend(piped);
-            return call(&name, args);
+            return call(&name, args, self.inputs.sources);
         }
         let value = self.operand()?;
         if piped.is_some() {
@@ -224,12 +288,13 @@ impl Parser<'_, '_> {
                 "DisplayName" => Ok(Val::Str(self.inputs.display_name.to_owned())),
                 "CredentialID" => Ok(Val::Str(self.inputs.credential_id.to_owned())),
                 "TaskID" => Ok(Val::Str(self.inputs.task_id.to_owned())),
+                "Mark" => Ok(Val::Str(self.inputs.mark.to_owned())),
                 other => Err(bad(format!(
                     "unknown field '.{other}'; known fields: .RoleName, .DisplayName, \
-                     .CredentialID, .TaskID"
+                     .CredentialID, .TaskID, .Mark"
                 ))),
             },
-            Some(Token::Ident(name)) => call(&name, Vec::new()),
+            Some(Token::Ident(name)) => call(&name, Vec::new(), self.inputs.sources),
             Some(Token::Open) => {
                 let value = self.pipeline()?;
                 if self.tokens.get(self.pos) != Some(&Token::Close) {
@@ -245,7 +310,7 @@ impl Parser<'_, '_> {
     }
 }
 
-fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
+fn call(name: &str, args: Vec<Val>, sources: Sources) -> Result<Val, Error> {
     let int = |v: &Val| match v {
         Val::Int(i) if *i >= 0 => Ok(*i as usize),
         _ => Err(bad(format!("{name}: expected a non-negative integer"))),
@@ -267,7 +332,10 @@ fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
             if n > 128 {
                 return Err(bad("random: at most 128 characters"));
             }
-            Ok(Val::Str(random_string(n)))
+            Ok(Val::Str(match sources {
+                Sources::Live => random_string(n),
+                Sources::Fixed { fill, .. } => fill.to_string().repeat(n),
+            }))
         }
         "truncate" => {
             arity(2)?;
@@ -300,19 +368,29 @@ fn call(name: &str, args: Vec<Val>) -> Result<Val, Error> {
         }
         "unix_time" => {
             arity(0)?;
-            Ok(Val::Int(now() as i64))
+            Ok(Val::Int(match sources {
+                Sources::Live => now() as i64,
+                Sources::Fixed { millis, .. } => millis / 1000,
+            }))
         }
         "unix_time_millis" => {
             arity(0)?;
-            let ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
+            let ms = match sources {
+                Sources::Live => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                Sources::Fixed { millis, .. } => millis,
+            };
             Ok(Val::Int(ms))
         }
         "uuid" => {
             arity(0)?;
-            let h = random_lower(32)
+            let random = match sources {
+                Sources::Live => random_lower(32),
+                Sources::Fixed { fill, .. } => fill.to_string().repeat(32),
+            };
+            let h = random
                 .chars()
                 .map(|c| if c.is_ascii_digit() { c } else { hex_of(c) })
                 .collect::<String>();
@@ -384,7 +462,44 @@ mod tests {
         display_name: "token-abc",
         credential_id: "abcdefghij0123456789",
         task_id: "",
+        mark: "mf-3fa2c1-",
+        sources: Sources::Live,
     };
+
+    #[test]
+    fn a_mark_comes_from_the_backend_uuid() {
+        assert_eq!(
+            mark_of("3FA2C1d4-0b1e-4c2d-9e7f-1234567890ab"),
+            "mf-3fa2c1-"
+        );
+        assert_eq!(mark_of(""), LEGACY_MARK);
+        assert_eq!(mark_of("12-3"), LEGACY_MARK);
+        // A legacy name never starts with a mount's mark unless its role name is that mark's
+        // six hex digits.
+        assert!(!"mf-reader-token-x".starts_with(&mark_of("3fa2c1")));
+    }
+
+    #[test]
+    fn templates_whose_names_can_repeat_are_told_apart() {
+        let unique = |t: &str| unique_per_credential(t, &IN).unwrap();
+        assert!(unique(DEFAULT_USERNAME_TEMPLATE));
+        assert!(unique("{{ .RoleName }}-{{ random 1 }}"));
+        assert!(unique("{{ .CredentialID | truncate 4 }}"));
+        assert!(unique("{{ uuid }}"));
+        // A replace that maps one fill onto another still counts as random.
+        assert!(unique(r#"{{ random 4 | replace "a" "b" }}"#));
+        for repeats in [
+            "{{ .RoleName }}",
+            "app",
+            "{{ .DisplayName }}-{{ .TaskID }}",
+            "{{ printf \"%s-%s\" .RoleName (random 8) | truncate 4 }}",
+            "{{ .RoleName }}-{{ unix_time }}",
+            "{{ .RoleName }}-{{ unix_time_millis }}",
+            "{{ .CredentialID | truncate 0 }}x",
+        ] {
+            assert!(!unique(repeats), "{repeats}");
+        }
+    }
 
     /// A chain of `replace` doubles its text at each step: 40 steps would ask for a terabyte.
     #[test]
@@ -421,7 +536,10 @@ mod tests {
     #[test]
     fn default_template_is_marked_short_and_lowercase() {
         let name = render(DEFAULT_USERNAME_TEMPLATE, &IN).unwrap();
-        assert!(name.starts_with("mf-reader-role-with-token-ab-"), "{name}");
+        assert!(
+            name.starts_with("mf-3fa2c1-reader-role-with-token-ab-"),
+            "{name}"
+        );
         assert!(name.len() <= 63 && name == name.to_lowercase(), "{name}");
         assert_ne!(name, render(DEFAULT_USERNAME_TEMPLATE, &IN).unwrap());
     }
@@ -438,7 +556,7 @@ mod tests {
         let name = render(DEFAULT_USERNAME_TEMPLATE, &inputs).unwrap();
         assert!(name.len() <= 63, "{} bytes: {name}", name.len());
         assert!(
-            name.starts_with(MARK) && name == name.to_lowercase(),
+            name.starts_with(IN.mark) && name == name.to_lowercase(),
             "{name}"
         );
         let t = "{{ \"\u{E9}\u{E9}\u{E9}\" | truncate 3 }}";

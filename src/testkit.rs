@@ -104,13 +104,19 @@ impl FakeTarget {
 
 #[async_trait]
 impl Target for FakeTarget {
+    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        self.check()?;
+        Ok(self.has(name))
+    }
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let hold = self.hold_create.lock().unwrap().take();
         if let Some(rx) = hold {
             let _ = rx.await;
         }
         self.check()?;
-        self.principals.lock().unwrap().insert(p.name.to_owned());
+        if !self.principals.lock().unwrap().insert(p.name.to_owned()) {
+            return Err(Error::Conflict(format!("{} exists", p.name)));
+        }
         let secs = self.session_secs.load(Ordering::SeqCst);
         Ok(Created {
             target_expires: (secs > 0).then(|| crate::host::now() + secs),

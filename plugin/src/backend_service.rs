@@ -95,12 +95,15 @@ impl pb::backend_server::Backend for BackendService {
         let storage = Arc::new(HostStorage::new(channel.clone()));
         let system = HostSystem::new(channel);
         let mount = Mount {
-            engine: Engine::with_crash_hook(
+            engine: Engine::for_mount(
                 storage.clone(),
                 self.backends.clone(),
                 Arc::new(system.clone()),
                 crate::reported_version(),
-                crate::lifecycle::crash_hook(),
+                mayfly::MountOptions {
+                    backend_uuid: args.backend_uuid.clone(),
+                    crash_hook: crate::lifecycle::crash_hook(),
+                },
             ),
             storage,
             system,

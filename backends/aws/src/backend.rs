@@ -16,9 +16,11 @@ use crate::target::{AwsTarget, revocation_view};
 
 pub struct Aws;
 
-/// Session names carry the credential id (20 characters), so that CloudTrail and a deny
-/// statement name exactly one credential; at most 32 characters, a federated user's limit.
-const DEFAULT_TEMPLATE: &str = r#"{{ printf "mf-%s-%s" (.RoleName | truncate 8) .CredentialID }}"#;
+/// Session names carry the mount's mark, the role and 16 characters of the credential id, so
+/// that CloudTrail and a deny statement name exactly one credential; at most 32 characters, a
+/// federated user's limit.
+const DEFAULT_TEMPLATE: &str =
+    r#"{{ printf "%s%s-%s" .Mark (.RoleName | truncate 5) (.CredentialID | truncate 16) }}"#;
 
 #[async_trait]
 impl Backend for Aws {

@@ -354,6 +354,11 @@ fn tag_value(v: &str) -> String {
 
 #[async_trait]
 impl Target for AwsTarget {
+    /// Session names are labels, not accounts: a new session never changes another.
+    async fn exists(&self, _: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        Ok(false)
+    }
+
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let role = RoleSettings::parse(p.settings)?;
         let t = role.credential_type;

@@ -15,10 +15,10 @@ use crate::target::{HttpTarget, Preset};
 
 pub struct Http;
 
-/// Names carry mayfly's mark and the credential id, so that the orphan scan finds a key whose
+/// Names carry the mount's mark and the credential id, so that the orphan scan finds a key whose
 /// creation was cut off, and the service's own logs name the credential.
 pub const DEFAULT_TEMPLATE: &str =
-    r#"{{ printf "mf-%s-%s" (.RoleName | truncate 16) .CredentialID | lowercase }}"#;
+    r#"{{ printf "%s%s-%s" .Mark (.RoleName | truncate 16) .CredentialID | lowercase }}"#;
 
 /// The connection fields every HTTP service takes (the `rabbitmq` preset too).
 pub fn client_fields() -> Vec<FieldDef> {

@@ -473,6 +473,17 @@ fn quote(reply: &Reply, secret_pointer: Option<&str>) -> String {
 
 #[async_trait]
 impl Target for HttpTarget {
+    /// From the role's list call. Without one mayfly cannot look: it counts on the service
+    /// answering 409 to a create of a name it has (as it must for keys it names itself).
+    async fn exists(&self, name: &str, settings: &Map<String, Value>) -> Result<bool, Error> {
+        let spec = self.spec(settings)?;
+        Ok(self
+            .listed(&spec, name)
+            .await?
+            .iter()
+            .any(|p| p.name == name))
+    }
+
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let spec = self.spec(p.settings)?;
         let makes_secret = spec.service_makes_secret();
@@ -503,6 +514,15 @@ impl Target for HttpTarget {
                 return Err(e);
             }
         };
+        if reply.status == 409 {
+            // The service says the name is taken (made since issuance found it free, or the
+            // role has no list call to look it up): whoever has it keeps it.
+            return Err(Error::Conflict(format!(
+                "{} answered 409: the service already has a key named '{}'",
+                self.client.describe(&prepared),
+                p.name
+            )));
+        }
         if !is_success(reply.status) {
             let err = self.refused(
                 &prepared,

@@ -455,6 +455,14 @@ impl RedisTarget {
         self.call_checked(node, what, args, &[]).await
     }
 
+    /// Whether `node` has a user named `name`.
+    async fn has_user(&self, node: &Node, name: &str) -> Result<bool, NodeError> {
+        let reply = self
+            .call(node, "ACL GETUSER", &[b"ACL", b"GETUSER", name.as_bytes()])
+            .await?;
+        Ok(!matches!(reply, Reply::Bulk(None) | Reply::Array(None)))
+    }
+
     async fn users(&self, node: &Node) -> Result<BTreeSet<String>, NodeError> {
         Ok(self
             .call(node, "ACL USERS", &[b"ACL", b"USERS"])
@@ -573,15 +581,28 @@ impl RedisTarget {
         Ok(())
     }
 
+    /// Takes a user whose creation failed partway off `nodes`, where mayfly made it.
+    async fn undo_create(&self, nodes: &[Node], name: &str) {
+        for done in nodes {
+            if let Err(undo) = self.remove(done, &[name.to_owned()]).await {
+                tracing::warn!(
+                    user = name,
+                    error = undo.message(),
+                    "could not remove a partly created Redis user; the scheduler retries"
+                );
+            }
+        }
+    }
+
     /// An error unless `name` exists on every node; `missing` says how its absence reads
     /// ("does not exist", "no longer exists").
     async fn require_user(&self, name: &str, missing: &str) -> Result<(), Error> {
         for node in &self.nodes {
-            let reply = self
-                .call(node, "ACL GETUSER", &[b"ACL", b"GETUSER", name.as_bytes()])
+            if !self
+                .has_user(node, name)
                 .await
-                .map_err(NodeError::into_error)?;
-            if matches!(reply, Reply::Bulk(None) | Reply::Array(None)) {
+                .map_err(NodeError::into_error)?
+            {
                 return Err(Error::Target(format!(
                     "user '{name}' {missing} on Redis node {}",
                     node.address
@@ -636,26 +657,50 @@ impl Target for RedisTarget {
         args.push(password.as_bytes());
         args.extend(rules.iter().map(|r| r.as_bytes()));
         for (i, node) in self.nodes.iter().enumerate() {
+            // ACL SETUSER changes a user that exists (with `reset`, takes it over): a user of
+            // this name made since issuance found the name free is someone else's, and is
+            // left as it is. Redis has no create-if-absent for users; the window between the
+            // two commands is one round trip.
+            let taken = match self.has_user(node, p.name).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    self.undo_create(&self.nodes[..i], p.name).await;
+                    return Err(e.into_error());
+                }
+            };
+            if taken {
+                self.undo_create(&self.nodes[..i], p.name).await;
+                return Err(Error::Conflict(format!(
+                    "Redis node {} already has a user named '{}'",
+                    node.address, p.name
+                )));
+            }
             let secret = p.password.expose_secret();
             let created = self
                 .call_checked(node, "the new user", &args, &[secret, &password])
                 .await;
             if let Err(e) = created {
-                // All or nothing: take the user off the nodes that already have it.
-                for done in &self.nodes[..=i] {
-                    if let Err(undo) = self.remove(done, &[p.name.to_owned()]).await {
-                        tracing::warn!(
-                            user = p.name,
-                            error = undo.message(),
-                            "could not remove a partly created Redis user; the scheduler retries"
-                        );
-                    }
-                }
+                // All or nothing: take the user off the nodes that already have it, this one
+                // included (its answer may have been lost after it made the user).
+                self.undo_create(&self.nodes[..=i], p.name).await;
                 return Err(e.into_error());
             }
             self.save_soon(i);
         }
         Ok(Created::default())
+    }
+
+    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        for node in &self.nodes {
+            if self
+                .has_user(node, name)
+                .await
+                .map_err(NodeError::into_error)?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {

@@ -28,8 +28,8 @@ use crate::statements::{Dialect, Values, quote_literal};
 
 /// MySQL 8 refuses user names longer than this (MariaDB takes 80; mayfly holds both to 32).
 const MAX_NAME: usize = 32;
-/// `mf-`, 8 of the role, 4 of the display name, 12 random: 29 characters at most.
-const USERNAME_TEMPLATE: &str = r#"{{ printf "mf-%s-%s-%s" (.RoleName | truncate 8) (.DisplayName | truncate 4) (random 12) | lowercase | truncate 32 }}"#;
+/// The mount's mark (10), 8 of the role, 13 random: 32 characters at most.
+const USERNAME_TEMPLATE: &str = r#"{{ printf "%s%s-%s" .Mark (.RoleName | truncate 8) (random 13) | lowercase | truncate 32 }}"#;
 /// ER_NO_SUCH_THREAD: the session ended before mayfly could kill it.
 const NO_SUCH_THREAD: u16 = 1094;
 /// Errors of a refused login: ER_ACCESS_DENIED_ERROR, and an account locked (MySQL 8's
@@ -215,6 +215,16 @@ fn url_form(raw: &str) -> Result<String, Error> {
     Ok(format!("mysql://{userinfo}{at}{address}{path}"))
 }
 
+/// MySQL's "Operation CREATE USER failed": the account exists.
+const ER_CANNOT_USER: u16 = 1396;
+
+/// MySQL's own number of a server error.
+fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
+    e.as_database_error()?
+        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+        .map(|m| m.number())
+}
+
 /// The sqlx options for a connection: placeholders filled, the password set after parsing.
 fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Error> {
     let url = url_form(config.setting_str("connection_url").unwrap_or_default())?;
@@ -387,6 +397,10 @@ async fn run_each(conn: &mut MySqlConnection, sql: &[String]) -> Result<(), (usi
 
 #[async_trait]
 impl Target for MySqlTarget {
+    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        Ok(!self.accounts(&[name.to_owned()]).await?.is_empty())
+    }
+
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let password = p.password.expose_secret();
         let values = Values {
@@ -411,13 +425,23 @@ impl Target for MySqlTarget {
                 .await
                 .map_err(|e| self.fail("cannot get a connection", &e, &[]))?;
             run_each(&mut conn, &sql).await.map_err(|(i, e)| {
+                // ER_CANNOT_USER on the first statement: CREATE USER found the account there
+                // (made since issuance found the name free) and changed nothing. It is someone
+                // else's, so nothing is undone.
+                if i == 0 && mysql_error_number(&e) == Some(ER_CANNOT_USER) {
+                    return Error::Conflict(format!("MySQL already has a user named '{}'", p.name));
+                }
                 let what = format!("refused creation statement {}", i + 1);
                 self.fail(&what, &e, &[password])
             })
         };
         // MySQL commits each DDL statement on its own: there is no transaction to roll back,
         // so a failure midway is undone by dropping what was created.
-        if let Err(e) = run.await {
+        let result = run.await;
+        if let Err(e @ Error::Conflict(_)) = result {
+            return Err(e);
+        }
+        if let Err(e) = result {
             let undo = async {
                 let created = self.accounts(&[p.name.to_owned()]).await?;
                 self.drop_accounts(&created).await

@@ -288,6 +288,10 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
 
 #[async_trait]
 impl Target for PgTarget {
+    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        Ok(!self.existing(&[name.to_owned()]).await?.is_empty())
+    }
+
     async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
         let plain = p.password.expose_secret();
         let password = &*self.as_sent(plain);
@@ -325,10 +329,23 @@ impl Target for PgTarget {
             quote_identifier(p.name),
             quote_literal(&exp)
         ));
-        run_in_transaction(&self.pool, sql)
-            .await
-            .map(|()| Created::default())
-            .map_err(|e| self.fail("refused the new user", &e, &[plain, password]))
+        match run_in_transaction(&self.pool, sql).await {
+            Ok(()) => Ok(Created::default()),
+            // duplicate_object: the transaction changed nothing; the role of that name (made
+            // since issuance found the name free) belongs to someone else.
+            Err(e)
+                if e.as_database_error()
+                    .and_then(|d| d.code())
+                    .is_some_and(|c| c == "42710")
+                    && self.exists(p.name, p.settings).await.unwrap_or(false) =>
+            {
+                Err(Error::Conflict(format!(
+                    "PostgreSQL already has a role named '{}'",
+                    p.name
+                )))
+            }
+            Err(e) => Err(self.fail("refused the new user", &e, &[plain, password])),
+        }
     }
 
     async fn renew(
