@@ -5,6 +5,7 @@
 //! validation. [`Backend::connect`] gives a [`Target`]: a live handle (a connection pool) on
 //! which principals are created, renewed and revoked.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -201,6 +202,41 @@ pub trait Target: Send + Sync {
     }
 }
 
+/// Where a connection sends its secrets and how it checks the server it sends them to. A
+/// write that changes the first or lowers the second must carry the connection's secrets
+/// again: whoever may write a connection but not read it must not send its stored secrets to
+/// a server of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    /// Each setting that says where (or which server certificate is trusted), by field
+    /// name, in a form where equal means the same destination.
+    pub destination: BTreeMap<String, String>,
+    /// How strictly the server is checked; higher is stricter (TLS off, on, verified).
+    pub server_check: u8,
+}
+
+impl Reach {
+    /// Every non-secret setting counts as a destination: for kinds that say nothing finer.
+    pub fn every_setting(config: &ConnectionConfig) -> Reach {
+        Reach {
+            destination: config
+                .settings
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            server_check: 0,
+        }
+    }
+
+    /// Adds `field`'s setting, when it has one, to the destination.
+    pub fn with_setting(mut self, config: &ConnectionConfig, field: &str) -> Reach {
+        if let Some(v) = config.settings.get(field).filter(|v| !v.is_null()) {
+            self.destination.insert(field.to_owned(), v.to_string());
+        }
+        self
+    }
+}
+
 /// Who stops a credential from working at its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExpiryEnforcement {
@@ -267,6 +303,12 @@ pub trait Backend: Send + Sync {
 
     /// Checks the settings without contacting the target. Errors name the field at fault.
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error>;
+
+    /// Where a connection with these (validated) settings sends its secrets, and how strictly
+    /// it checks that server. The default counts every setting as where.
+    fn reach(&self, config: &ConnectionConfig) -> Reach {
+        Reach::every_setting(config)
+    }
 
     /// Connects to the target once with these settings. The error carries the target's own
     /// message with every secret removed.

@@ -312,6 +312,7 @@ fn merge<'b>(
     defs.extend(kind_fields.iter().cloned());
     let fields = Fields::parse(&defs, data)?;
 
+    let before = existing.clone();
     let mut config = existing.unwrap_or_else(|| ConnectionConfig {
         plugin_name: backend.kind().to_owned(),
         allowed_roles: Vec::new(),
@@ -360,7 +361,59 @@ fn merge<'b>(
         }
     }
     backend.validate_connection(&config)?;
+    if let Some(before) = &before {
+        secrets_follow_the_destination(backend.as_ref(), name, before, &config, &fields)?;
+    }
     Ok((backend.as_ref(), config))
+}
+
+/// Refuses a write that changes where connection `name` sends its stored secrets, or lowers
+/// how strictly it checks that server, unless the write gives every secret again: a caller
+/// who may write a connection but not read its secrets cannot point them at a server of
+/// theirs, nor let one stand in for the real server.
+fn secrets_follow_the_destination(
+    backend: &dyn Backend,
+    name: &str,
+    before: &ConnectionConfig,
+    after: &ConnectionConfig,
+    given: &Fields,
+) -> Result<(), Error> {
+    let (was, now) = (backend.reach(before), backend.reach(after));
+    let changes: Vec<String> = was
+        .destination
+        .keys()
+        .chain(now.destination.keys())
+        .filter(|k| was.destination.get(*k) != now.destination.get(*k))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|k| format!("'{k}'"))
+        .collect();
+    let weaker = now.server_check < was.server_check;
+    if changes.is_empty() && !weaker {
+        return Ok(());
+    }
+    let missing: Vec<&str> = before
+        .secrets
+        .keys()
+        .map(String::as_str)
+        .filter(|k| given.str(k).is_none_or(str::is_empty))
+        .collect();
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let what = match (changes.is_empty(), weaker) {
+        (false, false) => format!("changes where it connects ({})", changes.join(", ")),
+        (true, true) => "weakens how it checks the server".to_owned(),
+        _ => format!(
+            "changes where it connects ({}) and weakens how it checks the server",
+            changes.join(", ")
+        ),
+    };
+    Err(Error::bad_request(format!(
+        "field '{first}' is required: this write to connection '{name}' {what}, and its stored \
+         secrets ({}) go to a new destination only with a write that gives them again",
+        missing.join(", ")
+    )))
 }
 
 pub async fn read(kv: &dyn Kv, name: &str) -> Result<Option<Map<String, Value>>, Error> {

@@ -632,6 +632,35 @@ mod tests {
         e.handle(Request::new(op, path).with_data(data)).await
     }
 
+    /// Found by a caller who could write connections but not read them: pointing one at a
+    /// server of theirs sent them its stored password.
+    #[tokio::test]
+    async fn a_connection_moves_elsewhere_only_with_its_secrets() {
+        let (e, _) = engine();
+        let write = |body: Value| call(&e, Operation::Update, "config/db", body);
+        write(
+            json!({"plugin_name": "fake", "url": "fake://db", "password": "hunter2",
+                     "verify_connection": false}),
+        )
+        .await
+        .unwrap();
+        let err = write(json!({"url": "fake://theirs"})).await.unwrap_err();
+        assert_eq!(err.status(), 400);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("field 'password' is required")
+                && msg.contains("changes where it connects ('url')"),
+            "{msg}"
+        );
+        // Nothing else needs them; with them, the move is the writer's to make.
+        write(json!({"pool": 8, "allowed_roles": "*"}))
+            .await
+            .unwrap();
+        write(json!({"url": "fake://theirs", "password": "theirs"}))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn config_round_trip_hides_secrets() {
         let (e, s) = engine();

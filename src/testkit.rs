@@ -246,6 +246,9 @@ impl Backend for Fake {
             FieldDef::new("pool", FieldType::Int, "size").default(FieldValue::Int(4)),
         ]
     }
+    fn reach(&self, c: &ConnectionConfig) -> crate::backend::Reach {
+        crate::backend::Reach::default().with_setting(c, "url")
+    }
     fn validate_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
         match c.setting_str("url") {
             Some(u) if u.starts_with("fake://") => Ok(()),

@@ -78,6 +78,14 @@ impl Backend for Aws {
         ]
     }
 
+    /// AWS signs its calls and never sends the secret key; still, a region or endpoint of
+    /// someone else's would receive signed calls and answer them with its own keys.
+    fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {
+        ["region", "sts_endpoint", "iam_endpoint"]
+            .into_iter()
+            .fold(mayfly::Reach::default(), |r, f| r.with_setting(config, f))
+    }
+
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         let key = config
             .setting_str("access_key")

@@ -20,6 +20,22 @@ pub struct Http;
 pub const DEFAULT_TEMPLATE: &str =
     r#"{{ printf "%s%s-%s" .Mark (.RoleName | truncate 16) .CredentialID | lowercase }}"#;
 
+/// Where an HTTP connection sends its credential: the URL in `url_field`, and the CA it trusts;
+/// checked strictly unless `insecure_skip_verify`.
+pub fn client_reach(config: &ConnectionConfig, url_field: &str) -> mayfly::Reach {
+    let insecure = config
+        .settings
+        .get("insecure_skip_verify")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    mayfly::Reach {
+        server_check: if insecure { 0 } else { 1 },
+        ..Default::default()
+    }
+    .with_setting(config, url_field)
+    .with_setting(config, "tls_ca")
+}
+
 /// The connection fields every HTTP service takes (the `rabbitmq` preset too).
 pub fn client_fields() -> Vec<FieldDef> {
     vec![
@@ -163,6 +179,10 @@ impl Backend for Http {
         ];
         fields.extend(client_fields());
         fields
+    }
+
+    fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {
+        client_reach(config, "base_url")
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {

@@ -178,6 +178,10 @@ impl Backend for RabbitMq {
         fields
     }
 
+    fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {
+        crate::backend::client_reach(config, "connection_uri")
+    }
+
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         check_base_url("connection_uri", config.setting_str("connection_uri"))?;
         if config.setting_str("username").is_none_or(str::is_empty) {

@@ -79,6 +79,12 @@ impl Backend for Redis {
         ]
     }
 
+    fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {
+        ["host", "port", "nodes"]
+            .into_iter()
+            .fold(mayfly::Reach::default(), |r, f| r.with_setting(config, f))
+    }
+
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         nodes(config)?;
         match config.setting_i64("max_open_connections") {

@@ -112,6 +112,51 @@ pub fn validate_connection(
     pool_size(config).map(|_| ())
 }
 
+/// Where a SQL connection sends its password ([`mayfly::backend::Reach`]): the server and
+/// database of `url` (`connection_url` in URL form; every part but the user and password,
+/// and the TLS mode, which `strength` ranks instead) and the CA it trusts. `mode_params` are
+/// the URL's names of the TLS mode; `strength` ranks a mode (lowercase, `None` when the URL
+/// sets none) given whether `tls_ca` is set.
+pub fn reach(
+    config: &ConnectionConfig,
+    url: &str,
+    mode_params: &[&str],
+    strength: fn(Option<&str>, bool) -> u8,
+) -> mayfly::backend::Reach {
+    let filled = url.replace(USERNAME, "u").replace(PASSWORD, "p");
+    let (place, mode) = match url::Url::parse(&filled) {
+        Ok(u) => {
+            let mut mode = None;
+            let mut rest: Vec<(String, String)> = Vec::new();
+            for (k, v) in u.query_pairs() {
+                if mode_params.contains(&k.as_ref()) {
+                    mode = Some(v.to_lowercase().replace('-', "_"));
+                } else {
+                    rest.push((k.into_owned(), v.into_owned()));
+                }
+            }
+            rest.sort();
+            let place = format!(
+                "{}://{}:{}{} {rest:?}",
+                u.scheme(),
+                u.host_str().unwrap_or_default(),
+                u.port().map(|p| p.to_string()).unwrap_or_default(),
+                u.path()
+            );
+            (place, mode)
+        }
+        // Validated before: only a URL that did not parse then either lands here.
+        Err(_) => (filled, None),
+    };
+    let has_ca = config.setting_str("tls_ca").is_some();
+    let mut reach = mayfly::backend::Reach {
+        destination: [("connection_url".to_owned(), place)].into(),
+        server_check: strength(mode.as_deref(), has_ca),
+    };
+    reach = reach.with_setting(config, "tls_ca");
+    reach
+}
+
 /// Connects once with `options` and pings, for `verify_connection`. The error names the field,
 /// and carries the server's own message with the connection's password removed.
 pub async fn verify<O>(kind: &str, config: &ConnectionConfig, options: O) -> Result<(), Error>

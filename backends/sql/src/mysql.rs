@@ -16,7 +16,7 @@ use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::{percent_encode, redact};
 use mayfly::{
-    Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Revoked, Target,
+    Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Reach, Revoked, Target,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -76,6 +76,26 @@ impl Backend for MySql {
             &url_form(config.setting_str("connection_url").unwrap_or_default())?,
             &["mysql", "mariadb"],
             "{{username}}:{{password}}@tcp(127.0.0.1:3306)/",
+        )
+    }
+
+    fn reach(&self, config: &ConnectionConfig) -> Reach {
+        let raw = config.setting_str("connection_url").unwrap_or_default();
+        let url = url_form(raw).unwrap_or_else(|_| raw.to_owned());
+        common::reach(
+            config,
+            &url,
+            &["ssl-mode", "sslmode"],
+            |mode, has_ca| match mode {
+                Some("disabled") => 0,
+                Some("preferred") => 2,
+                Some("required") => 3,
+                Some("verify_ca") => 4,
+                Some("verify_identity") => 5,
+                // mayfly verifies the server with tls_ca; without it sqlx prefers TLS.
+                _ if has_ca => 5,
+                _ => 2,
+            },
         )
     }
 

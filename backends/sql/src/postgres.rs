@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::{percent_encode, redact};
-use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Revoked, Target};
+use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Reach, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::ConnectOptions;
@@ -73,6 +73,21 @@ impl Backend for Postgres {
             &["postgres", "postgresql"],
             "postgres://{{username}}:{{password}}@localhost:5432/postgres",
         )
+    }
+
+    fn reach(&self, config: &ConnectionConfig) -> Reach {
+        let url = config.setting_str("connection_url").unwrap_or_default();
+        common::reach(config, url, &["sslmode"], |mode, has_ca| match mode {
+            Some("disable") => 0,
+            Some("allow") => 1,
+            Some("prefer") => 2,
+            Some("require") => 3,
+            Some("verify_ca") => 4,
+            Some("verify_full") => 5,
+            // mayfly verifies the server with tls_ca; without it sqlx prefers TLS.
+            _ if has_ca => 5,
+            _ => 2,
+        })
     }
 
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
@@ -569,4 +584,69 @@ pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Er
         .application_name("mayfly")
         .log_statements(tracing::log::LevelFilter::Off)
         .log_slow_statements(tracing::log::LevelFilter::Off, Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn config(url: &str, tls_ca: Option<&str>) -> ConnectionConfig {
+        let mut settings = Map::new();
+        settings.insert("connection_url".into(), json!(url));
+        if let Some(ca) = tls_ca {
+            settings.insert("tls_ca".into(), json!(ca));
+        }
+        ConnectionConfig {
+            plugin_name: "postgres".into(),
+            allowed_roles: Vec::new(),
+            verify_connection: false,
+            settings,
+            secrets: BTreeMap::new(),
+            pending_root_password: None,
+        }
+    }
+
+    #[test]
+    fn the_server_the_database_and_the_trusted_ca_are_where_a_connection_points() {
+        let reach = |url: &str, ca: Option<&str>| Postgres.reach(&config(url, ca));
+        let base = reach(
+            "postgres://{{username}}:{{password}}@db:5432/app?sslmode=verify-full",
+            None,
+        );
+        // The user it logs in as, and a stricter check, are not a move.
+        assert_eq!(
+            base.destination,
+            reach(
+                "postgres://other:{{password}}@db:5432/app?sslmode=verify-full",
+                None
+            )
+            .destination
+        );
+        for moved in [
+            "postgres://{{username}}:{{password}}@evil:5432/app?sslmode=verify-full",
+            "postgres://{{username}}:{{password}}@db:6432/app?sslmode=verify-full",
+            "postgres://{{username}}:{{password}}@db:5432/other?sslmode=verify-full",
+            "postgres://{{username}}:{{password}}@db:5432/app?sslmode=verify-full&host=evil",
+        ] {
+            assert_ne!(base.destination, reach(moved, None).destination, "{moved}");
+        }
+        assert_ne!(
+            base.destination,
+            reach(
+                "postgres://{{username}}:{{password}}@db:5432/app?sslmode=verify-full",
+                Some("CA")
+            )
+            .destination
+        );
+        let check = |url: &str, ca| reach(url, ca).server_check;
+        let u = "postgres://db/app";
+        assert!(check(&format!("{u}?sslmode=require"), None) < base.server_check);
+        assert!(check(&format!("{u}?sslmode=disable"), None) < check(u, None));
+        // tls_ca without a mode verifies the server fully.
+        assert_eq!(check(u, Some("CA")), base.server_check);
+    }
 }
