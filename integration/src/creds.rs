@@ -50,6 +50,29 @@ pub fn ledger_record(bao: &Bao, user: &str) -> Value {
     body["data"].clone()
 }
 
+/// The mark of the mayfly mount at `mount/`: the beginning of the names its default templates
+/// make, and what its orphan scan of `connection` looks for.
+pub fn mark_of(bao: &Bao, mount: &str, connection: &str) -> String {
+    let (status, body) = bao.get(&format!("{mount}/orphans/{connection}"));
+    assert_eq!(status, 200, "{body}");
+    let mark = body["data"]["mark"].as_str().unwrap().to_owned();
+    assert!(is_mount_mark(&mark), "{mark}");
+    mark
+}
+
+/// Whether `mark` is a mount's own: `mf-`, six hex digits, `-`.
+pub fn is_mount_mark(mark: &str) -> bool {
+    mark.len() == 10
+        && mark.starts_with("mf-")
+        && mark.ends_with('-')
+        && mark[3..9].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Whether `user` is a name of a default template: a mount's mark, then `rest`.
+pub fn is_marked(user: &str, rest: &str) -> bool {
+    user.len() > 10 && is_mount_mark(&user[..10]) && user[10..].starts_with(rest)
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mayfly_integration::bao::Endpoint;
 use mayfly_integration::cluster::{Cluster, Options};
-use mayfly_integration::creds::{Cred, now};
+use mayfly_integration::creds::{Cred, mark_of, now};
 use mayfly_integration::expiry_watch::{self, ExpiryWatch, Seen, lateness, median_and_max};
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
@@ -196,11 +196,12 @@ fn standbys_serve_reads_forward_the_rest_and_never_act() {
 
     // An orphan purge through a standby: the orphan goes, leased users stay.
     let live = issue(&cluster.nodes[s1], "mayfly/creds/app");
-    pg.admin("CREATE ROLE \"mf-hand-orphan\" LOGIN");
+    let orphan = format!("{}hand-orphan", mark_of(&cluster.nodes[s2], "mayfly", "db"));
+    pg.admin(&format!("CREATE ROLE \"{orphan}\" LOGIN"));
     let (status, body) = cluster.nodes[s2].put("mayfly/orphans/db", json!({"purge": true}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["purged"], 1, "{body}");
-    assert!(pg.roles_like("mf-hand-orphan").is_empty());
+    assert!(pg.roles_like(&orphan).is_empty());
     assert!(logs_in(&pg, &live));
 
     // rotate-root through a standby, on a connection of its own admin: the target and the

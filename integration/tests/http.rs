@@ -3,7 +3,7 @@
 //! tokens of a second OpenBao, revokes them by lease, by expiry and by orphan scan, and keeps
 //! every secret out of logs, errors and the ledger.
 
-use mayfly_integration::creds::{Cred, issue, ledger_record};
+use mayfly_integration::creds::{Cred, is_marked, issue, ledger_record, mark_of};
 use mayfly_integration::http_fixtures::{Answer, Proxy, Stub};
 use mayfly_integration::rabbitmq::{self, Amqp, MANAGEMENT, management, user_exists};
 use mayfly_integration::{Bao, wait_until};
@@ -76,7 +76,7 @@ fn rabbitmq_users_log_in_and_revocation_ends_their_connections() {
     );
 
     let cred = issue(&bao, "mayfly/creds/amqp");
-    assert!(cred.user.starts_with("mf-amqp-"), "{}", cred.user);
+    assert!(is_marked(&cred.user, "amqp-"), "{}", cred.user);
     assert!(user_exists(&cred.user));
     let (_, user) = management("GET", &format!("/api/users/{}", cred.user), None);
     assert_eq!(user["tags"], json!(["management"]), "{user}");
@@ -186,16 +186,16 @@ fn http_kind_drives_rabbitmq_by_hand_through_an_outage_and_an_orphan() {
     ));
 
     // An orphan: a marked user no record knows (a crash between create and record).
-    rabbitmq::create_user("mf-hand-orphan0001", "orphan-pw");
+    let orphan = format!("{}hand-orphan0001", mark_of(&bao, "mayfly", "byhand"));
+    rabbitmq::create_user(&orphan, "orphan-pw");
     let (status, body) = bao.get("mayfly/orphans/byhand");
     assert_eq!(status, 200, "{body}");
-    // Marked users other runs left on the shared broker are orphans too, and go with it.
+    // Users other runs left on the shared broker carry their own mounts' marks: not ours.
     let orphans = body["data"]["orphans"]
         .as_array()
         .cloned()
         .unwrap_or_default();
-    assert!(orphans.contains(&json!("mf-hand-orphan0001")), "{body}");
-    // (A user an earlier, failed run left behind is an orphan of this ledger too.)
+    assert_eq!(orphans, vec![json!(orphan)], "{body}");
     let ours = [&cred.user, &short.user, &late.user];
     assert!(
         !orphans.iter().any(|o| ours.iter().any(|u| o == *u)),
@@ -203,7 +203,7 @@ fn http_kind_drives_rabbitmq_by_hand_through_an_outage_and_an_orphan() {
     );
     let (status, body) = bao.put("mayfly/orphans/byhand", json!({"purge": true}));
     assert_eq!(status, 200, "{body}");
-    assert!(!user_exists("mf-hand-orphan0001"), "{body}");
+    assert!(!user_exists(&orphan), "{body}");
 
     assert_not_logged(&bao, &[ADMIN_PASSWORD, &cred.password, &late.password]);
     management("DELETE", &format!("/api/users/{admin}"), None);
@@ -302,19 +302,16 @@ fn http_kind_mints_and_revokes_tokens_of_a_second_openbao() {
     ));
 
     // An orphan: a token carrying the mark that no record knows, found through the lookups.
+    let orphan_name = format!("{}tok-orphan0001", mark_of(&bao, "mayfly", "tokens"));
     let (status, made) = service.put(
         "auth/token/create",
         json!({"policies": ["default"], "no_parent": true, "ttl": "1h",
-               "meta": {"mayfly_name": "mf-tok-orphan0001"}}),
+               "meta": {"mayfly_name": orphan_name}}),
     );
     assert_eq!(status, 200, "{made}");
     let orphan = made["auth"]["client_token"].as_str().unwrap().to_owned();
     let (_, found) = bao.get("mayfly/orphans/tokens");
-    assert_eq!(
-        found["data"]["orphans"],
-        json!(["mf-tok-orphan0001"]),
-        "{found}"
-    );
+    assert_eq!(found["data"]["orphans"], json!([orphan_name]), "{found}");
     let (status, purged) = bao.put("mayfly/orphans/tokens", json!({"purge": true}));
     assert_eq!(status, 200, "{purged}");
     assert!(!token_works(&service, &orphan), "{purged}");

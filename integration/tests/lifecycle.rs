@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::creds::{Cred, issue, ledger_record, now};
+use mayfly_integration::creds::{Cred, is_marked, issue, ledger_record, now};
 use mayfly_integration::postgres::{SUPERUSER, SUPERUSER_PASSWORD};
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
@@ -57,7 +57,7 @@ fn issue_login_renew_revoke_ends_sessions_and_leaks_no_secret() {
     );
     let issued_at = now();
     let cred = issue(&bao, "mayfly/creds/app");
-    assert!(cred.user.starts_with("mf-app-"), "{}", cred.user);
+    assert!(is_marked(&cred.user, "app-"), "{}", cred.user);
     assert_eq!(cred.lease_duration, 60);
     assert_eq!(
         pg.psql_as(&cred.user, &cred.password, "SELECT current_user")

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::creds::{issue, ledger_record, now};
+use mayfly_integration::creds::{is_marked, issue, ledger_record, mark_of, now};
 use mayfly_integration::mariadb::{ADMIN, ADMIN_PASSWORD};
 use mayfly_integration::{Bao, PrivateMariaDb, wait_until};
 use serde_json::{Value, json};
@@ -43,7 +43,7 @@ fn issue_login_renew_revoke_end_sessions_and_leak_no_secret() {
     );
 
     let cred = issue(&bao, "mayfly/creds/app");
-    assert!(cred.user.starts_with("mf-app-"), "{}", cred.user);
+    assert!(is_marked(&cred.user, "app-"), "{}", cred.user);
     assert!(cred.user.len() <= 32, "MySQL's limit: {}", cred.user);
     assert_eq!(
         db.sql_as(&cred.user, &cred.password, "SELECT COUNT(*) FROM app.items"),
@@ -189,14 +189,15 @@ fn expiry_survives_an_outage_and_operators_tools_work() {
     let (status, body) = bao.put("mayfly/revoke/config/db", json!({}));
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["revoked"], 3, "{body}");
-    assert!(db.users_like("mf-app").is_empty());
-    db.root("CREATE USER 'mf-orphan'@'%' IDENTIFIED BY 'x'");
+    assert!(db.users_like("mf-").is_empty());
+    let orphan = format!("{}orphan", mark_of(&bao, "mayfly", "db"));
+    db.root(&format!("CREATE USER '{orphan}'@'%' IDENTIFIED BY 'x'"));
     let (status, body) = bao.get("mayfly/orphans/db");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["orphans"], json!(["mf-orphan"]), "{body}");
+    assert_eq!(body["data"]["orphans"], json!([orphan]), "{body}");
     let (status, body) = bao.put("mayfly/orphans/db", json!({"purge": true}));
     assert_eq!(status, 200, "{body}");
-    assert!(db.users_like("mf-orphan").is_empty());
+    assert!(db.users_like(&orphan).is_empty());
 }
 
 #[test]

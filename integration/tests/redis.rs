@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use mayfly_integration::bao::ROOT_TOKEN;
-use mayfly_integration::creds::{issue, ledger_record};
+use mayfly_integration::creds::{issue, ledger_record, mark_of};
 use mayfly_integration::{Bao, PrivateRedis, load, wait_until};
 use serde_json::{Value, json};
 
@@ -149,11 +149,12 @@ fn users_exist_on_both_nodes_obey_their_rules_and_leave_both() {
     assert_eq!(record["revocation_attempts"], 1);
 
     // Orphans are found on any node and purged from all.
-    b.cli(&["ACL", "SETUSER", "mf-orphan", "on", ">x"]).unwrap();
+    let orphan = format!("{}orphan", mark_of(&bao, "mayfly", "kv"));
+    b.cli(&["ACL", "SETUSER", &orphan, "on", ">x"]).unwrap();
     let (status, body) = bao.put("mayfly/orphans/kv", json!({"purge": true}));
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["orphans"], json!(["mf-orphan"]), "{body}");
-    assert!(b.users_like("mf-orphan").is_empty());
+    assert_eq!(body["data"]["orphans"], json!([orphan]), "{body}");
+    assert!(b.users_like(&orphan).is_empty());
 
     let (_, leases) = bao.list("mayfly/leases/");
     let scanned = format!("{}{leases}", bao.log());
@@ -182,7 +183,8 @@ fn creations_together_share_one_acl_save() {
     let (bao, a, b) = setup(json!({"db_name": "kv", "default_ttl": 600}));
     let before = [acl_saves(&a), acl_saves(&b)];
     load::issue_many(&bao, ROOT_TOKEN, "mayfly/creds/app", 12, 4);
-    let users = a.users_like("mf-app-");
+    let mark = mark_of(&bao, "mayfly", "kv");
+    let users = a.users_like(&format!("{mark}app-"));
     assert_eq!(users.len(), 12, "{users:?}");
     assert!(
         wait_until(5.0, || users

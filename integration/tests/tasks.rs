@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use mayfly_integration::creds::Cred;
+use mayfly_integration::creds::{Cred, mark_of};
 use mayfly_integration::postgres::SUPERUSER_PASSWORD;
 use mayfly_integration::{Bao, PrivatePostgres, wait_until};
 use serde_json::{Value, json};
@@ -317,7 +317,9 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
     role(&bao, "beta", json!({"db_name": "db"}));
     let alphas: Vec<Cred> = (0..3).map(|_| issue(&bao, "alpha", json!({}))).collect();
     let betas: Vec<Cred> = (0..2).map(|_| issue(&bao, "beta", json!({}))).collect();
-    assert_eq!(pg.roles_like("mf-alpha-").len(), 3);
+    let mark = mark_of(&bao, "mayfly", "db");
+    let (alpha, beta) = (format!("{mark}alpha-"), format!("{mark}beta-"));
+    assert_eq!(pg.roles_like(&alpha).len(), 3);
 
     let (status, r) = bao.put("mayfly/revoke/role/alpha", json!({}));
     assert_eq!(status, 200, "{r}");
@@ -325,12 +327,12 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
         (r["data"]["revoked"].clone(), r["data"]["failed"].clone()),
         (json!(3), json!(0))
     );
-    assert!(pg.roles_like("mf-alpha-").is_empty());
+    assert!(pg.roles_like(&alpha).is_empty());
     assert!(
         pg.psql_as(&alphas[0].user, &alphas[0].password, "SELECT 1")
             .is_err()
     );
-    assert_eq!(pg.roles_like("mf-beta-").len(), 2);
+    assert_eq!(pg.roles_like(&beta).len(), 2);
 
     // One dropped by hand is reported as already gone.
     pg.admin(&format!("DROP ROLE \"{}\"", betas[0].user));
@@ -368,10 +370,11 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
     assert!(empty, "a revoked credential is still listed as failing");
 
     // 100 principals with the mark and no record: all found, all dropped, no leased one touched.
-    pg.admin(
+    let orphan = format!("{mark}orphan-");
+    pg.admin(&format!(
         "DO $$ BEGIN FOR i IN 1..100 LOOP \
-         EXECUTE format('CREATE ROLE %I LOGIN', 'mf-orphan-' || i); END LOOP; END $$",
-    );
+         EXECUTE format('CREATE ROLE %I LOGIN', '{orphan}' || i); END LOOP; END $$"
+    ));
     pg.admin("CREATE ROLE not_mayfly LOGIN");
     let leased: Vec<Cred> = (0..3).map(|_| issue(&bao, "beta", json!({}))).collect();
     let (status, scan) = bao.get("mayfly/orphans/db");
@@ -383,21 +386,14 @@ fn operators_revoke_in_bulk_see_failures_and_purge_orphans_counted_on_the_target
         .iter()
         .map(|o| o.as_str().unwrap())
         .collect();
-    assert!(
-        found.iter().all(|o| o.starts_with("mf-orphan-")),
-        "{found:?}"
-    );
+    assert!(found.iter().all(|o| o.starts_with(&orphan)), "{found:?}");
     let (_, dry) = bao.put("mayfly/orphans/db", json!({}));
     assert_eq!(dry["data"]["dry_run"], true);
-    assert_eq!(
-        pg.roles_like("mf-orphan-").len(),
-        100,
-        "a dry run drops nothing"
-    );
+    assert_eq!(pg.roles_like(&orphan).len(), 100, "a dry run drops nothing");
     let (status, purge) = bao.put("mayfly/orphans/db", json!({"purge": true}));
     assert_eq!(status, 200, "{purge}");
     assert_eq!(purge["data"]["purged"], 100, "{purge}");
-    assert!(pg.roles_like("mf-orphan-").is_empty());
+    assert!(pg.roles_like(&orphan).is_empty());
     assert_eq!(pg.roles_like("not_mayfly").len(), 1);
     for c in &leased {
         assert!(

@@ -211,10 +211,10 @@ impl Target {
     }
 
     /// How many principals `engine` made for `role` exist on the target now. The built-in
-    /// engine's names are `v-<display name>-<role, cut to 8>-…`, mayfly's `mf-<role>-…`.
+    /// engine's names are `v-<display name>-<role, cut to 8>-…`, mayfly's `<mark>-<role>-…`.
     pub fn live(&self, engine: Engine, role: &str) -> usize {
         let like = match engine {
-            Engine::Mayfly => format!("mf-{role}-%"),
+            Engine::Mayfly => format!("mf-______-{role}-%"),
             Engine::Builtin => format!("v-%-{}-%", &role[..role.len().min(8)]),
         };
         match self {
