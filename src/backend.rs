@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -117,6 +118,9 @@ pub struct Revoked {
     /// Principals the target could not stop before their own end (no permission to write the
     /// guard), with why: revocation degraded to expiry.
     pub degraded: Vec<(String, String)>,
+    /// Principals removed with something left undone that the ledger should say (open
+    /// sessions the connection's user may not end), with what.
+    pub caveats: Vec<(String, String)>,
 }
 
 #[async_trait]
@@ -148,6 +152,11 @@ pub trait Target: Send + Sync {
         principals: &[Principal],
         settings: &Map<String, Value>,
     ) -> Result<Revoked, Error>;
+
+    /// Closes the handle's connections to the target, once the connection was deleted or
+    /// changed: they must not hold sessions open on the target (which keep a database from
+    /// being dropped, and count against its limits).
+    async fn close(&self) {}
 
     /// Removes the guards that revoking `names` left ([`Revoked::guarded`]), now that those
     /// principals have ended on their own. Removing a guard that is gone is a success.
@@ -346,6 +355,26 @@ pub trait Backend: Send + Sync {
                 self.kind()
             )))
         }
+    }
+}
+
+/// How long one call to a target may take (a revocation batch, a rotation, a login check)
+/// before it counts as the target being unavailable.
+pub const TARGET_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `call` to a target, failed as unavailable (503, and no key-by-key retry of a batch) if it
+/// takes longer than `limit`; `what` says what it was asked, for the error.
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(format!(
+            "the target did not {what} within {}s",
+            limit.as_secs()
+        ))),
     }
 }
 

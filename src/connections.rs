@@ -263,6 +263,27 @@ pub async fn write(
     }
 }
 
+/// Whether writing `data` to connection `name` would point it at another server: what its
+/// credentials' revocations must not see happen under them. A new `tls_ca` (the server's
+/// certificate renewed) is the same server.
+pub async fn moves(
+    kv: &dyn Kv,
+    backends: &Backends,
+    name: &str,
+    data: &Map<String, Value>,
+) -> Result<bool, Error> {
+    let Some(existing) = load(kv, name).await? else {
+        return Ok(false);
+    };
+    let (backend, after) = merge(backends, name, Some(existing.clone()), data)?;
+    let place = |c: &ConnectionConfig| {
+        let mut d = backend.reach(c).destination;
+        d.remove("tls_ca");
+        d
+    };
+    Ok(place(&existing) != place(&after))
+}
+
 /// Builds the configuration that a write produces, without touching storage or the target.
 fn merge<'b>(
     backends: &'b Backends,

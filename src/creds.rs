@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
+use crate::backend::within;
 use crate::cidr::Cidr;
 use crate::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::error::Error;
@@ -20,7 +21,7 @@ use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{LeaseGrant, LeaseInfo, Request, Requester, Response};
 use crate::roles::Role;
-use crate::scheduler::{Claim, Outcome};
+use crate::scheduler::{self, Claim, Outcome};
 use crate::tasks::{self, Task};
 use crate::template;
 
@@ -301,6 +302,7 @@ async fn issue_traced(
         guard_until: None,
         target_id: None,
         name_was_free: Some(true),
+        revoked_with: None,
     };
     trail.cred_id = cred.id.clone();
     let claim = core.scheduler.claim(&cred.id);
@@ -421,21 +423,6 @@ async fn issue_traced(
     })
 }
 
-/// `call`, failing as a target error if it takes longer than `limit`; `what` says what it does.
-async fn within<T>(
-    limit: Duration,
-    what: &str,
-    call: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(limit, call).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Target(format!(
-            "the target did not {what} within {}s",
-            limit.as_secs()
-        ))),
-    }
-}
-
 /// The issuance's error when the target has a principal of the name the template made.
 fn name_taken(principal: &str, connection: &str) -> Error {
     Error::Conflict(format!(
@@ -493,10 +480,7 @@ async fn revoked_while_issuing(core: &MountCore, mut cred: Credential, claim: Cl
     schedule_revocation(core, &mut cred, "revoked while being issued", None).await;
     // The revocations held back for it join this one.
     drop(claim);
-    let _ = core
-        .scheduler
-        .revoke_now(&cred.id, "revoked while being issued".into(), None)
-        .await;
+    let _ = scheduler::revoke_within(core, &cred.id, "revoked while being issued", None).await;
     Error::bad_request(format!(
         "credential '{}' was revoked while it was being issued (its task ended or an operator \
          revoked it); nothing was issued",
@@ -793,10 +777,8 @@ pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> 
         .filter(|l| !l.is_empty());
     // The scheduler's batch emits the audit event of a revocation it makes; one of a
     // credential that was no longer live is emitted here.
-    let outcome = core
-        .scheduler
-        .revoke_now(&id, "revoked through the host".into(), lease_id.clone())
-        .await?;
+    let outcome =
+        scheduler::revoke_within(core, &id, "revoked through the host", lease_id.clone()).await?;
     if let Outcome::NotRecorded(why) = outcome {
         // The ledger does not hold it: the host must keep its lease and try again.
         return Err(Error::Internal(why));
@@ -1119,6 +1101,48 @@ mod tests {
         // Issuance may straddle a second boundary: at most two deadlines, so two batches.
         assert!(s.fake.target.revoke_calls.load(Ordering::SeqCst) <= 2);
         assert!(s.fake.target.largest_batch.load(Ordering::SeqCst) >= 10);
+    }
+
+    /// Found with an HTTP service that stopped answering: one pass of the scheduler revoked
+    /// connection by connection, so every other connection's revocations waited on it.
+    #[tokio::test]
+    async fn a_connection_whose_target_hangs_holds_back_no_other_connections_revocation() {
+        let s = setup().await;
+        let call = |path: &str, body: Value| {
+            s.engine
+                .handle(Request::new(Operation::Update, path).with_data(body))
+        };
+        call(
+            "config/db2",
+            json!({"plugin_name": "fake", "url": "fake://y", "allowed_roles": "*"}),
+        )
+        .await
+        .unwrap();
+        call("roles/other", json!({"db_name": "db2"}))
+            .await
+            .unwrap();
+        let stuck = issue(&s, json!({})).await;
+        let other = s
+            .engine
+            .handle(Request::new(Operation::Read, "creds/other"))
+            .await
+            .unwrap();
+        // The first revocation reaches the target and never gets its answer.
+        let (_never, hang) = tokio::sync::oneshot::channel::<()>();
+        *s.fake.target.hold_revoke.lock().unwrap() = Some(hang);
+        let hung = s.engine.handle(lease_request(Operation::Revoke, &stuck, 0));
+        tokio::pin!(hung);
+        let held = tokio::time::timeout(Duration::from_millis(300), &mut hung).await;
+        assert!(held.is_err(), "the held revocation answered");
+        let mut req = lease_request(Operation::Revoke, &other, 0);
+        req.path = "creds/other".into();
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(2), s.engine.handle(req))
+            .await
+            .expect("a revocation on another connection waited for the hung one")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(record(&s, &other).state, State::Revoked);
     }
 
     #[tokio::test]

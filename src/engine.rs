@@ -78,6 +78,7 @@ impl Engine {
                 cache: Default::default(),
                 root_rotation: Default::default(),
                 static_rotation: Default::default(),
+                static_writes: Default::default(),
             }),
             router,
             version: version.into(),
@@ -201,13 +202,21 @@ impl Engine {
                 .unwrap_or_default()),
             (Route::Config, Operation::Update) => {
                 let name = m.param("name");
+                if connections::moves(kv, backends, name, &req.data).await? {
+                    operator::require_no_credentials(&self.core, name, "point it elsewhere")
+                        .await?;
+                }
                 let config = connections::write(kv, backends, name, &req.data).await?;
+                self.core.forget_target(name);
                 tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
                 Ok(Response::empty())
             }
             (Route::Config, Operation::Delete) => {
-                connections::delete(kv, m.param("name")).await?;
-                tracing::info!(connection = m.param("name"), "connection deleted");
+                let name = m.param("name");
+                operator::require_no_credentials(&self.core, name, "delete it").await?;
+                connections::delete(kv, name).await?;
+                self.core.forget_target(name);
+                tracing::info!(connection = name, "connection deleted");
                 Ok(Response::empty())
             }
             (Route::RoleList, Operation::List) => Ok(Response::list(roles::list(kv).await?)),

@@ -13,8 +13,8 @@ pub enum Error {
     UnsupportedPath,
     /// 405: the path exists but does not take this operation.
     UnsupportedOperation,
-    /// 409: the target already has a principal of the name issuance chose; nothing was done
-    /// to it.
+    /// 409: the request conflicts with what exists: the target already has a principal of the
+    /// name issuance chose (nothing was done to it), or a connection still has credentials.
     Conflict(String),
     /// 413: the request body is larger than the engine accepts.
     PayloadTooLarge(String),

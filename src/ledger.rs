@@ -167,6 +167,10 @@ pub struct Credential {
     /// ([`Credential::ours`]). `None` in records of versions that did not look.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_was_free: Option<bool>,
+    /// Which statements revoked the principal, where not those recorded at issuance (they
+    /// failed, and the role's fixed ones or the kind's default worked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_with: Option<String>,
 }
 
 /// The revocation reasons of a record whose create failed, and of an intent a crash left.
@@ -234,6 +238,7 @@ impl Credential {
             "revoke_requested_at": self.revoke_requested_at,
             "revoke_reason": self.revoke_reason,
             "revoked_at": self.revoked_at,
+            "revoked_with": self.revoked_with,
             "target_expires": self.target_expires,
             "guard_until": self.guard_until,
             "target_id": self.target_id,

@@ -35,10 +35,35 @@ pub struct MountCore {
     /// target ([`crate::template::mark_of`]): what its orphan scan looks for.
     pub mark: String,
     pub cache: Cache,
-    /// Held while a connection's root password is rotated or a stopped rotation is settled.
-    pub root_rotation: tokio::sync::Mutex<()>,
-    /// Held while a static role is written, deleted or rotated.
-    pub static_rotation: tokio::sync::Mutex<()>,
+    /// Per connection: held while its root password is rotated or a stopped rotation is
+    /// settled.
+    pub root_rotation: KeyedLocks,
+    /// Per static role: held while it is written, deleted or rotated. A slow target holds
+    /// back only its own roles' rotations.
+    pub static_rotation: KeyedLocks,
+    /// Held while a static role is written or deleted, around the check that no two roles
+    /// manage one account.
+    pub static_writes: tokio::sync::Mutex<()>,
+}
+
+/// One lock per name, so that work on one name never waits for work on another.
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// Waits for `name`'s lock. Locks are kept once made: one per role or connection.
+    pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .map
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
 }
 
 /// Roles, connections and policies as last read, the mount's maximum TTL and the identities
@@ -207,6 +232,17 @@ impl MountCore {
             .unwrap()
             .insert(name.to_owned(), (fingerprint, target.clone()));
         Ok(target)
+    }
+}
+
+impl MountCore {
+    /// Drops the handle on connection `name` (deleted or changed), closing its connections to
+    /// the target in the background; the next use connects with the stored configuration.
+    pub fn forget_target(&self, name: &str) {
+        let old = self.targets.map.lock().unwrap().remove(name);
+        if let Some((_, target)) = old {
+            self.node.spawn(async move { target.close().await });
+        }
     }
 }
 

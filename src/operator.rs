@@ -2,7 +2,7 @@
 //! everything; list the revocations that keep failing; find and purge orphans, the principals
 //! on a target that carry mayfly's naming mark but have no live ledger record.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -56,6 +56,31 @@ async fn live_credentials(core: &MountCore) -> Result<ledger::Loaded, Error> {
     Ok(loaded)
 }
 
+/// Refuses to delete connection `name`, or to point it at another server, while credentials
+/// issued on it are live or being revoked: their revocations need the connection as it was.
+/// `doing` says what was asked ("delete it").
+pub async fn require_no_credentials(
+    core: &MountCore,
+    name: &str,
+    doing: &str,
+) -> Result<(), Error> {
+    let live = live_credentials(core).await?;
+    let count = live.records.iter().filter(|c| c.connection == name).count()
+        + live
+            .unreadable
+            .iter()
+            .filter(|u| u.connection.as_deref() == Some(name))
+            .count();
+    if count == 0 {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "connection '{name}' has {count} credential(s) live or being revoked, whose revocation \
+         needs it as it is; revoke them first (write revoke/config/{name}, then wait until \
+         revocations/ lists none of them), then {doing}"
+    )))
+}
+
 /// `revoke/...`: revokes every live credential in `scope` on its target and reports how many
 /// were revoked, already gone, and failed (failures stay in the ledger and are retried).
 pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result<Response, Error> {
@@ -104,6 +129,7 @@ fn emit_operator(action: Action, outcome: &str, req: &Request, what: &str, r: &R
 /// read, with the reason, which it leaves to the mayfly that can.
 pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
     let live = live_credentials(core).await?;
+    let connections = backlogs(&live.records, crate::host::now());
     let mut failing: Vec<Credential> = live
         .records
         .into_iter()
@@ -128,8 +154,35 @@ pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
     let mut resp = Response::list(keys);
     if let Some(d) = resp.data.as_mut() {
         d.insert("key_info".into(), Value::Object(info));
+        d.insert("connections".into(), Value::Object(connections));
     }
     Ok(resp)
+}
+
+/// Each connection's backlog: how many of its credentials are past their deadline (or asked
+/// to go) and not yet revoked, how many of those have failed at least once, and the oldest
+/// such deadline, so that a target holding revocations back shows at a glance.
+fn backlogs(live: &[Credential], now: u64) -> Map<String, Value> {
+    let mut out: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    for c in live {
+        let overdue = c.state == State::Revoking || c.deadline <= now;
+        if !overdue {
+            continue;
+        }
+        let since = c.revoke_requested_at.unwrap_or(c.deadline).min(c.deadline);
+        let entry = out.entry(c.connection.as_str()).or_insert((0, 0, since));
+        entry.0 += 1;
+        entry.1 += u64::from(c.attempts > 0);
+        entry.2 = entry.2.min(since);
+    }
+    out.into_iter()
+        .map(|(name, (backlog, failing, oldest))| {
+            let view = json!({"backlog": backlog, "failing": failing,
+                              "oldest_overdue_since": oldest,
+                              "oldest_overdue_secs": now.saturating_sub(oldest)});
+            (name.to_owned(), view)
+        })
+        .collect()
 }
 
 pub fn orphan_fields() -> Vec<FieldDef> {

@@ -1,17 +1,50 @@
 //! Removing secrets from text that leaves the engine (error messages from targets, mostly).
 //! A target's driver may echo what it was given; every such message passes through here.
 
-/// Replaces every occurrence of each non-empty secret (and its percent-encoded form, as it
-/// would appear inside a URL) with `<redacted>`.
+const REDACTED: &str = "<redacted>";
+
+/// Secrets shorter than this many bytes are replaced only where they stand as a word of their
+/// own. Replaced everywhere, a short one (a password `x`) takes every such letter out of the
+/// message (`database "db_none<redacted>istent"`), and it can be echoed only as a word of its
+/// own anyway; a longer one found inside other text is the secret itself.
+const WHOLE_WORD_BELOW: usize = 8;
+
+/// Replaces each non-empty secret (and its percent-encoded form, as it would appear inside a
+/// URL) with `<redacted>`: everywhere, or for a short secret where it stands as a word.
 pub fn redact(text: &str, secrets: &[&str]) -> String {
     let mut out = text.to_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        out = out.replace(secret, "<redacted>");
         let encoded = percent_encode(secret);
-        if encoded != *secret {
-            out = out.replace(&encoded, "<redacted>");
+        for form in [*secret, encoded.as_str()] {
+            out = if form.len() >= WHOLE_WORD_BELOW {
+                out.replace(form, REDACTED)
+            } else {
+                replace_words(&out, form)
+            };
         }
     }
+    out
+}
+
+/// `text` with each occurrence of `word` that no letter, digit or `_` touches replaced.
+fn replace_words(text: &str, word: &str) -> String {
+    let is_word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in text.match_indices(word) {
+        if at < rest {
+            continue;
+        }
+        let before = text[..at].chars().next_back();
+        let after = text[at + word.len()..].chars().next();
+        if before.is_some_and(is_word) || after.is_some_and(is_word) {
+            continue;
+        }
+        out.push_str(&text[rest..at]);
+        out.push_str(REDACTED);
+        rest = at + word.len();
+    }
+    out.push_str(&text[rest..]);
     out
 }
 
@@ -38,5 +71,22 @@ mod tests {
         let out = redact(msg, &["s3cr/t@x", ""]);
         assert!(!out.contains("s3cr"), "{out}");
         assert_eq!(out.matches("<redacted>").count(), 2);
+    }
+
+    /// Found with a connection password `x`: every letter x of an error became `<redacted>`.
+    #[test]
+    fn a_short_secret_is_redacted_only_where_it_stands_alone() {
+        let msg = r#"database "db_nonexistent" does not exist; login x failed, url u:x@h (x)"#;
+        let out = redact(msg, &["x"]);
+        assert_eq!(
+            out,
+            r#"database "db_nonexistent" does not exist; login <redacted> failed, url u:<redacted>@h (<redacted>)"#
+        );
+        // Its encoded form too, and a long secret wherever it is.
+        assert_eq!(redact("p=a%2Fb;", &["a/b"]), "p=<redacted>;");
+        assert_eq!(
+            redact("xxhunter2hunter2xx", &["hunter2hunter2"]),
+            "xx<redacted>xx"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! holds a password that works: the pending one is settled by trying it against the target,
 //! on the next rotation or on the next use of the connection.
 
+use crate::backend::{TARGET_TIMEOUT, within};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::host::default_password;
@@ -16,7 +17,7 @@ const PASSWORD: &str = "password";
 
 /// Rotates the password of connection `name`'s own user.
 pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let _one_at_a_time = core.root_rotation.lock().await;
+    let _one_at_a_time = core.root_rotation.lock(name).await;
     let mut config = settle_locked(core, name).await?;
     if config.secret(PASSWORD).is_none_or(str::is_empty) {
         return Err(Error::bad_request(format!(
@@ -31,7 +32,12 @@ pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
     connections::save(core.storage.as_ref(), name, &config).await?;
     core.crash_point("root_pending");
 
-    let changed = target.rotate_root(&new_password).await;
+    let changed = within(
+        TARGET_TIMEOUT,
+        "change its password",
+        target.rotate_root(&new_password),
+    )
+    .await;
     core.crash_point("root_changed");
     let adopted = match changed {
         Ok(()) => true,
@@ -68,7 +74,7 @@ pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
 /// Cheap when there is none: the caller only calls it for a configuration with a pending
 /// password.
 pub async fn settle(core: &MountCore, name: &str) -> Result<(), Error> {
-    let _one_at_a_time = core.root_rotation.lock().await;
+    let _one_at_a_time = core.root_rotation.lock(name).await;
     settle_locked(core, name).await.map(|_| ())
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, oneshot};
 use futures_util::future::join_all;
 
 use crate::audit::{self, Action, Event};
-use crate::backend::Principal;
+use crate::backend::{Principal, TARGET_TIMEOUT, within};
 use crate::error::Error;
 use crate::host::now;
 use crate::ledger::{
@@ -31,8 +31,6 @@ pub const MAX_BACKOFF_SECS: u64 = 300;
 const FIRST_BACKOFF_SECS: u64 = 5;
 /// The most principals revoked in one call to a target.
 const MAX_BATCH: usize = 1000;
-/// How long one revocation call to a target may take before it counts as failed.
-const REVOKE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The wait before attempt `attempts + 1`: 5 s doubling per failure, never above
 /// [`MAX_BACKOFF_SECS`], with up to 10 % taken off at random so that credentials that failed
@@ -95,12 +93,42 @@ impl Report {
     }
 }
 
-/// Revokes every credential in `ids` in the scheduler's next batches (grouped per connection)
-/// and waits for all of them. Failures stay in the ledger and are retried as any other.
+/// How long a caller (a host revoke, a task's end, an operator's bulk revocation) waits for a
+/// revocation's outcome. A target that has not answered by then is still being asked, on its
+/// own lane; the caller is answered with the revocation on record, as one that is failing.
+pub const OUTCOME_WAIT: Duration = Duration::from_secs(20);
+
+/// Revokes `id` in the scheduler's next batch and waits for its outcome, at most
+/// [`OUTCOME_WAIT`]: past that, the revocation is made sure to be on record (due now) and
+/// reported as failing; the ledger carries it on.
+pub async fn revoke_within(
+    core: &MountCore,
+    id: &str,
+    reason: &str,
+    lease_id: Option<String>,
+) -> Result<Outcome, Error> {
+    let wait = core.scheduler.revoke_now(id, reason.to_owned(), lease_id);
+    match tokio::time::timeout(OUTCOME_WAIT, wait).await {
+        Ok(outcome) => outcome,
+        Err(_) if revoke_again(core, now(), id, Some(reason)).await => {
+            Ok(Outcome::Failing(format!(
+                "the target has not answered within {}s; the revocation is on record and goes on",
+                OUTCOME_WAIT.as_secs()
+            )))
+        }
+        Err(_) => Ok(Outcome::NotRecorded(format!(
+            "the target has not answered within {}s, and the ledger could not record the \
+             revocation",
+            OUTCOME_WAIT.as_secs()
+        ))),
+    }
+}
+
+/// Revokes every credential in `ids` in the scheduler's next batches (each connection on its
+/// own lane) and waits for their outcomes, each at most [`OUTCOME_WAIT`]. Failures stay in the
+/// ledger and are retried as any other.
 pub async fn revoke_many(core: &MountCore, ids: Vec<String>, reason: &str) -> Report {
-    let waits = ids
-        .iter()
-        .map(|id| core.scheduler.revoke_now(id, reason.to_owned(), None));
+    let waits = ids.iter().map(|id| revoke_within(core, id, reason, None));
     let mut report = Report::default();
     for (id, outcome) in ids.iter().zip(join_all(waits).await) {
         match outcome {
@@ -134,6 +162,9 @@ pub struct Scheduler {
     /// Credentials this process is issuing now ([`Claim`]), with the revocation that came for
     /// each meanwhile.
     issuing: Mutex<HashMap<String, Deferred>>,
+    /// The connections whose lane is revoking now, each with the work queued for its next
+    /// batches ([`Scheduler::enqueue`]).
+    lanes: Mutex<HashMap<String, Vec<Work>>>,
 }
 
 /// A revocation held back until the issuance of its credential has finished.
@@ -554,29 +585,85 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     // After every record was read: a record that exists has its claim, if any, by now.
     core.scheduler.defer_issuing(&mut work);
 
-    // One batch per connection and set of revocation settings.
-    let mut groups: BTreeMap<(String, String), Vec<Work>> = BTreeMap::new();
+    // Each connection's revocations go down its own lane: a slow, black-holed or down target
+    // holds back only its own credentials, and this loop never waits on a target.
+    let mut by_connection: BTreeMap<String, Vec<Work>> = BTreeMap::new();
     for (_, w) in work {
-        groups.entry(batch_key(&w.cred)).or_default().push(w);
+        by_connection
+            .entry(w.cred.connection.clone())
+            .or_default()
+            .push(w);
     }
-    for ((connection, _), mut group) in groups {
-        while !group.is_empty() {
-            let rest = group.split_off(group.len().min(MAX_BATCH));
-            let batch = std::mem::replace(&mut group, rest);
-            revoke_batch(core, now, &connection, batch).await;
+    for (connection, work) in by_connection {
+        core.scheduler.enqueue(core, connection, work);
+    }
+    if !guards.is_empty() {
+        let owned = core.clone();
+        core.node
+            .spawn(async move { remove_guards(&owned, now, guards).await });
+    }
+}
+
+impl Scheduler {
+    /// Hands `work` to `connection`'s lane, starting the lane if it is idle. Work that comes
+    /// while the lane is busy waits in its queue and goes in the lane's next batches, joined
+    /// to any work for the same credential already there.
+    fn enqueue(&self, core: &Arc<MountCore>, connection: String, work: Vec<Work>) {
+        let mut lanes = self.lanes.lock().unwrap();
+        match lanes.get_mut(&connection) {
+            Some(queue) => {
+                for w in work {
+                    match queue.iter_mut().find(|q| q.cred.id == w.cred.id) {
+                        Some(q) => q.waiters.extend(w.waiters),
+                        None => queue.push(w),
+                    }
+                }
+            }
+            None => {
+                lanes.insert(connection.clone(), Vec::new());
+                core.node.spawn(run_lane(core.clone(), connection, work));
+            }
         }
     }
-    remove_guards(core, now, guards).await;
+}
+
+/// Revokes `work` on `connection`, then whatever was queued for it meanwhile, until its queue
+/// is empty: one batch at a time per connection and set of revocation settings.
+async fn run_lane(core: Arc<MountCore>, connection: String, mut work: Vec<Work>) {
+    loop {
+        let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+        for w in work {
+            groups.entry(batch_key(&w.cred)).or_default().push(w);
+        }
+        for (_, mut group) in groups {
+            while !group.is_empty() {
+                let rest = group.split_off(group.len().min(MAX_BATCH));
+                let batch = std::mem::replace(&mut group, rest);
+                revoke_batch(&core, now(), &connection, batch).await;
+            }
+        }
+        work = {
+            let mut lanes = core.scheduler.lanes.lock().unwrap();
+            match lanes.get_mut(&connection) {
+                Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                _ => {
+                    lanes.remove(&connection);
+                    return;
+                }
+            }
+        };
+    }
 }
 
 /// Marks the current record of `id` for revocation now, unless it is already revoked, and
-/// hands it to the next pass. A record that keeps changing under it is looked at again.
-async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>) {
+/// hands it to the next pass; returns whether the ledger holds the revocation. A record that
+/// keeps changing under it, or cannot be read or written, is looked at again.
+async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>) -> bool {
     let storage = core.storage.as_ref();
     for _ in 0..3 {
         let seen = match ledger::load(storage, id).await {
             Ok(Some(c)) if c.state != State::Revoked => c,
-            Ok(_) => return,
+            Ok(_) => return true,
             Err(e) => {
                 tracing::warn!(cred_id = %id, error = %e, "could not read a ledger record; retrying");
                 break;
@@ -588,11 +675,16 @@ async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>
         if cred.revoke_reason.is_none() {
             cred.revoke_reason = reason.map(str::to_owned);
         }
+        // Already marked (its revocation began, or an earlier call marked it): nothing to
+        // write, and its index entry already brings it round.
+        if seen.state == State::Revoking && seen.due <= now {
+            return true;
+        }
         cred.due = now;
         match ledger::store_if_unchanged(storage, &seen, &cred, Some(seen.due)).await {
             Ok(ledger::Swap::Stored) => {
                 core.scheduler.track(cred.due, id);
-                return;
+                return true;
             }
             Ok(ledger::Swap::Changed) => continue,
             Err(e) => {
@@ -602,25 +694,17 @@ async fn revoke_again(core: &MountCore, now: u64, id: &str, reason: Option<&str>
         }
     }
     core.scheduler.look_again(now, id.to_owned());
+    false
 }
 
-/// Credentials revoked in one call: same connection, same revocation settings.
-fn batch_key(c: &Credential) -> (String, String) {
-    (
-        c.connection.clone(),
-        Value::Object(c.settings.clone()).to_string(),
-    )
+/// Credentials of one connection revoked in one call: the same revocation settings.
+fn batch_key(c: &Credential) -> String {
+    Value::Object(c.settings.clone()).to_string()
 }
 
-/// `call` to a target, failed as unavailable if it takes longer than [`REVOKE_TIMEOUT`].
+/// `call` to a target, failed as unavailable if it takes longer than [`TARGET_TIMEOUT`].
 async fn bounded<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
-    match tokio::time::timeout(REVOKE_TIMEOUT, call).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Unavailable(format!(
-            "the target did not answer within {}s",
-            REVOKE_TIMEOUT.as_secs()
-        ))),
-    }
+    within(TARGET_TIMEOUT, "answer", call).await
 }
 
 /// Removes the guards that revocations left on targets (see [`crate::Revoked::guarded`]), now
@@ -642,7 +726,10 @@ async fn remove_guards(core: &MountCore, now: u64, guards: Vec<Credential>) {
     let mut groups: BTreeMap<(String, String), Vec<Credential>> = BTreeMap::new();
     for ((_, begun, _), result) in items.into_iter().zip(written) {
         match result {
-            Ok(ledger::Swap::Stored) => groups.entry(batch_key(&begun)).or_default().push(begun),
+            Ok(ledger::Swap::Stored) => groups
+                .entry((begun.connection.clone(), batch_key(&begun)))
+                .or_default()
+                .push(begun),
             Ok(ledger::Swap::Changed) => core.scheduler.look_again(now, begun.id),
             Err(e) => {
                 tracing::warn!(cred_id = %begun.id, error = %e,
@@ -698,6 +785,82 @@ async fn store_and_track(core: &MountCore, now: u64, items: &[(Credential, Optio
                 core.scheduler.look_again(now, cred.id.clone());
             }
         }
+    }
+}
+
+/// What a batch's calls to its target reported besides success.
+#[derive(Default)]
+struct Done {
+    guarded: BTreeMap<String, u64>,
+    degraded: BTreeMap<String, String>,
+    caveats: BTreeMap<String, String>,
+    /// Credential id → which statements revoked it, where not those recorded at issuance.
+    revoked_with: BTreeMap<String, &'static str>,
+}
+
+/// Revokes `principals` on `target` with `settings`: in one call, or, if that fails for a
+/// reason other than the target being unavailable, one by one, so that one bad principal does
+/// not hold the others back (against an unavailable target each would only wait out its own
+/// timeout). Per principal: `Ok(true)` when it was already gone.
+async fn revoke_on(
+    target: &Arc<dyn crate::backend::Target>,
+    connection: &str,
+    principals: &[Principal],
+    settings: &Map<String, Value>,
+    done: &mut Done,
+) -> Vec<Result<bool, String>> {
+    let mut note = |r: crate::backend::Revoked| {
+        done.guarded.extend(r.guarded);
+        done.degraded.extend(r.degraded);
+        done.caveats.extend(r.caveats);
+        r.already_gone
+    };
+    match bounded(target.revoke(principals, settings)).await {
+        Ok(r) => {
+            let gone: HashSet<String> = note(r).into_iter().collect();
+            principals
+                .iter()
+                .map(|p| Ok(gone.contains(&p.name)))
+                .collect()
+        }
+        Err(e) if principals.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
+            tracing::warn!(connection, batch = principals.len(), error = %e,
+                "batch revocation failed; revoking one by one");
+            let mut out = Vec::with_capacity(principals.len());
+            for p in principals {
+                let r = bounded(target.revoke(std::slice::from_ref(p), settings)).await;
+                out.push(
+                    r.map(|r| note(r).contains(&p.name))
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            out
+        }
+        Err(e) => vec![Err(e.to_string()); principals.len()],
+    }
+}
+
+/// The settings to try when `cred`'s revocation fails with those recorded at issuance: its
+/// role's as they are now, when the role still issues on the same connection and was changed
+/// since; for a role that no longer exists, the recorded ones without their
+/// `revocation_statements` (the kind's default revocation). With what it is, for the record.
+async fn other_settings(
+    core: &MountCore,
+    cred: &Credential,
+) -> Option<(Map<String, Value>, &'static str)> {
+    match core.role(&cred.role).await {
+        Ok(Some(role)) if role.db_name == cred.connection && role.settings != cred.settings => {
+            Some((
+                role.settings,
+                "the role's statements as changed after issuance",
+            ))
+        }
+        Ok(None) if cred.settings.contains_key("revocation_statements") => {
+            let mut settings = cred.settings.clone();
+            settings.remove("revocation_statements");
+            Some((settings, "the kind's default (the role was deleted)"))
+        }
+        _ => None,
     }
 }
 
@@ -765,60 +928,60 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
     // be someone's account) is never dropped: its record ends without a call to the target.
     let (batch, left): (Vec<Work>, Vec<Work>) = batch.into_iter().partition(|w| w.cred.ours());
     let left_alone: HashSet<String> = left.iter().map(|w| w.cred.id.clone()).collect();
-    let settings: Map<String, Value> = batch
-        .first()
-        .map(|w| w.cred.settings.clone())
-        .unwrap_or_default();
-    let principals: Vec<Principal> = batch.iter().map(|w| w.cred.as_principal()).collect();
-    let mut guarded: BTreeMap<String, u64> = BTreeMap::new();
-    let mut degraded: BTreeMap<String, String> = BTreeMap::new();
+    let mut done = Done::default();
     // Per principal: Ok(true) when it was already gone.
-    let target = match batch.is_empty() {
-        true => Err(Error::Internal("no principal goes to the target".into())),
-        false => core.target(connection).await,
-    };
-    let results: Vec<Result<bool, String>> = match target {
-        _ if batch.is_empty() => Vec::new(),
-        Err(e) => vec![Err(e.to_string()); batch.len()],
-        Ok(target) => {
-            let call = |principals: Vec<Principal>| {
-                let target = target.clone();
-                let settings = settings.clone();
-                async move { bounded(target.revoke(&principals, &settings)).await }
-            };
-            match call(principals.clone()).await {
-                Ok(r) => {
-                    guarded.extend(r.guarded);
-                    degraded.extend(r.degraded);
-                    let gone: HashSet<&String> = r.already_gone.iter().collect();
-                    principals
-                        .iter()
-                        .map(|p| Ok(gone.contains(&p.name)))
-                        .collect()
+    let mut results: Vec<Result<bool, String>> = Vec::new();
+    if let Some(first) = batch.first() {
+        let principals: Vec<Principal> = batch.iter().map(|w| w.cred.as_principal()).collect();
+        results = match core.target(connection).await {
+            Err(e) => vec![Err(e.to_string()); batch.len()],
+            Ok(target) => {
+                let settings = &first.cred.settings;
+                let mut results =
+                    revoke_on(&target, connection, &principals, settings, &mut done).await;
+                // Revocations that failed with the statements recorded at issuance try the
+                // role's as they are now (fixed since), or, for a deleted role, the kind's
+                // default: one call per role.
+                let failed: Vec<usize> =
+                    (0..batch.len()).filter(|i| results[*i].is_err()).collect();
+                let mut by_role: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+                for i in failed {
+                    by_role
+                        .entry(batch[i].cred.role.as_str())
+                        .or_default()
+                        .push(i);
                 }
-                // One bad principal must not hold the others back: try each alone. Not when
-                // the target is unreachable: each attempt would only wait out its own timeout.
-                Err(e) if batch.len() > 1 && !matches!(e, Error::Unavailable(_)) => {
-                    tracing::warn!(connection, batch = batch.len(), error = %e,
-                        "batch revocation failed; revoking one by one");
-                    let mut out = Vec::with_capacity(principals.len());
-                    for p in principals {
-                        let r = call(vec![p.clone()]).await;
-                        out.push(
-                            r.map(|r| {
-                                guarded.extend(r.guarded);
-                                degraded.extend(r.degraded);
-                                r.already_gone.contains(&p.name)
-                            })
-                            .map_err(|e| e.to_string()),
-                        );
+                for (role, indices) in by_role {
+                    let Some((other, how)) = other_settings(core, &batch[indices[0]].cred).await
+                    else {
+                        continue;
+                    };
+                    let retry: Vec<Principal> =
+                        indices.iter().map(|i| principals[*i].clone()).collect();
+                    let again = revoke_on(&target, connection, &retry, &other, &mut done).await;
+                    for (i, r) in indices.into_iter().zip(again) {
+                        if r.is_ok() {
+                            tracing::info!(
+                                connection,
+                                role,
+                                how,
+                                "a failing revocation worked with other statements"
+                            );
+                            done.revoked_with.insert(batch[i].cred.id.clone(), how);
+                        }
+                        results[i] = r;
                     }
-                    out
                 }
-                Err(e) => vec![Err(e.to_string()); batch.len()],
+                results
             }
-        }
-    };
+        };
+    }
+    let Done {
+        guarded,
+        degraded,
+        caveats,
+        revoked_with,
+    } = done;
 
     let results = results
         .into_iter()
@@ -843,6 +1006,12 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 }
                 if left_alone.contains(&cred.id) {
                     cred.last_error = Some(ledger::NOT_OURS.to_owned());
+                }
+                if let Some(what) = caveats.get(&cred.principal) {
+                    cred.last_error = Some(format!("revoked, but {what}"));
+                }
+                if let Some(how) = revoked_with.get(&cred.id) {
+                    cred.revoked_with = Some((*how).to_owned());
                 }
                 if already_gone {
                     Outcome::AlreadyGone
@@ -880,6 +1049,10 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
                 None if cred.guard_until.is_some() => (
                     "revoked",
                     format!("{}; denied until its own expiry", w.reason),
+                ),
+                None if caveats.contains_key(&cred.principal) => (
+                    "revoked",
+                    format!("{}; but {}", w.reason, caveats[&cred.principal]),
                 ),
                 None => ("revoked", w.reason.clone()),
             },

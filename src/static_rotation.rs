@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
-use crate::backend::Target;
+use crate::backend::{TARGET_TIMEOUT, Target, within};
 use crate::error::Error;
 use crate::host::now;
 use crate::ledger::{self, STATIC_ENTRY};
@@ -268,7 +268,12 @@ async fn settle(role: &StaticRole, state: &mut State, target: &dyn Target) -> Re
     let Some(p) = &state.pending else {
         return Ok(false);
     };
-    let took = target.check_login(&p.account, &p.password).await?;
+    let took = within(
+        TARGET_TIMEOUT,
+        "check a login",
+        target.check_login(&p.account, &p.password),
+    )
+    .await?;
     let p = state.pending.take().expect("checked above");
     if took {
         tracing::info!(account = %p.account, "a rotation stopped midway had changed the password; adopted");
@@ -301,15 +306,24 @@ async fn attempt(
     save(core, name, state).await?;
     core.crash_point("static_pending");
 
-    let set = target
-        .set_password(&account, &password, &role.rotation_statements)
-        .await;
+    let set = within(
+        TARGET_TIMEOUT,
+        "set the password",
+        target.set_password(&account, &password, &role.rotation_statements),
+    )
+    .await;
     core.crash_point("static_changed");
     let took = match &set {
         Ok(()) => true,
         // The change may have happened before the failure (a lost reply, or a later
         // statement failing after the password statement ran): ask the target.
-        Err(e) => match target.check_login(&account, &password).await {
+        Err(e) => match within(
+            TARGET_TIMEOUT,
+            "check a login",
+            target.check_login(&account, &password),
+        )
+        .await
+        {
             Ok(took) => took,
             // Cannot tell: the pending password stays and is settled later.
             Err(_) => return Err(e.clone()),
@@ -405,7 +419,7 @@ async fn settle_keys(
     target: &dyn Target,
 ) -> Result<Vec<String>, Error> {
     let user = &role.username;
-    let keys = target.list_keys(user).await?;
+    let keys = within(TARGET_TIMEOUT, "list the keys", target.list_keys(user)).await?;
     let previous = state.previous.as_ref().and_then(|p| p.key_id.clone());
     let mut left = Vec::new();
     for (key, created) in keys {
@@ -415,7 +429,12 @@ async fn settle_keys(
             .key_asked_at
             .is_some_and(|t| created + SETTLE_AFTER_SECS >= t);
         if !known && ours {
-            target.delete_key(user, &key).await?;
+            within(
+                TARGET_TIMEOUT,
+                "delete a key",
+                target.delete_key(user, &key),
+            )
+            .await?;
             tracing::info!(account = %user, key = %key,
                 "deleted a key that a rotation stopped midway created and never stored");
         } else {
@@ -474,13 +493,18 @@ async fn attempt_key(
         && let Some(key) = &p.key_id
     {
         // Rotated again within the grace period: the previous key's grace ends now.
-        target.delete_key(&p.account, key).await?;
+        within(
+            TARGET_TIMEOUT,
+            "delete a key",
+            target.delete_key(&p.account, key),
+        )
+        .await?;
         state.previous = None;
     }
 
     state.key_asked_at = Some(now());
     save(core, name, state).await?;
-    let (key, secret) = target.create_key(&user).await?;
+    let (key, secret) = within(TARGET_TIMEOUT, "make a key", target.create_key(&user)).await?;
     core.crash_point("static_changed");
     adopt(role, state, user.clone(), secret);
     state.key_id = Some(key);
@@ -502,12 +526,20 @@ async fn retire(core: &MountCore, name: &str, role: &StaticRole, state: &mut Sta
     let result = async {
         let target = core.target(&role.db_name).await?;
         if let Some(key) = &previous.key_id {
-            return target.delete_key(&previous.account, key).await;
+            return within(
+                TARGET_TIMEOUT,
+                "delete a key",
+                target.delete_key(&previous.account, key),
+            )
+            .await;
         }
         let password = core.new_password(&role.password_policy).await?;
-        target
-            .set_password(&previous.account, &password, &role.rotation_statements)
-            .await
+        within(
+            TARGET_TIMEOUT,
+            "set the password",
+            target.set_password(&previous.account, &password, &role.rotation_statements),
+        )
+        .await
     }
     .await;
     match result {
@@ -533,7 +565,7 @@ async fn retire(core: &MountCore, name: &str, role: &StaticRole, state: &mut Sta
 
 /// The scheduler reached static role `name`'s due entry: settle, retire, rotate, as due.
 pub async fn on_due(core: Arc<MountCore>, entry_due: u64, name: String) {
-    let _one_at_a_time = core.static_rotation.lock().await;
+    let _one_at_a_time = core.static_rotation.lock(&name).await;
     let kv = core.storage.as_ref();
     let now = now();
     let loaded = async {
@@ -623,7 +655,7 @@ fn no_role(name: &str) -> Error {
 /// scheduled rotation's. In dual-account mode this ends the previous account's grace period:
 /// it is the account that gets the new password.
 pub async fn rotate_now(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let _one_at_a_time = core.static_rotation.lock().await;
+    let _one_at_a_time = core.static_rotation.lock(name).await;
     let role = static_roles::load(core.storage.as_ref(), name)
         .await?
         .ok_or_else(|| no_role(name))?;
@@ -640,7 +672,8 @@ pub async fn write(
     name: &str,
     data: &Map<String, Value>,
 ) -> Result<Response, Error> {
-    let _one_at_a_time = core.static_rotation.lock().await;
+    let _writes = core.static_writes.lock().await;
+    let _one_at_a_time = core.static_rotation.lock(name).await;
     let kv = core.storage.as_ref();
     let written = static_roles::parse(kv, &core.backends, name, data).await?;
     let role = written.role;
@@ -665,7 +698,13 @@ pub async fn write(
         let password = written.password.map(SecretString::from);
         if let Some(p) = &password {
             let target = core.target(&role.db_name).await?;
-            if !target.check_login(&role.username, p).await? {
+            if !within(
+                TARGET_TIMEOUT,
+                "check a login",
+                target.check_login(&role.username, p),
+            )
+            .await?
+            {
                 return Err(Error::bad_request(format!(
                     "field 'password': the target refuses it for '{}'",
                     role.username
@@ -723,7 +762,8 @@ async fn remove(core: &MountCore, name: &str, state: &mut State) -> Result<(), E
 /// `static-roles/NAME` delete: mayfly forgets the role and its passwords; the accounts stay
 /// as they are.
 pub async fn delete(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let _one_at_a_time = core.static_rotation.lock().await;
+    let _writes = core.static_writes.lock().await;
+    let _one_at_a_time = core.static_rotation.lock(name).await;
     let mut state = load_state(core, name).await?;
     remove(core, name, &mut state).await?;
     tracing::info!(static_role = name, "static role deleted");
@@ -816,6 +856,7 @@ mod tests {
             cache: Default::default(),
             root_rotation: Default::default(),
             static_rotation: Default::default(),
+            static_writes: Default::default(),
         });
         let config = json!({"plugin_name": "fake", "url": "fake://x", "allowed_roles": "*"});
         crate::connections::write(

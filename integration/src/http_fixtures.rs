@@ -167,3 +167,34 @@ fn serve(mut stream: TcpStream, answer: fn(&str, &str, &str) -> Answer, seen: &M
         }
     }
 }
+
+/// A service that stopped answering: it accepts every connection on `port` and holds it open
+/// without reading or writing, until dropped.
+pub struct BlackHole {
+    stop: Arc<AtomicBool>,
+}
+
+impl BlackHole {
+    pub fn start(port: u16) -> BlackHole {
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("the black hole's port");
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((conn, _)) => held.push(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        BlackHole { stop }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

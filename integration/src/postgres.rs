@@ -226,11 +226,22 @@ pub struct Psql {
 impl Psql {
     /// Runs `sql` as `user`; returns the unaligned output or psql's error text.
     pub fn run_as(&self, user: &str, password: &str, sql: &str) -> Result<String, String> {
+        self.run_in("postgres", user, password, sql)
+    }
+
+    /// Runs `sql` as `user` in `database`; returns the unaligned output or psql's error text.
+    pub fn run_in(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+        sql: &str,
+    ) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
             .args([
                 "-d",
-                "postgres",
+                database,
                 "-X",
                 "-A",
                 "-t",

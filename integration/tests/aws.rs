@@ -3,6 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use mayfly_integration::creds::is_marked;
 use mayfly_integration::{Bao, Moto, free_port, wait_until};
 use serde_json::{Value, json};
 
@@ -142,9 +143,13 @@ fn each_credential_type_works_and_its_ttl_is_aligned_before_aws_is_called() {
     let arn = format!("arn:aws:sts::{ACCOUNT}:assumed-role/app/{user}");
     assert_eq!(caller(moto, &short), arn);
     assert_eq!(short["data"]["arn"], arn.as_str());
-    // The session name carries the credential id, so CloudTrail names the credential.
+    // The session name carries the mount's mark and the credential id (16 of its 20
+    // characters), so CloudTrail names the credential.
     let (id, rec) = record(bao, user);
-    assert!(user.ends_with(&id), "{user} {id}");
+    assert!(
+        is_marked(user, "app-") && user.ends_with(&id[..16]),
+        "{user} {id}"
+    );
     assert_eq!(rec["state"], "active");
     assert_eq!(rec["target_expires"], session_end);
 

@@ -145,9 +145,11 @@ impl HttpTarget {
         Ok(Some(reply))
     }
 
+    /// A call that got no answer (none at all, or none within the connection's `timeout`):
+    /// the service is unavailable, so a batch revocation is not retried key by key against it.
     fn unreachable(&self, call: &client::Call, e: String, secrets: &[&str]) -> Error {
         let msg = format!("{}: {e}", self.client.describe(call));
-        Error::Target(self.scrub(&msg, secrets))
+        Error::Unavailable(self.scrub(&msg, secrets))
     }
 
     /// The service refused a call or answered it in a way mayfly cannot use: what it said,

@@ -32,6 +32,8 @@ const MAX_NAME: usize = 32;
 const USERNAME_TEMPLATE: &str = r#"{{ printf "%s%s-%s" .Mark (.RoleName | truncate 8) (random 13) | lowercase | truncate 32 }}"#;
 /// ER_NO_SUCH_THREAD: the session ended before mayfly could kill it.
 const NO_SUCH_THREAD: u16 = 1094;
+/// ER_KILL_DENIED_ERROR: not the session's owner, and no privilege to end others' sessions.
+const KILL_DENIED: u16 = 1095;
 /// Errors of a refused login: ER_ACCESS_DENIED_ERROR, and an account locked (MySQL 8's
 /// number, then MariaDB's).
 const LOGIN_REFUSED: [u16; 3] = [1045, 3118, 4151];
@@ -347,14 +349,16 @@ impl MySqlTarget {
             .map_err(|e| self.fail(what, &e, extra))
     }
 
-    /// Ends every session of these users. DROP USER leaves open sessions running.
-    async fn kill_sessions(&self, names: &[String]) -> Result<(), Error> {
+    /// Ends every session of these users (DROP USER leaves open sessions running), and returns
+    /// the users some of whose sessions the connection's user may not end: one without `SUPER`
+    /// or `CONNECTION ADMIN`, as on managed services. Their accounts go all the same.
+    async fn kill_sessions(&self, names: &[String]) -> Result<Vec<String>, Error> {
         let sql = format!(
-            "SELECT CAST(ID AS SIGNED) FROM information_schema.PROCESSLIST \
+            "SELECT CAST(ID AS SIGNED), CAST(USER AS CHAR) FROM information_schema.PROCESSLIST \
              WHERE USER IN ({}) AND ID <> CONNECTION_ID()",
             placeholders(names.len())
         );
-        let mut query = sqlx::query_scalar::<_, i64>(&sql);
+        let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
         for n in names {
             query = query.bind(n);
         }
@@ -362,26 +366,30 @@ impl MySqlTarget {
             .fetch_all(&self.pool)
             .await
             .map_err(|e| self.fail("cannot list sessions", &e, &[]))?;
-        for id in ids {
-            match sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
+        let mut left: Vec<String> = Vec::new();
+        for (id, user) in ids {
+            let killed = sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
                 .execute(&self.pool)
-                .await
-            {
+                .await;
+            match killed {
                 Ok(_) => {}
-                Err(sqlx::Error::Database(db))
-                    if db
-                        .try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|m| m.number() == NO_SUCH_THREAD) => {}
+                Err(e) if mysql_error_number(&e) == Some(NO_SUCH_THREAD) => {}
+                Err(e) if mysql_error_number(&e) == Some(KILL_DENIED) => {
+                    if !left.contains(&user) {
+                        left.push(user);
+                    }
+                }
                 Err(e) => return Err(self.fail("refused to end a session", &e, &[])),
             }
         }
-        Ok(())
+        Ok(left)
     }
 
-    /// Locks, disconnects and drops every account in `accounts`, in one statement each.
-    async fn drop_accounts(&self, accounts: &[(String, String)]) -> Result<(), Error> {
+    /// Locks, disconnects and drops every account in `accounts`, in one statement each;
+    /// returns the users whose sessions could not be ended ([`MySqlTarget::kill_sessions`]).
+    async fn drop_accounts(&self, accounts: &[(String, String)]) -> Result<Vec<String>, Error> {
         if accounts.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let list: Vec<String> = accounts.iter().map(|(u, h)| account(u, h)).collect();
         let list = list.join(", ");
@@ -394,13 +402,14 @@ impl MySqlTarget {
             &[],
         )
         .await?;
-        self.kill_sessions(&names).await?;
+        let left = self.kill_sessions(&names).await?;
         self.execute(
             "refused the revocation",
             &format!("DROP USER IF EXISTS {list}"),
             &[],
         )
-        .await
+        .await?;
+        Ok(left)
     }
 }
 
@@ -417,6 +426,10 @@ async fn run_each(conn: &mut MySqlConnection, sql: &[String]) -> Result<(), (usi
 
 #[async_trait]
 impl Target for MySqlTarget {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
         Ok(!self.accounts(&[name.to_owned()]).await?.is_empty())
     }
@@ -464,7 +477,7 @@ impl Target for MySqlTarget {
         if let Err(e) = result {
             let undo = async {
                 let created = self.accounts(&[p.name.to_owned()]).await?;
-                self.drop_accounts(&created).await
+                self.drop_accounts(&created).await.map(|_| ())
             };
             if let Err(undo_error) = undo.await {
                 tracing::warn!(
@@ -498,7 +511,7 @@ impl Target for MySqlTarget {
         let accounts = self.accounts(names).await?;
         let exists = |n: &String| accounts.iter().any(|(u, _)| u == n);
         let existing: Vec<String> = names.iter().filter(|n| exists(n)).cloned().collect();
-        let outcome = Revoked {
+        let mut outcome = Revoked {
             removed: existing.len(),
             already_gone: names.iter().filter(|n| !exists(n)).cloned().collect(),
             ..Revoked::default()
@@ -506,9 +519,21 @@ impl Target for MySqlTarget {
         if existing.is_empty() {
             return Ok(outcome);
         }
+        let left_running = |left: Vec<String>| -> Vec<(String, String)> {
+            left.into_iter()
+                .map(|u| {
+                    (
+                        u,
+                        "its open sessions could not be ended (the connection's user lacks \
+                         CONNECTION ADMIN or SUPER); it can no longer log in"
+                            .to_owned(),
+                    )
+                })
+                .collect()
+        };
         let custom = list(settings, "revocation_statements");
         if custom.is_empty() {
-            self.drop_accounts(&accounts).await?;
+            outcome.caveats = left_running(self.drop_accounts(&accounts).await?);
             return Ok(outcome);
         }
         for name in &existing {
@@ -524,7 +549,7 @@ impl Target for MySqlTarget {
                 self.execute("refused the revocation", &stmt, &[]).await?;
             }
         }
-        self.kill_sessions(&existing).await?;
+        outcome.caveats = left_running(self.kill_sessions(&existing).await?);
         Ok(outcome)
     }
 

@@ -250,6 +250,8 @@ struct PgTarget {
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
 const DEPENDENT_OBJECTS: &str = "2BP01";
+/// SQLSTATE 42501: the connection's user lacks a privilege (not superuser, not a member).
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATEs of a refused login: 28P01 wrong password, 28000 no such role, or no LOGIN, or
 /// refused by pg_hba.conf.
 const LOGIN_REFUSED: [&str; 2] = ["28P01", "28000"];
@@ -280,6 +282,51 @@ impl PgTarget {
         }
     }
 
+    /// Takes from `users` the privileges they were granted in this database, the way
+    /// OpenBao's own engine does for an admin that is not superuser: on everything in each
+    /// schema where they hold one (and `public`), the schemas themselves, and the database.
+    /// Each statement runs on its own and a refused one is passed over: what the admin granted
+    /// it can take back, and what remains makes the DROP ROLE that follows fail and say why.
+    async fn revoke_grants(&self, users: &[String]) -> Result<(), Error> {
+        let schemas: Vec<String> = sqlx::query_scalar(
+            "SELECT table_schema::text FROM information_schema.role_table_grants \
+             WHERE grantee = ANY($1) \
+             UNION SELECT table_schema::text FROM information_schema.role_column_grants \
+             WHERE grantee = ANY($1) \
+             UNION SELECT 'public'",
+        )
+        .bind(users)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.fail("cannot look up the users' privileges", &e, &[]))?;
+        let list = users
+            .iter()
+            .map(|n| quote_identifier(n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut sql = Vec::new();
+        for schema in &schemas {
+            let s = quote_identifier(schema);
+            for what in ["TABLES", "SEQUENCES", "FUNCTIONS"] {
+                sql.push(format!(
+                    "REVOKE ALL PRIVILEGES ON ALL {what} IN SCHEMA {s} FROM {list}"
+                ));
+            }
+            sql.push(format!("REVOKE ALL ON SCHEMA {s} FROM {list}"));
+        }
+        sql.push(format!(
+            "DO $$ BEGIN EXECUTE format('REVOKE ALL ON DATABASE %I FROM {}', \
+             current_database()); END $$",
+            list.replace('\'', "''").replace('%', "%%")
+        ));
+        for stmt in sql {
+            if let Err(e) = sqlx::raw_sql(&stmt).execute(&self.pool).await {
+                tracing::debug!(error = %e, "a revocation of privileges was refused; going on");
+            }
+        }
+        Ok(())
+    }
+
     async fn existing(&self, names: &[String]) -> Result<Vec<String>, Error> {
         sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
             .bind(names)
@@ -293,6 +340,14 @@ fn render_all(field: &str, stmts: &[String], values: &Values<'_>) -> Result<Vec<
     common::render_all(field, stmts, values, Dialect::Postgres)
 }
 
+/// The SQLSTATE of a database error.
+fn sqlstate(e: &sqlx::Error) -> Option<String> {
+    match e {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    }
+}
+
 /// Runs `sql` in one transaction, all of it or none, in one round trip: PostgreSQL runs the
 /// statements of one simple-protocol query as a single transaction. Each statement ends on a
 /// new line, so a trailing `--` comment cannot swallow the separator.
@@ -303,6 +358,10 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
 
 #[async_trait]
 impl Target for PgTarget {
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
         Ok(!self.existing(&[name.to_owned()]).await?.is_empty())
     }
@@ -445,27 +504,57 @@ impl Target for PgTarget {
             .execute(&self.pool)
             .await
             .map_err(fail)?;
-        sqlx::query(
+        let mut outcome = outcome;
+        let ended = sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)",
         )
         .bind(&existing)
         .execute(&self.pool)
-        .await
-        .map_err(fail)?;
+        .await;
+        match ended {
+            Ok(_) => {}
+            // An admin that is neither superuser nor in pg_signal_backend may not end another
+            // role's sessions (managed services): the users are dropped all the same, their
+            // open sessions run until their clients leave, and the ledger says so.
+            Err(e) if sqlstate(&e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+                outcome.caveats.extend(existing.iter().map(|n| {
+                    (
+                        n.clone(),
+                        "its open sessions could not be ended (the connection's user may not \
+                         signal them: grant it pg_signal_backend); it can no longer log in"
+                            .to_owned(),
+                    )
+                }));
+            }
+            Err(e) => return Err(fail(e)),
+        }
         let list = quoted.join(", ");
         let drop = format!("DROP ROLE IF EXISTS {list}");
         match run_in_transaction(&self.pool, vec![drop.clone()]).await {
             Ok(()) => Ok(outcome),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(DEPENDENT_OBJECTS) => {
+            Err(e) if sqlstate(&e).as_deref() == Some(DEPENDENT_OBJECTS) => {
                 // The users own objects or hold grants of their own: hand the objects to
                 // mayfly's user, drop the grants, then the users.
                 let sql = vec![
                     format!("REASSIGN OWNED BY {list} TO CURRENT_USER"),
                     format!("DROP OWNED BY {list}"),
-                    drop,
+                    drop.clone(),
                 ];
-                run_in_transaction(&self.pool, sql).await.map_err(fail)?;
-                Ok(outcome)
+                match run_in_transaction(&self.pool, sql).await {
+                    Ok(()) => Ok(outcome),
+                    // REASSIGN and DROP OWNED need the privileges of the users, which an admin
+                    // with CREATEROLE alone does not have (PostgreSQL 15: no membership;
+                    // 16: the ADMIN OPTION its CREATE ROLE gave it, but no SET or INHERIT
+                    // unless createrole_self_grant says so).
+                    Err(e) if sqlstate(&e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
+                        self.revoke_grants(&existing).await?;
+                        run_in_transaction(&self.pool, vec![drop])
+                            .await
+                            .map_err(fail)?;
+                        Ok(outcome)
+                    }
+                    Err(e) => Err(fail(e)),
+                }
             }
             Err(e) => Err(fail(e)),
         }
