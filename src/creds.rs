@@ -1145,6 +1145,63 @@ mod tests {
         assert_eq!(record(&s, &other).state, State::Revoked);
     }
 
+    /// A revocation failing with the statements recorded at issuance tries the role's as
+    /// they are now, and, once the role is deleted, the kind's default.
+    #[tokio::test]
+    async fn a_fixed_or_deleted_role_ends_its_failing_revocations() {
+        let s = setup().await;
+        let write = |path: &str, op: Operation, body: Value| {
+            s.engine.handle(Request::new(op, path).with_data(body))
+        };
+        let broken = json!({"db_name": "db", "revocation_statements": "FAIL"});
+        write("roles/app", Operation::Update, broken.clone())
+            .await
+            .unwrap();
+        let fixed_later = issue(&s, json!({})).await;
+        s.engine
+            .handle(lease_request(Operation::Revoke, &fixed_later, 0))
+            .await
+            .unwrap();
+        assert_eq!(record(&s, &fixed_later).state, State::Revoking);
+        // Fixed: the next attempt uses the role's statements.
+        write(
+            "roles/app",
+            Operation::Update,
+            json!({"revocation_statements": "DROP"}),
+        )
+        .await
+        .unwrap();
+        let op = Request::new(Operation::Update, "revoke/role/app");
+        let report = s.engine.handle(op).await.unwrap().data.unwrap();
+        assert_eq!(report["revoked"], 1, "{report:?}");
+        let c = record(&s, &fixed_later);
+        assert_eq!(c.state, State::Revoked);
+        assert_eq!(
+            c.revoked_with.as_deref(),
+            Some("the role's statements as changed after issuance")
+        );
+        // Deleted: the recorded statements, then the kind's default.
+        let third = {
+            write("roles/app", Operation::Update, broken).await.unwrap();
+            let r = issue(&s, json!({})).await;
+            s.engine
+                .handle(lease_request(Operation::Revoke, &r, 0))
+                .await
+                .unwrap();
+            r
+        };
+        write("roles/app", Operation::Delete, json!({}))
+            .await
+            .unwrap();
+        let op = Request::new(Operation::Update, "revoke/config/db");
+        let report = s.engine.handle(op).await.unwrap().data.unwrap();
+        assert_eq!(report["revoked"], 1, "{report:?}");
+        assert_eq!(
+            record(&s, &third).revoked_with.as_deref(),
+            Some("the kind's default (the role was deleted)")
+        );
+    }
+
     #[tokio::test]
     async fn failing_revocations_are_retried_and_recorded() {
         let s = setup().await;

@@ -226,11 +226,18 @@ impl MountCore {
         }
         let backend = self.backends.for_connection(name, config)?;
         let target = backend.connect(config).await?;
-        self.targets
+        let replaced = self
+            .targets
             .map
             .lock()
             .unwrap()
             .insert(name.to_owned(), (fingerprint, target.clone()));
+        // Made from an older configuration (a rotated password, say): its sessions go now.
+        if let Some((old, stale)) = replaced
+            && old != fingerprint
+        {
+            self.node.spawn(async move { stale.close().await });
+        }
         Ok(target)
     }
 }

@@ -137,9 +137,15 @@ impl Target for FakeTarget {
     async fn revoke(
         &self,
         principals: &[Principal],
-        _: &Map<String, Value>,
+        settings: &Map<String, Value>,
     ) -> Result<Revoked, Error> {
         self.check()?;
+        if settings
+            .get("revocation_statements")
+            .is_some_and(|s| s.to_string().contains("FAIL"))
+        {
+            return Err(Error::Target("the revocation statement failed".into()));
+        }
         self.revoke_calls.fetch_add(1, Ordering::SeqCst);
         self.largest_batch
             .fetch_max(principals.len(), Ordering::SeqCst);
@@ -271,11 +277,14 @@ impl Backend for Fake {
         Ok(self.target.clone())
     }
     fn role_fields(&self) -> Vec<FieldDef> {
-        vec![FieldDef::new(
-            "creation_statements",
-            FieldType::Statements,
-            "what to run",
-        )]
+        vec![
+            FieldDef::new("creation_statements", FieldType::Statements, "what to run"),
+            FieldDef::new(
+                "revocation_statements",
+                FieldType::Statements,
+                "what to run to revoke; one holding FAIL fails",
+            ),
+        ]
     }
     fn validate_role(&self, _: &Map<String, Value>, _: &str) -> Result<(), Error> {
         Ok(())

@@ -31,6 +31,22 @@ fn keys(method: &str, path: &str, _: &str) -> Answer {
     }
 }
 
+/// Connection `svc` to the key service behind `proxy`, and its role `keys`.
+fn key_service(bao: &Bao, proxy: &Proxy) {
+    write(
+        bao,
+        "mayfly/config/svc",
+        json!({"plugin_name": "http", "base_url": proxy.url(), "allowed_roles": "*"}),
+    );
+    write(
+        bao,
+        "mayfly/roles/keys",
+        json!({"db_name": "svc",
+               "create": {"method": "POST", "path": "/keys/{{.Name}}", "secret_pointer": "/secret"},
+               "revoke": {"method": "DELETE", "path": "/keys/{{.Name}}"}}),
+    );
+}
+
 /// Found with an HTTP service that stopped answering: PostgreSQL users of the same mount with
 /// an 8 s TTL were still there 20 s past their deadline.
 #[test]
@@ -39,18 +55,7 @@ fn a_black_holed_service_holds_back_only_its_own_revocations() {
     let stub = Stub::start(keys);
     let mut proxy = Proxy::start(&format!("127.0.0.1:{}", stub.port));
     let bao = Bao::with_mayfly();
-    write(
-        &bao,
-        "mayfly/config/svc",
-        json!({"plugin_name": "http", "base_url": proxy.url(), "allowed_roles": "*"}),
-    );
-    write(
-        &bao,
-        "mayfly/roles/keys",
-        json!({"db_name": "svc",
-               "create": {"method": "POST", "path": "/keys/{{.Name}}", "secret_pointer": "/secret"},
-               "revoke": {"method": "DELETE", "path": "/keys/{{.Name}}"}}),
-    );
+    key_service(&bao, &proxy);
     let keys: Vec<Value> = (0..24)
         .map(|_| {
             let (status, body) = bao.get("mayfly/creds/keys?ttl=2s");
@@ -308,4 +313,55 @@ fn fixing_a_roles_statements_ends_its_failing_revocations() {
         "{record}"
     );
     eprintln!("dropped {:?} after the fix", fixed.elapsed());
+}
+
+/// A measurement for the issue note, not a check: how late 2,000 PostgreSQL users that expire
+/// together are dropped, alone and beside a black-holed HTTP connection with 1,000 keys due.
+/// `cargo test -p mayfly-integration --test isolation -- --ignored --nocapture`
+#[test]
+#[ignore = "a measurement (several minutes); run it by name"]
+fn measure_mass_expiry_lateness_beside_a_black_holed_connection() {
+    use mayfly_integration::bao::ROOT_TOKEN;
+    use mayfly_integration::expiry_watch::{ExpiryWatch, lateness, median_and_max};
+    use mayfly_integration::load;
+
+    for with_hole in [false, true] {
+        let pg = PrivatePostgres::start();
+        let stub = Stub::start(keys);
+        let mut proxy = Proxy::start(&format!("127.0.0.1:{}", stub.port));
+        let bao = Bao::with_mayfly();
+        key_service(&bao, &proxy);
+        let mut _hole = None;
+        if with_hole {
+            load::issue_many(&bao, ROOT_TOKEN, "mayfly/creds/keys?ttl=20s", 1000, 8);
+            proxy.down();
+            _hole = Some(BlackHole::start(proxy.port));
+        }
+        write(&bao, "mayfly/config/db", pg.connection("postgres"));
+        write(
+            &bao,
+            "mayfly/roles/app",
+            json!({"db_name": "db", "creation_statements": PG_CREATE}),
+        );
+        let watch = ExpiryWatch::start(&pg, &["mf-"]);
+        let run = load::issue_many(&bao, ROOT_TOKEN, "mayfly/creds/app?ttl=60s", 2000, 8);
+        let all_gone = wait_until(240.0, || {
+            let seen = watch.seen();
+            seen.len() >= 2000 && seen.values().all(|s| s.gone_at.is_some())
+        });
+        let mut late: Vec<f64> = watch
+            .seen()
+            .values()
+            .filter_map(|s| lateness(s, &[]))
+            .collect();
+        let (median, max) = median_and_max(&mut late);
+        let (_, failing) = bao.list("mayfly/revocations/");
+        eprintln!(
+            "black hole: {with_hole}; issued {:.0}/s; all gone: {all_gone}; {} users; lateness \
+             median {median:.2} s, max {max:.2} s; backlog {}",
+            run.rate,
+            late.len(),
+            failing["data"]["connections"]
+        );
+    }
 }
