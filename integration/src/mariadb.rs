@@ -19,8 +19,13 @@ pub struct PrivateMariaDb {
 impl PrivateMariaDb {
     pub fn start() -> PrivateMariaDb {
         let dir = crate::scratch_dir("mariadb");
+        // Temporary tables in a directory of this server's own: in the shared /tmp, a file a
+        // killed server left behind broke a later bootstrap that got the same process id.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--skip-test-db"])
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-name-resolve",
@@ -63,6 +68,7 @@ impl PrivateMariaDb {
             ])
             .arg(format!("--port={}", self.port))
             .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--socket={}", self.socket().display()))
             .arg(format!("--pid-file={}", self.dir.join("pid").display()))
             .arg(format!(
