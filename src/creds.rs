@@ -937,6 +937,18 @@ mod tests {
         req
     }
 
+    /// The first credential record to appear in storage (an issuance's intent), once it has.
+    async fn intent_on_record(s: &Setup) -> Credential {
+        let first = || {
+            s.storage
+                .dump()
+                .into_iter()
+                .find(|(k, _)| k.starts_with(ledger::RECORDS))
+        };
+        assert!(wait(5.0, || first().is_some()).await, "no record appeared");
+        serde_json::from_slice(&first().unwrap().1).unwrap()
+    }
+
     fn record(s: &Setup, resp: &Response) -> Credential {
         let id = resp.lease.as_ref().unwrap().internal_data["cred_id"]
             .as_str()
@@ -1366,14 +1378,7 @@ mod tests {
             .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 60})));
         let revoking = async {
             // Once the intent is on record.
-            assert!(
-                wait(5.0, || s
-                    .storage
-                    .dump()
-                    .keys()
-                    .any(|k| k.starts_with(ledger::RECORDS)))
-                .await
-            );
+            intent_on_record(&s).await;
             s.engine
                 .handle(Request::new(Operation::Update, "revoke/role/app"))
                 .await
@@ -1443,21 +1448,7 @@ mod tests {
             .engine
             .handle(Request::new(Operation::Read, "creds/app").with_data(json!({"ttl": 60})));
         let squat = async {
-            assert!(
-                wait(5.0, || s
-                    .storage
-                    .dump()
-                    .keys()
-                    .any(|k| k.starts_with(ledger::RECORDS)))
-                .await
-            );
-            let (_, bytes) = s
-                .storage
-                .dump()
-                .into_iter()
-                .find(|(k, _)| k.starts_with(ledger::RECORDS))
-                .unwrap();
-            let intent: Credential = serde_json::from_slice(&bytes).unwrap();
+            let intent = intent_on_record(&s).await;
             assert_eq!(intent.name_was_free, Some(true));
             s.fake
                 .target

@@ -250,6 +250,8 @@ struct PgTarget {
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
 const DEPENDENT_OBJECTS: &str = "2BP01";
+/// SQLSTATE 42710: a role (or other object) of that name exists.
+const DUPLICATE_OBJECT: &str = "42710";
 /// SQLSTATE 42501: the connection's user lacks a privilege (not superuser, not a member).
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATEs of a refused login: 28P01 wrong password, 28000 no such role, or no LOGIN, or
@@ -408,9 +410,7 @@ impl Target for PgTarget {
             // duplicate_object: the transaction changed nothing; the role of that name (made
             // since issuance found the name free) belongs to someone else.
             Err(e)
-                if e.as_database_error()
-                    .and_then(|d| d.code())
-                    .is_some_and(|c| c == "42710")
+                if sqlstate(&e).as_deref() == Some(DUPLICATE_OBJECT)
                     && self.exists(p.name, p.settings).await.unwrap_or(false) =>
             {
                 Err(Error::Conflict(format!(
