@@ -52,6 +52,9 @@ pub struct Created {
     /// which may differ from the deadline asked. `None` where the target keeps it until
     /// revoked. A lease never outlives it.
     pub target_expires: Option<u64>,
+    /// Unix seconds in the target's clock: when the target says the principal began (an STS
+    /// session's issue time), where that is what the target's own rules match on.
+    pub target_issued: Option<u64>,
     /// What the target changed from the request (a duration raised or clamped), for the
     /// response's warnings.
     pub warnings: Vec<String>,
@@ -69,6 +72,7 @@ impl std::fmt::Debug for Created {
         f.debug_struct("Created")
             .field("data", &format_args!("<redacted: {fields:?}>"))
             .field("target_expires", &self.target_expires)
+            .field("target_issued", &self.target_issued)
             .field("warnings", &self.warnings)
             .field("target_id", &self.target_id)
             .field("secret_from_target", &self.secret_from_target)
@@ -121,6 +125,39 @@ pub struct Revoked {
     /// Principals removed with something left undone that the ledger should say (open
     /// sessions the connection's user may not end), with what.
     pub caveats: Vec<(String, String)>,
+    /// Live credentials whose principals the guard had to stop too (the guard's room on the
+    /// target ran out, and only a coarser guard fits), by [`Known::id`], with why: the mount
+    /// revokes them, so that the ledger says what the target now does.
+    pub collateral: Vec<(String, String)>,
+}
+
+/// One credential of the mount as its ledger knows it, for a target whose guards must fit in
+/// bounded room and so cover several principals at once ([`Inventory`]).
+#[derive(Clone, Debug)]
+pub struct Known {
+    /// The credential's id.
+    pub id: String,
+    pub name: String,
+    /// When issuance began (the intent was written), in mayfly's clock.
+    pub created_at: u64,
+    /// [`Created::target_issued`], when it was recorded.
+    pub target_issued: Option<u64>,
+    /// [`Created::target_expires`], when it was recorded.
+    pub target_expires: Option<u64>,
+    /// Not yet revoked: issued, being issued, or with its revocation still to succeed.
+    pub live: bool,
+}
+
+/// What the mount's ledger knows of its credentials, asked by a target only when it needs
+/// it (a full scan of the ledger): a guard that covers many principals must never cover a
+/// live one the target cannot see.
+#[async_trait]
+pub trait Inventory: Send + Sync {
+    /// The beginning of every name the mount's default templates make
+    /// ([`crate::template::mark_of`]).
+    fn mark(&self) -> &str;
+
+    async fn credentials(&self) -> Result<Vec<Known>, Error>;
 }
 
 #[async_trait]
@@ -152,6 +189,12 @@ pub trait Target: Send + Sync {
         principals: &[Principal],
         settings: &Map<String, Value>,
     ) -> Result<Revoked, Error>;
+
+    /// Gives the handle the mount's [`Inventory`], once, right after [`Backend::connect`].
+    /// Kinds whose guards never need it ignore it.
+    fn attach_inventory(&self, inventory: Arc<dyn Inventory>) {
+        let _ = inventory;
+    }
 
     /// Closes the handle's connections to the target, once the connection was deleted or
     /// changed: they must not hold sessions open on the target (which keep a database from

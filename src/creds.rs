@@ -299,6 +299,7 @@ async fn issue_traced(
         revoked_at: None,
         settings: role.settings.clone(),
         target_expires: None,
+        target_issued: None,
         guard_until: None,
         target_id: None,
         name_was_free: Some(true),
@@ -348,6 +349,7 @@ async fn issue_traced(
     core.crash_point("after_create");
     warnings.extend(created.warnings);
     cred.target_id = created.target_id;
+    cred.target_issued = created.target_issued;
     // A target that ends the principal on its own (an STS session) bounds the lease: neither
     // it nor a renewal may promise a credential the target has already ended.
     if let Some(end) = created.target_expires {

@@ -155,6 +155,10 @@ pub struct Credential {
     /// When the target itself ends the principal (an STS session's expiry), where it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_expires: Option<u64>,
+    /// When the target says the principal began, in its clock (an STS session's issue time):
+    /// what a guard covering several sessions at once is drawn around.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_issued: Option<u64>,
     /// When the guard that revocation left on the target (a deny statement) is to be removed;
     /// `None` once removed, or when none was left. The record is kept until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +216,18 @@ impl Credential {
         }
     }
 
+    /// The credential as a target may ask of it ([`crate::backend::Inventory`]).
+    pub fn as_known(&self) -> crate::backend::Known {
+        crate::backend::Known {
+            id: self.id.clone(),
+            name: self.principal.clone(),
+            created_at: self.created_at,
+            target_issued: self.target_issued,
+            target_expires: self.target_expires,
+            live: self.state != State::Revoked,
+        }
+    }
+
     /// The operator's view under `leases/`.
     pub fn view(&self) -> Map<String, Value> {
         let mut v = json!({
@@ -240,6 +256,7 @@ impl Credential {
             "revoked_at": self.revoked_at,
             "revoked_with": self.revoked_with,
             "target_expires": self.target_expires,
+            "target_issued": self.target_issued,
             "guard_until": self.guard_until,
             "target_id": self.target_id,
         });

@@ -38,8 +38,8 @@ pub mod template;
 mod testkit;
 
 pub use backend::{
-    Backend, Backends, Created, ExpiryEnforcement, NewPrincipal, Origin, Principal, Reach, Revoked,
-    Target,
+    Backend, Backends, Created, ExpiryEnforcement, Inventory, Known, NewPrincipal, Origin,
+    Principal, Reach, Revoked, Target,
 };
 pub use engine::{Engine, MountOptions};
 pub use error::Error;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::backend::{Backends, Target};
+use crate::backend::{Backends, Inventory, Known, Target};
 use crate::connections::{self, ConnectionConfig};
 use crate::error::Error;
 use crate::host::{Host, Identity};
@@ -226,6 +226,10 @@ impl MountCore {
         }
         let backend = self.backends.for_connection(name, config)?;
         let target = backend.connect(config).await?;
+        target.attach_inventory(Arc::new(LedgerInventory {
+            storage: self.storage.clone(),
+            mark: self.mark.clone(),
+        }));
         let replaced = self
             .targets
             .map
@@ -250,6 +254,32 @@ impl MountCore {
         if let Some((_, target)) = old {
             self.node.spawn(async move { target.close().await });
         }
+    }
+}
+
+/// The mount's ledger as its targets may ask of it: every record, read when asked.
+struct LedgerInventory {
+    storage: Arc<dyn Storage>,
+    mark: String,
+}
+
+#[async_trait::async_trait]
+impl Inventory for LedgerInventory {
+    fn mark(&self) -> &str {
+        &self.mark
+    }
+
+    async fn credentials(&self) -> Result<Vec<Known>, Error> {
+        let loaded = crate::ledger::scan(self.storage.as_ref()).await?;
+        if !loaded.unreadable.is_empty() {
+            // A record that cannot be read may be a live principal: nothing may be assumed
+            // about what it covers.
+            return Err(Error::Internal(format!(
+                "{} ledger records cannot be read",
+                loaded.unreadable.len()
+            )));
+        }
+        Ok(loaded.records.iter().map(|c| c.as_known()).collect())
     }
 }
 

@@ -312,6 +312,18 @@ impl Scheduler {
             .map_err(|_| Error::Internal("the scheduler stopped before revoking".into()))
     }
 
+    /// Asks for `id`'s revocation without waiting for its outcome.
+    pub fn revoke_soon(&self, id: &str, reason: String) {
+        let (done, _) = oneshot::channel();
+        self.requests.lock().unwrap().push(Waiting {
+            id: id.to_owned(),
+            reason,
+            lease_id: None,
+            done,
+        });
+        self.wake.notify_one();
+    }
+
     /// Runs until the mount stops ([`crate::node::Node::stop`] aborts it).
     pub async fn run(core: Arc<MountCore>) {
         let s = &core.scheduler;
@@ -794,6 +806,9 @@ struct Done {
     guarded: BTreeMap<String, u64>,
     degraded: BTreeMap<String, String>,
     caveats: BTreeMap<String, String>,
+    /// Credential id → why the target stopped it with the batch's
+    /// ([`crate::backend::Revoked::collateral`]).
+    collateral: BTreeMap<String, String>,
     /// Credential id → which statements revoked it, where not those recorded at issuance.
     revoked_with: BTreeMap<String, &'static str>,
 }
@@ -813,6 +828,7 @@ async fn revoke_on(
         done.guarded.extend(r.guarded);
         done.degraded.extend(r.degraded);
         done.caveats.extend(r.caveats);
+        done.collateral.extend(r.collateral);
         r.already_gone
     };
     match bounded(target.revoke(principals, settings)).await {
@@ -980,8 +996,15 @@ async fn revoke_batch(core: &MountCore, now: u64, connection: &str, batch: Vec<W
         guarded,
         degraded,
         caveats,
+        collateral,
         revoked_with,
     } = done;
+    for (id, why) in collateral {
+        // Its principal no longer works: the ledger must not go on calling it live.
+        tracing::warn!(cred_id = %id, reason = %why, "a live credential was stopped with revoked ones; revoking it");
+        core.scheduler
+            .revoke_soon(&id, format!("stopped with other revoked sessions: {why}"));
+    }
 
     let results = results
         .into_iter()

@@ -145,6 +145,19 @@ impl Moto {
         Some(decode(doc))
     }
 
+    /// Puts inline policy `policy` with `document` on role `role`.
+    pub fn put_role_policy(&self, role: &str, policy: &str, document: &str) {
+        let iam = self.iam();
+        self.run(
+            iam.put_role_policy()
+                .role_name(role)
+                .policy_name(policy)
+                .policy_document(document)
+                .send(),
+        )
+        .expect("PutRolePolicy");
+    }
+
     /// The same for a user's inline policy.
     pub fn user_policy(&self, user: &str, policy: &str) -> Option<String> {
         let iam = self.iam();

@@ -410,3 +410,237 @@ fn a_static_access_key_rotates_with_an_overlap_and_the_old_key_is_deleted_after_
         assert!(!log.contains(secret.as_str()), "a secret key leaked");
     }
 }
+
+/// A credential as the test saw it issued: AWS's issue time lies within `from..=to`.
+struct Timed {
+    name: String,
+    lease: String,
+    from: u64,
+    to: u64,
+}
+
+fn issue_timed(bao: &Bao, role: &str, body: Value) -> Timed {
+    let from = now();
+    let (status, cred) = bao.put(&format!("mayfly/creds/{role}"), body);
+    let to = now();
+    assert_eq!(status, 200, "{cred}");
+    Timed {
+        name: cred["data"]["username"].as_str().unwrap().to_owned(),
+        lease: cred["lease_id"].as_str().unwrap().to_owned(),
+        from,
+        to,
+    }
+}
+
+/// `n` credentials of `role` under a new task; the task's id and the credentials.
+fn task_of(bao: &Bao, role: &str, n: usize) -> (String, Vec<Timed>) {
+    let (status, task) = bao.put("mayfly/tasks", json!({"ttl": "1h"}));
+    assert_eq!(status, 200, "{task}");
+    let id = task["data"]["task_id"].as_str().unwrap().to_owned();
+    let creds = (0..n)
+        .map(|_| issue_timed(bao, role, json!({"task_id": id, "ttl": "50m"})))
+        .collect();
+    (id, creds)
+}
+
+fn end_task(bao: &Bao, id: &str) {
+    let (status, ended) = bao.delete(&format!("mayfly/tasks/{id}"));
+    assert_eq!(status, 200, "{ended}");
+}
+
+/// Whether policy `doc` denies the session `name` issued at `t`: an independent reading of
+/// IAM's rules for the conditions mayfly writes (`aws:userid` patterns, `aws:TokenIssueTime`
+/// bounds); any other condition fails the test.
+fn denied_at(doc: &Value, name: &str, t: u64) -> bool {
+    let statements = match &doc["Statement"] {
+        Value::Array(a) => a.clone(),
+        one => vec![one.clone()],
+    };
+    let userid = format!("AROAEXAMPLEROLEID:{name}");
+    statements
+        .iter()
+        .filter(|s| s["Effect"] == "Deny")
+        .any(|s| {
+            let Some(conditions) = s["Condition"].as_object() else {
+                return false;
+            };
+            conditions.iter().all(|(op, keys)| {
+                keys.as_object().unwrap().iter().all(|(key, v)| {
+                    let values: Vec<&str> = match v {
+                        Value::Array(a) => a.iter().map(|x| x.as_str().unwrap()).collect(),
+                        one => vec![one.as_str().unwrap()],
+                    };
+                    match (op.as_str(), key.as_str()) {
+                        ("StringLike", "aws:userid") => values.iter().any(|p| glob(p, &userid)),
+                        (date, "aws:TokenIssueTime") => values.iter().any(|v| {
+                            let bound = unix_of_iso(v);
+                            match date {
+                                "DateGreaterThanEquals" => t >= bound,
+                                "DateGreaterThan" => t > bound,
+                                "DateLessThanEquals" => t <= bound,
+                                "DateLessThan" => t < bound,
+                                other => panic!("unexpected operator {other}"),
+                            }
+                        }),
+                        other => panic!("unexpected condition {other:?}"),
+                    }
+                })
+            })
+        })
+}
+
+/// IAM's `*` and `?` wildcards.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.chars().next() {
+        None => text.is_empty(),
+        Some('*') => {
+            (0..=text.len()).any(|i| text.is_char_boundary(i) && glob(&pattern[1..], &text[i..]))
+        }
+        Some('?') => {
+            !text.is_empty()
+                && glob(
+                    &pattern[1..],
+                    &text[text.chars().next().unwrap().len_utf8()..],
+                )
+        }
+        Some(c) => text.starts_with(c) && glob(&pattern[c.len_utf8()..], &text[c.len_utf8()..]),
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` as unix seconds.
+fn unix_of_iso(text: &str) -> u64 {
+    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
+}
+
+/// What IAM counts of a policy: white space aside.
+fn iam_size(doc: &str) -> usize {
+    doc.chars().filter(|c| !c.is_whitespace()).count()
+}
+
+#[test]
+fn early_revocations_outgrow_iams_inline_policy_limit_and_still_revoke_every_session() {
+    let w = world();
+    let (bao, moto) = (&w.bao, &w.moto);
+    // Another inline policy on the role shares IAM's 10,240 characters with mayfly's.
+    let ops = json!({"Version": "2012-10-17", "Statement": [{"Sid": "Ops", "Effect": "Deny",
+        "Action": "s3:DeleteBucket", "Resource": format!("arn:aws:s3:::{}", "b".repeat(1500))}]})
+    .to_string();
+    moto.put_role_policy("app", "ops", &ops);
+    let budget = 10_240 - iam_size(&ops);
+
+    // Sessions revoked early in two bursts, with live ones issued between and after them:
+    // 300 names do not fit beside the other policy.
+    let (first, mut revoked) = task_of(bao, "app", 150);
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let live_between = issue_timed(bao, "app", json!({"ttl": "50m"}));
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let (second, more) = task_of(bao, "app", 150);
+    revoked.extend(more);
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    let live_after = issue_timed(bao, "app", json!({"ttl": "50m"}));
+    end_task(bao, &first);
+    let doc = moto.role_policy("app", POLICY).expect("the deny policy");
+    assert!(
+        doc.contains(&format!("*:{}", revoked[0].name)),
+        "150 names fit: {doc}"
+    );
+    end_task(bao, &second);
+
+    let text = moto.role_policy("app", POLICY).expect("the deny policy");
+    assert!(
+        iam_size(&text) <= budget,
+        "{} characters beside {} of the other policy",
+        iam_size(&text),
+        iam_size(&ops)
+    );
+    assert!(
+        text.contains("aws:TokenIssueTime"),
+        "folded into windows: {text}"
+    );
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    for c in &revoked {
+        assert!(
+            (c.from..=c.to).all(|t| denied_at(&doc, &c.name, t)),
+            "revoked {} ({}..{}) is not denied: {text}",
+            c.name,
+            c.from,
+            c.to
+        );
+        let (_, rec) = record(bao, &c.name);
+        assert_eq!(rec["state"], "revoked", "{rec}");
+    }
+    for c in [&live_between, &live_after] {
+        assert!(
+            (c.from - 1..=c.to + 1).all(|t| !denied_at(&doc, &c.name, t)),
+            "live {} is denied: {text}",
+            c.name
+        );
+        let (_, rec) = record(bao, &c.name);
+        assert_eq!(rec["state"], "active", "{rec}");
+        let (status, body) = bao.put("sys/leases/lookup", json!({"lease_id": c.lease}));
+        assert_eq!(status, 200, "{body}");
+    }
+    // The other policy is untouched.
+    assert_eq!(
+        moto.role_policy("app", "ops").as_deref(),
+        Some(ops.as_str())
+    );
+
+    // Federation tokens are denied on the IAM user mayfly runs as, which holds 2,048
+    // characters: 60 names do not fit. A live session issued among them cannot be spared by
+    // a window; if one must cover it, the mount revokes it and says why.
+    write_role(
+        bao,
+        "fedbulk",
+        "aws",
+        json!({"credential_type": "federation_token"}),
+    );
+    let (task, mut fed) = task_of(bao, "fedbulk", 30);
+    let live = issue_timed(bao, "fedbulk", json!({"ttl": "50m"}));
+    fed.extend(
+        (0..30).map(|_| issue_timed(bao, "fedbulk", json!({"task_id": task, "ttl": "50m"}))),
+    );
+    end_task(bao, &task);
+    let text = moto
+        .user_policy("mayfly", POLICY)
+        .expect("the user's deny policy");
+    assert!(iam_size(&text) <= 2_048, "{} characters", iam_size(&text));
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    for c in &fed {
+        assert!(
+            (c.from..=c.to).all(|t| denied_at(&doc, &c.name, t)),
+            "revoked {} is not denied: {text}",
+            c.name
+        );
+    }
+    let covered = (live.from - 1..=live.to + 1).any(|t| denied_at(&doc, &live.name, t));
+    let near = fed
+        .iter()
+        .all(|c| c.to + 8 >= live.from && c.from <= live.to + 8);
+    eprintln!(
+        "the live federated session {} by a window",
+        if covered { "is covered" } else { "is spared" }
+    );
+    assert!(
+        covered || !near,
+        "all were issued within seconds of the live one: {text}"
+    );
+    let (_, rec) = record(bao, &live.name);
+    if covered {
+        // Revoked by the mount, with the reason in the ledger.
+        let gone = wait_until(20.0, || record(bao, &live.name).1["state"] == "revoked");
+        let (_, rec) = record(bao, &live.name);
+        assert!(gone, "{rec}");
+        let reason = rec["revoke_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("IAM's limit"), "{rec}");
+    } else {
+        assert_eq!(rec["state"], "active", "{rec}");
+    }
+}

@@ -2,22 +2,22 @@
 //! revoked by a deny statement on the role (or user) they belong to, and that statement
 //! removed once the session has expired.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use mayfly::connections::ConnectionConfig;
 use mayfly::host::now;
-use mayfly::{Created, Error, NewPrincipal, Origin, Principal, Revoked, Target};
+use mayfly::{Created, Error, Inventory, Known, NewPrincipal, Origin, Principal, Revoked, Target};
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
 
 use crate::clients::{self, Clients, call_error, error_code};
-use crate::deny_policy::{DenyPolicy, POLICY_NAME};
+use crate::deny_policy::{self, CLOCK_SKEW_SECS, DenyPolicy, POLICY_NAME, Sessions, Span, size_of};
 use crate::duration::{AWS_MIN_SECS, Limits, align};
 use crate::settings::{CredentialType, RoleSettings};
 
@@ -26,7 +26,16 @@ const ROLE_MAX_REUSE: Duration = Duration::from_secs(60);
 /// AWS's MaxSessionDuration of a role that does not set one, assumed when it cannot be read.
 const AWS_DEFAULT_ROLE_MAX: u64 = 3600;
 /// Kept on a deny statement past the session's expiry, for clock skew between mayfly and AWS.
-const GUARD_MARGIN_SECS: u64 = 30;
+const GUARD_MARGIN_SECS: u64 = CLOCK_SKEW_SECS;
+/// IAM's bound on the inline policies of one role, all together (white space aside).
+const ROLE_INLINE_LIMIT: usize = 10_240;
+/// IAM's bound on the inline policies of one user, all together.
+const USER_INLINE_LIMIT: usize = 2_048;
+/// How far a session's issue time may lie from the one worked out from its expiry and
+/// duration (AWS rounds both to seconds).
+const ISSUED_MARGIN_SECS: u64 = 5;
+/// How long after its intent a session may be issued: issuance gives the create 30 s.
+const ISSUING_SECS: u64 = 60;
 
 /// Who mayfly's own credentials are.
 struct Caller {
@@ -63,6 +72,8 @@ impl fmt::Display for Holder {
 enum GuardError {
     /// mayfly may not write the guard: revocation degrades to expiry.
     Denied(String),
+    /// IAM refused the policy as too large (`LimitExceeded`).
+    TooLarge(Error),
     Other(Error),
 }
 
@@ -81,6 +92,8 @@ pub struct AwsTarget {
     role_max: Mutex<HashMap<String, RoleMax>>,
     /// Deny statements are read, edited and written back: one edit at a time.
     guard_edit: tokio::sync::Mutex<()>,
+    /// The mount's ledger, asked when the deny statements must be folded into windows.
+    inventory: OnceLock<Arc<dyn Inventory>>,
 }
 
 impl AwsTarget {
@@ -93,6 +106,7 @@ impl AwsTarget {
             caller: OnceCell::new(),
             role_max: Mutex::new(HashMap::new()),
             guard_edit: tokio::sync::Mutex::new(()),
+            inventory: OnceLock::new(),
         }
     }
 
@@ -234,6 +248,7 @@ impl AwsTarget {
             Some(code) if code.starts_with("AccessDenied") || code == "UnauthorizedOperation" => {
                 Some(GuardError::Denied(self.iam_error(op, e).to_string()))
             }
+            Some("LimitExceeded") => Some(GuardError::TooLarge(self.iam_error(op, e))),
             _ => Some(GuardError::Other(self.iam_error(op, e))),
         }
     }
@@ -290,15 +305,7 @@ impl AwsTarget {
         edit: impl FnOnce(&mut DenyPolicy),
     ) -> Result<(), GuardError> {
         let _one_at_a_time = self.guard_edit.lock().await;
-        let current = self.read_guards(holder).await?;
-        let mut doc = match &current {
-            Some(text) => DenyPolicy::parse(text).map_err(|e| {
-                GuardError::Other(Error::Target(format!(
-                    "inline policy '{POLICY_NAME}' on {holder}: {e}"
-                )))
-            })?,
-            None => DenyPolicy::default(),
-        };
+        let (current, mut doc) = self.read_policy(holder).await?;
         doc.drop_expired(now());
         edit(&mut doc);
         let next = doc.render();
@@ -306,6 +313,151 @@ impl AwsTarget {
             return Ok(());
         }
         self.write_guards(holder, next).await
+    }
+
+    /// The holder's deny policy as stored (`None` when there is none), and parsed.
+    async fn read_policy(
+        &self,
+        holder: &Holder,
+    ) -> Result<(Option<String>, DenyPolicy), GuardError> {
+        let current = self.read_guards(holder).await?;
+        let doc = match &current {
+            Some(text) => DenyPolicy::parse(text).map_err(|e| {
+                GuardError::Other(Error::Target(format!(
+                    "inline policy '{POLICY_NAME}' on {holder}: {e}"
+                )))
+            })?,
+            None => DenyPolicy::default(),
+        };
+        Ok((current, doc))
+    }
+
+    /// Denies each of `sessions` (name, until when), folding the policy into windows when it
+    /// outgrows IAM's bound (deny_policy). Returns the live credentials a window had to cover
+    /// too, with why.
+    async fn deny_sessions(
+        &self,
+        holder: &Holder,
+        sessions: &[(String, u64)],
+    ) -> Result<Vec<(String, String)>, GuardError> {
+        let _one_at_a_time = self.guard_edit.lock().await;
+        let (_, mut doc) = self.read_policy(holder).await?;
+        let now = now();
+        doc.drop_expired(now);
+        for (name, until) in sessions {
+            doc.deny(name, *until);
+        }
+        let limit = match holder {
+            Holder::Role(_) => ROLE_INLINE_LIMIT,
+            Holder::User(_) => USER_INLINE_LIMIT,
+        };
+        let mut budget = limit.saturating_sub(self.other_policies_size(holder).await?);
+        let mut collateral = Vec::new();
+        let mut ledger: Option<Sessions> = None;
+        for attempt in 0.. {
+            if doc.size() > budget {
+                let full = |why: String| {
+                    GuardError::Denied(format!(
+                        "inline policy '{POLICY_NAME}' on {holder} has no room left within \
+                         IAM's limit of {limit} characters: {why}"
+                    ))
+                };
+                let inventory = self
+                    .inventory
+                    .get()
+                    .ok_or_else(|| full("this handle cannot read the mount's ledger".into()))?;
+                let mark = inventory.mark();
+                if mark == mayfly::template::LEGACY_MARK {
+                    return Err(full(
+                        "the mount has no mark of its own, so its sessions cannot be told from \
+                         other mounts' in one statement"
+                            .into(),
+                    ));
+                }
+                if ledger.is_none() {
+                    let known = inventory.credentials().await.map_err(GuardError::Other)?;
+                    let batch: HashSet<&str> = sessions.iter().map(|(n, _)| n.as_str()).collect();
+                    ledger = Some(ledger_sessions(&known, &batch, mark, now));
+                }
+                let sessions = ledger.as_ref().expect("read above");
+                let covered = doc.fit(budget, mark, sessions, now).map_err(full)?;
+                tracing::info!(%holder, size = doc.size(), budget, covered_live = covered.len(),
+                    "the deny policy outgrew IAM's limit; revoked sessions folded into issue-time windows");
+                let why = format!(
+                    "inline policy '{POLICY_NAME}' on {holder} reached IAM's limit of {limit} \
+                     characters, and the window that revokes sessions issued at the same time \
+                     covers this one too"
+                );
+                collateral.extend(covered.into_iter().map(|id| (id, why.clone())));
+            }
+            match self.write_guards(holder, doc.render()).await {
+                // IAM counts more than mayfly could see (its other policies could not be
+                // listed, or changed meanwhile): fold further.
+                Err(GuardError::TooLarge(_)) if attempt < 3 => budget = doc.size() * 3 / 4,
+                Err(GuardError::TooLarge(e)) => return Err(GuardError::Other(e)),
+                other => {
+                    other?;
+                    break;
+                }
+            }
+        }
+        collateral.sort();
+        collateral.dedup();
+        Ok(collateral)
+    }
+
+    /// The size of the holder's other inline policies, which share IAM's bound with mayfly's.
+    async fn other_policies_size(&self, holder: &Holder) -> Result<usize, GuardError> {
+        let iam = &self.clients.iam;
+        let names = match holder {
+            Holder::Role(n) => iam
+                .list_role_policies()
+                .role_name(n)
+                .send()
+                .await
+                .map(|o| o.policy_names().to_vec())
+                .map_err(|e| self.guard_error("ListRolePolicies", e)),
+            Holder::User(n) => iam
+                .list_user_policies()
+                .user_name(n)
+                .send()
+                .await
+                .map(|o| o.policy_names().to_vec())
+                .map_err(|e| self.guard_error("ListUserPolicies", e)),
+        };
+        let names = match names {
+            Ok(names) => names,
+            // Without the right to list them, IAM's LimitExceeded tells (deny_sessions).
+            Err(None | Some(GuardError::Denied(_))) => return Ok(0),
+            Err(Some(e)) => return Err(e),
+        };
+        let mut size = 0;
+        for name in names.iter().filter(|n| *n != POLICY_NAME) {
+            let doc = match holder {
+                Holder::Role(n) => iam
+                    .get_role_policy()
+                    .role_name(n)
+                    .policy_name(name)
+                    .send()
+                    .await
+                    .map(|o| o.policy_document().to_owned())
+                    .map_err(|e| self.guard_error("GetRolePolicy", e)),
+                Holder::User(n) => iam
+                    .get_user_policy()
+                    .user_name(n)
+                    .policy_name(name)
+                    .send()
+                    .await
+                    .map(|o| o.policy_document().to_owned())
+                    .map_err(|e| self.guard_error("GetUserPolicy", e)),
+            };
+            match doc {
+                Ok(doc) => size += deny_policy::decode(&doc).map_or(doc.len(), |d| size_of(&d)),
+                Err(None | Some(GuardError::Denied(_))) => {}
+                Err(Some(e)) => return Err(e),
+            }
+        }
+        Ok(size)
     }
 
     /// Session tags: the role's own, then what the credential is for.
@@ -336,6 +488,28 @@ impl AwsTarget {
             })
             .collect()
     }
+}
+
+/// What the ledger says of the mount's sessions: when each was issued (worked out from its
+/// expiry where that was recorded, else from when its issuance began, with room for clock
+/// skew) and which must keep working (live, not in the batch being revoked, not expired).
+fn ledger_sessions(known: &[Known], batch: &HashSet<&str>, mark: &str, now: u64) -> Sessions {
+    let mut out = Sessions::default();
+    for k in known {
+        let span: Span = match k.target_issued {
+            Some(t) => (t.saturating_sub(ISSUED_MARGIN_SECS), t + ISSUED_MARGIN_SECS),
+            None => (
+                k.created_at.saturating_sub(CLOCK_SKEW_SECS),
+                k.created_at + ISSUING_SECS + CLOCK_SKEW_SECS,
+            ),
+        };
+        out.issued.insert(k.name.clone(), span);
+        let ended = k.target_expires.is_some_and(|e| e + CLOCK_SKEW_SECS < now);
+        if k.live && !ended && k.name.starts_with(mark) && !batch.contains(k.name.as_str()) {
+            out.live.push((k.id.clone(), span));
+        }
+    }
+    out
 }
 
 /// A session tag value AWS takes: letters, digits, spaces and `_.:/=+-@`, at most 256.
@@ -456,6 +630,9 @@ impl Target for AwsTarget {
             ))
         })?;
         let expires = u64::try_from(c.expiration().secs()).unwrap_or(0);
+        // What AWS's aws:TokenIssueTime says, in AWS's clock: a window of revoked sessions
+        // is drawn around it (deny_policy).
+        let issued = expires.saturating_sub(u64::try_from(duration).unwrap_or(0));
         let mut data = Map::new();
         data.insert("access_key".into(), json!(c.access_key_id()));
         // The secret parts leave mayfly once, in this response; nothing keeps them.
@@ -466,9 +643,14 @@ impl Target for AwsTarget {
         Ok(Created {
             data,
             target_expires: Some(expires),
+            target_issued: Some(issued),
             warnings,
             ..Created::default()
         })
+    }
+
+    fn attach_inventory(&self, inventory: Arc<dyn Inventory>) {
+        let _ = self.inventory.set(inventory);
     }
 
     async fn renew(&self, _: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
@@ -508,23 +690,17 @@ impl Target for AwsTarget {
                 return Ok(out);
             }
         };
-        let edited = self
-            .edit_guards(&holder, |doc| {
-                for (name, until) in &live {
-                    doc.deny(name, *until);
-                }
-            })
-            .await;
-        match edited {
-            Ok(()) => {
+        match self.deny_sessions(&holder, &live).await {
+            Ok(collateral) => {
                 tracing::info!(%holder, sessions = live.len(), "sessions denied until their expiry");
                 out.guarded = live;
+                out.collateral = collateral;
             }
             Err(GuardError::Denied(why)) => {
                 tracing::warn!(%holder, error = %why, "cannot deny the revoked sessions; they live until their expiry");
                 out.degraded = live.into_iter().map(|(n, _)| (n, why.clone())).collect();
             }
-            Err(GuardError::Other(e)) => return Err(e),
+            Err(GuardError::Other(e) | GuardError::TooLarge(e)) => return Err(e),
         }
         Ok(out)
     }
@@ -537,7 +713,7 @@ impl Target for AwsTarget {
         match self.edit_guards(&holder, |doc| doc.lift(names)).await {
             Ok(()) => Ok(()),
             Err(GuardError::Denied(why)) => Err(Error::Target(why)),
-            Err(GuardError::Other(e)) => Err(e),
+            Err(GuardError::Other(e) | GuardError::TooLarge(e)) => Err(e),
         }
     }
 
@@ -633,8 +809,9 @@ pub fn revocation_view(role: &RoleSettings) -> Map<String, Value> {
             true,
             format!(
                 "a Deny statement matching the session (aws:userid *:SESSION_NAME) in inline \
-                 policy '{POLICY_NAME}' on role '{}', removed once the session has expired; \
-                 without iam:PutRolePolicy on that role, revocation degrades to expiry",
+                 policy '{POLICY_NAME}' on role '{}', removed once the session has expired, and \
+                 folded into windows of issue time past IAM's size limit; without \
+                 iam:PutRolePolicy on that role, revocation degrades to expiry",
                 role.role_name().unwrap_or_default()
             ),
         ),
@@ -643,8 +820,9 @@ pub fn revocation_view(role: &RoleSettings) -> Map<String, Value> {
             format!(
                 "a Deny statement matching the federated user (aws:userid *:NAME) in inline \
                  policy '{POLICY_NAME}' on the IAM user whose keys the connection holds, \
-                 removed once the session has expired; without iam:PutUserPolicy, revocation \
-                 degrades to expiry"
+                 removed once the session has expired, and folded into windows of issue time \
+                 past IAM's size limit; without iam:PutUserPolicy, revocation degrades to \
+                 expiry"
             ),
         ),
         CredentialType::SessionToken => (

@@ -573,6 +573,7 @@ impl Target for HttpTarget {
             warnings: Vec::new(),
             target_id: made.key_id,
             secret_from_target: makes_secret,
+            ..Created::default()
         })
     }
 
