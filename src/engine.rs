@@ -281,6 +281,12 @@ impl Engine {
             (Route::RotateRoot, Operation::Update) => {
                 rotate_root::rotate(&self.core, m.param("name")).await
             }
+            (Route::Reset, Operation::Update) => {
+                let name = m.param("name");
+                self.core.reset_target(name).await?;
+                tracing::info!(connection = name, "connection reset");
+                Ok(Response::empty())
+            }
             (Route::StaticRoleList, Operation::List) => {
                 Ok(Response::list(static_roles::list(kv).await?))
             }
@@ -487,6 +493,18 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
                 stopped midway (error, lost reply, crash) is settled by asking the target which \
                 password it takes, so the connection never loses a working password. Rotate \
                 only a user dedicated to mayfly: anyone else using it is locked out.",
+        },
+        PathDef {
+            pattern: "reset/{name}",
+            route: Route::Reset,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Close the connection's sessions to its target, reopen them and verify \
+                the target takes them.",
+            description: "For a target that restarted, failed over or had mayfly's account \
+                changed by hand: the pool built from the stored configuration is replaced, \
+                and the reset fails (the stored configuration unchanged) if the target refuses \
+                it.",
         },
         PathDef {
             pattern: "static-roles/",

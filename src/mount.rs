@@ -247,6 +247,28 @@ impl MountCore {
 }
 
 impl MountCore {
+    /// `reset/NAME`: closes the connection's handle (its pool), opens a new one from the
+    /// stored configuration and checks that the target takes it, as OpenBao's engine does
+    /// after a target restarted or its credentials were changed by hand.
+    pub async fn reset_target(&self, name: &str) -> Result<(), Error> {
+        let config = self
+            .connection(name)
+            .await?
+            .ok_or_else(|| Error::bad_request(format!("connection '{name}' does not exist")))?;
+        let old = self.targets.map.lock().unwrap().remove(name);
+        if let Some((_, target)) = old {
+            target.close().await;
+        }
+        self.target_for(name, &config).await?;
+        let backend = self.backends.for_connection(name, &config)?;
+        crate::backend::within(
+            crate::backend::TARGET_TIMEOUT,
+            "verify the connection",
+            backend.verify_connection(&config),
+        )
+        .await
+    }
+
     /// Drops the handle on connection `name` (deleted or changed), closing its connections to
     /// the target in the background; the next use connects with the stored configuration.
     pub fn forget_target(&self, name: &str) {

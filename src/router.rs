@@ -31,6 +31,7 @@ pub enum Route {
     Revocations,
     Orphans,
     RotateRoot,
+    Reset,
     StaticRoleList,
     StaticRole,
     StaticCreds,

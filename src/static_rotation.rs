@@ -111,6 +111,10 @@ impl State {
     fn view(&self, out: &mut Map<String, Value>) {
         out.insert("current_username".into(), json!(self.active));
         out.insert("last_rotation".into(), json!(self.last_rotation));
+        out.insert(
+            "last_vault_rotation".into(),
+            json!(self.last_rotation.map(crate::host::rfc3339)),
+        );
         out.insert("next_rotation".into(), json!(self.next_rotation));
         out.insert("next_attempt".into(), json!(self.retry_at));
         out.insert("rotation_attempts".into(), json!(self.attempts));
@@ -810,6 +814,11 @@ pub async fn creds(core: &MountCore, name: &str) -> Result<Response, Error> {
         json!(state.changes_at().map_or(0, |t| t.saturating_sub(now))),
     );
     data.insert("last_rotation".into(), json!(state.last_rotation));
+    // Vault's name and form for the same time, for clients written against Vault.
+    data.insert(
+        "last_vault_rotation".into(),
+        json!(state.last_rotation.map(crate::host::rfc3339)),
+    );
     match &role.rotation {
         Rotation::Period { secs } => data.insert("rotation_period".into(), json!(secs)),
         Rotation::Schedule { schedule, window } => {
