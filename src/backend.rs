@@ -350,6 +350,12 @@ pub trait Backend: Send + Sync {
         Map::new()
     }
 
+    /// Whether rotate-root runs a connection's `root_rotation_statements` (SQL kinds); other
+    /// kinds keep them with a warning.
+    fn runs_root_rotation_statements(&self) -> bool {
+        false
+    }
+
     /// The connection fields this kind accepts beyond the common ones.
     fn connection_fields(&self) -> Vec<FieldDef>;
 

@@ -171,8 +171,40 @@ pub fn common_fields() -> Vec<FieldDef> {
             "Connect to the target before saving, and refuse the configuration if that fails.",
         )
         .default(FieldValue::Bool(true)),
+        FieldDef::new(
+            USERNAME_TEMPLATE,
+            FieldType::String,
+            "The username_template of this connection's roles that set none (OpenBao's \
+             connection field), under the same checks as a role's own.",
+        ),
+        FieldDef::new(
+            PASSWORD_POLICY,
+            FieldType::String,
+            "The host's password policy for the passwords of this connection's roles that \
+             name none.",
+        ),
+        FieldDef::new(
+            ROOT_ROTATION_STATEMENTS,
+            FieldType::Statements,
+            "Statements rotate-root runs to change the connection's own password, with \
+             {{name}} (or {{username}}) and {{password}}; without them, the kind's own way. \
+             Kinds without statements (redis, aws, http) accept and ignore them, with a \
+             warning.",
+        ),
+        FieldDef::new(
+            PLUGIN_VERSION,
+            FieldType::String,
+            "Accepted for OpenBao's clients and ignored, with a warning: mayfly serves every \
+             kind itself, at its own version.",
+        ),
     ]
 }
+
+/// Connection fields of OpenBao's engine that apply to every kind, stored with the settings.
+pub const USERNAME_TEMPLATE: &str = "username_template";
+pub const PASSWORD_POLICY: &str = "password_policy";
+pub const ROOT_ROTATION_STATEMENTS: &str = "root_rotation_statements";
+const PLUGIN_VERSION: &str = "plugin_version";
 
 /// Every field any kind accepts: common ones first, then each kind's, once.
 pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
@@ -202,7 +234,8 @@ fn key(name: &str) -> String {
 }
 
 /// Creates or updates `config/NAME`. Fields not given keep their stored values, so a secret can
-/// stay in place while other settings change.
+/// stay in place while other settings change. Returns the configuration and the warnings for
+/// the reply (fields accepted for OpenBao's clients that mayfly does not use).
 ///
 /// The merge and the connection check run against what is stored now, outside any transaction,
 /// because the check talks to the target and may take seconds. The write then happens in a
@@ -214,7 +247,7 @@ pub async fn write(
     backends: &Backends,
     name: &str,
     data: &Map<String, Value>,
-) -> Result<ConnectionConfig, Error> {
+) -> Result<(ConnectionConfig, Vec<String>), Error> {
     const ATTEMPTS: usize = 3;
     let key = key(name);
     let mut attempt = 0;
@@ -225,7 +258,7 @@ pub async fn write(
             .as_deref()
             .map(|b| storage::decode_json::<Stored>(&key, b).map(ConnectionConfig::from))
             .transpose()?;
-        let (backend, config) = merge(backends, name, existing, data)?;
+        let (backend, config, warnings) = merge(backends, name, existing, data)?;
         if config.verify_connection {
             backend.verify_connection(&config).await.inspect_err(|e| {
                 tracing::error!(connection = name, kind = %config.plugin_name, error = %e,
@@ -234,7 +267,7 @@ pub async fn write(
         }
         let Some(tx) = storage.begin().await? else {
             save(storage, name, &config).await?;
-            return Ok(config);
+            return Ok((config, warnings));
         };
         let unchanged = match tx.get(&key).await {
             Ok(now) => now == base,
@@ -256,7 +289,7 @@ pub async fn write(
             Err(StorageError::Conflict)
         };
         match outcome {
-            Ok(()) => return Ok(config),
+            Ok(()) => return Ok((config, warnings)),
             Err(StorageError::Conflict) if attempt < ATTEMPTS => continue,
             Err(e) => return Err(e.into()),
         }
@@ -275,7 +308,7 @@ pub async fn moves(
     let Some(existing) = load(kv, name).await? else {
         return Ok(false);
     };
-    let (backend, after) = merge(backends, name, Some(existing.clone()), data)?;
+    let (backend, after, _) = merge(backends, name, Some(existing.clone()), data)?;
     let place = |c: &ConnectionConfig| {
         let mut d = backend.reach(c).destination;
         d.remove("tls_ca");
@@ -290,7 +323,7 @@ fn merge<'b>(
     name: &str,
     existing: Option<ConnectionConfig>,
     data: &Map<String, Value>,
-) -> Result<(&'b dyn Backend, ConnectionConfig), Error> {
+) -> Result<(&'b dyn Backend, ConnectionConfig, Vec<String>), Error> {
     let requested = match data.get("plugin_name") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
@@ -348,7 +381,43 @@ fn merge<'b>(
     if let Some(v) = fields.bool("verify_connection") {
         config.verify_connection = v;
     }
+    for field in [USERNAME_TEMPLATE, PASSWORD_POLICY, ROOT_ROTATION_STATEMENTS] {
+        match fields.get(field) {
+            Some(FieldValue::String(s)) if s.is_empty() => {
+                config.settings.remove(field);
+            }
+            Some(FieldValue::StringList(l)) if l.is_empty() => {
+                config.settings.remove(field);
+            }
+            Some(v) => {
+                config.settings.insert(field.into(), v.to_json());
+            }
+            None => {}
+        }
+    }
+    let mut warnings = Vec::new();
+    if fields.get(PLUGIN_VERSION).is_some() {
+        warnings.push(format!(
+            "field '{PLUGIN_VERSION}' is ignored: mayfly serves kind '{}' itself, at its own \
+             version",
+            backend.kind()
+        ));
+    }
+    if fields.get(ROOT_ROTATION_STATEMENTS).is_some() && !backend.runs_root_rotation_statements() {
+        warnings.push(format!(
+            "field '{ROOT_ROTATION_STATEMENTS}' is kept but not used: rotate-root on kind '{}' \
+             changes the password its own way",
+            backend.kind()
+        ));
+    }
+    if let Some(t) = config.setting_str(USERNAME_TEMPLATE) {
+        // Its roles check the names it makes for them, with their own mark and limits.
+        crate::roles::sample_name(t, "role", crate::template::LEGACY_MARK)?;
+    }
     for def in &kind_fields {
+        if fields.get(def.name).is_some() {
+            warnings.extend(def.unused_warning(backend.kind()));
+        }
         match (fields.get(def.name), def.secret) {
             (Some(FieldValue::String(s)), true) => {
                 // A password the operator sets supersedes a rotation that stopped midway.
@@ -381,11 +450,26 @@ fn merge<'b>(
             )));
         }
     }
+    if let Some(FieldValue::StringList(statements)) = fields.get(ROOT_ROTATION_STATEMENTS)
+        && !statements.is_empty()
+        && backend.runs_root_rotation_statements()
+    {
+        let user = config.setting_str("username").unwrap_or_default();
+        if user.is_empty() {
+            return Err(Error::bad_request(format!(
+                "field '{ROOT_ROTATION_STATEMENTS}' needs the connection's 'username': the \
+                 statements change that user's password"
+            )));
+        }
+        backend
+            .validate_rotation_statements(statements, user)
+            .map_err(|e| Error::bad_request(format!("field '{ROOT_ROTATION_STATEMENTS}': {e}")))?;
+    }
     backend.validate_connection(&config)?;
     if let Some(before) = &before {
         secrets_follow_the_destination(backend.as_ref(), name, before, &config, &fields)?;
     }
-    Ok((backend.as_ref(), config))
+    Ok((backend.as_ref(), config, warnings))
 }
 
 /// Refuses a write that changes where connection `name` sends its stored secrets, or lowers
@@ -521,7 +605,7 @@ mod tests {
 
         backend.done.store(false, Ordering::SeqCst);
         let update = json!({"a": "mine"});
-        let saved = write(&storage, &backends, "c", update.as_object().unwrap())
+        let (saved, _) = write(&storage, &backends, "c", update.as_object().unwrap())
             .await
             .unwrap();
         let stored = load(&storage, "c").await.unwrap().unwrap();

@@ -237,7 +237,7 @@ async fn issue_traced(
     let cred_id = random_lower(20);
     let task_id = task.as_ref().map_or("", |t| t.id.as_str());
     let principal = template::render(
-        role.username_template(backend.as_ref()),
+        role.username_template(backend.as_ref(), &config),
         &template::Inputs {
             role_name,
             display_name: &req.requester.display_name,
@@ -268,7 +268,7 @@ async fn issue_traced(
     let password = if backend.target_makes_secret() {
         SecretString::from(String::new())
     } else {
-        core.new_password(&role.password_policy).await?
+        core.new_password(role.password_policy(&config)).await?
     };
 
     let deadline = now + ttl;
@@ -297,7 +297,7 @@ async fn issue_traced(
         revoke_requested_at: None,
         revoke_reason: None,
         revoked_at: None,
-        settings: role.settings.clone(),
+        settings: while_issuing(&role.settings),
         target_expires: None,
         target_issued: None,
         guard_until: None,
@@ -366,6 +366,8 @@ async fn issue_traced(
     // deadline and is indexed there; the intent's entry (if the deadline has its own) goes
     // once that is stored, off the request path.
     cred.state = State::Active;
+    // Issued: from now on it is revoked as the role says, not rolled back.
+    cred.settings = role.settings.clone();
     let intent_due = cred.due;
     cred.due = cred.deadline;
     match ledger::activate(kv, &cred, intent_due).await? {
@@ -423,6 +425,21 @@ async fn issue_traced(
             internal_data: internal,
         }),
     })
+}
+
+/// The settings an intent records: while its issuance has not finished, a revocation (after a
+/// failed ledger write or a crash) removes the principal with the role's
+/// `rollback_statements` where it has some. Those run only against a principal that exists,
+/// so only after mayfly's own create; a name found taken ends with no revocation at all.
+fn while_issuing(settings: &Map<String, Value>) -> Map<String, Value> {
+    let mut out = settings.clone();
+    if let Some(rollback) = settings
+        .get("rollback_statements")
+        .filter(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+    {
+        out.insert("revocation_statements".into(), rollback.clone());
+    }
+    out
 }
 
 /// The issuance's error when the target has a principal of the name the template made.

@@ -206,10 +206,13 @@ impl Engine {
                     operator::require_no_credentials(&self.core, name, "point it elsewhere")
                         .await?;
                 }
-                let config = connections::write(kv, backends, name, &req.data).await?;
+                let (config, warnings) = connections::write(kv, backends, name, &req.data).await?;
                 self.core.forget_target(name);
                 tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
-                Ok(Response::empty())
+                Ok(Response {
+                    warnings,
+                    ..Response::empty()
+                })
             }
             (Route::Config, Operation::Delete) => {
                 let name = m.param("name");

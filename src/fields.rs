@@ -72,6 +72,9 @@ pub struct FieldDef {
     /// Accepted on write, stored, never returned on read.
     pub secret: bool,
     pub default: Option<FieldValue>,
+    /// Accepted for OpenBao's clients and kept, but not used by this kind: why, for the
+    /// warning a write that gives it answers.
+    pub unused: Option<&'static str>,
 }
 
 impl FieldDef {
@@ -83,7 +86,24 @@ impl FieldDef {
             required: false,
             secret: false,
             default: None,
+            unused: None,
         }
+    }
+
+    /// A field OpenBao's engine takes that this kind keeps but does not use, and why.
+    pub fn unused(mut self, why: &'static str) -> Self {
+        self.unused = Some(why);
+        self
+    }
+
+    /// The warning for a write that gives this field, when it is [`FieldDef::unused`].
+    pub fn unused_warning(&self, kind: &str) -> Option<String> {
+        self.unused.map(|why| {
+            format!(
+                "field '{}' is accepted for OpenBao's clients but not used by kind '{kind}': {why}",
+                self.name
+            )
+        })
     }
 
     pub fn required(mut self) -> Self {

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod backend;
 pub mod cidr;
 pub mod connections;
+pub mod credential_type;
 pub mod creds;
 pub mod cron;
 pub mod decision;

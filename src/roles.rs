@@ -53,13 +53,34 @@ pub struct Role {
 }
 
 impl Role {
-    /// The template names are made with: the role's own, or its kind's default.
-    pub fn username_template<'a>(&'a self, backend: &dyn Backend) -> &'a str {
-        if self.username_template.is_empty() {
-            backend.default_username_template()
-        } else {
-            &self.username_template
+    /// The template names are made with: the role's own, its connection's, or its kind's
+    /// default.
+    pub fn username_template<'a>(
+        &'a self,
+        backend: &'a dyn Backend,
+        connection: &'a ConnectionConfig,
+    ) -> &'a str {
+        if !self.username_template.is_empty() {
+            return &self.username_template;
         }
+        connection
+            .setting_str(connections::USERNAME_TEMPLATE)
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| backend.default_username_template())
+    }
+
+    /// The host's password policy passwords are made with: the role's own (or its
+    /// `credential_config`'s), or its connection's; empty for the host's default.
+    pub fn password_policy<'a>(&'a self, connection: &'a ConnectionConfig) -> &'a str {
+        if !self.password_policy.is_empty() {
+            return &self.password_policy;
+        }
+        if let Some(p) = crate::credential_type::password_policy(&self.settings) {
+            return p;
+        }
+        connection
+            .setting_str(connections::PASSWORD_POLICY)
+            .unwrap_or_default()
     }
 
     pub fn view(&self) -> Map<String, Value> {
@@ -218,6 +239,31 @@ pub async fn connection<'b>(
     Ok((config, backend.as_ref()))
 }
 
+/// A name `template` makes for role `role_name` of the mount marked `mark`, for the checks
+/// that follow; a template that makes the same name twice is refused: issuance would then fail
+/// on the account the first credential made.
+pub fn sample_name(template: &str, role_name: &str, mark: &str) -> Result<String, Error> {
+    let inputs = template::Inputs {
+        role_name,
+        display_name: "token",
+        // As long as real ones, so that length limits are checked with the real lengths.
+        credential_id: "abcdefghij0123456789",
+        task_id: "abcdefghij0123456789",
+        mark,
+        sources: template::Sources::Live,
+    };
+    let sample = template::render(template, &inputs)?;
+    if !template::unique_per_credential(template, &inputs)? {
+        return Err(Error::bad_request(format!(
+            "field 'username_template': it makes the same name (such as '{sample}') for every \
+             credential of one role and requester, so the second issuance would find the first \
+             one's account; add {{{{random N}}}}, {{{{uuid}}}} or {{{{.CredentialID}}}} where \
+             truncate keeps it"
+        )));
+    }
+    Ok(sample)
+}
+
 /// Creates or updates `roles/NAME`; fields left out keep their stored values. Returns the
 /// warnings the operator should see.
 /// `mark` is the mount's ([`crate::mount::MountCore::mark`]).
@@ -310,6 +356,7 @@ pub async fn write(
         role.bound_cidrs = v.to_vec();
     }
     let kind_defs = backend.role_fields();
+    let mut warnings = Vec::new();
     for (k, v) in &kind_data {
         let Some(def) = kind_defs.iter().find(|d| d.name == k.as_str()) else {
             return Err(Error::bad_request(format!(
@@ -317,6 +364,9 @@ pub async fn write(
                 config.plugin_name
             )));
         };
+        if !v.is_null() {
+            warnings.extend(def.unused_warning(&config.plugin_name));
+        }
         if v.is_null() {
             role.settings.remove(def.name);
         } else {
@@ -331,32 +381,12 @@ pub async fn write(
             role.default_ttl, role.max_ttl
         )));
     }
-    let inputs = template::Inputs {
-        role_name: name,
-        display_name: "token",
-        // As long as real ones, so that length limits are checked with the real lengths.
-        credential_id: "abcdefghij0123456789",
-        task_id: "abcdefghij0123456789",
-        mark,
-        sources: template::Sources::Live,
-    };
-    let sample = template::render(role.username_template(backend), &inputs)?;
-    // A name made twice would make issuance fail on the account the first credential made,
-    // so a template must make a new one every time.
-    if !template::unique_per_credential(role.username_template(backend), &inputs)? {
-        return Err(Error::bad_request(format!(
-            "field 'username_template': it makes the same name (such as '{sample}') for every \
-             credential of one role and requester, so the second issuance would find the first \
-             one's account; add {{{{random N}}}}, {{{{uuid}}}} or {{{{.CredentialID}}}} where \
-             truncate keeps it"
-        )));
-    }
+    let sample = sample_name(role.username_template(backend, &config), name, mark)?;
     backend
         .validate_principal(&sample)
         .map_err(|e| Error::bad_request(format!("field 'username_template': {e}")))?;
     backend.validate_role(&role.settings, &sample)?;
 
-    let mut warnings = Vec::new();
     if !sample.starts_with(mark) {
         warnings.push(format!(
             "username_template makes names such as '{sample}', without this mount's mark \

@@ -32,12 +32,25 @@ pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
     connections::save(core.storage.as_ref(), name, &config).await?;
     core.crash_point("root_pending");
 
-    let changed = within(
-        TARGET_TIMEOUT,
-        "change its password",
-        target.rotate_root(&new_password),
-    )
-    .await;
+    let statements = root_rotation_statements(backend.as_ref(), &config);
+    let changed = match (&statements, config.setting_str("username")) {
+        (Some(statements), Some(user)) => {
+            within(
+                TARGET_TIMEOUT,
+                "change its password",
+                target.set_password(user, &new_password, statements),
+            )
+            .await
+        }
+        _ => {
+            within(
+                TARGET_TIMEOUT,
+                "change its password",
+                target.rotate_root(&new_password),
+            )
+            .await
+        }
+    };
     core.crash_point("root_changed");
     let adopted = match changed {
         Ok(()) => true,
@@ -68,6 +81,24 @@ pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
             Err(e)
         }
     }
+}
+
+/// The connection's `root_rotation_statements`, where its kind runs them and there are some.
+fn root_rotation_statements(
+    backend: &dyn crate::backend::Backend,
+    config: &ConnectionConfig,
+) -> Option<Vec<String>> {
+    if !backend.runs_root_rotation_statements() {
+        return None;
+    }
+    let statements: Vec<String> = config
+        .settings
+        .get(connections::ROOT_ROTATION_STATEMENTS)?
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    (!statements.is_empty()).then_some(statements)
 }
 
 /// Settles a rotation that stopped midway, if there is one, before connection `name` is used.

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::backend::Backends;
+use crate::credential_type::{CREDENTIAL_CONFIG, CREDENTIAL_TYPE};
 use crate::cron::Schedule;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue, Fields};
@@ -192,6 +193,16 @@ pub fn fields() -> Vec<FieldDef> {
              mayfly uses 32 random letters and digits.",
         ),
         FieldDef::new(
+            CREDENTIAL_TYPE,
+            FieldType::String,
+            "OpenBao's credential type: 'password', the one static roles rotate.",
+        ),
+        FieldDef::new(
+            CREDENTIAL_CONFIG,
+            FieldType::StringMap,
+            "OpenBao's credential settings: 'password_policy', as the field of that name.",
+        ),
+        FieldDef::new(
             "dual_account_username",
             FieldType::String,
             "Dual-account mode: a second existing account with the same privileges. Each \
@@ -350,7 +361,26 @@ pub async fn parse(
         ));
     }
 
+    // OpenBao's credential_type and credential_config: passwords, with an optional policy.
+    let mut credential = Map::new();
+    for k in [CREDENTIAL_TYPE, CREDENTIAL_CONFIG] {
+        if let Some(v) = f.get(k) {
+            credential.insert(k.to_owned(), v.to_json());
+        }
+    }
+    crate::credential_type::check("static", &credential)?;
+    if let Some(p) = crate::credential_type::password_policy(&credential)
+        && field_str("password_policy").is_none()
+    {
+        role.password_policy = p.to_owned();
+    }
     let keys = check(kv, backends, name, &role).await?;
+    if keys && !credential.is_empty() {
+        return Err(Error::bad_request(
+            "fields 'credential_type' and 'credential_config' apply to accounts with \
+             passwords; this connection's static roles rotate access keys",
+        ));
+    }
     if keys && password.is_some() {
         return Err(Error::bad_request(
             "field 'password' does not apply to access keys: with skip_import_rotation the \

@@ -111,3 +111,112 @@ fn unix_of_rfc3339(text: &str) -> u64 {
     let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
     (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
 }
+
+/// OpenBao's documented PostgreSQL example, with every other field its engine takes on
+/// `config/` and `roles/`: each is accepted, and those with a meaning for mayfly do what they
+/// do in OpenBao.
+#[test]
+fn every_field_of_openbaos_engine_is_taken_and_honoured_on_postgresql() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    pg.admin("CREATE ROLE bao_root SUPERUSER LOGIN PASSWORD 'bao-root-start-pw'");
+    let (status, body) = bao.put(
+        "sys/policies/password/hexdigits",
+        json!({"policy": "length = 24\nrule \"charset\" {\n  charset = \"abcdef0123456789\"\n  min-chars = 1\n}\n"}),
+    );
+    assert!(status == 200 || status == 204, "{body}");
+
+    // docs/secrets/databases/postgresql.mdx (OpenBao 2.7), host and mount aside, plus the
+    // rest of config/'s fields.
+    let (status, body) = bao.put(
+        "mayfly/config/my-postgresql-database",
+        json!({
+            "plugin_name": "postgresql-database-plugin",
+            "allowed_roles": "my-role",
+            "connection_url": pg.template_url(),
+            "username": "bao_root",
+            "password": "bao-root-start-pw",
+            "password_authentication": "scram-sha-256",
+            "max_open_connections": 3,
+            "max_idle_connections": 1,
+            "max_connection_lifetime": "10m",
+            "disable_escaping": false,
+            "username_template": "{{ .Mark }}tpl-{{ .RoleName | truncate 7 }}-{{ random 12 | lowercase }}",
+            "password_policy": "hexdigits",
+            "root_rotation_statements": ["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'; COMMENT ON ROLE \"{{name}}\" IS 'rotated by statements'"],
+            "plugin_version": "v2.7.2",
+            "verify_connection": true,
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(warnings.contains("plugin_version"), "{body}");
+    let (status, body) = bao.put(
+        "mayfly/roles/my-role",
+        json!({
+            "db_name": "my-postgresql-database",
+            "creation_statements": "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{{name}}\";",
+            "revocation_statements": "DROP ROLE IF EXISTS \"{{name}}\";",
+            "renew_statements": "ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}';",
+            "rollback_statements": "DROP ROLE IF EXISTS \"{{name}}\";",
+            "credential_type": "password",
+            "default_ttl": "1h",
+            "max_ttl": "24h",
+        }),
+    );
+    assert!(status == 200 || status == 204, "{body}");
+
+    // The connection's template and password policy make the role's names and passwords.
+    let cred = issue(&bao, "mayfly/creds/my-role");
+    assert!(cred.user.contains("tpl-my-role-"), "{}", cred.user);
+    assert_eq!(cred.password.len(), 24, "{}", cred.password);
+    assert!(
+        cred.password
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+        "not from policy hexdigits: {}",
+        cred.password
+    );
+    assert_eq!(
+        pg.psql_as(&cred.user, &cred.password, "SELECT 1"),
+        Ok("1".into())
+    );
+    assert!(
+        sessions_of(&pg, "bao_root").len() <= 3,
+        "max_open_connections"
+    );
+
+    // Fields it does not know, and values it cannot honour, name themselves.
+    for (field, value, expect) in [
+        ("credential_type", json!("rsa_private_key"), "expected 'password'"),
+        ("credential_config", json!({"format": "pkcs8"}), "'format'"),
+        ("nonsense_field", json!("x"), "nonsense_field"),
+    ] {
+        let mut role = json!({"db_name": "my-postgresql-database",
+            "creation_statements": "CREATE ROLE \"{{name}}\" LOGIN PASSWORD '{{password}}';"});
+        role[field] = value;
+        let (status, body) = bao.put("mayfly/roles/refused", role);
+        assert_eq!(status, 400, "{field}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(field) && text.contains(expect), "{text}");
+    }
+
+    // rotate-root runs root_rotation_statements, and the connection works on.
+    let (status, body) = bao.put("mayfly/rotate-root/my-postgresql-database", json!({}));
+    assert!(status == 200 || status == 204, "{body}");
+    assert_eq!(
+        pg.admin("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'bao_root'"),
+        "rotated by statements"
+    );
+    assert!(pg.psql_as("bao_root", "bao-root-start-pw", "SELECT 1").is_err());
+    let after = issue(&bao, "mayfly/creds/my-role");
+    assert!(pg.psql_as(&after.user, &after.password, "SELECT 1").is_ok());
+
+    // A connection template that makes one name for every credential is refused.
+    let (status, body) = bao.put(
+        "mayfly/config/my-postgresql-database",
+        json!({"username_template": "fixed-{{ .RoleName }}"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("username_template"), "{body}");
+}

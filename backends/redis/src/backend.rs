@@ -115,16 +115,32 @@ impl Backend for Redis {
     }
 
     fn role_fields(&self) -> Vec<FieldDef> {
-        vec![FieldDef::new(
-            "creation_statements",
-            FieldType::Statements,
-            "The user's ACL rules, as OpenBao's redis plugin takes them (a JSON list such as \
-             [\"~cache:*\", \"+get\"]) or space-separated (~cache:* +get). Default: ~* +@read \
-             +ping, read-only on every key. mayfly sets the password and turns the user on itself.",
-        )]
+        let openbao = "Accepted as OpenBao's engine takes it.";
+        vec![
+            FieldDef::new(
+                "creation_statements",
+                FieldType::Statements,
+                "The user's ACL rules, as OpenBao's redis plugin takes them (a JSON list such as \
+                 [\"~cache:*\", \"+get\"]) or space-separated (~cache:* +get). Default: ~* \
+                 +@read +ping, read-only on every key. mayfly sets the password and turns the \
+                 user on itself.",
+            ),
+            FieldDef::new("revocation_statements", FieldType::Statements, openbao)
+                .unused("a Redis user is removed with ACL DELUSER on every node"),
+            FieldDef::new("renew_statements", FieldType::Statements, openbao).unused(
+                "Redis users have no expiry of their own; mayfly revokes them at the deadline",
+            ),
+            FieldDef::new("rollback_statements", FieldType::Statements, openbao).unused(
+                "a Redis user is made in one ACL SETUSER, which leaves nothing to roll back",
+            ),
+        ]
+        .into_iter()
+        .chain(mayfly::credential_type::fields())
+        .collect()
     }
 
     fn validate_role(&self, settings: &Map<String, Value>, _: &str) -> Result<(), Error> {
+        mayfly::credential_type::check(self.kind(), settings)?;
         rules(settings).map(|_| ())
     }
 

@@ -2,6 +2,7 @@
 //! `{{username}}`/`{{password}}` placeholders, TLS material, a pool size), and statement lists
 //! rendered in the kind's dialect.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mayfly::Error;
@@ -35,6 +36,25 @@ pub fn connection_fields(url_help: &'static str) -> Vec<FieldDef> {
             "The most connections mayfly keeps open to this database.",
         )
         .default(FieldValue::Int(4)),
+        FieldDef::new(
+            "max_idle_connections",
+            FieldType::Int,
+            "The most idle connections kept open; 0 keeps up to max_open_connections (as \
+             OpenBao's engine does).",
+        ),
+        FieldDef::new(
+            "max_connection_lifetime",
+            FieldType::Duration,
+            "How long a connection is used before it is closed and replaced; 0 for no limit. \
+             Without it, 30 minutes.",
+        ),
+        FieldDef::new(
+            "disable_escaping",
+            FieldType::Bool,
+            "As in OpenBao: the username and password go into connection_url as they are \
+             instead of URL-escaped, so percent-encoded ones are decoded there. Statements \
+             always quote the names and passwords they are given.",
+        ),
         FieldDef::new(
             "tls_ca",
             FieldType::String,
@@ -201,8 +221,9 @@ pub fn pool<DB: sqlx::Database>(
     config: &ConnectionConfig,
     options: <DB::Connection as Connection>::Options,
 ) -> Result<sqlx::Pool<DB>, Error> {
-    Ok(sqlx::pool::PoolOptions::<DB>::new()
-        .max_connections(pool_size(config)?)
+    let size = pool_size(config)?;
+    let mut pool = sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(size)
         .min_connections(0)
         .acquire_timeout(CONNECT_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
@@ -214,8 +235,94 @@ pub fn pool<DB: sqlx::Database>(
                 }
                 Ok(true)
             })
+        });
+    match config.setting_i64("max_connection_lifetime") {
+        Some(0) => pool = pool.max_lifetime(None),
+        Some(secs) => pool = pool.max_lifetime(Duration::from_secs(secs.max(1) as u64)),
+        None => {}
+    }
+    let idle = idle_limit(config, size)?;
+    if idle >= size {
+        return Ok(pool.connect_lazy_with(options));
+    }
+    // sqlx has no bound on idle connections: a connection coming back is closed instead
+    // when the pool already holds that many idle ones. The callback holds the pool itself,
+    // so the pool's memory stays after its handle is dropped (its connections go with
+    // Target::close): a few kilobytes per replaced handle.
+    let handle: Arc<OnceLock<sqlx::Pool<DB>>> = Arc::new(OnceLock::new());
+    let seen = handle.clone();
+    let pool = pool
+        .after_release(move |_, _| {
+            let keep = seen.get().is_none_or(|p| p.num_idle() < idle as usize);
+            Box::pin(async move { Ok(keep) })
         })
-        .connect_lazy_with(options))
+        .connect_lazy_with(options);
+    let _ = handle.set(pool.clone());
+    Ok(pool)
+}
+
+/// `max_idle_connections`, checked: 0 (or more than the pool holds) keeps them all.
+fn idle_limit(config: &ConnectionConfig, size: u32) -> Result<u32, Error> {
+    match config.setting_i64("max_idle_connections") {
+        None | Some(0) => Ok(size),
+        Some(n) if n > 0 => Ok(u32::try_from(n).unwrap_or(u32::MAX).min(size)),
+        Some(n) => Err(Error::bad_request(format!(
+            "field 'max_idle_connections': expected 0 or more, got {n}"
+        ))),
+    }
+}
+
+/// The username as it goes into `connection_url`: URL-escaped, unless `disable_escaping`.
+pub fn url_username(config: &ConnectionConfig) -> String {
+    let name = config.setting_str("username").unwrap_or_default();
+    if escaping_disabled(config) {
+        name.to_owned()
+    } else {
+        mayfly::redact::percent_encode(name)
+    }
+}
+
+/// The password the connection logs in with. With `disable_escaping` OpenBao puts it into
+/// the URL as it is, where the URL's parser decodes it: mayfly decodes it the same way.
+pub fn login_password(config: &ConnectionConfig) -> String {
+    let password = config.secret("password").unwrap_or_default();
+    if escaping_disabled(config) {
+        percent_decode(password)
+    } else {
+        password.to_owned()
+    }
+}
+
+fn escaping_disabled(config: &ConnectionConfig) -> bool {
+    config
+        .settings
+        .get("disable_escaping")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// `%XX` sequences decoded, the rest kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `max_open_connections`, checked.
@@ -231,11 +338,18 @@ pub fn pool_size(config: &ConnectionConfig) -> Result<u32, Error> {
 
 /// The connection's own secrets, to be removed from every error message.
 pub fn connection_secrets(config: &ConnectionConfig) -> Vec<SecretString> {
-    [config.secret("password"), config.secret("private_key")]
-        .into_iter()
-        .flatten()
-        .map(|s| SecretString::from(s.to_owned()))
-        .collect()
+    let decoded = config.secret("password").map(|_| login_password(config));
+    [
+        config.secret("password"),
+        config.secret("private_key"),
+        config.secret("tls_certificate_key"),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::to_owned)
+    .chain(decoded)
+    .map(SecretString::from)
+    .collect()
 }
 
 /// A role setting that holds a list of strings (statements, groups); empty when unset.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::redact::{percent_encode, redact};
+use mayfly::redact::redact;
 use mayfly::{
     Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Reach, Revoked, Target,
 };
@@ -64,12 +64,37 @@ impl Backend for MySql {
         ExpiryEnforcement::SchedulerOnly
     }
 
+    fn runs_root_rotation_statements(&self) -> bool {
+        true
+    }
+
     fn connection_fields(&self) -> Vec<FieldDef> {
-        common::connection_fields(
+        let mut fields = common::connection_fields(
             "{{username}}:{{password}}@tcp(host:3306)/ (OpenBao's form) or \
              mysql://{{username}}:{{password}}@host:3306/?ssl-mode=…; the placeholders take \
              the username and password fields.",
-        )
+        );
+        fields.extend([
+            FieldDef::new(
+                "tls_certificate_key",
+                FieldType::String,
+                "OpenBao's form of a client certificate: the PEM certificate and its private \
+                 key in one text (as tls_certificate and private_key).",
+            )
+            .secret(),
+            FieldDef::new(
+                "tls_skip_verify",
+                FieldType::Bool,
+                "Encrypt without checking the server's certificate (ssl-mode=required).",
+            ),
+            FieldDef::new(
+                "tls_server_name",
+                FieldType::String,
+                "Accepted as OpenBao's engine takes it.",
+            )
+            .unused("the server's certificate is checked against the host in connection_url"),
+        ]);
+        fields
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
@@ -84,21 +109,27 @@ impl Backend for MySql {
     fn reach(&self, config: &ConnectionConfig) -> Reach {
         let raw = config.setting_str("connection_url").unwrap_or_default();
         let url = url_form(raw).unwrap_or_else(|_| raw.to_owned());
-        common::reach(
-            config,
-            &url,
-            &["ssl-mode", "sslmode"],
-            |mode, has_ca| match mode {
-                Some("disabled") => 0,
-                Some("preferred") => 2,
-                Some("required") => 3,
-                Some("verify_ca") => 4,
-                Some("verify_identity") => 5,
-                // mayfly verifies the server with tls_ca; without it sqlx prefers TLS.
-                _ if has_ca => 5,
-                _ => 2,
-            },
-        )
+        let mut reach =
+            common::reach(
+                config,
+                &url,
+                &["ssl-mode", "sslmode"],
+                |mode, has_ca| match mode {
+                    Some("disabled") => 0,
+                    Some("preferred") => 2,
+                    Some("required") => 3,
+                    Some("verify_ca") => 4,
+                    Some("verify_identity") => 5,
+                    // mayfly verifies the server with tls_ca; without it sqlx prefers TLS.
+                    _ if has_ca => 5,
+                    _ => 2,
+                },
+            );
+        if skips_verify(config) {
+            // Encrypted, but any server's certificate is taken.
+            reach.server_check = reach.server_check.min(3);
+        }
+        reach
     }
 
     async fn verify_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
@@ -134,15 +165,34 @@ impl Backend for MySql {
                  are killed in both cases. A user already gone counts as revoked.",
             ),
             FieldDef::new(
+                "rollback_statements",
+                FieldType::Statements,
+                "SQL run, with {{name}} and {{host}}, instead of revocation_statements to remove \
+                 a user whose issuance did not finish after its create succeeded (a failed \
+                 ledger write, a crash). Never run for a name that was taken.",
+            ),
+            FieldDef::new(
+                "renew_statements",
+                FieldType::Statements,
+                "Accepted as OpenBao's engine takes it.",
+            )
+            .unused(
+                "MySQL accounts have no expiry of their own; mayfly revokes them at the deadline",
+            ),
+            FieldDef::new(
                 "host",
                 FieldType::String,
                 "The host pattern of the account, for {{host}} in statements ('%' is any host).",
             )
             .default(FieldValue::String("%".into())),
         ]
+        .into_iter()
+        .chain(mayfly::credential_type::fields())
+        .collect()
     }
 
     fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error> {
+        mayfly::credential_type::check(self.kind(), settings)?;
         if list(settings, "creation_statements").is_empty() {
             return Err(Error::bad_request(
                 "field 'creation_statements' is required: MySQL users get their privileges \
@@ -160,7 +210,11 @@ impl Backend for MySql {
         };
         common::validate_statements(
             settings,
-            &["creation_statements", "revocation_statements"],
+            &[
+                "creation_statements",
+                "revocation_statements",
+                "rollback_statements",
+            ],
             &sample,
             Dialect::MySql,
         )
@@ -248,12 +302,20 @@ fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
 }
 
 /// The sqlx options for a connection: placeholders filled, the password set after parsing.
+/// `tls_skip_verify`: TLS without checking the server's certificate.
+fn skips_verify(config: &ConnectionConfig) -> bool {
+    config
+        .settings
+        .get("tls_skip_verify")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Error> {
     let url = url_form(config.setting_str("connection_url").unwrap_or_default())?;
-    let username = config.setting_str("username").unwrap_or_default();
-    let with_user =
-        url.replace(USERNAME, &percent_encode(username))
-            .replacen("mariadb://", "mysql://", 1);
+    let with_user = url
+        .replace(USERNAME, &common::url_username(config))
+        .replacen("mariadb://", "mysql://", 1);
     let has_password = with_user.contains(PASSWORD);
     let mut options = MySqlConnectOptions::from_str(&with_user.replace(PASSWORD, "placeholder"))
         .map_err(|e| {
@@ -262,13 +324,22 @@ fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Err
             ))
         })?;
     if has_password {
-        options = options.password(config.secret("password").unwrap_or_default());
+        options = options.password(&common::login_password(config));
     }
+    let mode_given = with_user.contains("ssl-mode=") || with_user.contains("sslmode=");
     if let Some(ca) = config.setting_str("tls_ca") {
         options = options.ssl_ca_from_pem(ca.as_bytes().to_vec());
-        if !with_user.contains("ssl-mode=") && !with_user.contains("sslmode=") {
+        if !mode_given && !skips_verify(config) {
             options = options.ssl_mode(MySqlSslMode::VerifyIdentity);
         }
+    }
+    if !mode_given && skips_verify(config) {
+        options = options.ssl_mode(MySqlSslMode::Required);
+    }
+    if let Some(both) = config.secret("tls_certificate_key") {
+        options = options
+            .ssl_client_cert_from_pem(both.as_bytes())
+            .ssl_client_key_from_pem(both.as_bytes());
     }
     if let (Some(cert), Some(key)) = (
         config.setting_str("tls_certificate"),

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::redact::{percent_encode, redact};
+use mayfly::redact::redact;
 use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Reach, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
@@ -34,6 +34,10 @@ impl Backend for Postgres {
 
     fn aliases(&self) -> &'static [&'static str] {
         &["postgresql", "postgresql-database-plugin"]
+    }
+
+    fn runs_root_rotation_statements(&self) -> bool {
+        true
     }
 
     fn connection_fields(&self) -> Vec<FieldDef> {
@@ -128,15 +132,26 @@ impl Backend for Postgres {
                  VALID UNTIL to the new deadline.",
             ),
             FieldDef::new(
+                "rollback_statements",
+                FieldType::Statements,
+                "SQL run, with {{name}}, instead of revocation_statements to remove a user whose \
+                 issuance did not finish after its create succeeded (a failed ledger write, a \
+                 crash). Never run for a name that was taken.",
+            ),
+            FieldDef::new(
                 "member_of",
                 FieldType::StringList,
                 "Group roles the user joins (grants by membership, not per-user object grants). \
                  Used when creation_statements is not given.",
             ),
         ]
+        .into_iter()
+        .chain(mayfly::credential_type::fields())
+        .collect()
     }
 
     fn validate_role(&self, settings: &Map<String, Value>, sample_name: &str) -> Result<(), Error> {
+        mayfly::credential_type::check(self.kind(), settings)?;
         let groups = list(settings, "member_of");
         for g in &groups {
             check_identifier(g)
@@ -161,6 +176,7 @@ impl Backend for Postgres {
                 "creation_statements",
                 "revocation_statements",
                 "renew_statements",
+                "rollback_statements",
             ],
             &sample,
             Dialect::Postgres,
@@ -637,8 +653,7 @@ impl Target for PgTarget {
 /// The sqlx options for a connection: placeholders filled, the password set after parsing.
 pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Error> {
     let raw = config.setting_str("connection_url").unwrap_or_default();
-    let username = config.setting_str("username").unwrap_or_default();
-    let with_user = raw.replace(USERNAME, &percent_encode(username));
+    let with_user = raw.replace(USERNAME, &common::url_username(config));
     let has_password = with_user.contains(PASSWORD);
     // The placeholder stays in the text sqlx parses: the real password never does.
     let options =
@@ -648,7 +663,7 @@ pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Er
             ))
         })?;
     let options = if has_password {
-        options.password(config.secret("password").unwrap_or_default())
+        options.password(&common::login_password(config))
     } else {
         options
     };
