@@ -188,7 +188,11 @@ fn every_field_of_openbaos_engine_is_taken_and_honoured_on_postgresql() {
 
     // Fields it does not know, and values it cannot honour, name themselves.
     for (field, value, expect) in [
-        ("credential_type", json!("rsa_private_key"), "expected 'password'"),
+        (
+            "credential_type",
+            json!("rsa_private_key"),
+            "expected 'password'",
+        ),
         ("credential_config", json!({"format": "pkcs8"}), "'format'"),
         ("nonsense_field", json!("x"), "nonsense_field"),
     ] {
@@ -205,10 +209,15 @@ fn every_field_of_openbaos_engine_is_taken_and_honoured_on_postgresql() {
     let (status, body) = bao.put("mayfly/rotate-root/my-postgresql-database", json!({}));
     assert!(status == 200 || status == 204, "{body}");
     assert_eq!(
-        pg.admin("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'bao_root'"),
+        pg.admin(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'bao_root'"
+        ),
         "rotated by statements"
     );
-    assert!(pg.psql_as("bao_root", "bao-root-start-pw", "SELECT 1").is_err());
+    assert!(
+        pg.psql_as("bao_root", "bao-root-start-pw", "SELECT 1")
+            .is_err()
+    );
     let after = issue(&bao, "mayfly/creds/my-role");
     assert!(pg.psql_as(&after.user, &after.password, "SELECT 1").is_ok());
 
