@@ -9,6 +9,14 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     server: Mutex<Option<Child>>,
+    /// Served over TLS only ([`PrivateRedis::start_tls`]).
+    tls: Option<Tls>,
+}
+
+/// A TLS server's CA (PEM) and whether it asks clients for a certificate.
+pub struct Tls {
+    pub ca: String,
+    pub client_certificates: bool,
 }
 
 impl PrivateRedis {
@@ -25,16 +33,118 @@ impl PrivateRedis {
             port: crate::free_port(),
             dir,
             server: Mutex::new(None),
+            tls: None,
         };
         redis.resume();
         redis
     }
 
+    /// A server that speaks only TLS (`--tls-port`, no plain port), with a certificate for
+    /// 127.0.0.1 from a CA made for it; with `client_certificates` it refuses clients without
+    /// a certificate from that CA (`tls-auth-clients yes`).
+    pub fn start_tls(client_certificates: bool) -> PrivateRedis {
+        let dir = crate::scratch_dir("redis-tls");
+        std::fs::write(
+            dir.join("users.acl"),
+            "user default on nopass ~* &* +@all\n",
+        )
+        .unwrap();
+        let ca = crate::postgres::make_certificates(&dir);
+        let redis = PrivateRedis {
+            port: crate::free_port(),
+            dir,
+            server: Mutex::new(None),
+            tls: Some(Tls {
+                ca,
+                client_certificates,
+            }),
+        };
+        redis.resume();
+        redis
+    }
+
+    /// The CA of a TLS server.
+    pub fn ca(&self) -> &str {
+        &self.tls.as_ref().expect("a TLS server").ca
+    }
+
+    /// A client certificate and its key (PEM), signed by a TLS server's CA.
+    pub fn client_certificate(&self) -> (String, String) {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&self.dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=mayfly",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ]);
+        std::fs::write(
+            self.dir.join("client.cnf"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "client.cnf",
+            "-out",
+            "client.pem",
+        ]);
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap();
+        (read("client.pem"), read("client.key"))
+    }
+
     /// Starts the server (again, after [`PrivateRedis::halt`]) on the same port and ACL file.
     pub fn resume(&self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--port", &self.port.to_string()])
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => {
+                cmd.args(["--port", &self.port.to_string()]);
+            }
+            Some(tls) => {
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(self.dir.join("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(self.dir.join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(self.dir.join("ca.pem"))
+                    .args([
+                        "--tls-auth-clients",
+                        if tls.client_certificates { "yes" } else { "no" },
+                    ]);
+            }
+        }
+        let child = cmd
             .arg("--aclfile")
             .arg(self.dir.join("users.acl"))
             .stdout(Stdio::null())
@@ -68,6 +178,20 @@ impl PrivateRedis {
     pub fn cli_as(&self, login: Option<(&str, &str)>, args: &[&str]) -> Result<String, String> {
         let mut cmd = Command::new("redis-cli");
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--cacert")
+                .arg(self.dir.join("ca.pem"));
+            if tls.client_certificates {
+                if !self.dir.join("client.pem").exists() {
+                    self.client_certificate();
+                }
+                cmd.arg("--cert")
+                    .arg(self.dir.join("client.pem"))
+                    .arg("--key")
+                    .arg(self.dir.join("client.key"));
+            }
+        }
         if let Some((user, password)) = login {
             cmd.args(["--user", user, "--no-auth-warning"]);
             cmd.env("REDISCLI_AUTH", password);

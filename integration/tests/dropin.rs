@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use mayfly_integration::creds::issue;
-use mayfly_integration::{Bao, PrivatePostgres, wait_until};
+use mayfly_integration::{Bao, PrivatePostgres, PrivateRedis, wait_until};
 use serde_json::{Value, json};
 
 /// The backend pids of `user`'s sessions.
@@ -228,4 +228,82 @@ fn every_field_of_openbaos_engine_is_taken_and_honoured_on_postgresql() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("username_template"), "{body}");
+}
+
+/// The redis kind over TLS, with the field names of OpenBao's redis plugin.
+#[test]
+fn redis_over_tls_issues_users_that_log_in_over_tls_and_refuses_a_wrong_ca() {
+    let redis = PrivateRedis::start_tls(false);
+    let bao = Bao::with_mayfly();
+    let connection = |ca: &str| {
+        json!({"plugin_name": "redis-database-plugin", "host": "127.0.0.1",
+               "port": redis.port, "tls": true, "ca_cert": ca, "allowed_roles": "*"})
+    };
+    let (status, body) = bao.put("mayfly/config/cache", connection(redis.ca()));
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = bao.put(
+        "mayfly/roles/reader",
+        json!({"db_name": "cache", "creation_statements": "[\"~*\", \"+@read\", \"+ping\"]"}),
+    );
+    assert!(status == 200 || status == 204, "{body}");
+    let cred = issue(&bao, "mayfly/creds/reader");
+    assert_eq!(
+        redis.cli_as(Some((&cred.user, &cred.password)), &["PING"]),
+        Ok("PONG".into()),
+        "the new user logs in over TLS"
+    );
+    let (status, body) = bao.put("sys/leases/revoke", json!({"lease_id": cred.lease_id}));
+    assert_eq!(status, 204, "{body}");
+    assert!(redis.users_like(&cred.user).is_empty());
+
+    // A CA that did not sign the server's certificate: refused, saying so.
+    let other = mayfly_integration::scratch_dir("other-ca");
+    let wrong_ca = mayfly_integration::postgres::make_certificates(&other);
+    let (status, body) = bao.put("mayfly/config/wrong", connection(&wrong_ca));
+    assert_eq!(status, 400, "{body}");
+    let error = body.to_string();
+    assert!(
+        error.contains("TLS handshake failed") && error.contains("certificate"),
+        "{error}"
+    );
+    // TLS settings without tls=true would send everything in plain text: refused.
+    let (status, body) = bao.put(
+        "mayfly/config/plain",
+        json!({"plugin_name": "redis", "host": "127.0.0.1", "port": redis.port,
+               "ca_cert": redis.ca(), "verify_connection": false}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("needs tls=true"), "{body}");
+    // insecure_tls takes the server's certificate whatever its CA.
+    let mut insecure = connection(&wrong_ca);
+    insecure["insecure_tls"] = json!(true);
+    let (status, body) = bao.put("mayfly/config/insecure", insecure);
+    assert_eq!(status, 204, "{body}");
+}
+
+/// A Redis that asks clients for a certificate (`tls-auth-clients yes`): mayfly connects with
+/// `tls_certificate` and `private_key`, and without them is refused with a clear error.
+#[test]
+fn redis_over_tls_with_client_certificates() {
+    let redis = PrivateRedis::start_tls(true);
+    let (cert, key) = redis.client_certificate();
+    let bao = Bao::with_mayfly();
+    let mut body = json!({"plugin_name": "redis", "host": "127.0.0.1", "port": redis.port,
+                          "tls": true, "ca_cert": redis.ca(), "allowed_roles": "*"});
+    let (status, out) = bao.put("mayfly/config/nocert", body.clone());
+    assert_eq!(status, 400, "{out}");
+    assert!(out.to_string().contains("cannot use Redis"), "{out}");
+    body["tls_certificate"] = json!(cert);
+    body["private_key"] = json!(key);
+    let (status, out) = bao.put("mayfly/config/cache", body);
+    assert_eq!(status, 204, "{out}");
+    let (_, read) = bao.get("mayfly/config/cache");
+    assert!(!read.to_string().contains("PRIVATE KEY"), "{read}");
+    let (status, out) = bao.put("mayfly/roles/reader", json!({"db_name": "cache"}));
+    assert!(status == 200 || status == 204, "{out}");
+    let cred = issue(&bao, "mayfly/creds/reader");
+    assert_eq!(
+        redis.cli_as(Some((&cred.user, &cred.password)), &["PING"]),
+        Ok("PONG".into())
+    );
 }

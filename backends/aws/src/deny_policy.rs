@@ -546,7 +546,7 @@ mod tests {
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    (seed >> 33) % (2 + round as u64 % 7) == 0
+                    (seed >> 33).is_multiple_of(2 + round as u64 % 7)
                 })
                 .collect();
             for budget in [USER_BUDGET, ROLE_BUDGET] {

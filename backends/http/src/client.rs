@@ -1,7 +1,6 @@
 //! The HTTP client of one connection: its TLS settings, its admin credential, and bounded
 //! timeouts and retries. It knows nothing of keys; [`crate::target`] says what to send.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,12 +13,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use mayfly::Error;
 use mayfly::connections::ConnectionConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-
-use crate::tls;
 
 pub const DEFAULT_TIMEOUT_SECS: i64 = 10;
 pub const DEFAULT_MAX_RETRIES: i64 = 2;
@@ -88,18 +83,21 @@ impl Client {
             .unwrap_or_default()
             .trim_end_matches('/')
             .to_owned();
-        let tls = tls::client_config(
-            config.setting_str("tls_ca").filter(|s| !s.is_empty()),
-            config
+        let tls = mayfly_tls::client_config(&mayfly_tls::ClientTls {
+            ca: config
+                .setting_str("tls_ca")
+                .filter(|s| !s.is_empty())
+                .map(|pem| ("tls_ca", pem)),
+            certificate: config
                 .setting_str("tls_certificate")
                 .filter(|s| !s.is_empty()),
-            config.secret("private_key").filter(|s| !s.is_empty()),
-            config
+            key: config.secret("private_key").filter(|s| !s.is_empty()),
+            insecure: config
                 .settings
                 .get("insecure_skip_verify")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
-        )?;
+        })?;
         let connector = HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -287,31 +285,4 @@ fn auth(config: &ConnectionConfig) -> Result<Auth, Error> {
             )));
         }
     })
-}
-
-/// Parses PEM certificates, naming `field` in errors.
-pub fn certificates(pem: &str, field: &str) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::bad_request(format!("field '{field}': not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(Error::bad_request(format!(
-            "field '{field}': no PEM certificate found"
-        )));
-    }
-    Ok(certs)
-}
-
-/// Parses a PEM private key. The error never quotes the key.
-pub fn private_key(pem: &str) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| {
-        Error::bad_request(
-            "field 'private_key': expected a PEM private key (PKCS#8, PKCS#1 or SEC1)",
-        )
-    })
-}
-
-/// The shared pieces of every connection's TLS, made once.
-pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

@@ -8,7 +8,6 @@ mod placeholders;
 mod rabbitmq;
 mod spec;
 mod target;
-mod tls;
 
 pub use backend::Http;
 pub use rabbitmq::RabbitMq;

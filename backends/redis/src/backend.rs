@@ -22,7 +22,7 @@ use mayfly::{
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-use crate::resp::{Conn, Reply, WireError};
+use crate::resp::{Conn, Reply, Tls, WireError};
 
 /// How long connecting to a node, or one command (or pipeline), may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,17 +76,55 @@ impl Backend for Redis {
                 "The most idle connections mayfly keeps to each node.",
             )
             .default(FieldValue::Int(4)),
+            FieldDef::new(
+                "tls",
+                FieldType::Bool,
+                "Connect to every node over TLS (as OpenBao's redis plugin). The node's \
+                 certificate is checked against ca_cert, or the system's CAs, and must name the \
+                 host mayfly connects to.",
+            ),
+            FieldDef::new(
+                "ca_cert",
+                FieldType::String,
+                "With tls: PEM certificates of the CAs that sign the nodes' certificates.",
+            ),
+            FieldDef::new(
+                "insecure_tls",
+                FieldType::Bool,
+                "With tls: take any certificate from the nodes (encrypted, but not \
+                 authenticated).",
+            ),
+            FieldDef::new(
+                "tls_certificate",
+                FieldType::String,
+                "With tls: PEM client certificate, for nodes that ask for one \
+                 (tls-auth-clients).",
+            ),
+            FieldDef::new(
+                "private_key",
+                FieldType::String,
+                "With tls: the PEM private key of tls_certificate.",
+            )
+            .secret(),
         ]
     }
 
     fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {
-        ["host", "port", "nodes"]
+        let mut reach = ["host", "port", "nodes"]
             .into_iter()
-            .fold(mayfly::Reach::default(), |r, f| r.with_setting(config, f))
+            .fold(mayfly::Reach::default(), |r, f| r.with_setting(config, f));
+        // Plain text, then TLS with any certificate, then TLS with the certificate checked.
+        reach.server_check = match (flag(config, "tls"), flag(config, "insecure_tls")) {
+            (false, _) => 0,
+            (true, true) => 1,
+            (true, false) => 2,
+        };
+        reach
     }
 
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         nodes(config)?;
+        tls(config)?;
         match config.setting_i64("max_open_connections") {
             Some(n) if !(1..=100).contains(&n) => Err(Error::bad_request(format!(
                 "field 'max_open_connections': expected an integer from 1 to 100, got {n}"
@@ -162,6 +200,37 @@ impl Backend for Redis {
 }
 
 /// Every node as `host:port`: `host`/`port` first, then `nodes`.
+fn flag(config: &ConnectionConfig, field: &str) -> bool {
+    config
+        .settings
+        .get(field)
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
+/// The connection's TLS settings, `None` without `tls`; errors name the field at fault.
+fn tls(config: &ConnectionConfig) -> Result<Option<Tls>, Error> {
+    let set = |field: &str| config.setting_str(field).filter(|s| !s.is_empty());
+    if !flag(config, "tls") {
+        let stray = ["ca_cert", "insecure_tls", "tls_certificate"]
+            .into_iter()
+            .find(|f| set(f).is_some() || flag(config, f));
+        return match stray {
+            Some(f) => Err(Error::bad_request(format!(
+                "field '{f}' needs tls=true: without it mayfly talks to Redis in plain text"
+            ))),
+            None => Ok(None),
+        };
+    }
+    let client = mayfly_tls::client_config(&mayfly_tls::ClientTls {
+        ca: set("ca_cert").map(|pem| ("ca_cert", pem)),
+        certificate: set("tls_certificate"),
+        key: config.secret("private_key").filter(|s| !s.is_empty()),
+        insecure: flag(config, "insecure_tls"),
+    })?;
+    Ok(Some(Tls::new(client)))
+}
+
 fn nodes(config: &ConnectionConfig) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     if let Some(host) = config.setting_str("host").filter(|h| !h.is_empty()) {
@@ -309,6 +378,8 @@ const CREATION_SAVE_DELAY: Duration = Duration::from_millis(500);
 /// The configured nodes, as the connection's user.
 struct RedisTarget {
     nodes: Vec<Node>,
+    /// How nodes are reached over TLS; `None` for plain text.
+    tls: Option<Tls>,
     username: Option<String>,
     password: Option<SecretString>,
     max_idle: usize,
@@ -342,6 +413,7 @@ impl NodeError {
 impl RedisTarget {
     fn new(config: &ConnectionConfig) -> Result<RedisTarget, Error> {
         Ok(RedisTarget {
+            tls: tls(config)?,
             nodes: nodes(config)?
                 .into_iter()
                 .map(|address| Node {
@@ -377,6 +449,11 @@ impl RedisTarget {
                 "Redis node {} gave {what} a reply mayfly cannot read: {m}",
                 node.address
             )),
+            // A certificate refused is not a node that is down: retrying will not help.
+            WireError::Tls(e) => NodeError::Refused(format!(
+                "Redis node {} ({what}): the TLS handshake failed: {e}",
+                node.address
+            )),
             e => NodeError::Unreachable(format!(
                 "Redis node {} cannot be reached ({what}): {e}",
                 node.address
@@ -384,11 +461,24 @@ impl RedisTarget {
         }
     }
 
+    /// A new connection to `node`, over TLS where the connection says, not yet logged in.
+    async fn open(&self, node: &Node) -> Result<Conn, NodeError> {
+        let tls = match &self.tls {
+            None => None,
+            Some(tls) => Some((
+                tls,
+                mayfly_tls::server_name(&node.address, "host")
+                    .map_err(|e| NodeError::Refused(e.to_string()))?,
+            )),
+        };
+        Conn::connect(&node.address, TIMEOUT, tls)
+            .await
+            .map_err(|e| self.wire_error(node, "connecting", e))
+    }
+
     /// A new connection to `node`, authenticated.
     async fn connect(&self, node: &Node) -> Result<Conn, NodeError> {
-        let mut conn = Conn::connect(&node.address, TIMEOUT)
-            .await
-            .map_err(|e| self.wire_error(node, "connecting", e))?;
+        let mut conn = self.open(node).await?;
         if let Some(password) = &self.password {
             let user = self.user().as_bytes();
             let reply = conn
@@ -799,9 +889,7 @@ impl Target for RedisTarget {
     async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
         let secret = password.expose_secret();
         for node in &self.nodes {
-            let mut conn = Conn::connect(&node.address, TIMEOUT)
-                .await
-                .map_err(|e| self.wire_error(node, "connecting", e).into_error())?;
+            let mut conn = self.open(node).await.map_err(NodeError::into_error)?;
             let reply = conn
                 .call(&[b"AUTH", username.as_bytes(), secret.as_bytes()])
                 .await

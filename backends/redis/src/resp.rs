@@ -4,8 +4,14 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use std::sync::Arc;
+
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Bounds on what a server may make mayfly read: the plugin process is shared by every mount,
 /// so a hostile or broken target must not make it allocate without end. Past any of them a
@@ -52,6 +58,9 @@ impl Reply {
 #[derive(Debug)]
 pub enum WireError {
     Io(std::io::Error),
+    /// The TLS handshake failed: the node's certificate was refused, or the node does not
+    /// speak TLS.
+    Tls(std::io::Error),
     Timeout,
     Protocol(String),
 }
@@ -60,6 +69,7 @@ impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WireError::Io(e) => write!(f, "{e}"),
+            WireError::Tls(e) => write!(f, "the TLS handshake failed: {e}"),
             WireError::Timeout => f.write_str("no answer in time"),
             WireError::Protocol(m) => write!(f, "unexpected reply: {m}"),
         }
@@ -72,22 +82,57 @@ impl From<std::io::Error> for WireError {
     }
 }
 
+/// A byte stream to a node: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// How a connection reaches its nodes over TLS.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: TlsConnector,
+}
+
+impl Tls {
+    pub fn new(config: tokio_rustls::rustls::ClientConfig) -> Tls {
+        Tls {
+            connector: TlsConnector::from(Arc::new(config)),
+        }
+    }
+}
+
 /// One connection to one Redis node.
 pub struct Conn {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
     timeout: Duration,
 }
 
 impl Conn {
-    pub async fn connect(address: &str, timeout: Duration) -> Result<Conn, WireError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| WireError::Timeout)??;
-        stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream: BufReader::new(stream),
-            timeout,
+    /// Connects to `address`, over TLS with `tls` (the node's certificate checked for
+    /// `name`); the handshake counts against `timeout`.
+    pub async fn connect(
+        address: &str,
+        timeout: Duration,
+        tls: Option<(&Tls, ServerName<'static>)>,
+    ) -> Result<Conn, WireError> {
+        tokio::time::timeout(timeout, async {
+            let tcp = TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let stream: Box<dyn Stream> = match tls {
+                None => Box::new(tcp),
+                Some((tls, name)) => Box::new(
+                    tls.connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(WireError::Tls)?,
+                ),
+            };
+            Ok(Conn {
+                stream: BufReader::new(stream),
+                timeout,
+            })
         })
+        .await
+        .map_err(|_| WireError::Timeout)?
     }
 
     /// Sends one command and reads its reply.
@@ -271,7 +316,9 @@ mod tests {
     #[tokio::test]
     async fn nested_replies_are_read() {
         let addr = server(b"*3\r\n$2\r\nab\r\n*2\r\n:5\r\n+OK\r\n$-1\r\n").await;
-        let mut c = Conn::connect(&addr, Duration::from_secs(2)).await.unwrap();
+        let mut c = Conn::connect(&addr, Duration::from_secs(2), None)
+            .await
+            .unwrap();
         assert_eq!(
             c.call(&[b"X"]).await.unwrap(),
             Reply::Array(Some(vec![
@@ -288,7 +335,9 @@ mod tests {
         let endless: &'static [u8] = Box::leak(vec![b'+'; 2 * MAX_LINE].into_boxed_slice());
         for reply in [endless, b"$16777217\r\n"] {
             let addr = server(reply).await;
-            let mut c = Conn::connect(&addr, Duration::from_secs(2)).await.unwrap();
+            let mut c = Conn::connect(&addr, Duration::from_secs(2), None)
+                .await
+                .unwrap();
             let err = c.call(&[b"PING"]).await.unwrap_err();
             assert!(matches!(err, WireError::Protocol(_)), "{err}");
         }
@@ -316,7 +365,7 @@ mod tests {
             b"+no crlf",
         ] {
             let addr = server(reply).await;
-            let mut c = Conn::connect(&addr, Duration::from_millis(500))
+            let mut c = Conn::connect(&addr, Duration::from_millis(500), None)
                 .await
                 .unwrap();
             assert!(c.call(&[b"PING"]).await.is_err(), "{reply:?}");
