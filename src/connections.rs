@@ -266,6 +266,15 @@ pub async fn write(
             })?;
         }
         let Some(tx) = storage.begin().await? else {
+            // No transactions (HashiCorp Vault): the same check and save, one step against
+            // every other write of this connection in this process, the only one that writes.
+            let _one_at_a_time = storage::key_lock(&key).await;
+            if storage.get(&key).await? != base {
+                if attempt < ATTEMPTS {
+                    continue;
+                }
+                return Err(StorageError::Conflict.into());
+            }
             save(storage, name, &config).await?;
             return Ok((config, warnings));
         };

@@ -423,8 +423,15 @@ pub async fn store_if_unchanged(
     cred: &Credential,
     previous_due: Option<u64>,
 ) -> Result<Swap, StorageError> {
-    // Without transactions the check and the write are two steps (no OpenBao storage is so).
     let tx = storage.begin().await?;
+    // Without transactions (HashiCorp Vault's storage) the check and the write are two steps:
+    // a lock per record makes them one against every other conditional write of this process.
+    // That is enough because only one process writes a mount's ledger: Vault runs plugins on
+    // its active node only, and issuance's own plain writes happen under its claim.
+    let _serialized = match &tx {
+        Some(_) => None,
+        None => Some(crate::storage::key_lock(&record_key(&cred.id)).await),
+    };
     let kv: &dyn Kv = match &tx {
         Some(tx) => tx.as_ref(),
         None => storage,
@@ -644,4 +651,85 @@ pub async fn load_each(
         out.extend(join_all(reads).await);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use async_trait::async_trait;
+    use serde_json::json;
+
+    use super::*;
+    use crate::storage::{InMemoryStorage, Transaction};
+
+    /// Storage without transactions whose reads let other tasks run before they answer, so
+    /// that two check-then-write sequences interleave as they would against a remote host.
+    #[derive(Clone)]
+    struct Yielding(InMemoryStorage);
+
+    #[async_trait]
+    impl Kv for Yielding {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            tokio::task::yield_now().await;
+            self.0.get(key).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+            tokio::task::yield_now().await;
+            self.0.put(key, value).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix).await
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Yielding {
+        async fn begin(&self) -> Result<Option<Box<dyn Transaction>>, StorageError> {
+            Ok(None)
+        }
+    }
+
+    fn record(deadline: u64) -> Credential {
+        serde_json::from_value(json!({
+            "id": "abcdefghij0123456789", "role": "r", "connection": "c",
+            "principal": "mf-r-1", "state": "active", "created_at": 1, "deadline": deadline,
+            "max_deadline": 9_000, "default_ttl": 60, "due": deadline,
+            "requester": {"entity_id": "", "token_accessor": "", "display_name": "",
+                          "remote_addr": ""},
+            "settings": {}
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_transactions_two_conditional_writes_of_one_record_never_both_win() {
+        let storage = Yielding(InMemoryStorage::without_transactions());
+        let seen = record(100);
+        store(&storage, &seen, None).await.unwrap();
+        // A renewal and a revocation decided on the same record, at once.
+        let (renewed, revoking) = (record(500), {
+            let mut r = record(100);
+            r.state = State::Revoking;
+            r
+        });
+        let (a, b) = tokio::join!(
+            store_if_unchanged(&storage, &seen, &renewed, Some(100)),
+            store_if_unchanged(&storage, &seen, &revoking, Some(100)),
+        );
+        let outcomes = [a.unwrap(), b.unwrap()];
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Swap::Stored).count(),
+            1,
+            "{outcomes:?}"
+        );
+        let stored = load(&storage, &seen.id).await.unwrap().unwrap();
+        let winner = if outcomes[0] == Swap::Stored {
+            &renewed
+        } else {
+            &revoking
+        };
+        assert_eq!(&stored, winner);
+    }
 }

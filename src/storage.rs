@@ -101,17 +101,62 @@ pub fn children<'a>(keys: impl Iterator<Item = &'a str>, prefix: &str) -> Vec<St
     out.into_iter().collect()
 }
 
+/// Where the storage has no transactions (HashiCorp Vault's), makes a check of `key` and the
+/// write that depends on it one step against every other such step of this process on that
+/// key. One of a fixed set of locks, chosen by the key: keys that share one merely wait for
+/// each other, and the set never grows.
+pub async fn key_lock(key: &str) -> tokio::sync::MutexGuard<'static, ()> {
+    use std::hash::{Hash, Hasher};
+    const STRIPES: usize = 64;
+    static LOCKS: std::sync::OnceLock<Vec<tokio::sync::Mutex<()>>> = std::sync::OnceLock::new();
+    let locks = LOCKS.get_or_init(|| (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    locks[h.finish() as usize % STRIPES].lock().await
+}
+
 /// Storage in memory, for tests of the core. Transactions buffer their writes and commit them
 /// atomically; a commit fails with [`StorageError::Conflict`] if a key the transaction read was
-/// changed since, as the host's optimistic transactions do.
-#[derive(Clone, Default)]
+/// changed since, as the host's optimistic transactions do. One made
+/// [`InMemoryStorage::without_transactions`] answers as HashiCorp Vault's storage does, with
+/// none; the core's own tests run that way when `MAYFLY_TEST_NO_TRANSACTIONS` is set.
+#[derive(Clone)]
 pub struct InMemoryStorage {
     inner: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    transactional: bool,
 }
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        InMemoryStorage {
+            inner: Arc::default(),
+            transactional: !(cfg!(test) && std::env::var_os(NO_TRANSACTIONS_VAR).is_some()),
+        }
+    }
+}
+
+/// Set for a run of the core's tests on storage without transactions, as Vault's is.
+const NO_TRANSACTIONS_VAR: &str = "MAYFLY_TEST_NO_TRANSACTIONS";
 
 impl InMemoryStorage {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Storage with transactions, whatever the test run asks.
+    pub fn with_transactions() -> Self {
+        InMemoryStorage {
+            transactional: true,
+            ..Self::default()
+        }
+    }
+
+    /// Storage without transactions, as HashiCorp Vault's (`begin` answers `None`).
+    pub fn without_transactions() -> Self {
+        InMemoryStorage {
+            transactional: false,
+            ..Self::default()
+        }
     }
 
     /// Every key and value, for tests that scan what was stored.
@@ -142,6 +187,9 @@ impl Kv for InMemoryStorage {
 #[async_trait]
 impl Storage for InMemoryStorage {
     async fn begin(&self) -> Result<Option<Box<dyn Transaction>>, StorageError> {
+        if !self.transactional {
+            return Ok(None);
+        }
         Ok(Some(Box::new(InMemoryTx {
             base: self.inner.clone(),
             state: Mutex::default(),
@@ -242,7 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn transaction_commits_atomically_and_detects_conflicts() {
-        let s = InMemoryStorage::new();
+        let s = InMemoryStorage::with_transactions();
         s.put("k", b"1".to_vec()).await.unwrap();
 
         let tx = s.begin().await.unwrap().unwrap();

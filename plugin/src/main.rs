@@ -143,6 +143,7 @@ async fn serve() -> Result<(), String> {
     let path = transport::socket_path();
     let listener =
         UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    transport::share_with_group(&path)?;
     let incoming = transport::incoming(
         listener,
         tokio_rustls::TlsAcceptor::from(Arc::new(server_tls)),

@@ -69,15 +69,71 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// A fresh socket path in the temporary directory (well under the 108-byte limit).
+/// go-plugin's `PLUGIN_UNIX_SOCKET_DIR` (`constants.go`): where the host wants the plugin's
+/// socket, such as a directory shared with a container (Vault's container runtime sets it).
+const SOCKET_DIR_VAR: &str = "PLUGIN_UNIX_SOCKET_DIR";
+/// go-plugin's `PLUGIN_UNIX_SOCKET_GROUP`: a group (name or id) that may use the socket.
+const SOCKET_GROUP_VAR: &str = "PLUGIN_UNIX_SOCKET_GROUP";
+
+/// A fresh socket path in the host's socket directory, or the temporary directory (well under
+/// the 108-byte limit either way for the directories hosts use).
 pub fn socket_path() -> PathBuf {
-    let dir = std::env::temp_dir();
+    let dir = std::env::var_os(SOCKET_DIR_VAR)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     let name = format!(
         "mayfly-{}-{:016x}.sock",
         std::process::id(),
         rand::random::<u64>()
     );
     dir.join(name)
+}
+
+/// Gives the socket at `path` to the group the host names, writable by it (mode 0660), as
+/// go-plugin's `serverListener_unix` does (`server.go`, `setGroupWritable`); without the
+/// variable, the socket stays its owner's alone.
+pub fn share_with_group(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(group) = std::env::var(SOCKET_GROUP_VAR)
+        .ok()
+        .filter(|g| !g.is_empty())
+    else {
+        return Ok(());
+    };
+    let gid = group_id(&group)?;
+    std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| {
+        format!(
+            "{SOCKET_GROUP_VAR}: giving {} to group {gid}: {e}",
+            path.display()
+        )
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| {
+        format!(
+            "{SOCKET_GROUP_VAR}: making {} group-writable: {e}",
+            path.display()
+        )
+    })
+}
+
+/// A group id, or the id of the group of that name in /etc/group (where go-plugin's pure-Go
+/// lookup finds groups too).
+fn group_id(group: &str) -> Result<u32, String> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("{SOCKET_GROUP_VAR}: reading /etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?;
+            (name == group).then(|| gid.parse::<u32>().ok()).flatten()
+        })
+        .next()
+        .ok_or_else(|| format!("{SOCKET_GROUP_VAR}: no group named '{group}'"))
 }
 
 /// How long a TLS handshake with the host may take, either way. The host's own take
