@@ -109,6 +109,15 @@ fn the_plugin_starts_with_vaults_names_only_and_puts_its_socket_where_the_host_a
     let _ = child.kill();
     let _ = child.wait();
 
+    // Vault's container runtime asks for go-plugin's multiplexed broker: the plugin answers in
+    // the seventh field that it does not have it, which the host turns into a clear refusal.
+    let (line, mut child) = start_as_vault_would(&[("PLUGIN_MULTIPLEX_GRPC", "true")]);
+    let fields: Vec<&str> = line.split('|').collect();
+    assert_eq!(fields.len(), 7, "{line}");
+    assert_eq!(fields[6], "false", "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+
     // A group that does not exist: the plugin says so and does not serve.
     let (line, mut child) = start_as_vault_would(&[
         ("PLUGIN_UNIX_SOCKET_DIR", sockets.to_str().unwrap()),

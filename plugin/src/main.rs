@@ -59,6 +59,8 @@ fn is_semver(v: &str) -> bool {
 }
 
 const MAGIC_COOKIE_KEY: &str = "VAULT_BACKEND_PLUGIN";
+/// go-plugin's `envMultiplexGRPC` (`constants.go`).
+const MULTIPLEX_VAR: &str = "PLUGIN_MULTIPLEX_GRPC";
 const MAGIC_COOKIE_VALUE: &str = "6669da05-b1c8-4f49-97d9-c8e5bed98e20";
 const DATABASE_COOKIE_KEY: &str = "VAULT_DATABASE_PLUGIN";
 
@@ -183,11 +185,17 @@ async fn serve() -> Result<(), String> {
         .add_service(health_service)
         .serve_with_incoming(incoming);
 
-    // Only now that the socket is listening may the host be told where it is.
+    // Only now that the socket is listening may the host be told where it is. A host that
+    // asks for go-plugin's multiplexed broker (`PLUGIN_MULTIPLEX_GRPC`, which Vault sets for
+    // container plugins) reads a seventh field saying whether the plugin has it
+    // (go-plugin's `server.go`); mayfly does not yet, so the host refuses it with a clear error
+    // (`ErrGRPCBrokerMuxNotSupported`) rather than failing later.
+    let multiplex = std::env::var_os(MULTIPLEX_VAR).is_some_and(|v| !v.is_empty());
     let line = format!(
-        "1|5|unix|{}|grpc|{}\n",
+        "1|5|unix|{}|grpc|{}{}\n",
         path.display(),
-        identity.handshake_field()
+        identity.handshake_field(),
+        if multiplex { "|false" } else { "" }
     );
     let mut stdout = std::io::stdout().lock();
     stdout
