@@ -307,3 +307,58 @@ fn redis_over_tls_with_client_certificates() {
         Ok("PONG".into())
     );
 }
+
+/// `rollback_statements` run when mayfly's own create succeeded and the issuance then stopped
+/// (here the plugin killed right after the create), never for a credential that was issued.
+#[test]
+fn rollback_statements_remove_a_user_whose_issuance_stopped_after_its_create() {
+    let pg = PrivatePostgres::start();
+    pg.admin("CREATE TABLE undo_log (how text, name text); GRANT ALL ON undo_log TO PUBLIC");
+    let mut bao = Bao::start_persistent();
+    bao.register();
+    bao.enable("mayfly");
+    let (status, body) = bao.put(
+        "mayfly/config/db",
+        pg.connection("postgresql-database-plugin"),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = bao.put(
+        "mayfly/roles/app",
+        // A short TTL: an intent left behind is due at its deadline.
+        json!({"db_name": "db", "default_ttl": "15s",
+               "creation_statements": "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
+               "revocation_statements": "INSERT INTO undo_log VALUES ('revocation', '{{name}}'); DROP ROLE \"{{name}}\";",
+               "rollback_statements": "INSERT INTO undo_log VALUES ('rollback', '{{name}}'); DROP ROLE \"{{name}}\";"}),
+    );
+    assert!(status == 200 || status == 204, "{body}");
+    let log = |how: &str| {
+        pg.admin(&format!(
+            "SELECT count(*) FROM undo_log WHERE how = '{how}'"
+        ))
+        .parse::<u32>()
+        .unwrap()
+    };
+
+    bao.restart(&[("MAYFLY_TEST_CRASH_AT", "after_create")]);
+    let (status, body) = bao.get("mayfly/creds/app");
+    assert_eq!(status, 500, "the crash did not happen: {body}");
+    bao.restart(&[]);
+    // OpenBao may retry the request once on a new process, which crashes at the same step.
+    let made = pg.roles_like("mf-").len();
+    assert!((1..=2).contains(&made), "{made}");
+    let undone = wait_until(40.0, || pg.roles_like("mf-").is_empty());
+    assert!(undone, "{:?}\n{}", pg.roles_like("mf-"), bao.log());
+    assert_eq!(
+        log("rollback") as usize,
+        made,
+        "each stopped issuance rolled back"
+    );
+    assert_eq!(log("revocation"), 0);
+
+    // An issued credential is revoked with revocation_statements.
+    let cred = issue(&bao, "mayfly/creds/app");
+    let (status, body) = bao.put("sys/leases/revoke", json!({"lease_id": cred.lease_id}));
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(log("revocation"), 1);
+    assert_eq!(log("rollback") as usize, made);
+}
