@@ -398,6 +398,11 @@ log_level = "debug"
     }
 
     /// Runs the `bao` CLI against this server; returns (success, stdout + stderr).
+    /// The root token, for a client outside this harness (hvac).
+    pub fn root_token(&self) -> &str {
+        &self.token
+    }
+
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(bao_binary())
             .args(args)

@@ -156,6 +156,11 @@ impl PrivatePostgres {
         self.psql().run_as(user, password, sql)
     }
 
+    /// The cluster's own psql binary, for a client outside this harness.
+    pub fn psql_binary(&self) -> PathBuf {
+        self.bin.join("psql")
+    }
+
     /// psql on this cluster, for a thread of its own.
     pub fn psql(&self) -> Psql {
         Psql {

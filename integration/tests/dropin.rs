@@ -362,3 +362,40 @@ fn rollback_statements_remove_a_user_whose_issuance_stopped_after_its_create() {
     assert_eq!(log("revocation"), 1);
     assert_eq!(log("rollback") as usize, made);
 }
+
+/// Every helper of hvac's `secrets.database` (hvac 2.4.0, the Python client most Vault and
+/// OpenBao users script with) works against mayfly: integration/hvac/database_helpers.py.
+#[test]
+fn every_hvac_database_helper_works() {
+    let pg = PrivatePostgres::start();
+    let bao = Bao::with_mayfly();
+    pg.admin("CREATE ROLE hvac_root SUPERUSER LOGIN PASSWORD 'hvac-root-start-pw'");
+    pg.admin("CREATE ROLE hvac_static LOGIN PASSWORD 'hvac-static-start-pw'");
+    let python = std::env::var("MAYFLY_HVAC_PYTHON")
+        .expect("MAYFLY_HVAC_PYTHON (scripts/env.sh; scripts/setup installs hvac)");
+    let script = mayfly_integration::workspace().join("integration/hvac/database_helpers.py");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .env("MAYFLY_ADDR", &bao.addr)
+        .env("MAYFLY_TOKEN", bao.root_token())
+        .env("PG_URL", pg.template_url())
+        .env("PG_USER", "hvac_root")
+        .env("PG_PASSWORD", "hvac-root-start-pw")
+        .env("PG_STATIC_USER", "hvac_static")
+        .env("PG_PSQL", pg.psql_binary())
+        .env("PG_PORT", pg.port.to_string())
+        .output()
+        .expect("running the hvac script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bao.log()
+    );
+    assert!(
+        stdout.contains("all hvac secrets.database helpers work"),
+        "{stdout}"
+    );
+    eprintln!("{stdout}");
+}
