@@ -359,6 +359,14 @@ pub trait Backend: Send + Sync {
     /// The connection fields this kind accepts beyond the common ones.
     fn connection_fields(&self) -> Vec<FieldDef>;
 
+    /// Rewrites settings given in one of the other forms OpenBao takes into mayfly's own (a
+    /// DSN of another syntax, credentials written into a URL), before they are checked and
+    /// stored. The default changes nothing.
+    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
+
     /// Checks the settings without contacting the target. Errors name the field at fault.
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error>;
 

@@ -34,6 +34,12 @@ pub struct ConnectionConfig {
 }
 
 impl ConnectionConfig {
+    /// Whether `allowed_roles` lets role `name` use this connection: a name in it, `*`, or a
+    /// pattern with `*` (such as `my-*-role`), as OpenBao's engine matches them.
+    pub fn allows_role(&self, name: &str) -> bool {
+        self.allowed_roles.iter().any(|pattern| glob(pattern, name))
+    }
+
     pub fn setting_str(&self, name: &str) -> Option<&str> {
         self.settings.get(name).and_then(Value::as_str)
     }
@@ -146,6 +152,21 @@ impl From<Stored> for ConnectionConfig {
                 .map(|(k, v)| (k, SecretString::from(v)))
                 .collect(),
             pending_root_password: s.pending_root_password.map(SecretString::from),
+        }
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=tail.len())
+                .filter(|i| tail.is_char_boundary(*i))
+                .any(|i| glob(rest, &tail[i..]))
         }
     }
 }
@@ -474,6 +495,7 @@ fn merge<'b>(
             .validate_rotation_statements(statements, user)
             .map_err(|e| Error::bad_request(format!("field '{ROOT_ROTATION_STATEMENTS}': {e}")))?;
     }
+    backend.normalize_connection(&mut config)?;
     backend.validate_connection(&config)?;
     if let Some(before) = &before {
         secrets_follow_the_destination(backend.as_ref(), name, before, &config, &fields)?;
@@ -551,6 +573,28 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn allowed_roles_match_names_and_patterns() {
+        let mut c = ConnectionConfig {
+            plugin_name: "fake".into(),
+            allowed_roles: vec!["my-*-role".into(), "reader".into()],
+            verify_connection: true,
+            settings: Map::new(),
+            secrets: BTreeMap::new(),
+            pending_root_password: None,
+        };
+        for yes in ["my-dynamic-role", "my--role", "reader"] {
+            assert!(c.allows_role(yes), "{yes}");
+        }
+        for no in ["my-role", "readers", "other", "xmy-a-role"] {
+            assert!(!c.allows_role(no), "{no}");
+        }
+        c.allowed_roles = vec!["*".into()];
+        assert!(c.allows_role("anything"));
+        c.allowed_roles = Vec::new();
+        assert!(!c.allows_role("anything"));
+    }
     use crate::storage::InMemoryStorage;
 
     /// A kind whose connection check lets another writer change the stored config once, as a

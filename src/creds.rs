@@ -200,11 +200,7 @@ async fn issue_traced(
         ))
     })?;
     let backend = core.backends.for_connection(&role.db_name, &config)?;
-    if !config
-        .allowed_roles
-        .iter()
-        .any(|r| r == "*" || r == role_name)
-    {
+    if !config.allows_role(role_name) {
         return Err(Error::PermissionDenied(format!(
             "role '{role_name}' is not in allowed_roles of connection '{}'",
             role.db_name

@@ -62,6 +62,23 @@ impl FieldType {
     }
 }
 
+/// A statement as OpenBao's engine takes it: one sent base64-encoded (as its documentation
+/// suggests for statements with backticks, which a shell would run) is decoded. A statement has
+/// spaces, so no real one is mistaken for base64.
+fn unwrap_base64(statement: &str) -> String {
+    use base64::Engine;
+    let text = statement.trim();
+    if text.len() < 8 || text.len() % 4 != 0 || text.contains(char::is_whitespace) {
+        return statement.to_owned();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .filter(|decoded| decoded.contains(char::is_whitespace))
+        .unwrap_or_else(|| statement.to_owned())
+}
+
 /// One field a path accepts.
 #[derive(Debug, Clone)]
 pub struct FieldDef {
@@ -159,15 +176,21 @@ impl FieldDef {
             (FieldType::Statements, Value::String(s)) if s.trim().is_empty() => {
                 FieldValue::StringList(Vec::new())
             }
-            (FieldType::Statements, Value::String(s)) => FieldValue::StringList(vec![s.clone()]),
-            (FieldType::StringList | FieldType::Statements, Value::Array(items)) => {
-                FieldValue::StringList(
-                    items
-                        .iter()
-                        .map(|i| i.as_str().map(String::from).ok_or_else(wrong))
-                        .collect::<Result<_, _>>()?,
-                )
+            (FieldType::Statements, Value::String(s)) => {
+                FieldValue::StringList(vec![unwrap_base64(s)])
             }
+            (FieldType::Statements, Value::Array(items)) => FieldValue::StringList(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(unwrap_base64).ok_or_else(wrong))
+                    .collect::<Result<_, _>>()?,
+            ),
+            (FieldType::StringList, Value::Array(items)) => FieldValue::StringList(
+                items
+                    .iter()
+                    .map(|i| i.as_str().map(String::from).ok_or_else(wrong))
+                    .collect::<Result<_, _>>()?,
+            ),
             (FieldType::StringMap, Value::Object(map)) => FieldValue::StringMap(
                 map.iter()
                     .map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
@@ -394,6 +417,26 @@ mod tests {
 
     fn parse(v: Value) -> Result<Fields, Error> {
         Fields::parse(&defs(), v.as_object().unwrap())
+    }
+
+    #[test]
+    fn statements_sent_base64_encoded_are_decoded_and_others_kept() {
+        let def = FieldDef::new("creation_statements", FieldType::Statements, "");
+        // OpenBao's MySQL documentation, verbatim.
+        let encoded = "Q1JFQVRFIFVTRVIgJ3t7bmFtZX19J0AnJScgSURFTlRJRklFRCBCWSAne3twYXNzd29yZH19JzsgR1JBTlQgU0VMRUNUIE9OIGBmb29hcHBcXyVgLiogVE8gJ3t7bmFtZX19J0AnJSc7";
+        let decoded = "CREATE USER '{{name}}'@'%' IDENTIFIED BY '{{password}}'; GRANT SELECT ON `fooapp\\_%`.* TO '{{name}}'@'%';";
+        for raw in [json!(encoded), json!([encoded])] {
+            assert_eq!(
+                def.parse(&raw).unwrap(),
+                FieldValue::StringList(vec![decoded.to_owned()])
+            );
+        }
+        for kept in ["DROP ROLE x", "abcdabcd", "SELECT 1;"] {
+            assert_eq!(
+                def.parse(&json!(kept)).unwrap(),
+                FieldValue::StringList(vec![kept.to_owned()])
+            );
+        }
     }
 
     #[test]

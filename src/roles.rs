@@ -394,7 +394,7 @@ pub async fn write(
              when it looks for orphans"
         ));
     }
-    if !config.allowed_roles.iter().any(|r| r == "*" || r == name) {
+    if !config.allows_role(name) {
         warnings.push(format!(
             "connection '{db_name}' does not list '{name}' in allowed_roles: issuing will be \
              refused until it does"

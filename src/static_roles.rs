@@ -468,7 +468,7 @@ async fn check(
 ) -> Result<bool, Error> {
     let (config, backend) = roles::connection(kv, backends, &role.db_name).await?;
     let keys = backend.target_makes_secret();
-    if !config.allowed_roles.iter().any(|r| r == "*" || r == name) {
+    if !config.allows_role(name) {
         return Err(Error::bad_request(format!(
             "connection '{}' does not list '{name}' in allowed_roles",
             role.db_name

@@ -75,6 +75,52 @@ pub fn connection_fields(url_help: &'static str) -> Vec<FieldDef> {
     ]
 }
 
+/// OpenBao takes credentials written into `connection_url` (its MySQL documentation's
+/// `user:password@tcp(…)`). mayfly keeps them as the `username` and write-only `password`
+/// fields and writes the placeholders in their place, so the password is never shown on read.
+/// `decode` says whether the URL's form percent-encodes them. A URL whose credentials are
+/// given both ways is left for validation to refuse.
+pub fn lift_literal_credentials(config: &mut ConnectionConfig, decode: bool) {
+    let Some(raw) = config.setting_str("connection_url").map(str::to_owned) else {
+        return;
+    };
+    let (scheme, rest) = match raw.split_once("://") {
+        Some((s, r)) => (format!("{s}://"), r.to_owned()),
+        None => (String::new(), raw.clone()),
+    };
+    let Some((userinfo, address)) = rest.rsplit_once('@') else {
+        return;
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return;
+    };
+    if userinfo.contains("{{")
+        || config
+            .setting_str("username")
+            .is_some_and(|u| !u.is_empty())
+        || config.secret("password").is_some_and(|p| !p.is_empty())
+    {
+        return;
+    }
+    let plain = |s: &str| {
+        if decode {
+            percent_decode(s)
+        } else {
+            s.to_owned()
+        }
+    };
+    config
+        .settings
+        .insert("username".into(), Value::String(plain(user)));
+    config
+        .secrets
+        .insert("password".into(), SecretString::from(plain(password)));
+    config.settings.insert(
+        "connection_url".into(),
+        Value::String(format!("{scheme}{USERNAME}:{PASSWORD}@{address}")),
+    );
+}
+
 /// The offline checks of the shared fields. `url` is `connection_url` already in URL form
 /// (placeholders in place); `schemes` are the accepted URL schemes, the first one shown in
 /// errors; `example` is a URL to suggest.

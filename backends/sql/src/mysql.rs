@@ -97,6 +97,14 @@ impl Backend for MySql {
         fields
     }
 
+    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
+        let url_syntax = config
+            .setting_str("connection_url")
+            .is_some_and(|u| u.contains("://"));
+        common::lift_literal_credentials(config, url_syntax);
+        Ok(())
+    }
+
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         common::validate_connection(
             config,
@@ -301,7 +309,6 @@ fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
         .map(|m| m.number())
 }
 
-/// The sqlx options for a connection: placeholders filled, the password set after parsing.
 /// `tls_skip_verify`: TLS without checking the server's certificate.
 fn skips_verify(config: &ConnectionConfig) -> bool {
     config
@@ -311,6 +318,7 @@ fn skips_verify(config: &ConnectionConfig) -> bool {
         .unwrap_or(false)
 }
 
+/// The sqlx options for a connection: placeholders filled, the password set after parsing.
 fn connect_options(config: &ConnectionConfig) -> Result<MySqlConnectOptions, Error> {
     let url = url_form(config.setting_str("connection_url").unwrap_or_default())?;
     let with_user = url

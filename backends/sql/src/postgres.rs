@@ -69,6 +69,21 @@ impl Backend for Postgres {
         fields
     }
 
+    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
+        if let Some(url) = config
+            .setting_str("connection_url")
+            .map(keyword_dsn_to_url)
+            .transpose()?
+            .flatten()
+        {
+            config
+                .settings
+                .insert("connection_url".into(), Value::String(url));
+        }
+        common::lift_literal_credentials(config, true);
+        Ok(())
+    }
+
     fn validate_connection(&self, config: &ConnectionConfig) -> Result<(), Error> {
         sends_verifiers(config)?;
         common::validate_connection(
@@ -651,6 +666,95 @@ impl Target for PgTarget {
 }
 
 /// The sqlx options for a connection: placeholders filled, the password set after parsing.
+/// libpq's keyword/value form (`host=db port=5432 user={{username}} dbname=app`), which
+/// OpenBao's documentation also shows, as the equivalent URL; `None` for a URL.
+fn keyword_dsn_to_url(dsn: &str) -> Result<Option<String>, Error> {
+    if dsn.contains("://") || !dsn.contains('=') {
+        return Ok(None);
+    }
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut chars = dsn.trim().chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        let key = key.trim().to_owned();
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            let mut closed = false;
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(Error::bad_request(format!(
+                    "field 'connection_url': the quoted value of '{key}' is not closed"
+                )));
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| !c.is_whitespace()).collect();
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if key.is_empty() {
+            return Err(Error::bad_request(
+                "field 'connection_url': expected key=value pairs (host=… port=… dbname=…)",
+            ));
+        }
+        pairs.push((key, value));
+    }
+    let take = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    // Placeholders stay as they are; anything else is escaped for the URL.
+    let part = |v: &str| {
+        if v.starts_with("{{") {
+            v.to_owned()
+        } else {
+            mayfly::redact::percent_encode(v)
+        }
+    };
+    let host = take("host").unwrap_or_else(|| "localhost".into());
+    if host.contains(',') {
+        return Err(Error::bad_request(
+            "field 'connection_url': several hosts are not supported; give one host",
+        ));
+    }
+    let userinfo = match (take("user"), take("password")) {
+        (Some(u), Some(p)) => format!("{}:{}@", part(&u), part(&p)),
+        (Some(u), None) => format!("{}@", part(&u)),
+        (None, _) => String::new(),
+    };
+    let port = take("port").map(|p| format!(":{p}")).unwrap_or_default();
+    let dbname = take("dbname").unwrap_or_default();
+    let query: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "host" | "port" | "user" | "password" | "dbname"))
+        .map(|(k, v)| format!("{}={}", part(k), part(v)))
+        .collect();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    Ok(Some(format!(
+        "postgres://{userinfo}{host}{port}/{}{query}",
+        part(&dbname)
+    )))
+}
+
 pub fn connect_options(config: &ConnectionConfig) -> Result<PgConnectOptions, Error> {
     let raw = config.setting_str("connection_url").unwrap_or_default();
     let with_user = raw.replace(USERNAME, &common::url_username(config));
@@ -697,6 +801,26 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn libpq_keyword_dsns_become_urls() {
+        // OpenBao's PostgreSQL API documentation, verbatim.
+        let doc = "host=localhost port=5432 user={{username}} password={{password}}";
+        assert_eq!(
+            keyword_dsn_to_url(doc).unwrap().as_deref(),
+            Some("postgres://{{username}}:{{password}}@localhost:5432/")
+        );
+        let quoted = "host=db.internal dbname=app sslmode=verify-full application_name='a b'";
+        assert_eq!(
+            keyword_dsn_to_url(quoted).unwrap().as_deref(),
+            Some("postgres://db.internal/app?sslmode=verify-full&application_name=a%20b")
+        );
+        assert_eq!(keyword_dsn_to_url("postgres://h/db").unwrap(), None);
+        let several = keyword_dsn_to_url("host=a,b port=1,2")
+            .unwrap_err()
+            .to_string();
+        assert!(several.contains("several hosts"), "{several}");
+    }
 
     fn config(url: &str, tls_ca: Option<&str>) -> ConnectionConfig {
         let mut settings = Map::new();
