@@ -68,7 +68,7 @@ impl FieldType {
 fn unwrap_base64(statement: &str) -> String {
     use base64::Engine;
     let text = statement.trim();
-    if text.len() < 8 || text.len() % 4 != 0 || text.contains(char::is_whitespace) {
+    if text.len() < 8 || !text.len().is_multiple_of(4) || text.contains(char::is_whitespace) {
         return statement.to_owned();
     }
     base64::engine::general_purpose::STANDARD
