@@ -361,9 +361,13 @@ pub trait Backend: Send + Sync {
 
     /// Rewrites settings given in one of the other forms OpenBao takes into mayfly's own (a
     /// DSN of another syntax, credentials written into a URL), before they are checked and
-    /// stored. The default changes nothing.
-    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
-        let _ = config;
+    /// stored. `given` is the write's own data. The default changes nothing.
+    fn normalize_connection(
+        &self,
+        config: &mut ConnectionConfig,
+        given: &Map<String, Value>,
+    ) -> Result<(), Error> {
+        let _ = (config, given);
         Ok(())
     }
 

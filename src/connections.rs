@@ -495,7 +495,7 @@ fn merge<'b>(
             .validate_rotation_statements(statements, user)
             .map_err(|e| Error::bad_request(format!("field '{ROOT_ROTATION_STATEMENTS}': {e}")))?;
     }
-    backend.normalize_connection(&mut config)?;
+    backend.normalize_connection(&mut config, data)?;
     backend.validate_connection(&config)?;
     if let Some(before) = &before {
         secrets_follow_the_destination(backend.as_ref(), name, before, &config, &fields)?;

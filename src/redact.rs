@@ -61,9 +61,41 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// `%XX` sequences decoded (as a URL's userinfo is read), the rest kept; `+` stays `+`.
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_decoding_undoes_percent_encoding() {
+        for s in ["p@ss:w/rd+1", "plain", "üñí"] {
+            assert_eq!(percent_decode(&percent_encode(s)), s);
+        }
+        assert_eq!(percent_decode("a+b%2"), "a+b%2");
+    }
 
     #[test]
     fn removes_plain_and_url_encoded_secrets() {

@@ -274,6 +274,26 @@ fn redis_over_tls_issues_users_that_log_in_over_tls_and_refuses_a_wrong_ca() {
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("needs tls=true"), "{body}");
+    // The valkey plugin's connection_url: valkeys:// turns TLS on; kept as the fields.
+    let (status, body) = bao.put(
+        "mayfly/config/by-url",
+        json!({"plugin_name": "valkey-database-plugin", "allowed_roles": "*",
+               "connection_url": format!("valkeys://default@127.0.0.1:{}", redis.port),
+               "ca_cert": redis.ca()}),
+    );
+    assert_eq!(status, 204, "{body}");
+    let (_, read) = bao.get("mayfly/config/by-url");
+    let details = &read["data"]["connection_details"];
+    assert_eq!(details["tls"], true, "{read}");
+    assert_eq!(details["host"], "127.0.0.1", "{read}");
+    assert!(details.get("connection_url").is_none(), "{read}");
+    let (status, body) = bao.put(
+        "mayfly/config/both",
+        json!({"plugin_name": "redis", "host": "127.0.0.1",
+               "connection_url": format!("valkeys://127.0.0.1:{}", redis.port)}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("not both"), "{body}");
     // insecure_tls takes the server's certificate whatever its CA.
     let mut insecure = connection(&wrong_ca);
     insecure["insecure_tls"] = json!(true);

@@ -249,8 +249,11 @@ fn bad_input_gets_a_clear_4xx_never_a_500() {
             400,
             "field 'connection_url': expected the scheme postgres://",
         ),
+        // Credentials written into the URL are taken as the fields (as OpenBao's examples
+        // write them), but not beside fields that say otherwise.
         (
-            with("connection_url", json!("postgres://u:literal@h/d")),
+            json!({"plugin_name": "postgres", "connection_url": "postgres://u:literal@h/d",
+                   "username": "other", "verify_connection": false}),
             400,
             "contains a literal password",
         ),

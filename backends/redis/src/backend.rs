@@ -77,6 +77,13 @@ impl Backend for Redis {
             )
             .default(FieldValue::Int(4)),
             FieldDef::new(
+                "connection_url",
+                FieldType::String,
+                "OpenBao's valkey plugin's other form: redis://, rediss://, valkey:// or \
+                 valkeys://user:password@host:port (the s forms turn tls on). Kept as host, \
+                 port, username, tls and the write-only password; not with those fields.",
+            ),
+            FieldDef::new(
                 "tls",
                 FieldType::Bool,
                 "Connect to every node over TLS (as OpenBao's redis plugin). The node's \
@@ -107,6 +114,66 @@ impl Backend for Redis {
             )
             .secret(),
         ]
+    }
+
+    fn normalize_connection(
+        &self,
+        config: &mut ConnectionConfig,
+        given: &Map<String, Value>,
+    ) -> Result<(), Error> {
+        let Some(raw) = config.settings.remove("connection_url") else {
+            return Ok(());
+        };
+        let Some(raw) = raw.as_str().filter(|u| !u.is_empty()) else {
+            return Ok(());
+        };
+        let url = url::Url::parse(raw).map_err(|e| {
+            Error::bad_request(format!(
+                "field 'connection_url': expected valkey://user:password@host:port ({e})"
+            ))
+        })?;
+        let tls = match url.scheme() {
+            "redis" | "valkey" => false,
+            "rediss" | "valkeys" => true,
+            other => {
+                return Err(Error::bad_request(format!(
+                    "field 'connection_url': expected the scheme redis, rediss, valkey or \
+                     valkeys, got {other}"
+                )));
+            }
+        };
+        const FIELDS: [&str; 5] = ["host", "port", "username", "password", "tls"];
+        if let Some(field) = FIELDS.into_iter().find(|f| given.contains_key(*f)) {
+            return Err(Error::bad_request(format!(
+                "field 'connection_url': give it or '{field}' and the other connection fields, \
+                 not both"
+            )));
+        }
+        // The URL replaces what the connection said before.
+        for field in FIELDS {
+            config.settings.remove(field);
+            config.secrets.remove(field);
+        }
+        let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+        let decode = mayfly::redact::percent_decode;
+        config.settings.insert("host".into(), Value::from(host));
+        config
+            .settings
+            .insert("port".into(), Value::from(url.port().unwrap_or(6379)));
+        if !url.username().is_empty() {
+            config
+                .settings
+                .insert("username".into(), Value::from(decode(url.username())));
+        }
+        if let Some(password) = url.password() {
+            config
+                .secrets
+                .insert("password".into(), SecretString::from(decode(password)));
+        }
+        if tls {
+            config.settings.insert("tls".into(), Value::Bool(true));
+        }
+        Ok(())
     }
 
     fn reach(&self, config: &ConnectionConfig) -> mayfly::Reach {

@@ -104,7 +104,7 @@ pub fn lift_literal_credentials(config: &mut ConnectionConfig, decode: bool) {
     }
     let plain = |s: &str| {
         if decode {
-            percent_decode(s)
+            mayfly::redact::percent_decode(s)
         } else {
             s.to_owned()
         }
@@ -333,7 +333,7 @@ pub fn url_username(config: &ConnectionConfig) -> String {
 pub fn login_password(config: &ConnectionConfig) -> String {
     let password = config.secret("password").unwrap_or_default();
     if escaping_disabled(config) {
-        percent_decode(password)
+        mayfly::redact::percent_decode(password)
     } else {
         password.to_owned()
     }
@@ -345,30 +345,6 @@ fn escaping_disabled(config: &ConnectionConfig) -> bool {
         .get("disable_escaping")
         .and_then(Value::as_bool)
         .unwrap_or(false)
-}
-
-/// `%XX` sequences decoded, the rest kept.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%')
-            .then(|| text.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match hex {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `max_open_connections`, checked.

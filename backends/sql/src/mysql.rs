@@ -97,7 +97,11 @@ impl Backend for MySql {
         fields
     }
 
-    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
+    fn normalize_connection(
+        &self,
+        config: &mut ConnectionConfig,
+        _: &Map<String, Value>,
+    ) -> Result<(), Error> {
         let url_syntax = config
             .setting_str("connection_url")
             .is_some_and(|u| u.contains("://"));

@@ -69,7 +69,11 @@ impl Backend for Postgres {
         fields
     }
 
-    fn normalize_connection(&self, config: &mut ConnectionConfig) -> Result<(), Error> {
+    fn normalize_connection(
+        &self,
+        config: &mut ConnectionConfig,
+        _: &Map<String, Value>,
+    ) -> Result<(), Error> {
         if let Some(url) = config
             .setting_str("connection_url")
             .map(keyword_dsn_to_url)
