@@ -564,6 +564,11 @@ fn early_revocations_outgrow_iams_inline_policy_limit_and_still_revoke_every_ses
         text.contains("aws:TokenIssueTime"),
         "folded into windows: {text}"
     );
+    eprintln!(
+        "300 revoked sessions beside 2 live ones: {} characters of {budget}, {} window statements",
+        iam_size(&text),
+        text.matches("MayflyWindow").count()
+    );
     let doc: Value = serde_json::from_str(&text).unwrap();
     for c in &revoked {
         assert!(
