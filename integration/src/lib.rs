@@ -58,6 +58,24 @@ pub fn plugin_binary() -> PathBuf {
     .clone()
 }
 
+/// A UTC time written `YYYY-MM-DDTHH:MM:SSZ` (RFC 3339, as IAM conditions and Vault's
+/// `last_vault_rotation` write it), as unix seconds.
+pub fn unix_of_rfc3339(text: &str) -> u64 {
+    assert!(
+        text.len() == 20 && text.ends_with('Z'),
+        "not YYYY-MM-DDTHH:MM:SSZ: {text}"
+    );
+    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from the civil date (March-based years, so leap days come last).
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -473,7 +473,7 @@ fn denied_at(doc: &Value, name: &str, t: u64) -> bool {
                     match (op.as_str(), key.as_str()) {
                         ("StringLike", "aws:userid") => values.iter().any(|p| glob(p, &userid)),
                         (date, "aws:TokenIssueTime") => values.iter().any(|v| {
-                            let bound = unix_of_iso(v);
+                            let bound = mayfly_integration::unix_of_rfc3339(v);
                             match date {
                                 "DateGreaterThanEquals" => t >= bound,
                                 "DateGreaterThan" => t > bound,
@@ -505,18 +505,6 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
         Some(c) => text.starts_with(c) && glob(&pattern[c.len_utf8()..], &text[c.len_utf8()..]),
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` as unix seconds.
-fn unix_of_iso(text: &str) -> u64 {
-    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
 }
 
 /// What IAM counts of a policy: white space aside.

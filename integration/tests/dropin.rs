@@ -94,22 +94,9 @@ fn static_creds_carry_vaults_last_vault_rotation() {
     let text = d["last_vault_rotation"]
         .as_str()
         .expect("last_vault_rotation");
-    assert_eq!(unix_of_rfc3339(text), at, "{text}");
+    assert_eq!(mayfly_integration::unix_of_rfc3339(text), at, "{text}");
     let (_, role) = bao.get("mayfly/static-roles/legacy");
     assert_eq!(role["data"]["last_vault_rotation"], Value::from(text));
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` as unix seconds.
-fn unix_of_rfc3339(text: &str) -> u64 {
-    assert!(text.ends_with('Z') && text.len() == 20, "{text}");
-    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    (days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19)) as u64
 }
 
 /// OpenBao's documented PostgreSQL example, with every other field its engine takes on

@@ -205,14 +205,19 @@ impl AwsTarget {
         })
     }
 
-    /// The inline policy's document, `None` when there is none.
+    /// mayfly's inline policy's document, `None` when there is none.
     async fn read_guards(&self, holder: &Holder) -> Result<Option<String>, GuardError> {
+        self.read_inline(holder, POLICY_NAME).await
+    }
+
+    /// Inline policy `name`'s document on the holder, `None` when there is none.
+    async fn read_inline(&self, holder: &Holder, name: &str) -> Result<Option<String>, GuardError> {
         let iam = &self.clients.iam;
         let result = match holder {
             Holder::Role(n) => iam
                 .get_role_policy()
                 .role_name(n)
-                .policy_name(POLICY_NAME)
+                .policy_name(name)
                 .send()
                 .await
                 .map(|o| o.policy_document().to_owned())
@@ -220,7 +225,7 @@ impl AwsTarget {
             Holder::User(n) => iam
                 .get_user_policy()
                 .user_name(n)
-                .policy_name(POLICY_NAME)
+                .policy_name(name)
                 .send()
                 .await
                 .map(|o| o.policy_document().to_owned())
@@ -433,28 +438,12 @@ impl AwsTarget {
         };
         let mut size = 0;
         for name in names.iter().filter(|n| *n != POLICY_NAME) {
-            let doc = match holder {
-                Holder::Role(n) => iam
-                    .get_role_policy()
-                    .role_name(n)
-                    .policy_name(name)
-                    .send()
-                    .await
-                    .map(|o| o.policy_document().to_owned())
-                    .map_err(|e| self.guard_error("GetRolePolicy", e)),
-                Holder::User(n) => iam
-                    .get_user_policy()
-                    .user_name(n)
-                    .policy_name(name)
-                    .send()
-                    .await
-                    .map(|o| o.policy_document().to_owned())
-                    .map_err(|e| self.guard_error("GetUserPolicy", e)),
-            };
-            match doc {
-                Ok(doc) => size += deny_policy::decode(&doc).map_or(doc.len(), |d| size_of(&d)),
-                Err(None | Some(GuardError::Denied(_))) => {}
-                Err(Some(e)) => return Err(e),
+            match self.read_inline(holder, name).await {
+                Ok(Some(doc)) => {
+                    size += deny_policy::decode(&doc).map_or(doc.len(), |d| size_of(&d));
+                }
+                Ok(None) | Err(GuardError::Denied(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(size)
