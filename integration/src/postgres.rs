@@ -270,18 +270,7 @@ impl Psql {
 /// A CA and a server certificate for 127.0.0.1 signed by it, in `dir` (readable by the
 /// `postgres` user, the key only by it); returns the CA's PEM.
 pub fn make_certificates(dir: &std::path::Path) -> String {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (scripts/setup installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let run = |args: &[&str]| crate::openssl(dir, args);
     let ec = [
         "-newkey",
         "ec",

@@ -70,18 +70,7 @@ impl PrivateRedis {
 
     /// A client certificate and its key (PEM), signed by a TLS server's CA.
     pub fn client_certificate(&self) -> (String, String) {
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&self.dir)
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| crate::openssl(&self.dir, args);
         run(&[
             "req",
             "-newkey",

@@ -263,6 +263,11 @@ fn bad_input_gets_a_clear_4xx_never_a_500() {
             "field 'username' is required",
         ),
         (
+            with("max_idle_connections", json!(-1)),
+            400,
+            "field 'max_idle_connections': expected 0 or more",
+        ),
+        (
             with("max_open_connections", json!(0)),
             400,
             "field 'max_open_connections': expected an integer from 1 to 1000",

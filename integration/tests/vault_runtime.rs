@@ -14,8 +14,9 @@ use mayfly_integration::{plugin_binary, scratch_dir};
 /// A certificate as go-plugin's AutoMTLS hands the plugin in `PLUGIN_CLIENT_CERT`: ECDSA
 /// P-521, self-signed, for `localhost`.
 fn host_certificate(dir: &std::path::Path) -> String {
-    let out = Command::new("openssl")
-        .args([
+    mayfly_integration::openssl(
+        dir,
+        &[
             "req",
             "-x509",
             "-newkey",
@@ -31,14 +32,7 @@ fn host_certificate(dir: &std::path::Path) -> String {
             "host.key",
             "-out",
             "host.pem",
-        ])
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
     std::fs::read_to_string(dir.join("host.pem")).unwrap()
 }

@@ -175,7 +175,8 @@ pub fn validate_connection(
             "fields 'tls_certificate' and 'private_key' go together: give both or neither",
         ));
     }
-    pool_size(config).map(|_| ())
+    // The pool's settings are checked here, at write, not when the pool is first made.
+    idle_limit(config, pool_size(config)?).map(|_| ())
 }
 
 /// Where a SQL connection sends its password ([`mayfly::backend::Reach`]): the server and
