@@ -16,7 +16,8 @@ use crate::host::{HostStorage, HostSystem};
 use crate::proto::pb;
 use crate::transport;
 
-/// How long Setup waits for the broker's announcement. go-plugin itself waits 5 s.
+/// How long Setup waits for the broker's announcement, or keeps knocking. go-plugin itself
+/// waits 5 s.
 const BROKER_WAIT: Duration = Duration::from_secs(10);
 
 struct Mount {
@@ -79,14 +80,11 @@ impl pb::backend_server::Backend for BackendService {
             tracing::error!(broker_id = args.broker_id, error = %err, "setup failed");
             Ok(Response::new(pb::SetupReply { err }))
         };
-        let Some(info) = self.broker.wait_for(args.broker_id, BROKER_WAIT).await else {
-            return fail(format!(
-                "the host did not announce broker service {} within {}s",
-                args.broker_id,
-                BROKER_WAIT.as_secs()
-            ));
+        let connect = match self.broker.connect(args.broker_id, BROKER_WAIT).await {
+            Ok(c) => c,
+            Err(e) => return fail(e),
         };
-        let channel = match transport::dial(&info.network, &info.address, self.tls.clone()).await {
+        let channel = match transport::dial(connect, self.tls.clone()).await {
             Ok(c) => c,
             Err(e) => return fail(e),
         };

@@ -9,6 +9,7 @@ mod fuzz;
 mod host;
 mod lifecycle;
 mod logging;
+mod mux;
 mod proto;
 mod tls;
 mod transport;
@@ -63,6 +64,20 @@ const MAGIC_COOKIE_KEY: &str = "VAULT_BACKEND_PLUGIN";
 const MULTIPLEX_VAR: &str = "PLUGIN_MULTIPLEX_GRPC";
 const MAGIC_COOKIE_VALUE: &str = "6669da05-b1c8-4f49-97d9-c8e5bed98e20";
 const DATABASE_COOKIE_KEY: &str = "VAULT_DATABASE_PLUGIN";
+
+/// Whether the host names `PLUGIN_MULTIPLEX_GRPC` at all, to any value.
+fn multiplex_named() -> bool {
+    std::env::var_os(MULTIPLEX_VAR).is_some_and(|v| !v.is_empty())
+}
+
+/// Whether the host asks for the multiplexed broker: go-plugin reads the value with Go's
+/// `strconv.ParseBool`.
+fn multiplex_asked() -> bool {
+    matches!(
+        std::env::var(MULTIPLEX_VAR).as_deref(),
+        Ok("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
+}
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("--version") {
@@ -146,13 +161,20 @@ async fn serve() -> Result<(), String> {
     let listener =
         UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
     transport::share_with_group(&path)?;
+    let multiplex = multiplex_asked();
+    let (raw, session) = if multiplex {
+        let (raw, session) = transport::multiplexed(listener);
+        (raw, Some(session))
+    } else {
+        (transport::accepted(listener), None)
+    };
     let incoming = transport::incoming(
-        listener,
+        raw,
         tokio_rustls::TlsAcceptor::from(Arc::new(server_tls)),
         transport::HANDSHAKE_TIMEOUT,
     );
 
-    let broker = broker::Broker::new();
+    let broker = broker::Broker::new(session);
     let backend =
         backend_service::BackendService::new(broker.clone(), Arc::new(client_tls), backends());
     lifecycle::watch_startup(backend.setup_seen.clone());
@@ -186,16 +208,13 @@ async fn serve() -> Result<(), String> {
         .serve_with_incoming(incoming);
 
     // Only now that the socket is listening may the host be told where it is. A host that
-    // asks for go-plugin's multiplexed broker (`PLUGIN_MULTIPLEX_GRPC`, which Vault sets for
-    // container plugins) reads a seventh field saying whether the plugin has it
-    // (go-plugin's `server.go`); mayfly does not yet, so the host refuses it with a clear error
-    // (`ErrGRPCBrokerMuxNotSupported`) rather than failing later.
-    let multiplex = std::env::var_os(MULTIPLEX_VAR).is_some_and(|v| !v.is_empty());
+    // sets `PLUGIN_MULTIPLEX_GRPC` at all reads a seventh field saying whether the plugin has
+    // the multiplexed broker (go-plugin's `server.go`); mayfly has it.
     let line = format!(
         "1|5|unix|{}|grpc|{}{}\n",
         path.display(),
         identity.handshake_field(),
-        if multiplex { "|false" } else { "" }
+        if multiplex_named() { "|true" } else { "" }
     );
     let mut stdout = std::io::stdout().lock();
     stdout

@@ -14,19 +14,21 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::mux;
+
 /// A byte stream of either family; the host may announce a unix socket or a TCP address.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// One accepted, handshaken TLS connection from the host.
-pub struct TlsConn(tokio_rustls::server::TlsStream<UnixStream>);
+pub struct TlsConn(tokio_rustls::server::TlsStream<Box<dyn Io>>);
 
 impl Connected for TlsConn {
     type ConnectInfo = ();
@@ -141,26 +143,69 @@ fn group_id(group: &str) -> Result<u32, String> {
 /// ever in a process every mount shares.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts connections on `listener` and hands each one to tonic once its TLS handshake is
-/// done, within `handshake_timeout`. Handshakes run in their own tasks, so one slow peer cannot
-/// hold up the others.
+/// The connections the host makes to the plugin, before their TLS handshake.
+pub type Raw = mpsc::UnboundedReceiver<Box<dyn Io>>;
+
+/// go-plugin's plain mode: every connection accepted on the socket.
+pub fn accepted(listener: UnixListener) -> Raw {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let stream = accept(&listener).await;
+            if tx.send(Box::new(stream) as Box<dyn Io>).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// go-plugin's multiplexed mode: the host's first connection carries a yamux session for the
+/// life of the process, and each stream the host opens in it is a connection. The socket takes
+/// no other connection (go-plugin's `GRPCServerMuxer` never accepts another). The session is
+/// in the cell once the host has connected.
+pub fn multiplexed(listener: UnixListener) -> (Raw, Arc<OnceCell<mux::Session>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let cell = Arc::new(OnceCell::new());
+    let session_cell = cell.clone();
+    tokio::spawn(async move {
+        let stream = accept(&listener).await;
+        drop(listener);
+        let (session, mut streams) = mux::Session::start(stream, yamux::Mode::Server);
+        let _ = session_cell.set(session);
+        while let Some(stream) = streams.recv().await {
+            if tx.send(Box::new(stream) as Box<dyn Io>).is_err() {
+                return;
+            }
+        }
+    });
+    (rx, cell)
+}
+
+async fn accept(listener: &UnixListener) -> UnixStream {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => return stream,
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Hands each of the host's connections to tonic once its TLS handshake is done, within
+/// `handshake_timeout`. Handshakes run in their own tasks, so one slow peer cannot hold up the
+/// others.
 pub fn incoming(
-    listener: UnixListener,
+    mut raw: Raw,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<TlsConn>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
+        while let Some(stream) = raw.recv().await {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -216,18 +261,16 @@ impl tower::Service<http::Request<tonic::body::Body>> for HostChannel {
     }
 }
 
-/// Dials the host's broker at `network`/`address` with mutual TLS, as server name `localhost`.
-pub async fn dial(
-    network: &str,
-    address: &str,
-    tls: Arc<rustls::ClientConfig>,
-) -> Result<HostChannel, String> {
-    let network = network.to_owned();
-    let address = address.to_owned();
-    let connector = TlsConnector::from(tls);
-    let connect = tower::service_fn(move |_| {
-        let (network, address, connector) = (network.clone(), address.clone(), connector.clone());
-        async move {
+/// Makes a fresh byte stream to one of the host's services, once per (re)connection.
+pub type Connect =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Io>>> + Send>> + Send + Sync>;
+
+/// Connections to an address the host announced.
+pub fn to_address(network: &str, address: &str) -> Connect {
+    let (network, address) = (network.to_owned(), address.to_owned());
+    Arc::new(move || {
+        let (network, address) = (network.clone(), address.clone());
+        Box::pin(async move {
             let stream: Box<dyn Io> = match network.as_str() {
                 "unix" => Box::new(UnixStream::connect(&address).await?),
                 "tcp" => Box::new(TcpStream::connect(&address).await?),
@@ -238,6 +281,28 @@ pub async fn dial(
                     ));
                 }
             };
+            Ok(stream)
+        })
+    })
+}
+
+/// Dials one of the host's brokered services through `connect`, with mutual TLS, as server
+/// name `localhost`.
+pub async fn dial(connect: Connect, tls: Arc<rustls::ClientConfig>) -> Result<HostChannel, String> {
+    dial_channel(connect, tls).await.map(HostChannel)
+}
+
+/// A plain tonic channel through `connect`, with mutual TLS: for streaming calls, which
+/// [`HostChannel`] cannot carry.
+pub async fn dial_channel(
+    connect: Connect,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Channel, String> {
+    let connector = TlsConnector::from(tls);
+    let connect = tower::service_fn(move |_| {
+        let (connect, connector) = (connect.clone(), connector.clone());
+        async move {
+            let stream = connect().await?;
             let name = ServerName::try_from("localhost").expect("valid name");
             let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name, stream))
                 .await
@@ -250,8 +315,23 @@ pub async fn dial(
     Endpoint::from_static("http://localhost")
         .connect_with_connector(connect)
         .await
-        .map(HostChannel)
-        .map_err(|e| format!("cannot dial the host's broker: {e}"))
+        .map_err(|e| format!("cannot dial the host's broker: {}", with_causes(&e)))
+}
+
+/// An error and its causes, `: `-separated: tonic's own message ("transport error") says
+/// nothing of what went wrong. A cause some wrapper already repeats is not said twice.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -269,7 +349,7 @@ mod tests {
         let identity = crate::tls::Identity::generate().unwrap();
         let config = crate::tls::server_config(&identity, identity.cert.clone()).unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let mut incoming = incoming(listener, acceptor, Duration::from_millis(200));
+        let mut incoming = incoming(accepted(listener), acceptor, Duration::from_millis(200));
         let mut silent = UnixStream::connect(&path).await.unwrap();
         let started = std::time::Instant::now();
         let mut buf = [0u8; 1];
