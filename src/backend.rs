@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
-use crate::connections::ConnectionConfig;
+use crate::connection_config::ConnectionConfig;
 use crate::error::Error;
 use crate::fields::FieldDef;
 

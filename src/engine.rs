@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::backend::Backends;
+use crate::connection_config;
 use crate::host::Host;
 use crate::mount::{CrashHook, MountCore, Targets};
 use crate::node::NodeRole;
@@ -14,7 +15,7 @@ use crate::router::{PathDef, Route, Router};
 use crate::scheduler::Scheduler;
 use crate::storage::Storage;
 use crate::{
-    connections, creds, policies, roles, rotate_root, static_roles, static_rotation, tasks,
+    connections, creds, leases, policies, roles, rotate_root, static_roles, static_rotation, tasks,
     template,
 };
 use crate::{error::Error, openapi};
@@ -111,7 +112,7 @@ impl Engine {
     /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
     pub fn seal_wrap_storage() -> Vec<String> {
         vec![
-            connections::PREFIX.to_owned(),
+            connection_config::PREFIX.to_owned(),
             static_rotation::PREFIX.to_owned(),
         ]
     }
@@ -145,8 +146,8 @@ impl Engine {
                 return Err(refused);
             }
             return match req.operation {
-                Operation::Renew => creds::renew(&self.core, req).await,
-                _ => creds::revoke(&self.core, req).await,
+                Operation::Renew => leases::renew(&self.core, req).await,
+                _ => leases::revoke(&self.core, req).await,
             };
         }
         if req.body_len > MAX_BODY_BYTES {
@@ -244,8 +245,8 @@ impl Engine {
             (Route::Creds, Operation::Read | Operation::Update) => {
                 creds::issue(&self.core, m.param("role"), req).await
             }
-            (Route::LeaseList, Operation::List) => creds::list_leases(&self.core, req).await,
-            (Route::Lease, Operation::Read) => creds::read_lease(&self.core, m.param("id")).await,
+            (Route::LeaseList, Operation::List) => leases::list_leases(&self.core, req).await,
+            (Route::Lease, Operation::Read) => leases::read_lease(&self.core, m.param("id")).await,
             (Route::TaskConfig, Operation::Read) => Ok(Response::data(tasks::settings_view(
                 &tasks::load_settings(kv).await?,
             ))),
@@ -642,9 +643,9 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::FixedHost;
     use crate::storage::InMemoryStorage;
     use crate::testkit::Fake;
+    use crate::testkit::FixedHost;
     use serde_json::json;
 
     fn engine() -> (Engine, InMemoryStorage) {
@@ -713,7 +714,7 @@ mod tests {
         assert!(!Value::Object(data).to_string().contains("hunter2"));
         let dbg = format!(
             "{:?}",
-            connections::load(&s, "main").await.unwrap().unwrap()
+            connection_config::load(&s, "main").await.unwrap().unwrap()
         );
         assert!(!dbg.contains("hunter2"), "{dbg}");
 
@@ -721,7 +722,7 @@ mod tests {
         call(&e, Operation::Update, "config/main", json!({"pool": 9}))
             .await
             .unwrap();
-        let c = connections::load(&s, "main").await.unwrap().unwrap();
+        let c = connection_config::load(&s, "main").await.unwrap().unwrap();
         assert_eq!(c.secret("password"), Some("hunter2"));
         assert_eq!(c.setting_i64("pool"), Some(9));
 

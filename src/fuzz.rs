@@ -11,12 +11,12 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::fields::{FieldDef, FieldType, FieldValue, parse_duration};
-use crate::host::FixedHost;
 use crate::request::{Operation, Request};
 use crate::router::{Router, validate_name};
 use crate::storage::InMemoryStorage;
 use crate::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, Sources, render};
 use crate::testkit::Fake;
+use crate::testkit::FixedHost;
 use crate::{Backends, Engine};
 
 /// The longest one case may take: a case that runs longer is a hang.

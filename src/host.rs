@@ -55,57 +55,6 @@ impl Identity {
     }
 }
 
-/// A host with fixed limits, no password policies, and fixed group memberships.
-pub struct FixedHost {
-    pub default_ttl: Duration,
-    pub max_ttl: Duration,
-    /// (entity id, group name) pairs.
-    pub groups: Vec<(String, String)>,
-}
-
-impl Default for FixedHost {
-    /// OpenBao's own defaults: 768 hours for both.
-    fn default() -> Self {
-        FixedHost {
-            default_ttl: Duration::from_secs(768 * 3600),
-            max_ttl: Duration::from_secs(768 * 3600),
-            groups: Vec::new(),
-        }
-    }
-}
-
-#[async_trait]
-impl Host for FixedHost {
-    async fn default_lease_ttl(&self) -> Result<Duration, Error> {
-        Ok(self.default_ttl)
-    }
-    async fn max_lease_ttl(&self) -> Result<Duration, Error> {
-        Ok(self.max_ttl)
-    }
-    async fn generate_password(&self, policy: &str) -> Result<SecretString, Error> {
-        Err(Error::bad_request(format!(
-            "field 'password_policy': this host has no password policy '{policy}'"
-        )))
-    }
-    async fn identity(&self, entity_id: &str) -> Result<Identity, Error> {
-        Ok(Identity {
-            id: entity_id.to_owned(),
-            name: format!("entity-{entity_id}"),
-            groups: self
-                .groups
-                .iter()
-                .filter(|(e, _)| e == entity_id)
-                .map(|(_, g)| Group {
-                    id: format!("group-{g}"),
-                    name: g.clone(),
-                    metadata: BTreeMap::new(),
-                })
-                .collect(),
-            ..Identity::default()
-        })
-    }
-}
-
 /// The password a role without `password_policy` gets: 32 letters and digits from the
 /// operating system's CSPRNG (about 190 bits). Letters and digits only, so the password is
 /// safe inside any quoting a target's statements use.

@@ -3,38 +3,40 @@
 //! maps the host's protocol onto [`Request`]/[`Response`], and each crate under `backends/`
 //! implements [`Backend`] for one family of targets.
 
-pub mod audit;
+mod audit;
 pub mod backend;
-pub mod cidr;
-pub mod connections;
+mod cidr;
+mod connection_config;
+mod connections;
 pub mod credential_type;
-pub mod creds;
-pub mod cron;
-pub mod decision;
-pub mod engine;
-pub mod error;
+mod creds;
+mod cron;
+mod decision;
+mod engine;
+mod error;
 pub mod fields;
 #[cfg(test)]
 mod fuzz;
-pub mod host;
-pub mod ledger;
-pub mod mount;
-pub mod node;
-pub mod openapi;
-pub mod operator;
-pub mod policies;
-pub mod policy_set;
+mod host;
+mod leases;
+mod ledger;
+mod mount;
+mod node;
+mod openapi;
+mod operator;
+mod policies;
+mod policy_set;
 pub mod redact;
-pub mod request;
-pub mod roles;
-pub mod rotate_root;
-pub mod router;
-pub mod scheduler;
-pub mod static_roles;
-pub mod static_rotation;
+mod request;
+mod roles;
+mod rotate_root;
+mod router;
+mod scheduler;
+mod static_roles;
+mod static_rotation;
 pub mod storage;
-pub mod tasks;
-pub mod template;
+mod tasks;
+mod template;
 #[cfg(test)]
 mod testkit;
 
@@ -42,9 +44,12 @@ pub use backend::{
     Backend, Backends, Created, ExpiryEnforcement, Inventory, Known, NewPrincipal, Origin,
     Principal, Reach, Revoked, Target,
 };
+pub use connection_config::ConnectionConfig;
 pub use engine::{Engine, MountOptions};
 pub use error::Error;
-pub use host::{Alias, Group, Host, Identity};
+pub use host::{Alias, Group, Host, Identity, now};
+pub use mount::CrashHook;
 pub use node::NodeRole;
 pub use request::{LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
 pub use storage::{InMemoryStorage, Storage, StorageError, Transaction};
+pub use template::LEGACY_MARK;

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 
 use crate::backend::{Backends, Inventory, Known, Target};
-use crate::connections::{self, ConnectionConfig};
+use crate::connection_config;
+use crate::connection_config::ConnectionConfig;
 use crate::error::Error;
 use crate::host::{Host, Identity};
 use crate::node::Node;
@@ -169,7 +170,7 @@ impl MountCore {
     }
 
     pub async fn connection(&self, name: &str) -> Result<Option<ConnectionConfig>, Error> {
-        let load = async { Ok(connections::load(self.storage.as_ref(), name).await?) };
+        let load = async { Ok(connection_config::load(self.storage.as_ref(), name).await?) };
         cached(&self.cache.connections, &self.cache.generation, name, load).await
     }
 

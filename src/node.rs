@@ -181,9 +181,9 @@ mod tests {
 
     use serde_json::{Value, json};
 
-    use crate::host::FixedHost;
     use crate::request::{LeaseInfo, Request, Response};
     use crate::storage::InMemoryStorage;
+    use crate::testkit::FixedHost;
     use crate::testkit::{Fake, NodeStorage};
     use crate::{Backends, Engine};
 

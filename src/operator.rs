@@ -333,9 +333,9 @@ mod tests {
 
     use serde_json::{Value, json};
 
-    use crate::host::FixedHost;
     use crate::request::{Operation, Request, Requester, Response};
     use crate::storage::InMemoryStorage;
+    use crate::testkit::FixedHost;
     use crate::testkit::{Fake, who};
     use crate::{Backends, Engine, Error};
 

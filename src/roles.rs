@@ -9,7 +9,9 @@ use serde_json::{Map, Value, json};
 
 use crate::backend::{Backend, Backends};
 use crate::cidr::Cidr;
-use crate::connections::{self, ConnectionConfig};
+use crate::connection_config;
+use crate::connection_config::ConnectionConfig;
+use crate::connections;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::storage::{self, Kv};
@@ -230,7 +232,7 @@ pub async fn connection<'b>(
     backends: &'b Backends,
     db_name: &str,
 ) -> Result<(ConnectionConfig, &'b dyn Backend), Error> {
-    let config = connections::load(kv, db_name).await?.ok_or_else(|| {
+    let config = connection_config::load(kv, db_name).await?.ok_or_else(|| {
         Error::bad_request(format!(
             "field 'db_name': no connection named '{db_name}' (configure config/{db_name} first)"
         ))
@@ -312,7 +314,7 @@ pub async fn write(
     if role.db_name != db_name {
         // Settings belong to a kind; a role moved to another connection starts them afresh
         // only if the kind changes.
-        let old = connections::load(kv, &role.db_name).await?;
+        let old = connection_config::load(kv, &role.db_name).await?;
         if old.is_none_or(|o| o.plugin_name != config.plugin_name) {
             role.settings.clear();
         }

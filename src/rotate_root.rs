@@ -7,7 +7,9 @@
 //! on the next rotation or on the next use of the connection.
 
 use crate::backend::{TARGET_TIMEOUT, within};
-use crate::connections::{self, ConnectionConfig};
+use crate::connection_config;
+use crate::connection_config::ConnectionConfig;
+use crate::connections;
 use crate::error::Error;
 use crate::host::default_password;
 use crate::mount::MountCore;
@@ -29,7 +31,7 @@ pub async fn rotate(core: &MountCore, name: &str) -> Result<Response, Error> {
     let target = backend.connect(&config).await?;
 
     config.pending_root_password = Some(new_password.clone());
-    connections::save(core.storage.as_ref(), name, &config).await?;
+    connection_config::save(core.storage.as_ref(), name, &config).await?;
     core.crash_point("root_pending");
 
     let statements = root_rotation_statements(backend.as_ref(), &config);
@@ -112,7 +114,7 @@ pub async fn settle(core: &MountCore, name: &str) -> Result<(), Error> {
 /// The stored configuration of `name`, with any pending password adopted (if the target takes
 /// it) or dropped (if not). The caller holds `root_rotation`.
 async fn settle_locked(core: &MountCore, name: &str) -> Result<ConnectionConfig, Error> {
-    let mut config = connections::load(core.storage.as_ref(), name)
+    let mut config = connection_config::load(core.storage.as_ref(), name)
         .await?
         .ok_or_else(|| Error::bad_request(format!("no connection named '{name}'")))?;
     if config.pending_root_password.is_some() {
@@ -164,6 +166,6 @@ async fn commit(
     {
         config.secrets.insert(PASSWORD.into(), pending);
     }
-    connections::save(core.storage.as_ref(), name, config).await?;
+    connection_config::save(core.storage.as_ref(), name, config).await?;
     Ok(())
 }

@@ -838,9 +838,9 @@ pub async fn creds(core: &MountCore, name: &str) -> Result<Response, Error> {
 mod tests {
     use super::*;
     use crate::backend::Backends;
-    use crate::host::FixedHost;
     use crate::storage::InMemoryStorage;
     use crate::testkit::Fake;
+    use crate::testkit::FixedHost;
 
     struct Setup {
         core: Arc<MountCore>,

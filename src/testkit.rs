@@ -1,18 +1,21 @@
 //! A fake target kind for the core's own tests: principals live in a set in memory, and the
-//! target can be switched to fail, as a database that went down would.
+//! target can be switched to fail, as a database that went down would; and a host with fixed
+//! answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
 use crate::backend::{Backend, Created, NewPrincipal, Principal, Revoked, Target};
-use crate::connections::ConnectionConfig;
+use crate::connection_config::ConnectionConfig;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue};
+use crate::host::{Group, Host, Identity};
 use crate::request::Requester;
 
 /// A requester: entity `entity` (accessor `acc-<entity>`) calling from `addr`.
@@ -399,5 +402,55 @@ impl crate::storage::Transaction for NodeTx {
     }
     async fn rollback(self: Box<Self>) -> Result<(), crate::storage::StorageError> {
         self.tx.rollback().await
+    }
+}
+/// A host with fixed limits, no password policies, and fixed group memberships.
+pub struct FixedHost {
+    pub default_ttl: Duration,
+    pub max_ttl: Duration,
+    /// (entity id, group name) pairs.
+    pub groups: Vec<(String, String)>,
+}
+
+impl Default for FixedHost {
+    /// OpenBao's own defaults: 768 hours for both.
+    fn default() -> Self {
+        FixedHost {
+            default_ttl: Duration::from_secs(768 * 3600),
+            max_ttl: Duration::from_secs(768 * 3600),
+            groups: Vec::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl Host for FixedHost {
+    async fn default_lease_ttl(&self) -> Result<Duration, Error> {
+        Ok(self.default_ttl)
+    }
+    async fn max_lease_ttl(&self) -> Result<Duration, Error> {
+        Ok(self.max_ttl)
+    }
+    async fn generate_password(&self, policy: &str) -> Result<SecretString, Error> {
+        Err(Error::bad_request(format!(
+            "field 'password_policy': this host has no password policy '{policy}'"
+        )))
+    }
+    async fn identity(&self, entity_id: &str) -> Result<Identity, Error> {
+        Ok(Identity {
+            id: entity_id.to_owned(),
+            name: format!("entity-{entity_id}"),
+            groups: self
+                .groups
+                .iter()
+                .filter(|(e, _)| e == entity_id)
+                .map(|(_, g)| Group {
+                    id: format!("group-{g}"),
+                    name: g.clone(),
+                    metadata: BTreeMap::new(),
+                })
+                .collect(),
+            ..Identity::default()
+        })
     }
 }

@@ -106,7 +106,7 @@ pub fn exit_on_sigterm() {
 /// For crash-safety tests only: `MAYFLY_TEST_CRASH_AT=<point>` makes the process SIGKILL itself
 /// at that named step (of issuance, rotate-root or a static rotation; see the README), as a power
 /// cut would. Unset (as in every real deployment) it does nothing.
-pub fn crash_hook() -> Option<mayfly::mount::CrashHook> {
+pub fn crash_hook() -> Option<mayfly::CrashHook> {
     let at = std::env::var("MAYFLY_TEST_CRASH_AT").ok()?;
     tracing::warn!(at = %at, "MAYFLY_TEST_CRASH_AT is set: this process will kill itself while issuing");
     Some(std::sync::Arc::new(move |point: &'static str| {

@@ -7,8 +7,8 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_sts::config::Credentials;
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use mayfly::ConnectionConfig;
 use mayfly::Error;
-use mayfly::connections::ConnectionConfig;
 
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_MAX_RETRIES: i64 = 3;

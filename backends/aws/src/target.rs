@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
-use mayfly::connections::ConnectionConfig;
-use mayfly::host::now;
+use mayfly::ConnectionConfig;
+use mayfly::now;
 use mayfly::{Created, Error, Inventory, Known, NewPrincipal, Origin, Principal, Revoked, Target};
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
@@ -372,7 +372,7 @@ impl AwsTarget {
                     .get()
                     .ok_or_else(|| full("this handle cannot read the mount's ledger".into()))?;
                 let mark = inventory.mark();
-                if mark == mayfly::template::LEGACY_MARK {
+                if mark == mayfly::LEGACY_MARK {
                     return Err(full(
                         "the mount has no mark of its own, so its sessions cannot be told from \
                          other mounts' in one statement"

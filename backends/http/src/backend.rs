@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mayfly::connections::ConnectionConfig;
+use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::{Backend, Error, ExpiryEnforcement, Target};
 use serde_json::{Map, Value};

@@ -11,8 +11,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client as Pool;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use mayfly::ConnectionConfig;
 use mayfly::Error;
-use mayfly::connections::ConnectionConfig;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 

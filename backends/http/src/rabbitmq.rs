@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mayfly::connections::ConnectionConfig;
+use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::percent_encode;
 use mayfly::{Backend, Error, ExpiryEnforcement, Target};

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use hyper::Method;
-use mayfly::connections::ConnectionConfig;
-use mayfly::host::now;
+use mayfly::ConnectionConfig;
+use mayfly::now;
 use mayfly::redact::redact;
 use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Target};
 use secrecy::{ExposeSecret, SecretString};

@@ -5,8 +5,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use mayfly::ConnectionConfig;
 use mayfly::Error;
-use mayfly::connections::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::redact;
 use secrecy::SecretString;

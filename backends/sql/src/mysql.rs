@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mayfly::connections::ConnectionConfig;
+use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
 use mayfly::redact::redact;
 use mayfly::{
