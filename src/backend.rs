@@ -419,6 +419,9 @@ pub trait Backend: Send + Sync {
     }
 }
 
+/// How long creating (or renewing) a principal on a target may take while its caller waits.
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long one call to a target may take (a revocation batch, a rotation, a login check)
 /// before it counts as the target being unavailable.
 pub const TARGET_TIMEOUT: Duration = Duration::from_secs(60);

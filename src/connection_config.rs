@@ -14,6 +14,11 @@ use crate::storage::{self, Kv, StorageError};
 
 pub const PREFIX: &str = "config/";
 
+/// Connection fields of OpenBao's engine that apply to every kind, stored with the settings.
+pub const USERNAME_TEMPLATE: &str = "username_template";
+pub const PASSWORD_POLICY: &str = "password_policy";
+pub const ROOT_ROTATION_STATEMENTS: &str = "root_rotation_statements";
+
 /// A connection as stored.
 #[derive(Clone)]
 pub struct ConnectionConfig {

@@ -8,7 +8,9 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use crate::backend::{Backend, Backends};
-use crate::connection_config::{self, ConnectionConfig};
+use crate::connection_config::{
+    self, ConnectionConfig, PASSWORD_POLICY, ROOT_ROTATION_STATEMENTS, USERNAME_TEMPLATE,
+};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, FieldValue, Fields};
 use crate::storage::{self, Kv, Storage, StorageError};
@@ -63,10 +65,6 @@ pub fn common_fields() -> Vec<FieldDef> {
     ]
 }
 
-/// Connection fields of OpenBao's engine that apply to every kind, stored with the settings.
-pub const USERNAME_TEMPLATE: &str = "username_template";
-pub const PASSWORD_POLICY: &str = "password_policy";
-pub const ROOT_ROTATION_STATEMENTS: &str = "root_rotation_statements";
 const PLUGIN_VERSION: &str = "plugin_version";
 
 /// Every field any kind accepts: common ones first, then each kind's, once.

@@ -5,13 +5,11 @@
 //! scheduler will revoke: an intent at the earlier of a short grace period and the deadline, an
 //! active credential at its deadline.
 
-use std::time::Duration;
-
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
-use crate::backend::within;
+use crate::backend::{CREATE_TIMEOUT, within};
 use crate::cidr::Cidr;
 use crate::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::error::Error;
@@ -20,14 +18,13 @@ use crate::host::{now, random_lower};
 use crate::leases;
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
+use crate::mount::scheduler::Claim;
 use crate::request::{LeaseGrant, Request, Requester, Response};
+use crate::revocation;
 use crate::roles::Role;
-use crate::scheduler::{self, Claim};
-use crate::tasks::{self, Task};
+use crate::task::{self, Task};
 use crate::template;
 
-/// How long creating (or renewing) a principal on the target may take.
-pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// When an intent that never became active is revoked, at the latest: well past the longest
 /// issuance (connection wait plus [`CREATE_TIMEOUT`]), so a slow issuance is never undercut.
 pub const INTENT_GRACE_SECS: u64 = 90;
@@ -386,7 +383,7 @@ async fn issue_traced(
     // A task ended between its check above and the intent's write lists no such credential:
     // look again now that the credential is on record.
     if let Some(t) = &task
-        && !tasks::load(kv, &t.id)
+        && !task::load(kv, &t.id)
             .await?
             .is_some_and(|t| t.is_open(crate::host::now()))
     {
@@ -490,7 +487,7 @@ async fn revoked_while_issuing(core: &MountCore, mut cred: Credential, claim: Cl
     schedule_revocation(core, &mut cred, "revoked while being issued", None).await;
     // The revocations held back for it join this one.
     drop(claim);
-    let _ = scheduler::revoke_within(core, &cred.id, "revoked while being issued", None).await;
+    let _ = revocation::revoke_within(core, &cred.id, "revoked while being issued", None).await;
     Error::bad_request(format!(
         "credential '{}' was revoked while it was being issued (its task ended or an operator \
          revoked it); nothing was issued",
@@ -507,7 +504,7 @@ async fn usable_task(
     who: &Requester,
     now: u64,
 ) -> Result<Task, Error> {
-    let task = tasks::load(core.storage.as_ref(), id)
+    let task = task::load(core.storage.as_ref(), id)
         .await?
         .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?;
     if !task.is_open(now) {
@@ -589,6 +586,7 @@ mod tests {
     use crate::{Backends, Engine};
 
     use super::*;
+    use std::time::Duration;
 
     struct Setup {
         engine: Engine,

@@ -19,7 +19,7 @@ use crate::host::Identity;
 use crate::mount::MountCore;
 use crate::policy_set::{self, PolicySet};
 use crate::request::Requester;
-use crate::tasks::Task;
+use crate::task::Task;
 
 /// What a request does, as policies name it (`Mayfly::Action::"issue"`, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

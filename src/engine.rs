@@ -7,12 +7,12 @@ use serde_json::{Map, Value};
 use crate::backend::Backends;
 use crate::connection_config;
 use crate::host::Host;
+use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
 use crate::node::NodeRole;
 use crate::operator::{self, Scope};
 use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
-use crate::scheduler::Scheduler;
 use crate::storage::Storage;
 use crate::{
     connections, creds, leases, policies, roles, rotate_root, static_roles, static_rotation, tasks,
@@ -92,7 +92,7 @@ impl Engine {
     pub fn start(&self, role: NodeRole) {
         self.core.node.set_role(role);
         if role == NodeRole::Active {
-            self.core.node.spawn(Scheduler::run(self.core.clone()));
+            self.core.node.spawn(crate::sweep::run(self.core.clone()));
         }
     }
 

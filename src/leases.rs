@@ -4,16 +4,17 @@
 use serde_json::{Map, Value, json};
 
 use crate::audit::{self, Action, Event};
-use crate::creds::CREATE_TIMEOUT;
+use crate::backend::CREATE_TIMEOUT;
 use crate::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::now;
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
+use crate::mount::scheduler::Outcome;
 use crate::request::{LeaseGrant, LeaseInfo, Request, Requester, Response};
-use crate::scheduler::{self, Outcome};
-use crate::tasks::{self, Task};
+use crate::revocation;
+use crate::task::{self, Task};
 
 /// `internal_data` keys: the Go framework's dispatch key (kept for compatibility) and the
 /// ledger record.
@@ -134,7 +135,7 @@ async fn renew_once(
     let mut task = None;
     if let Some(task_id) = &cred.task_id {
         // The task may have been shortened since issuance: it still bounds the credential.
-        match tasks::load(kv, task_id).await? {
+        match task::load(kv, task_id).await? {
             Some(t) if t.is_open(now) => {
                 limit = limit.min(t.deadline);
                 task = Some(t);
@@ -242,7 +243,7 @@ pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> 
     // The scheduler's batch emits the audit event of a revocation it makes; one of a
     // credential that was no longer live is emitted here.
     let outcome =
-        scheduler::revoke_within(core, &id, "revoked through the host", lease_id.clone()).await?;
+        revocation::revoke_within(core, &id, "revoked through the host", lease_id.clone()).await?;
     if let Outcome::NotRecorded(why) = outcome {
         // The ledger does not hold it: the host must keep its lease and try again.
         return Err(Error::Internal(why));

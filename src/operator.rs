@@ -13,8 +13,8 @@ use crate::fields::{FieldDef, FieldType, Fields};
 use crate::ledger::{self, Credential, State};
 use crate::mount::MountCore;
 use crate::request::{Request, Response};
+use crate::revocation::{self, Report};
 use crate::roles;
-use crate::scheduler::{self, Report};
 use crate::tasks;
 
 /// The most principals dropped in one call during a purge.
@@ -100,7 +100,7 @@ pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result
                 .filter(|c| scope.covers(c))
                 .map(|c| c.id)
                 .collect();
-            scheduler::revoke_many(core, ids, &format!("revoked by an operator ({what})")).await
+            revocation::revoke_many(core, ids, &format!("revoked by an operator ({what})")).await
         }
     };
     emit_operator(

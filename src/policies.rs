@@ -3,11 +3,10 @@
 //!
 //! A policy is checked against the schema when written and refused with the parser's or the
 //! validator's message and location. The mount compiles its policies once and reuses the set
-//! until one is written or deleted ([`MountCore::policies`]).
+//! until one is written or deleted ([`MountCore::policies`]); `policy_store` keeps them.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
@@ -15,23 +14,12 @@ use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::host::now;
 use crate::mount::MountCore;
-use crate::policy_set::{self, PolicySet};
+use crate::policy_set;
+use crate::policy_store;
 use crate::request::{Request, Requester, Response};
-use crate::storage::{self, Kv};
-use crate::tasks::{self, Task};
-
-pub const PREFIX: &str = "policies/";
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Stored {
-    /// Cedar policy text, as written.
-    policy: String,
-    updated_at: u64,
-}
-
-fn key(name: &str) -> String {
-    format!("{PREFIX}{name}")
-}
+use crate::storage::Kv;
+use crate::task::{self, Task};
+use crate::tasks;
 
 pub fn fields() -> Vec<FieldDef> {
     vec![
@@ -108,25 +96,6 @@ pub fn simulate_fields() -> Vec<FieldDef> {
     ]
 }
 
-/// Every stored document, as (name, text), read concurrently (a host round trip each).
-async fn documents(kv: &dyn Kv) -> Result<Vec<(String, String)>, Error> {
-    let names = kv.list(PREFIX).await?;
-    let reads = names.iter().map(|name| async move {
-        let stored = storage::get_json::<Stored>(kv, &key(name)).await?;
-        Ok::<_, Error>(stored.map(|s| (name.clone(), s.policy)))
-    });
-    let mut out = Vec::new();
-    for doc in futures_util::future::try_join_all(reads).await? {
-        out.extend(doc);
-    }
-    Ok(out)
-}
-
-/// The mount's policies, compiled from storage ([`MountCore::policies`] caches this).
-pub async fn compile_stored(kv: &dyn Kv) -> Result<PolicySet, Error> {
-    PolicySet::compile(documents(kv).await?)
-}
-
 /// `policies/NAME` write: checks the document and stores it.
 pub async fn write(kv: &dyn Kv, name: &str, data: &Map<String, Value>) -> Result<Response, Error> {
     let fields = Fields::parse(&fields(), data)?;
@@ -134,11 +103,7 @@ pub async fn write(kv: &dyn Kv, name: &str, data: &Map<String, Value>) -> Result
         .str("policy")
         .ok_or_else(|| Error::bad_request("field 'policy' is required: Cedar policy text"))?;
     let doc = policy_set::check_document(name, text)?;
-    let stored = Stored {
-        policy: text.to_owned(),
-        updated_at: now(),
-    };
-    storage::put_json(kv, &key(name), &stored).await?;
+    policy_store::save(kv, name, text).await?;
     let ids: Vec<String> = doc.policies.iter().map(|p| p.id().to_string()).collect();
     tracing::info!(policy = name, ids = %ids.join(","), "policy saved");
     let mut data = Map::new();
@@ -151,7 +116,7 @@ pub async fn write(kv: &dyn Kv, name: &str, data: &Map<String, Value>) -> Result
 }
 
 pub async fn read(kv: &dyn Kv, name: &str) -> Result<Response, Error> {
-    let Some(stored) = storage::get_json::<Stored>(kv, &key(name)).await? else {
+    let Some(stored) = policy_store::load(kv, name).await? else {
         return Ok(Response::empty());
     };
     let ids: Vec<String> = policy_set::check_document(name, &stored.policy)
@@ -165,11 +130,11 @@ pub async fn read(kv: &dyn Kv, name: &str) -> Result<Response, Error> {
 }
 
 pub async fn list(kv: &dyn Kv) -> Result<Response, Error> {
-    Ok(Response::list(kv.list(PREFIX).await?))
+    Ok(Response::list(kv.list(policy_store::PREFIX).await?))
 }
 
 pub async fn delete(kv: &dyn Kv, name: &str) -> Result<Response, Error> {
-    kv.delete(&key(name)).await?;
+    kv.delete(&policy_store::key(name)).await?;
     tracing::info!(policy = name, "policy deleted");
     Ok(Response::empty())
 }
@@ -235,7 +200,7 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
     let asked = fields.duration("ttl");
     let task = match fields.str("task_id") {
         Some(id) => Some(
-            tasks::load(core.storage.as_ref(), id)
+            task::load(core.storage.as_ref(), id)
                 .await?
                 .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?,
         ),

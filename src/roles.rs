@@ -11,7 +11,6 @@ use crate::backend::{Backend, Backends};
 use crate::cidr::Cidr;
 use crate::connection_config;
 use crate::connection_config::ConnectionConfig;
-use crate::connections;
 use crate::error::Error;
 use crate::fields::{FieldDef, FieldType, Fields};
 use crate::storage::{self, Kv};
@@ -66,7 +65,7 @@ impl Role {
             return &self.username_template;
         }
         connection
-            .setting_str(connections::USERNAME_TEMPLATE)
+            .setting_str(connection_config::USERNAME_TEMPLATE)
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| backend.default_username_template())
     }
@@ -81,7 +80,7 @@ impl Role {
             return p;
         }
         connection
-            .setting_str(connections::PASSWORD_POLICY)
+            .setting_str(connection_config::PASSWORD_POLICY)
             .unwrap_or_default()
     }
 

@@ -26,8 +26,8 @@ use crate::error::Error;
 use crate::host::now;
 use crate::ledger::{self, STATIC_ENTRY};
 use crate::mount::MountCore;
+use crate::mount::scheduler::backoff;
 use crate::request::Response;
-use crate::scheduler::backoff;
 use crate::static_roles::{self, Rotation, StaticRole};
 use crate::storage;
 

@@ -1,19 +1,14 @@
-//! The scheduler: revokes every credential at its deadline on its own, whether or not the host
-//! calls revoke, revokes intents that never became active, retries failures without end with
-//! capped backoff, and purges revoked records after their retention.
-//!
-//! It keeps in memory only the index entries due within the next bucket (the "horizon"), loaded
-//! bucket by bucket from the due index, so start-up work does not grow with the number of live
-//! credentials. Host revoke calls join the same loop: each waits for the batch it joined to be
-//! revoked on the target and recorded in the ledger (group commit).
+//! Revocation: every credential revoked at its deadline on its own, whether or not the host
+//! calls revoke; intents that never became active revoked; failures retried without end with
+//! capped backoff; revoked records purged after their retention. Host revoke calls join the
+//! same passes: each waits for the batch it joined to be revoked on the target and recorded in
+//! the ledger (group commit). Each connection revokes on a lane of its own.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{Map, Value};
-use tokio::sync::{Notify, oneshot};
 
 use futures_util::future::join_all;
 
@@ -21,77 +16,12 @@ use crate::audit::{self, Action, Event};
 use crate::backend::{Principal, TARGET_TIMEOUT, within};
 use crate::error::Error;
 use crate::host::now;
-use crate::ledger::{
-    self, BUCKET_SECS, Credential, RETENTION_SECS, STATIC_ENTRY, State, TASK_ENTRY, bucket,
-};
+use crate::ledger::{self, Credential, RETENTION_SECS, State};
 use crate::mount::MountCore;
+use crate::mount::scheduler::{Outcome, Waiting, Work, backoff};
 
-/// The longest wait between two revocation attempts of one credential.
-pub const MAX_BACKOFF_SECS: u64 = 300;
-const FIRST_BACKOFF_SECS: u64 = 5;
 /// The most principals revoked in one call to a target.
 const MAX_BATCH: usize = 1000;
-
-/// The wait before attempt `attempts + 1`: 5 s doubling per failure, never above
-/// [`MAX_BACKOFF_SECS`], with up to 10 % taken off at random so that credentials that failed
-/// together do not retry in lockstep forever.
-pub fn backoff(attempts: u32) -> u64 {
-    let base = FIRST_BACKOFF_SECS
-        .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-        .min(MAX_BACKOFF_SECS);
-    let jitter = rand::rng().random_range(0..=base / 10);
-    (base - jitter).max(1)
-}
-
-/// How a revocation asked for through [`Scheduler::revoke_now`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Removed from the target now.
-    Revoked,
-    /// The target no longer had it (dropped by hand, or removed before a crash).
-    AlreadyGone,
-    /// The ledger already had it revoked, or has no such record: nothing was done.
-    NotLive,
-    /// The target refused or was unreachable; the ledger holds it and retries.
-    Failing(String),
-    /// The ledger could not record that the revocation began, so nothing was done on the
-    /// target (this node may no longer lead the cluster, or storage failed).
-    NotRecorded(String),
-}
-
-/// What a revocation of many credentials came to, for operators.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Report {
-    pub revoked: usize,
-    pub already_gone: usize,
-    /// (credential id, error) of each revocation that failed; the ledger keeps retrying them.
-    pub failed: Vec<(String, String)>,
-}
-
-impl Report {
-    pub fn view(&self) -> Map<String, Value> {
-        let failures: Vec<Value> = self
-            .failed
-            .iter()
-            .map(|(id, e)| serde_json::json!({"cred_id": id, "error": e}))
-            .collect();
-        let mut out = Map::new();
-        out.insert("revoked".into(), Value::from(self.revoked));
-        out.insert("already_gone".into(), Value::from(self.already_gone));
-        out.insert("failed".into(), Value::from(self.failed.len()));
-        out.insert("failures".into(), Value::Array(failures));
-        out
-    }
-
-    pub fn summary(&self) -> String {
-        format!(
-            "revoked={} already_gone={} failed={}",
-            self.revoked,
-            self.already_gone,
-            self.failed.len()
-        )
-    }
-}
 
 /// How long a caller (a host revoke, a task's end, an operator's bulk revocation) waits for a
 /// revocation's outcome. A target that has not answered by then is still being asked, on its
@@ -144,315 +74,52 @@ pub async fn revoke_many(core: &MountCore, ids: Vec<String>, reason: &str) -> Re
     report
 }
 
-struct Waiting {
-    id: String,
-    reason: String,
-    lease_id: Option<String>,
-    done: oneshot::Sender<Outcome>,
+/// What a revocation of many credentials came to, for operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub revoked: usize,
+    pub already_gone: usize,
+    /// (credential id, error) of each revocation that failed; the ledger keeps retrying them.
+    pub failed: Vec<(String, String)>,
 }
 
-#[derive(Default)]
-pub struct Scheduler {
-    wake: Notify,
-    /// (due, id) entries within the horizon.
-    soon: Mutex<BTreeSet<(u64, String)>>,
-    /// The last bucket loaded into `soon`; `None` before the first load.
-    horizon: Mutex<Option<u64>>,
-    requests: Mutex<Vec<Waiting>>,
-    /// Credentials this process is issuing now ([`Claim`]), with the revocation that came for
-    /// each meanwhile.
-    issuing: Mutex<HashMap<String, Deferred>>,
-    /// The connections whose lane is revoking now, each with the work queued for its next
-    /// batches ([`Scheduler::enqueue`]).
-    lanes: Mutex<HashMap<String, Vec<Work>>>,
-}
+impl Report {
+    pub fn view(&self) -> Map<String, Value> {
+        let failures: Vec<Value> = self
+            .failed
+            .iter()
+            .map(|(id, e)| serde_json::json!({"cred_id": id, "error": e}))
+            .collect();
+        let mut out = Map::new();
+        out.insert("revoked".into(), Value::from(self.revoked));
+        out.insert("already_gone".into(), Value::from(self.already_gone));
+        out.insert("failed".into(), Value::from(self.failed.len()));
+        out.insert("failures".into(), Value::Array(failures));
+        out
+    }
 
-/// A revocation held back until the issuance of its credential has finished.
-#[derive(Default)]
-struct Deferred {
-    reason: Option<String>,
-    waiters: Vec<oneshot::Sender<Outcome>>,
-}
-
-/// Held by an issuance from before its intent is written until its outcome is: the scheduler
-/// does not revoke the credential meanwhile but notes the revocation, which the issuance
-/// reads ([`Claim::revocation_asked`]) and which is handed back to the scheduler when the
-/// claim is dropped, whatever the issuance's end.
-///
-/// Revoking earlier would find nothing on the target while the create is still on its way,
-/// and the create would then leave a live principal recorded as revoked. Holding the
-/// revocation in memory is enough because every revocation of a credential passes through
-/// this process's scheduler: the host drains a mount's requests before it reloads the plugin
-/// (its route lock), so two processes never serve one mount at once, and a process whose
-/// server died can no longer write storage. It spares each issuance a storage transaction
-/// (four round trips to the host) around its last write.
-pub struct Claim<'a> {
-    scheduler: &'a Scheduler,
-    id: String,
-}
-
-impl Claim<'_> {
-    /// Whether a revocation came for the credential while it was being issued.
-    pub fn revocation_asked(&self) -> bool {
-        let issuing = self.scheduler.issuing.lock().unwrap();
-        issuing.get(&self.id).is_some_and(|d| d.reason.is_some())
+    pub fn summary(&self) -> String {
+        format!(
+            "revoked={} already_gone={} failed={}",
+            self.revoked,
+            self.already_gone,
+            self.failed.len()
+        )
     }
 }
 
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        let deferred = self.scheduler.issuing.lock().unwrap().remove(&self.id);
-        let Some(Deferred {
-            reason: Some(reason),
-            mut waiters,
-        }) = deferred
-        else {
-            return;
-        };
-        if waiters.is_empty() {
-            // Asked by the scheduler itself (the intent fell due): nobody waits for it.
-            waiters.push(oneshot::channel().0);
-        }
-        let mut requests = self.scheduler.requests.lock().unwrap();
-        for done in waiters {
-            requests.push(Waiting {
-                id: self.id.clone(),
-                reason: reason.clone(),
-                lease_id: None,
-                done,
-            });
-        }
-        drop(requests);
-        self.scheduler.wake.notify_one();
-    }
-}
-
-impl Scheduler {
-    /// Tells the scheduler that `id` is now indexed at `due`.
-    pub fn track(&self, due: u64, id: &str) {
-        if self.keep(due, id) {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Keeps (`due`, `id`) in memory if it falls within the horizon (beyond it, the bucket's
-    /// load finds it); returns whether it did.
-    fn keep(&self, due: u64, id: &str) -> bool {
-        let within = self
-            .horizon
-            .lock()
-            .unwrap()
-            .is_some_and(|h| bucket(due) <= h);
-        if within {
-            self.soon.lock().unwrap().insert((due, id.to_owned()));
-        }
-        within
-    }
-
-    /// `id`, tracked at `from`, is now due at `to` instead (its issuance indexed it at its
-    /// deadline and is removing the intent's entry). Issued at every issuance, so it wakes
-    /// the loop only when `to` is earlier: the loop sleeps until `from` at the latest anyway.
-    pub fn moved(&self, from: u64, to: u64, id: &str) {
-        if from == to {
-            return;
-        }
-        self.soon.lock().unwrap().remove(&(from, id.to_owned()));
-        if to < from {
-            self.track(to, id);
-        } else {
-            self.keep(to, id);
-        }
-    }
-
-    /// Holds back revocations of `id` while it is being issued; see [`Claim`]. Taken before
-    /// the credential's first record is written, so a revocation that can read the record
-    /// also finds the claim, and one that finds no claim comes after the create.
-    pub fn claim(&self, id: &str) -> Claim<'_> {
-        let id = id.to_owned();
-        self.issuing
-            .lock()
-            .unwrap()
-            .insert(id.clone(), Deferred::default());
-        Claim {
-            scheduler: self,
-            id,
-        }
-    }
-
-    /// Takes out of `work` every credential being issued now, noting its revocation for the
-    /// issuance to hand back.
-    fn defer_issuing(&self, work: &mut BTreeMap<String, Work>) {
-        let mut issuing = self.issuing.lock().unwrap();
-        work.retain(|id, w| match issuing.get_mut(id) {
-            Some(deferred) => {
-                deferred.reason.get_or_insert_with(|| w.reason.clone());
-                deferred.waiters.append(&mut w.waiters);
-                false
-            }
-            None => true,
-        });
-    }
-
-    /// Revokes `id` in the next batch and waits until that batch is recorded.
-    pub async fn revoke_now(
-        &self,
-        id: &str,
-        reason: String,
-        lease_id: Option<String>,
-    ) -> Result<Outcome, Error> {
-        let (done, wait) = oneshot::channel();
-        self.requests.lock().unwrap().push(Waiting {
-            id: id.to_owned(),
-            reason,
-            lease_id,
-            done,
-        });
-        self.wake.notify_one();
-        wait.await
-            .map_err(|_| Error::Internal("the scheduler stopped before revoking".into()))
-    }
-
-    /// Asks for `id`'s revocation without waiting for its outcome.
-    pub fn revoke_soon(&self, id: &str, reason: String) {
-        let (done, _) = oneshot::channel();
-        self.requests.lock().unwrap().push(Waiting {
-            id: id.to_owned(),
-            reason,
-            lease_id: None,
-            done,
-        });
-        self.wake.notify_one();
-    }
-
-    /// Runs until the mount stops ([`crate::node::Node::stop`] aborts it).
-    pub async fn run(core: Arc<MountCore>) {
-        let s = &core.scheduler;
-        tracing::info!("scheduler started");
-        loop {
-            let now = now();
-            if let Err(e) = s.load_horizon(&core, now).await {
-                tracing::warn!(error = %e, "could not read the due index; retrying");
-            }
-            let requests = std::mem::take(&mut *s.requests.lock().unwrap());
-            let due = s.take_due(now);
-            if requests.is_empty() && due.is_empty() {
-                let next_bucket = (bucket(now) + 1) * BUCKET_SECS;
-                let next = s
-                    .soon
-                    .lock()
-                    .unwrap()
-                    .first()
-                    .map_or(next_bucket, |(d, _)| (*d).min(next_bucket));
-                let wait = Duration::from_secs(next.saturating_sub(now).clamp(1, BUCKET_SECS));
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = s.wake.notified() => {}
-                }
-                continue;
-            }
-            process(&core, now, due, requests).await;
-        }
-    }
-
-    /// Loads the due index up to the bucket after `now`'s into memory. The horizon moves first,
-    /// so an entry written while the bucket is being listed is tracked by its writer.
-    async fn load_horizon(&self, core: &MountCore, now: u64) -> Result<(), Error> {
-        let target = bucket(now) + 1;
-        let previous = {
-            let mut h = self.horizon.lock().unwrap();
-            let previous = *h;
-            if previous.is_some_and(|p| p >= target) {
-                return Ok(());
-            }
-            *h = Some(target);
-            previous
-        };
-        let kv = core.storage.as_ref();
-        let result = async {
-            for b in ledger::due_buckets(kv).await? {
-                if b > target || previous.is_some_and(|p| b <= p) {
-                    continue;
-                }
-                let entries = ledger::bucket_entries(kv, b).await?;
-                self.soon.lock().unwrap().extend(entries);
-            }
-            Ok::<(), Error>(())
-        }
-        .await;
-        if result.is_err() {
-            *self.horizon.lock().unwrap() = previous;
-        }
-        result
-    }
-
-    /// Looks at `id` again shortly, after its record could not be read or written. Such an
-    /// entry has no stored twin; when it comes up, the record's own due time decides.
-    pub fn look_again(&self, now: u64, id: String) {
-        self.soon.lock().unwrap().insert((now + backoff(1), id));
-    }
-
-    /// `w`'s record changed before its revocation could begin: decided again on the record as
-    /// it is now. A revocation someone asked for stands (it goes back to the requests, and
-    /// its waiters with it); one the scheduler decided on its own leaves it to the record.
-    fn decide_again(&self, now: u64, w: Work) {
-        if w.waiters.is_empty() {
-            self.look_again(now, w.cred.id);
-            return;
-        }
-        let mut requests = self.requests.lock().unwrap();
-        for done in w.waiters {
-            requests.push(Waiting {
-                id: w.cred.id.clone(),
-                reason: w.reason.clone(),
-                lease_id: w.cred.lease_id.clone(),
-                done,
-            });
-        }
-        drop(requests);
-        self.wake.notify_one();
-    }
-
-    fn take_due(&self, now: u64) -> Vec<(u64, String)> {
-        let mut soon = self.soon.lock().unwrap();
-        let later = soon.split_off(&(now + 1, String::new()));
-        std::mem::replace(&mut *soon, later).into_iter().collect()
-    }
-}
-
-/// A credential to revoke in this pass, with the host calls waiting for it.
-struct Work {
-    cred: Credential,
-    /// The record as read from the ledger, before this pass changed anything: the outcome is
-    /// written only over it ([`ledger::store_if_unchanged`]).
-    seen: Credential,
-    reason: String,
-    waiters: Vec<oneshot::Sender<Outcome>>,
-}
-
-async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, requests: Vec<Waiting>) {
+/// One pass over the credentials that fell due and the revocations asked for: each is marked
+/// and handed to its connection's lane.
+pub(crate) async fn process(
+    core: &Arc<MountCore>,
+    now: u64,
+    due: Vec<(u64, String)>,
+    requests: Vec<Waiting>,
+) {
     let kv = core.storage.as_ref();
     let mut work: BTreeMap<String, Work> = BTreeMap::new();
     // Revoked credentials whose guard on the target is due to go.
     let mut guards: Vec<Credential> = Vec::new();
-
-    // Tasks end on their own: ending one revokes through this loop, so it must not block it.
-    // Static roles rotate on their own too: a slow target must not hold revocations back.
-    let (own_entries, due): (Vec<_>, Vec<_>) = due
-        .into_iter()
-        .partition(|(_, id)| id.starts_with(TASK_ENTRY) || id.starts_with(STATIC_ENTRY));
-    for (entry_due, entry) in own_entries {
-        if let Some(id) = entry.strip_prefix(TASK_ENTRY) {
-            core.node
-                .spawn(crate::tasks::on_due(core.clone(), entry_due, id.to_owned()));
-        } else if let Some(name) = entry.strip_prefix(STATIC_ENTRY) {
-            let name = name.to_owned();
-            core.node.spawn(crate::static_rotation::on_due(
-                core.clone(),
-                entry_due,
-                name,
-            ));
-        }
-    }
 
     // Many credentials often fall due together: read their records in parallel.
     let ids: Vec<String> = due.iter().map(|(_, id)| id.clone()).collect();
@@ -607,7 +274,7 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
             .push(w);
     }
     for (connection, work) in by_connection {
-        core.scheduler.enqueue(core, connection, work);
+        enqueue(core, connection, work);
     }
     if !guards.is_empty() {
         let owned = core.clone();
@@ -616,26 +283,10 @@ async fn process(core: &Arc<MountCore>, now: u64, due: Vec<(u64, String)>, reque
     }
 }
 
-impl Scheduler {
-    /// Hands `work` to `connection`'s lane, starting the lane if it is idle. Work that comes
-    /// while the lane is busy waits in its queue and goes in the lane's next batches, joined
-    /// to any work for the same credential already there.
-    fn enqueue(&self, core: &Arc<MountCore>, connection: String, work: Vec<Work>) {
-        let mut lanes = self.lanes.lock().unwrap();
-        match lanes.get_mut(&connection) {
-            Some(queue) => {
-                for w in work {
-                    match queue.iter_mut().find(|q| q.cred.id == w.cred.id) {
-                        Some(q) => q.waiters.extend(w.waiters),
-                        None => queue.push(w),
-                    }
-                }
-            }
-            None => {
-                lanes.insert(connection.clone(), Vec::new());
-                core.node.spawn(run_lane(core.clone(), connection, work));
-            }
-        }
+/// Hands `work` to `connection`'s lane, starting the lane if it is idle.
+fn enqueue(core: &Arc<MountCore>, connection: String, work: Vec<Work>) {
+    if let Some(work) = core.scheduler.enqueue(&connection, work) {
+        core.node.spawn(run_lane(core.clone(), connection, work));
     }
 }
 
@@ -654,15 +305,9 @@ async fn run_lane(core: Arc<MountCore>, connection: String, mut work: Vec<Work>)
                 revoke_batch(&core, now(), &connection, batch).await;
             }
         }
-        work = {
-            let mut lanes = core.scheduler.lanes.lock().unwrap();
-            match lanes.get_mut(&connection) {
-                Some(queue) if !queue.is_empty() => std::mem::take(queue),
-                _ => {
-                    lanes.remove(&connection);
-                    return;
-                }
-            }
+        work = match core.scheduler.next_in_lane(&connection) {
+            Some(queued) => queued,
+            None => return,
         };
     }
 }

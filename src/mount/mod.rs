@@ -1,6 +1,9 @@
 //! What one mount shares between its request handlers and its scheduler: storage, the host,
 //! the known kinds, and live handles on the targets.
 
+pub(crate) mod root_password;
+pub(crate) mod scheduler;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +19,8 @@ use crate::host::{Host, Identity};
 use crate::node::Node;
 use crate::policy_set::PolicySet;
 use crate::roles::{self, Role};
-use crate::scheduler::Scheduler;
 use crate::storage::Storage;
+use scheduler::Scheduler;
 
 /// Called at named points of issuance (`after_intent`, `after_create`, `before_reply`); the
 /// plugin uses it to kill itself there in crash-safety tests. Production builds set none.
@@ -151,7 +154,7 @@ impl MountCore {
             return Ok(set);
         }
         let generation = self.cache.generation.load(Ordering::SeqCst);
-        let set = Arc::new(crate::policies::compile_stored(self.storage.as_ref()).await?);
+        let set = Arc::new(crate::policy_store::compile(self.storage.as_ref()).await?);
         let mut cached = self.cache.policies.lock().unwrap();
         if self.cache.generation.load(Ordering::SeqCst) == generation {
             *cached = Some(set.clone());
@@ -212,7 +215,7 @@ impl MountCore {
     ) -> Result<Arc<dyn Target>, Error> {
         if config.pending_root_password.is_some() {
             // A root rotation stopped midway: learn which password the target takes first.
-            crate::rotate_root::settle(self, name).await?;
+            root_password::settle(self, name).await?;
             let settled = self
                 .connection(name)
                 .await?
