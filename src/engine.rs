@@ -15,7 +15,7 @@ use crate::request::{Operation, Request, Response};
 use crate::router::{PathDef, Route, Router};
 use crate::storage::Storage;
 use crate::{
-    connections, creds, leases, policies, roles, rotate_root, static_roles, static_rotation, tasks,
+    connections, creds, leases, policies, roles, rotate_root, static_role, static_roles, tasks,
     template,
 };
 use crate::{error::Error, openapi};
@@ -113,7 +113,7 @@ impl Engine {
     pub fn seal_wrap_storage() -> Vec<String> {
         vec![
             connection_config::PREFIX.to_owned(),
-            static_rotation::PREFIX.to_owned(),
+            crate::static_rotation::PREFIX.to_owned(),
         ]
     }
 
@@ -292,22 +292,22 @@ impl Engine {
                 Ok(Response::empty())
             }
             (Route::StaticRoleList, Operation::List) => {
-                Ok(Response::list(static_roles::list(kv).await?))
+                Ok(Response::list(static_role::list(kv).await?))
             }
             (Route::StaticRole, Operation::Read) => {
-                static_rotation::read(&self.core, m.param("name")).await
+                static_roles::read(&self.core, m.param("name")).await
             }
             (Route::StaticRole, Operation::Update) => {
-                static_rotation::write(&self.core, m.param("name"), &req.data).await
+                static_roles::write(&self.core, m.param("name"), &req.data).await
             }
             (Route::StaticRole, Operation::Delete) => {
-                static_rotation::delete(&self.core, m.param("name")).await
+                static_roles::delete(&self.core, m.param("name")).await
             }
             (Route::StaticCreds, Operation::Read) => {
-                static_rotation::creds(&self.core, m.param("name")).await
+                static_roles::creds(&self.core, m.param("name")).await
             }
             (Route::RotateRole, Operation::Update) => {
-                static_rotation::rotate_now(&self.core, m.param("name")).await
+                static_roles::rotate_now(&self.core, m.param("name")).await
             }
             (Route::PolicyList, Operation::List) => policies::list(kv).await,
             (Route::Policy, Operation::Read) => policies::read(kv, m.param("name")).await,
@@ -521,7 +521,7 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
         PathDef {
             pattern: "static-roles/{name}",
             route: Route::StaticRole,
-            fields: static_roles::fields(),
+            fields: static_role::fields(),
             operations: vec![Operation::Read, Operation::Update, Operation::Delete],
             synopsis: "A static role: an existing account whose password mayfly keeps and \
                 rotates on a period, a cron schedule, or on demand.",

@@ -33,6 +33,7 @@ mod revocation;
 mod roles;
 mod rotate_root;
 mod router;
+mod static_role;
 mod static_roles;
 mod static_rotation;
 pub mod storage;

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -27,8 +27,7 @@ use crate::host::now;
 use crate::ledger::{self, STATIC_ENTRY};
 use crate::mount::MountCore;
 use crate::mount::scheduler::backoff;
-use crate::request::Response;
-use crate::static_roles::{self, Rotation, StaticRole};
+use crate::static_role::{self, Rotation, StaticRole};
 use crate::storage;
 
 pub const PREFIX: &str = "static-state/";
@@ -43,50 +42,50 @@ const RETIRE_RETRY_SECS: u64 = 30;
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct State {
     /// The account applications use now; empty until the role has a password.
-    active: String,
+    pub(crate) active: String,
     #[serde(default, with = "secret_opt")]
-    password: Option<SecretString>,
-    last_rotation: Option<u64>,
+    pub(crate) password: Option<SecretString>,
+    pub(crate) last_rotation: Option<u64>,
     /// The next regular rotation; `None` for manual rotation.
-    next_rotation: Option<u64>,
+    pub(crate) next_rotation: Option<u64>,
     /// The next attempt of a failing rotation.
-    retry_at: Option<u64>,
+    pub(crate) retry_at: Option<u64>,
     /// Failed attempts of the current rotation.
-    attempts: u32,
-    last_error: Option<String>,
-    failing_since: Option<u64>,
-    pending: Option<Pending>,
-    previous: Option<Previous>,
+    pub(crate) attempts: u32,
+    pub(crate) last_error: Option<String>,
+    pub(crate) failing_since: Option<u64>,
+    pub(crate) pending: Option<Pending>,
+    pub(crate) previous: Option<Previous>,
     /// Where this role's due-index entry is.
-    due: Option<u64>,
+    pub(crate) due: Option<u64>,
     /// Key mode: the id of the current key (whose secret is `password`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    key_id: Option<String>,
+    pub(crate) key_id: Option<String>,
     /// Key mode: when a new key was asked for and not yet stored. A key the target made then
     /// (its secret lost with the process) is unusable, and the next rotation deletes it
     /// before it needs the slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    key_asked_at: Option<u64>,
+    pub(crate) key_asked_at: Option<u64>,
 }
 
 /// A password being set on `account`, stored before the target is asked.
 #[derive(Debug, Serialize, Deserialize)]
-struct Pending {
-    account: String,
+pub(crate) struct Pending {
+    pub(crate) account: String,
     #[serde(with = "secret")]
-    password: SecretString,
-    since: u64,
+    pub(crate) password: SecretString,
+    pub(crate) since: u64,
 }
 
 /// Dual-account mode: the account that was current before, which keeps its password until
 /// `until`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Previous {
-    account: String,
-    until: u64,
+pub(crate) struct Previous {
+    pub(crate) account: String,
+    pub(crate) until: u64,
     /// Key mode: the key deleted at `until`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    key_id: Option<String>,
+    pub(crate) key_id: Option<String>,
 }
 
 impl State {
@@ -103,12 +102,12 @@ impl State {
     }
 
     /// When the password may change next: the next attempt or regular rotation.
-    fn changes_at(&self) -> Option<u64> {
+    pub(crate) fn changes_at(&self) -> Option<u64> {
         self.retry_at.or(self.next_rotation)
     }
 
     /// The role's progress for `static-roles/NAME` reads: never a password.
-    fn view(&self, out: &mut Map<String, Value>) {
+    pub(crate) fn view(&self, out: &mut Map<String, Value>) {
         out.insert("current_username".into(), json!(self.active));
         out.insert("last_rotation".into(), json!(self.last_rotation));
         out.insert(
@@ -169,21 +168,21 @@ mod secret_opt {
     }
 }
 
-fn state_key(name: &str) -> String {
+pub(crate) fn state_key(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
-fn entry(name: &str) -> String {
+pub(crate) fn entry(name: &str) -> String {
     format!("{STATIC_ENTRY}{name}")
 }
 
-async fn load_state(core: &MountCore, name: &str) -> Result<State, Error> {
+pub(crate) async fn load_state(core: &MountCore, name: &str) -> Result<State, Error> {
     let stored = storage::get_json(core.storage.as_ref(), &state_key(name)).await?;
     Ok(stored.unwrap_or_default())
 }
 
 /// Stores `state` and moves the role's due-index entry to its next due time.
-async fn save(core: &MountCore, name: &str, state: &mut State) -> Result<(), Error> {
+pub(crate) async fn save(core: &MountCore, name: &str, state: &mut State) -> Result<(), Error> {
     let kv = core.storage.as_ref();
     let previous = state.due;
     state.due = state.next_due();
@@ -206,7 +205,7 @@ async fn save(core: &MountCore, name: &str, state: &mut State) -> Result<(), Err
 
 /// What started a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Trigger {
+pub(crate) enum Trigger {
     /// The role was created: the account's old password is replaced at once.
     Import,
     /// The regular rotation came due.
@@ -347,7 +346,7 @@ async fn attempt(
 
 /// A rotation: one attempt, with the bookkeeping of its outcome. The caller holds
 /// `static_rotation` and saves `state`.
-async fn rotate(
+pub(crate) async fn rotate(
     core: &MountCore,
     name: &str,
     role: &StaticRole,
@@ -573,7 +572,7 @@ pub async fn on_due(core: Arc<MountCore>, entry_due: u64, name: String) {
     let kv = core.storage.as_ref();
     let now = now();
     let loaded = async {
-        let role = static_roles::load(kv, &name).await?;
+        let role = static_role::load(kv, &name).await?;
         Ok::<_, Error>((role, load_state(&core, &name).await?))
     };
     let (role, mut state) = match loaded.await {
@@ -651,193 +650,12 @@ pub async fn on_due(core: Arc<MountCore>, entry_due: u64, name: String) {
     }
 }
 
-fn no_role(name: &str) -> Error {
-    Error::bad_request(format!("no static role named '{name}'"))
-}
-
-/// `rotate-role/NAME`: rotates now, whatever the schedule. Failures are retried like a
-/// scheduled rotation's. In dual-account mode this ends the previous account's grace period:
-/// it is the account that gets the new password.
-pub async fn rotate_now(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let _one_at_a_time = core.static_rotation.lock(name).await;
-    let role = static_roles::load(core.storage.as_ref(), name)
-        .await?
-        .ok_or_else(|| no_role(name))?;
-    let mut state = load_state(core, name).await?;
-    let result = rotate(core, name, &role, &mut state, Trigger::Manual).await;
-    save(core, name, &mut state).await?;
-    result.map(|()| Response::empty())
-}
-
-/// `static-roles/NAME` write: creates the role (taking the account over: its password is
-/// replaced at once unless skip_import_rotation) or updates it.
-pub async fn write(
-    core: &MountCore,
-    name: &str,
-    data: &Map<String, Value>,
-) -> Result<Response, Error> {
-    let _writes = core.static_writes.lock().await;
-    let _one_at_a_time = core.static_rotation.lock(name).await;
-    let kv = core.storage.as_ref();
-    let written = static_roles::parse(kv, &core.backends, name, data).await?;
-    let role = written.role;
-    let mut state = load_state(core, name).await?;
-    if !written.is_new {
-        static_roles::save(kv, name, &role).await?;
-        if written.stored_rotation.as_ref() != Some(&role.rotation) && state.retry_at.is_none() {
-            state.next_rotation = match role.rotation {
-                // A new period counts from the last rotation; one already past is due now.
-                Rotation::Period { .. } => role
-                    .rotation
-                    .next_after(state.last_rotation.unwrap_or(now())),
-                _ => role.rotation.next_after(now()),
-            };
-            save(core, name, &mut state).await?;
-        }
-        tracing::info!(static_role = name, "static role updated");
-        return Ok(Response::empty());
-    }
-
-    if written.skip_import_rotation {
-        let password = written.password.map(SecretString::from);
-        if let Some(p) = &password {
-            let target = core.target(&role.db_name).await?;
-            if !within(
-                TARGET_TIMEOUT,
-                "check a login",
-                target.check_login(&role.username, p),
-            )
-            .await?
-            {
-                return Err(Error::bad_request(format!(
-                    "field 'password': the target refuses it for '{}'",
-                    role.username
-                )));
-            }
-        }
-        static_roles::save(kv, name, &role).await?;
-        state = State {
-            active: role.username.clone(),
-            password,
-            next_rotation: role.rotation.next_after(now()),
-            ..State::default()
-        };
-        save(core, name, &mut state).await?;
-        tracing::info!(static_role = name, account = %role.username, "static role created without rotating");
-        return Ok(Response::empty());
-    }
-
-    static_roles::save(kv, name, &role).await?;
-    let imported = rotate(core, name, &role, &mut state, Trigger::Import).await;
-    match imported {
-        Ok(()) => {
-            save(core, name, &mut state).await?;
-            tracing::info!(static_role = name, account = %role.username, "static role created; password rotated");
-            Ok(Response::empty())
-        }
-        Err(e) if state.pending.is_some() => {
-            // The target may hold the new password: keep it, and the role, until it can tell.
-            // The retry settles it first, and takes the account over if it had not changed.
-            save(core, name, &mut state).await?;
-            Err(Error::Unavailable(format!(
-                "static role '{name}' is kept: taking the account over failed ({e}) and the \
-                 target cannot say whether it took the new password; mayfly settles this when \
-                 the target answers"
-            )))
-        }
-        Err(e) => {
-            // Nothing changed on the target: nothing of the role is left either.
-            remove(core, name, &mut state).await?;
-            Err(e)
-        }
-    }
-}
-
-async fn remove(core: &MountCore, name: &str, state: &mut State) -> Result<(), Error> {
-    let kv = core.storage.as_ref();
-    static_roles::remove(kv, name).await?;
-    kv.delete(&state_key(name)).await?;
-    if let Some(due) = state.due.take() {
-        ledger::remove_due(kv, due, &entry(name)).await?;
-    }
-    Ok(())
-}
-
-/// `static-roles/NAME` delete: mayfly forgets the role and its passwords; the accounts stay
-/// as they are.
-pub async fn delete(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let _writes = core.static_writes.lock().await;
-    let _one_at_a_time = core.static_rotation.lock(name).await;
-    let mut state = load_state(core, name).await?;
-    remove(core, name, &mut state).await?;
-    tracing::info!(static_role = name, "static role deleted");
-    Ok(Response::empty())
-}
-
-/// `static-roles/NAME` read: the role and where its rotation stands; never a password.
-pub async fn read(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let Some(role) = static_roles::load(core.storage.as_ref(), name).await? else {
-        return Ok(Response::default());
-    };
-    let mut data = role.view();
-    load_state(core, name).await?.view(&mut data);
-    Ok(Response::data(data))
-}
-
-/// `static-creds/NAME`: the current account and password, and when it changes next.
-pub async fn creds(core: &MountCore, name: &str) -> Result<Response, Error> {
-    let role = static_roles::load(core.storage.as_ref(), name)
-        .await?
-        .ok_or_else(|| no_role(name))?;
-    let state = load_state(core, name).await?;
-    let Some(password) = &state.password else {
-        return Err(Error::bad_request(format!(
-            "static role '{name}' has no password yet: it was created with \
-             skip_import_rotation and no password; it gets one at its first rotation (or \
-             write rotate-role/{name})"
-        )));
-    };
-    let now = now();
-    let mut data = Map::new();
-    data.insert("username".into(), json!(state.active));
-    match &state.key_id {
-        Some(key) => {
-            data.insert("access_key".into(), json!(key));
-            data.insert("secret_key".into(), json!(password.expose_secret()));
-        }
-        None => {
-            data.insert("password".into(), json!(password.expose_secret()));
-        }
-    }
-    data.insert(
-        "ttl".into(),
-        json!(state.changes_at().map_or(0, |t| t.saturating_sub(now))),
-    );
-    data.insert("last_rotation".into(), json!(state.last_rotation));
-    // Vault's name and form for the same time, for clients written against Vault.
-    data.insert(
-        "last_vault_rotation".into(),
-        json!(state.last_rotation.map(crate::host::rfc3339)),
-    );
-    match &role.rotation {
-        Rotation::Period { secs } => data.insert("rotation_period".into(), json!(secs)),
-        Rotation::Schedule { schedule, window } => {
-            data.insert("rotation_window".into(), json!(window));
-            data.insert("rotation_schedule".into(), json!(schedule))
-        }
-        Rotation::Manual => data.insert("manual_rotation".into(), json!(true)),
-    };
-    if let Some(p) = &state.previous {
-        data.insert("previous_username".into(), json!(p.account));
-        data.insert("previous_valid_until".into(), json!(p.until));
-    }
-    Ok(Response::data(data))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::Backends;
+    use crate::request::Response;
+    use crate::static_roles::{creds, delete, read, rotate_now, write};
     use crate::storage::InMemoryStorage;
     use crate::testkit::Fake;
     use crate::testkit::FixedHost;
