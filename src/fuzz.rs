@@ -10,11 +10,11 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use crate::fields::{FieldDef, FieldType, FieldValue, parse_duration};
-use crate::request::{Operation, Request};
-use crate::router::{Router, validate_name};
-use crate::storage::InMemoryStorage;
-use crate::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, Sources, render};
+use crate::contract::fields::{FieldDef, FieldType, FieldValue, parse_duration};
+use crate::contract::request::{Operation, Request};
+use crate::contract::storage::InMemoryStorage;
+use crate::contract::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, Sources, render};
+use crate::engine::router::{Router, validate_name};
 use crate::testkit::Fake;
 use crate::testkit::FixedHost;
 use crate::{Backends, Engine};

@@ -1,59 +1,53 @@
-//! mayfly's engine core: the request model, the path router, connection configurations and the
-//! storage abstraction. It knows nothing of gRPC or of any particular target: the `plugin` crate
-//! maps the host's protocol onto [`Request`]/[`Response`], and each crate under `backends/`
-//! implements [`Backend`] for one family of targets.
+//! mayfly's engine core: the request model, the path router, connection configurations, the
+//! ledger and its scheduler. It knows nothing of gRPC or of any particular target: the `plugin`
+//! crate maps the host's protocol onto [`Request`]/[`Response`], and each crate under
+//! `backends/` implements [`Backend`] for one family of targets.
+//!
+//! # Layout
+//!
+//! Six layers; each imports only from the layers above it in this list.
+//!
+//! - `contract`: what backends and the plugin build on: the [`Backend`] and [`Target`]
+//!   traits, [`ConnectionConfig`], field definitions, redaction, errors, the request model,
+//!   the host and storage interfaces, username templates.
+//! - `model`: what is stored and how it is read: the ledger, roles, tasks, static roles,
+//!   Cedar policies and their compiled set, audit events.
+//! - `mount`: the state one mount shares, at the bottom of everything that acts: `MountCore`
+//!   (storage, host, caches, target handles), the scheduler's state, the node's role, the
+//!   decision of the mount's policies, the settling of an unfinished root rotation.
+//! - `jobs`: work the scheduler runs on its own: revocation, static roles' rotation.
+//! - `paths`: one module per path family, named for its path (`config`, `creds`, `leases`,
+//!   `tasks`, `static_roles`, `rotate_root`, `policies`, `operator` for the `revoke/` and
+//!   `orphans/` tools); `roles/` is served from `model::roles`.
+//! - `engine`: the path table, the routing of a request to its handler, help and OpenAPI, and
+//!   the sweep, the loop that hands due work to its job.
+//!
+//! A new path goes in `paths` (and the table in `engine`); a new kind of target is a crate
+//! under `backends/` implementing [`Backend`].
 
-mod audit;
-pub mod backend;
-mod cidr;
-mod connection_config;
-mod connections;
-pub mod credential_type;
-mod creds;
-mod cron;
-mod decision;
+mod contract;
 mod engine;
-mod error;
-pub mod fields;
+mod jobs;
+mod model;
+mod mount;
+mod paths;
+
 #[cfg(test)]
 mod fuzz;
-mod host;
-mod leases;
-mod ledger;
-mod mount;
-mod node;
-mod openapi;
-mod operator;
-mod policies;
-mod policy_set;
-mod policy_store;
-pub mod redact;
-mod request;
-mod revocation;
-mod roles;
-mod rotate_root;
-mod router;
-mod static_role;
-mod static_roles;
-mod static_rotation;
-pub mod storage;
-mod sweep;
-mod task;
-mod tasks;
-mod template;
 #[cfg(test)]
 mod testkit;
 
-pub use backend::{
+pub use contract::backend::{
     Backend, Backends, Created, ExpiryEnforcement, Inventory, Known, NewPrincipal, Origin,
     Principal, Reach, Revoked, Target,
 };
-pub use connection_config::ConnectionConfig;
+pub use contract::connection_config::ConnectionConfig;
+pub use contract::error::Error;
+pub use contract::host::{Alias, Group, Host, Identity, now};
+pub use contract::request::{LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
+pub use contract::storage::{InMemoryStorage, Storage, StorageError, Transaction};
+pub use contract::template::LEGACY_MARK;
+pub use contract::{backend, credential_type, fields, redact, storage};
 pub use engine::{Engine, MountOptions};
-pub use error::Error;
-pub use host::{Alias, Group, Host, Identity, now};
 pub use mount::CrashHook;
-pub use node::NodeRole;
-pub use request::{LeaseGrant, LeaseInfo, Operation, Request, Requester, Response};
-pub use storage::{InMemoryStorage, Storage, StorageError, Transaction};
-pub use template::LEGACY_MARK;
+pub use mount::node::NodeRole;

@@ -11,12 +11,12 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
-use crate::backend::{Backend, Created, NewPrincipal, Principal, Revoked, Target};
-use crate::connection_config::ConnectionConfig;
-use crate::error::Error;
-use crate::fields::{FieldDef, FieldType, FieldValue};
-use crate::host::{Group, Host, Identity};
-use crate::request::Requester;
+use crate::contract::backend::{Backend, Created, NewPrincipal, Principal, Revoked, Target};
+use crate::contract::connection_config::ConnectionConfig;
+use crate::contract::error::Error;
+use crate::contract::fields::{FieldDef, FieldType, FieldValue};
+use crate::contract::host::{Group, Host, Identity};
+use crate::contract::request::Requester;
 
 /// A requester: entity `entity` (accessor `acc-<entity>`) calling from `addr`.
 pub fn who(entity: &str, addr: &str) -> Requester {
@@ -89,7 +89,10 @@ impl FakeTarget {
             let n = &p.name;
             if set.remove(n) {
                 r.removed += 1;
-                if let Some(end) = p.target_expires.filter(|e| *e > crate::host::now()) {
+                if let Some(end) = p
+                    .target_expires
+                    .filter(|e| *e > crate::contract::host::now())
+                {
                     self.guards.lock().unwrap().insert(n.clone());
                     r.guarded.push((n.clone(), end));
                 }
@@ -122,7 +125,7 @@ impl Target for FakeTarget {
         }
         let secs = self.session_secs.load(Ordering::SeqCst);
         Ok(Created {
-            target_expires: (secs > 0).then(|| crate::host::now() + secs),
+            target_expires: (secs > 0).then(|| crate::contract::host::now() + secs),
             ..Created::default()
         })
     }
@@ -211,9 +214,15 @@ impl Target for FakeTarget {
         if list.len() >= 2 {
             return Err(Error::Target("LimitExceeded: two keys already".into()));
         }
-        let id = format!("AK{}", crate::host::random_lower(12).to_uppercase());
-        list.push((id.clone(), crate::host::now()));
-        Ok((id, SecretString::from(crate::host::random_lower(30))))
+        let id = format!(
+            "AK{}",
+            crate::contract::host::random_lower(12).to_uppercase()
+        );
+        list.push((id.clone(), crate::contract::host::now()));
+        Ok((
+            id,
+            SecretString::from(crate::contract::host::random_lower(30)),
+        ))
     }
     async fn delete_key(&self, account: &str, key_id: &str) -> Result<(), Error> {
         self.check()?;
@@ -255,8 +264,8 @@ impl Backend for Fake {
             FieldDef::new("pool", FieldType::Int, "size").default(FieldValue::Int(4)),
         ]
     }
-    fn reach(&self, c: &ConnectionConfig) -> crate::backend::Reach {
-        crate::backend::Reach::default().with_setting(c, "url")
+    fn reach(&self, c: &ConnectionConfig) -> crate::contract::backend::Reach {
+        crate::contract::backend::Reach::default().with_setting(c, "url")
     }
     fn validate_connection(&self, c: &ConnectionConfig) -> Result<(), Error> {
         match c.setting_str("url") {
@@ -268,7 +277,7 @@ impl Backend for Fake {
         if c.setting_str("url") == Some("fake://down") {
             return Err(Error::bad_request(format!(
                 "cannot connect: {}",
-                crate::redact::redact(
+                crate::contract::redact::redact(
                     "auth failed for hunter2",
                     &[c.secret("password").unwrap_or("")]
                 )
@@ -314,20 +323,20 @@ impl Backend for Fake {
 /// without stepping down (`deposed`).
 #[derive(Clone, Default)]
 pub struct NodeStorage {
-    pub inner: crate::storage::InMemoryStorage,
+    pub inner: crate::contract::storage::InMemoryStorage,
     pub read_only: Arc<AtomicBool>,
     pub deposed: Arc<AtomicBool>,
 }
 
 impl NodeStorage {
-    pub fn over(inner: &crate::storage::InMemoryStorage) -> NodeStorage {
+    pub fn over(inner: &crate::contract::storage::InMemoryStorage) -> NodeStorage {
         NodeStorage {
             inner: inner.clone(),
             ..NodeStorage::default()
         }
     }
 
-    fn writable(&self) -> Result<(), crate::storage::StorageError> {
+    fn writable(&self) -> Result<(), crate::contract::storage::StorageError> {
         let refused = if self.read_only.load(Ordering::SeqCst) {
             "cannot write to readonly storage"
         } else if self.deposed.load(Ordering::SeqCst) {
@@ -335,38 +344,53 @@ impl NodeStorage {
         } else {
             return Ok(());
         };
-        Err(crate::storage::StorageError::Backend(refused.into()))
+        Err(crate::contract::storage::StorageError::Backend(
+            refused.into(),
+        ))
     }
 }
 
 #[async_trait]
-impl crate::storage::Kv for NodeStorage {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+impl crate::contract::storage::Kv for NodeStorage {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, crate::contract::storage::StorageError> {
         self.inner.get(key).await
     }
-    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), crate::storage::StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), crate::contract::storage::StorageError> {
         self.writable()?;
         self.inner.put(key, value).await
     }
-    async fn delete(&self, key: &str) -> Result<(), crate::storage::StorageError> {
+    async fn delete(&self, key: &str) -> Result<(), crate::contract::storage::StorageError> {
         self.writable()?;
         self.inner.delete(key).await
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::storage::StorageError> {
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, crate::contract::storage::StorageError> {
         self.inner.list(prefix).await
     }
 }
 
 #[async_trait]
-impl crate::storage::Storage for NodeStorage {
+impl crate::contract::storage::Storage for NodeStorage {
     async fn begin(
         &self,
-    ) -> Result<Option<Box<dyn crate::storage::Transaction>>, crate::storage::StorageError> {
+    ) -> Result<
+        Option<Box<dyn crate::contract::storage::Transaction>>,
+        crate::contract::storage::StorageError,
+    > {
         Ok(self.inner.begin().await?.map(|tx| {
             Box::new(NodeTx {
                 tx,
                 node: self.clone(),
-            }) as Box<dyn crate::storage::Transaction>
+            }) as Box<dyn crate::contract::storage::Transaction>
         }))
     }
 }
@@ -374,33 +398,43 @@ impl crate::storage::Storage for NodeStorage {
 /// A transaction of [`NodeStorage`]: its writes are buffered, and its commit is the write
 /// that fails.
 struct NodeTx {
-    tx: Box<dyn crate::storage::Transaction>,
+    tx: Box<dyn crate::contract::storage::Transaction>,
     node: NodeStorage,
 }
 
 #[async_trait]
-impl crate::storage::Kv for NodeTx {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, crate::storage::StorageError> {
+impl crate::contract::storage::Kv for NodeTx {
+    async fn get(
+        &self,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, crate::contract::storage::StorageError> {
         self.tx.get(key).await
     }
-    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), crate::storage::StorageError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), crate::contract::storage::StorageError> {
         self.tx.put(key, value).await
     }
-    async fn delete(&self, key: &str) -> Result<(), crate::storage::StorageError> {
+    async fn delete(&self, key: &str) -> Result<(), crate::contract::storage::StorageError> {
         self.tx.delete(key).await
     }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::storage::StorageError> {
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<String>, crate::contract::storage::StorageError> {
         self.tx.list(prefix).await
     }
 }
 
 #[async_trait]
-impl crate::storage::Transaction for NodeTx {
-    async fn commit(self: Box<Self>) -> Result<(), crate::storage::StorageError> {
+impl crate::contract::storage::Transaction for NodeTx {
+    async fn commit(self: Box<Self>) -> Result<(), crate::contract::storage::StorageError> {
         self.node.writable()?;
         self.tx.commit().await
     }
-    async fn rollback(self: Box<Self>) -> Result<(), crate::storage::StorageError> {
+    async fn rollback(self: Box<Self>) -> Result<(), crate::contract::storage::StorageError> {
         self.tx.rollback().await
     }
 }

@@ -1,6 +1,8 @@
 //! What one mount shares between its request handlers and its scheduler: storage, the host,
 //! the known kinds, and live handles on the targets.
 
+pub(crate) mod decision;
+pub(crate) mod node;
 pub(crate) mod root_password;
 pub(crate) mod scheduler;
 
@@ -11,15 +13,15 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 
-use crate::backend::{Backends, Inventory, Known, Target};
-use crate::connection_config;
-use crate::connection_config::ConnectionConfig;
-use crate::error::Error;
-use crate::host::{Host, Identity};
-use crate::node::Node;
-use crate::policy_set::PolicySet;
-use crate::roles::{self, Role};
-use crate::storage::Storage;
+use crate::contract::backend::{Backends, Inventory, Known, Target};
+use crate::contract::connection_config;
+use crate::contract::connection_config::ConnectionConfig;
+use crate::contract::error::Error;
+use crate::contract::host::{Host, Identity};
+use crate::contract::storage::Storage;
+use crate::model::policy_set::PolicySet;
+use crate::model::roles::{self, Role};
+use crate::mount::node::Node;
 use scheduler::Scheduler;
 
 /// Called at named points of issuance (`after_intent`, `after_create`, `before_reply`); the
@@ -36,7 +38,7 @@ pub struct MountCore {
     pub node: Node,
     pub crash_hook: Option<CrashHook>,
     /// The beginning of the names this mount's default templates make, its own on every
-    /// target ([`crate::template::mark_of`]): what its orphan scan looks for.
+    /// target ([`crate::contract::template::mark_of`]): what its orphan scan looks for.
     pub mark: String,
     pub cache: Cache,
     /// Per connection: held while its root password is rotated or a stopped rotation is
@@ -111,7 +113,7 @@ impl MountCore {
     /// `policy` is empty.
     pub async fn new_password(&self, policy: &str) -> Result<SecretString, Error> {
         if policy.is_empty() {
-            Ok(crate::host::default_password())
+            Ok(crate::contract::host::default_password())
         } else {
             self.host.generate_password(policy).await
         }
@@ -154,7 +156,7 @@ impl MountCore {
             return Ok(set);
         }
         let generation = self.cache.generation.load(Ordering::SeqCst);
-        let set = Arc::new(crate::policy_store::compile(self.storage.as_ref()).await?);
+        let set = Arc::new(crate::model::policy_store::compile(self.storage.as_ref()).await?);
         let mut cached = self.cache.policies.lock().unwrap();
         if self.cache.generation.load(Ordering::SeqCst) == generation {
             *cached = Some(set.clone());
@@ -265,8 +267,8 @@ impl MountCore {
         }
         self.target_for(name, &config).await?;
         let backend = self.backends.for_connection(name, &config)?;
-        crate::backend::within(
-            crate::backend::TARGET_TIMEOUT,
+        crate::contract::backend::within(
+            crate::contract::backend::TARGET_TIMEOUT,
             "verify the connection",
             backend.verify_connection(&config),
         )
@@ -296,7 +298,7 @@ impl Inventory for LedgerInventory {
     }
 
     async fn credentials(&self) -> Result<Vec<Known>, Error> {
-        let loaded = crate::ledger::scan(self.storage.as_ref()).await?;
+        let loaded = crate::model::ledger::scan(self.storage.as_ref()).await?;
         if !loaded.unreadable.is_empty() {
             // A record that cannot be read may be a live principal: nothing may be assumed
             // about what it covers.

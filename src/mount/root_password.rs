@@ -1,10 +1,10 @@
 //! A root rotation that stopped midway, settled before the connection is used again: the
-//! target is asked which of the two passwords it takes (see `rotate_root`, the path that
+//! target is asked which of the two passwords it takes (see `paths::rotate_root`, the path that
 //! rotates).
 
 use super::MountCore;
-use crate::connection_config::{self, ConnectionConfig};
-use crate::error::Error;
+use crate::contract::connection_config::{self, ConnectionConfig};
+use crate::contract::error::Error;
 
 /// The connection setting that holds its own password.
 pub(crate) const PASSWORD: &str = "password";

@@ -1,7 +1,7 @@
 //! The scheduler's state, shared by everything that issues, revokes or rotates on this mount:
 //! the due entries within the horizon, the revocations asked for, the credentials being issued
 //! now ([`Claim`]) and each connection's revocation lane. The loop that acts on it is in
-//! `sweep`, the revocations themselves in `revocation`.
+//! `engine::sweep`, the revocations themselves in `jobs::revocation`.
 //!
 //! It keeps in memory only the index entries due within the next bucket (the "horizon"), loaded
 //! bucket by bucket from the due index, so start-up work does not grow with the number of live
@@ -14,9 +14,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{Notify, oneshot};
 
-use crate::error::Error;
-use crate::ledger::{self, BUCKET_SECS, Credential, bucket};
-use crate::storage::Kv;
+use crate::contract::error::Error;
+use crate::contract::storage::Kv;
+use crate::model::ledger::{self, BUCKET_SECS, Credential, bucket};
 
 /// The longest wait between two revocation attempts of one credential.
 pub const MAX_BACKOFF_SECS: u64 = 300;

@@ -1,0 +1,870 @@
+//! The engine of one mount: routes each request to its handler over the mount's storage.
+
+mod openapi;
+pub(crate) mod router;
+pub(crate) mod sweep;
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::contract::backend::Backends;
+use crate::contract::connection_config;
+use crate::contract::error::Error;
+use crate::contract::host::Host;
+use crate::contract::request::{Operation, Request, Response};
+use crate::contract::storage::Storage;
+use crate::contract::template;
+use crate::engine::router::{PathDef, Route, Router};
+use crate::model::roles;
+use crate::model::static_role;
+use crate::mount::node::NodeRole;
+use crate::mount::scheduler::Scheduler;
+use crate::mount::{CrashHook, MountCore, Targets};
+use crate::paths::config;
+use crate::paths::creds;
+use crate::paths::leases;
+use crate::paths::operator::{self, Scope};
+use crate::paths::policies;
+use crate::paths::rotate_root;
+use crate::paths::static_roles;
+use crate::paths::tasks;
+
+/// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
+/// near 1 MiB, so anything larger is refused before it is parsed further.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+const ROOT_HELP: &str = "\
+mayfly issues credentials that live only as long as the task they serve: database users, cloud
+sessions and API keys, each recorded in a durable ledger and revoked at its deadline even when the
+host's lease manager fails.";
+
+/// What the host tells a mount about itself when it sets it up.
+#[derive(Default)]
+pub struct MountOptions {
+    /// The mount's backend UUID, from which its mark comes ([`template::mark_of`]).
+    pub backend_uuid: String,
+    /// Called at each step of issuance (for crash tests).
+    pub crash_hook: Option<CrashHook>,
+}
+
+pub struct Engine {
+    core: Arc<MountCore>,
+    router: Router,
+    version: String,
+}
+
+impl Engine {
+    /// An engine without a backend UUID: its principals carry the legacy mark
+    /// ([`template::LEGACY_MARK`]). Mounts are made with [`Engine::for_mount`].
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        backends: Backends,
+        host: Arc<dyn Host>,
+        version: impl Into<String>,
+    ) -> Self {
+        Engine::for_mount(storage, backends, host, version, MountOptions::default())
+    }
+
+    pub fn for_mount(
+        storage: Arc<dyn Storage>,
+        backends: Backends,
+        host: Arc<dyn Host>,
+        version: impl Into<String>,
+        options: MountOptions,
+    ) -> Self {
+        let router = Router {
+            paths: paths(&backends),
+        };
+        Engine {
+            core: Arc::new(MountCore {
+                storage,
+                backends,
+                host,
+                targets: Targets::default(),
+                scheduler: Scheduler::default(),
+                node: Default::default(),
+                crash_hook: options.crash_hook,
+                mark: template::mark_of(&options.backend_uuid),
+                cache: Default::default(),
+                root_rotation: Default::default(),
+                static_rotation: Default::default(),
+                static_writes: Default::default(),
+            }),
+            router,
+            version: version.into(),
+        }
+    }
+
+    /// Starts the mount as `role` decides (once storage is usable: at the host's Initialize).
+    /// The active node runs the scheduler; a standby only serves reads. Called once per mount:
+    /// the host builds the mount again when the node's role changes.
+    pub fn start(&self, role: NodeRole) {
+        self.core.node.set_role(role);
+        if role == NodeRole::Active {
+            self.core
+                .node
+                .spawn(crate::engine::sweep::run(self.core.clone()));
+        }
+    }
+
+    /// Stops the mount (at Cleanup): the scheduler and everything it started, and requests
+    /// still running, which end with an error the host forwards. Returns once all of it has
+    /// stopped, so no call to a target outlives it; what was cut short is in the ledger and
+    /// is picked up by the next process that acts.
+    pub async fn stop(&self) {
+        self.core.node.stop().await;
+    }
+
+    /// The role the mount was started with.
+    pub fn role(&self) -> NodeRole {
+        self.core.node.role()
+    }
+
+    /// Storage prefixes the host should seal-wrap: connection configs hold target passwords.
+    pub fn seal_wrap_storage() -> Vec<String> {
+        vec![
+            connection_config::PREFIX.to_owned(),
+            crate::jobs::static_rotation::PREFIX.to_owned(),
+        ]
+    }
+
+    /// Paths that need a token with `sudo` on them: the operator's bulk and emergency tools.
+    /// A trailing `*` is a prefix match.
+    pub fn sudo_paths() -> Vec<String> {
+        ["revoke/*", "orphans/*", "revocations*"]
+            .map(String::from)
+            .to_vec()
+    }
+
+    pub async fn handle(&self, req: Request) -> Result<Response, Error> {
+        match req.operation {
+            // Never rewrite the path, never fail a request or the minutely rollback.
+            Operation::ResolvePath | Operation::Rollback => return Ok(Response::empty()),
+            Operation::Help => return self.help(&req.path),
+            _ => {}
+        }
+        let node = &self.core.node;
+        node.request(req.operation, &req.path, self.handle_routed(&req))
+            .await
+    }
+
+    async fn handle_routed(&self, req: &Request) -> Result<Response, Error> {
+        let node = &self.core.node;
+        if matches!(req.operation, Operation::Renew | Operation::Revoke) {
+            // The host's lease manager runs on the active node only: these never reach a
+            // standby, but if one did, the active node must answer it.
+            if let Some(refused) = node.refuse(req.operation, &req.path) {
+                return Err(refused);
+            }
+            return match req.operation {
+                Operation::Renew => leases::renew(&self.core, req).await,
+                _ => leases::revoke(&self.core, req).await,
+            };
+        }
+        if req.body_len > MAX_BODY_BYTES {
+            return Err(Error::PayloadTooLarge(format!(
+                "request body of {} bytes is larger than the {MAX_BODY_BYTES} bytes mayfly accepts",
+                req.body_len
+            )));
+        }
+        let m = self.router.find(&req.path)?;
+        let op = req.operation.normalized();
+        if !m.def.operations.contains(&op) {
+            return Err(Error::UnsupportedOperation);
+        }
+        // Before anything else: a standby answers only what it can from its copy of storage,
+        // and the host replays the rest on the active node.
+        if m.def.route.acts(op)
+            && let Some(refused) = node.refuse(op, &req.path)
+        {
+            return Err(refused);
+        }
+        if matches!(m.def.route, Route::Config | Route::Role | Route::Policy)
+            && matches!(op, Operation::Update | Operation::Delete)
+        {
+            // Before and after: a request racing this write cannot leave a stale entry behind.
+            self.core.invalidate();
+            let result = self.route(&m, op, req).await;
+            self.core.invalidate();
+            return result;
+        }
+        self.route(&m, op, req).await
+    }
+
+    /// Storage changed behind the engine's back (the host's InvalidateKey).
+    pub fn invalidate(&self) {
+        self.core.invalidate();
+    }
+
+    async fn route(
+        &self,
+        m: &crate::engine::router::Matched<'_>,
+        op: Operation,
+        req: &Request,
+    ) -> Result<Response, Error> {
+        let kv = self.core.storage.as_ref();
+        let backends = &self.core.backends;
+        match (m.def.route, op) {
+            (Route::ConfigList, Operation::List) => Ok(Response::list(config::list(kv).await?)),
+            (Route::Config, Operation::Read) => Ok(config::read(kv, m.param("name"))
+                .await?
+                .map(Response::data)
+                .unwrap_or_default()),
+            (Route::Config, Operation::Update) => {
+                let name = m.param("name");
+                if config::moves(kv, backends, name, &req.data).await? {
+                    operator::require_no_credentials(&self.core, name, "point it elsewhere")
+                        .await?;
+                }
+                let (config, warnings) = config::write(kv, backends, name, &req.data).await?;
+                self.core.forget_target(name);
+                tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
+                Ok(Response {
+                    warnings,
+                    ..Response::empty()
+                })
+            }
+            (Route::Config, Operation::Delete) => {
+                let name = m.param("name");
+                operator::require_no_credentials(&self.core, name, "delete it").await?;
+                config::delete(kv, name).await?;
+                self.core.forget_target(name);
+                tracing::info!(connection = name, "connection deleted");
+                Ok(Response::empty())
+            }
+            (Route::RoleList, Operation::List) => Ok(Response::list(roles::list(kv).await?)),
+            (Route::Role, Operation::Read) => Ok(roles::read(kv, backends, m.param("name"))
+                .await?
+                .map(Response::data)
+                .unwrap_or_default()),
+            (Route::Role, Operation::Update) => {
+                let name = m.param("name");
+                let warnings = roles::write(kv, backends, &self.core.mark, name, &req.data).await?;
+                tracing::info!(role = name, "role saved");
+                Ok(Response {
+                    warnings,
+                    ..Response::empty()
+                })
+            }
+            (Route::Role, Operation::Delete) => {
+                roles::delete(kv, m.param("name")).await?;
+                tracing::info!(role = m.param("name"), "role deleted");
+                Ok(Response::empty())
+            }
+            (Route::Creds, Operation::Read | Operation::Update) => {
+                creds::issue(&self.core, m.param("role"), req).await
+            }
+            (Route::LeaseList, Operation::List) => leases::list_leases(&self.core, req).await,
+            (Route::Lease, Operation::Read) => leases::read_lease(&self.core, m.param("id")).await,
+            (Route::TaskConfig, Operation::Read) => Ok(Response::data(tasks::settings_view(
+                &tasks::load_settings(kv).await?,
+            ))),
+            (Route::TaskConfig, Operation::Update) => {
+                tasks::write_settings(kv, &req.data).await?;
+                Ok(Response::empty())
+            }
+            (Route::TaskList, Operation::List) => {
+                tasks::list(&self.core, Some(&req.requester)).await
+            }
+            (Route::TaskCreate, Operation::Update) => tasks::write(&self.core, None, req).await,
+            (Route::Task, Operation::Update) => {
+                tasks::write(&self.core, Some(m.param("id")), req).await
+            }
+            (Route::Task, Operation::Read) => {
+                tasks::read(&self.core, m.param("id"), Some(&req.requester)).await
+            }
+            (Route::Task, Operation::Delete) => tasks::delete(&self.core, m.param("id"), req).await,
+            (Route::RevokeTaskList, Operation::List) => tasks::list(&self.core, None).await,
+            (Route::RevokeTask, Operation::Read) => {
+                tasks::read(&self.core, m.param("id"), None).await
+            }
+            (Route::RevokeTask, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Task(m.param("id")), req).await
+            }
+            (Route::RevokeRole, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Role(m.param("name")), req).await
+            }
+            (Route::RevokeConfig, Operation::Update) => {
+                operator::revoke(&self.core, Scope::Connection(m.param("name")), req).await
+            }
+            (Route::RevokeAll, Operation::Update) => {
+                operator::revoke(&self.core, Scope::All, req).await
+            }
+            (Route::Revocations, Operation::List) => operator::revocations(&self.core).await,
+            (Route::RotateRoot, Operation::Update) => {
+                rotate_root::rotate(&self.core, m.param("name")).await
+            }
+            (Route::Reset, Operation::Update) => {
+                let name = m.param("name");
+                self.core.reset_target(name).await?;
+                tracing::info!(connection = name, "connection reset");
+                Ok(Response::empty())
+            }
+            (Route::StaticRoleList, Operation::List) => {
+                Ok(Response::list(static_role::list(kv).await?))
+            }
+            (Route::StaticRole, Operation::Read) => {
+                static_roles::read(&self.core, m.param("name")).await
+            }
+            (Route::StaticRole, Operation::Update) => {
+                static_roles::write(&self.core, m.param("name"), &req.data).await
+            }
+            (Route::StaticRole, Operation::Delete) => {
+                static_roles::delete(&self.core, m.param("name")).await
+            }
+            (Route::StaticCreds, Operation::Read) => {
+                static_roles::creds(&self.core, m.param("name")).await
+            }
+            (Route::RotateRole, Operation::Update) => {
+                static_roles::rotate_now(&self.core, m.param("name")).await
+            }
+            (Route::PolicyList, Operation::List) => policies::list(kv).await,
+            (Route::Policy, Operation::Read) => policies::read(kv, m.param("name")).await,
+            (Route::Policy, Operation::Update) => {
+                policies::write(kv, m.param("name"), &req.data).await
+            }
+            (Route::Policy, Operation::Delete) => policies::delete(kv, m.param("name")).await,
+            (Route::PolicySchema, Operation::Read) => Ok(policies::schema()),
+            (Route::PolicySimulate, Operation::Update) => policies::simulate(&self.core, req).await,
+            (Route::Orphans, Operation::Read) => {
+                operator::orphans(&self.core, m.param("name"), false, req).await
+            }
+            (Route::Orphans, Operation::Update) => {
+                operator::orphans(&self.core, m.param("name"), true, req).await
+            }
+            _ => Err(Error::UnsupportedOperation),
+        }
+    }
+
+    fn help(&self, path: &str) -> Result<Response, Error> {
+        let mut data = Map::new();
+        if path.is_empty() {
+            let mut text = format!("{ROOT_HELP}\n\n## PATHS\n\n");
+            for p in &self.router.paths {
+                text.push_str(&format!("    {}\n        {}\n\n", p.pattern, p.synopsis));
+            }
+            data.insert("help".into(), Value::String(text));
+            data.insert(
+                "openapi".into(),
+                openapi::document(&self.router.paths, &self.version),
+            );
+        } else {
+            let m = self.router.find(path)?;
+            data.insert("help".into(), Value::String(m.def.help()));
+        }
+        data.insert("see_also".into(), Value::Null);
+        Ok(Response::data(data))
+    }
+}
+
+pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "config/",
+            route: Route::ConfigList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the configured connections.",
+            description: "",
+        },
+        PathDef {
+            pattern: "config/tasks",
+            route: Route::TaskConfig,
+            fields: tasks::settings_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Mount-wide task settings: max_task_ttl and default_task_ttl.",
+            description: "This path is matched before config/NAME, so no connection can be \
+                named 'tasks'.",
+        },
+        PathDef {
+            pattern: "config/{name}",
+            route: Route::Config,
+            fields: config::all_fields(backends),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "Configure a connection to a target (a database, a cloud account, an API).",
+            description: "Fields common to all kinds are plugin_name, allowed_roles and \
+                verify_connection; each kind adds its own (postgres: connection_url, username, \
+                password, max_open_connections). Secret fields are write-only: a read lists \
+                which are set, never their values. Fields left out of an update keep their \
+                stored values.",
+        },
+        PathDef {
+            pattern: "roles/",
+            route: Route::RoleList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the roles.",
+            description: "",
+        },
+        PathDef {
+            pattern: "roles/{name}",
+            route: Route::Role,
+            fields: roles::all_fields(backends),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A dynamic role: which connection, how principals are created, renewed \
+                and revoked, and how long they live.",
+            description: "Common fields are db_name, default_ttl, max_ttl, username_template \
+                and password_policy; each kind adds its own (postgres: creation_statements, \
+                revocation_statements, renew_statements, member_of). Statements use OpenBao's \
+                placeholders {{name}}, {{username}}, {{password}} and {{expiration}}. Fields \
+                left out of an update keep their stored values.",
+        },
+        PathDef {
+            pattern: "creds/{role}",
+            route: Route::Creds,
+            fields: creds::fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Issue a credential of a role, as a lease.",
+            description: "The credential is recorded in the ledger before it is created on the \
+                target, and revoked at its deadline by mayfly itself, whether or not the host \
+                revokes the lease.",
+        },
+        PathDef {
+            pattern: "tasks",
+            route: Route::TaskCreate,
+            fields: tasks::task_fields(),
+            operations: vec![Operation::Update],
+            synopsis: "Create a task with a generated id (the host refuses writes to 'tasks/').",
+            description: "A task has a deadline (ttl), an owner (the requesting entity), a \
+                description and metadata. Credentials issued with its task_id never outlive \
+                it, and ending it revokes them all.",
+        },
+        PathDef {
+            pattern: "tasks/",
+            route: Route::TaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the caller's own tasks, with each one's state, deadline, owner \
+                and description.",
+            description: "Operators list every task at revoke/task/ (sudo).",
+        },
+        PathDef {
+            pattern: "tasks/{id}",
+            route: Route::Task,
+            fields: tasks::task_fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A task: create or update it, read it with its credentials, or delete \
+                it, which ends it and revokes every credential issued under it before \
+                answering.",
+            description: "A task ends at its deadline through the scheduler in the same way. \
+                Shortening the ttl of an open task moves its deadline; its credentials are \
+                revoked at the new deadline. A task bound to its owner (bound_to_owner, the \
+                default) is read, changed and ended by its owner alone (the same entity; the \
+                same token for tokens without one); operators reach it under revoke/task/.",
+        },
+        PathDef {
+            pattern: "revoke/task/",
+            route: Route::RevokeTaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List every task, whoever owns it (sudo).",
+            description: "",
+        },
+        PathDef {
+            pattern: "revoke/task/{id}",
+            route: Route::RevokeTask,
+            fields: vec![],
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Read any task with its credentials, or end it and revoke all its \
+                credentials (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed; \
+                failures stay in the ledger and are retried (see revocations/).",
+        },
+        PathDef {
+            pattern: "revoke/role/{name}",
+            route: Route::RevokeRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of a role (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/config/{name}",
+            route: Route::RevokeConfig,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential on a connection (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/all",
+            route: Route::RevokeAll,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of the mount (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "rotate-root/{name}",
+            route: Route::RotateRoot,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Replace the password of the connection's own user with one only mayfly \
+                knows.",
+            description: "The new password is stored as pending before the target is changed \
+                and becomes the connection's password once the target has it; a rotation \
+                stopped midway (error, lost reply, crash) is settled by asking the target which \
+                password it takes, so the connection never loses a working password. Rotate \
+                only a user dedicated to mayfly: anyone else using it is locked out.",
+        },
+        PathDef {
+            pattern: "reset/{name}",
+            route: Route::Reset,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Close the connection's sessions to its target, reopen them and verify \
+                the target takes them.",
+            description: "For a target that restarted, failed over or had mayfly's account \
+                changed by hand: the pool built from the stored configuration is replaced, \
+                and the reset fails (the stored configuration unchanged) if the target refuses \
+                it.",
+        },
+        PathDef {
+            pattern: "static-roles/",
+            route: Route::StaticRoleList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the static roles.",
+            description: "",
+        },
+        PathDef {
+            pattern: "static-roles/{name}",
+            route: Route::StaticRole,
+            fields: static_role::fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A static role: an existing account whose password mayfly keeps and \
+                rotates on a period, a cron schedule, or on demand.",
+            description: "Creating one takes the account over: its password is replaced at \
+                once (unless skip_import_rotation). A read shows the rotation's progress: \
+                last_rotation, next_rotation, rotation_attempts, last_error, failing_since, \
+                and in dual-account mode the current and previous accounts. A failing \
+                rotation is retried with backoff up to max_rotation_attempts and the last \
+                working password stays current. Deleting forgets the passwords and leaves \
+                the accounts as they are.",
+        },
+        PathDef {
+            pattern: "static-creds/{name}",
+            route: Route::StaticCreds,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The current username and password of a static role, with ttl: the \
+                seconds until the password may change.",
+            description: "An application that fails to log in should read this again: the \
+                password may have been rotated since it last did. In dual-account mode the \
+                previous account keeps working until previous_valid_until.",
+        },
+        PathDef {
+            pattern: "rotate-role/{name}",
+            route: Route::RotateRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Rotate a static role's password now.",
+            description: "A failure is returned and then retried with backoff like a \
+                scheduled rotation's; the old password stays current until a rotation \
+                succeeds. In dual-account mode the previous account gets the new password, \
+                which ends its grace period.",
+        },
+        PathDef {
+            pattern: "policies/",
+            route: Route::PolicyList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the Cedar policies.",
+            description: "",
+        },
+        PathDef {
+            pattern: "policies/simulate",
+            route: Route::PolicySimulate,
+            fields: policies::simulate_fields(),
+            operations: vec![Operation::Update],
+            synopsis: "The decision a hypothetical request would get: allow or deny, the \
+                policies that determined it, those in scope, and the TTL it would be granted.",
+            description: "Made exactly as a live decision is, from the same policies, with the \
+                given entity, task, address, time and headers in place of the caller's. This \
+                path is matched before policies/NAME, so no policy can be named 'simulate'.",
+        },
+        PathDef {
+            pattern: "policies/{name}",
+            route: Route::Policy,
+            fields: policies::fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A Cedar policy document, evaluated at every issuance, renewal and task \
+                creation or update.",
+            description: "The text is validated against the schema at policies-schema; a \
+                document that does not parse or validate is refused with the message and its \
+                line and column. Policies whose scope (action and resource) covers a request \
+                decide it: denied unless a permit is satisfied and no forbid is. A request no \
+                policy covers is decided by the role alone, as without policies. A denial is \
+                a 403 that names the deciding policies. A document's first policy is known by \
+                its name, the next as NAME#2, and so on.",
+        },
+        PathDef {
+            pattern: "policies-schema",
+            route: Route::PolicySchema,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The Cedar schema policies are validated against: entity types, \
+                attributes, actions and the request context.",
+            description: "",
+        },
+        PathDef {
+            pattern: "revocations/",
+            route: Route::Revocations,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "The credentials whose revocation keeps failing, with attempts, last \
+                error and since when (sudo).",
+            description: "",
+        },
+        PathDef {
+            pattern: "orphans/{name}",
+            route: Route::Orphans,
+            fields: operator::orphan_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Principals on a connection's target that carry mayfly's naming mark \
+                but have no live ledger record (sudo). Write purge=true to drop them; a \
+                write without it is a dry run.",
+            description: "Only names made with the mark ('mf-', the default username \
+                template's prefix) are considered. Two mayfly mounts must not share one \
+                target: each would see the other's principals as orphans.",
+        },
+        PathDef {
+            pattern: "leases/",
+            route: Route::LeaseList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the credentials in the ledger; filter with role= and state=.",
+            description: "States: intent (being issued), active, revoking (due or failing; \
+                see revocation_attempts and last_error), revoked (kept three days for audit).",
+        },
+        PathDef {
+            pattern: "leases/{id}",
+            route: Route::Lease,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "One credential's ledger record: principal, state, deadline, requester, \
+                revocation attempts and last error. Never a secret.",
+            description: "",
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::storage::InMemoryStorage;
+    use crate::testkit::Fake;
+    use crate::testkit::FixedHost;
+    use serde_json::json;
+
+    fn engine() -> (Engine, InMemoryStorage) {
+        let s = InMemoryStorage::new();
+        let e = Engine::new(
+            Arc::new(s.clone()),
+            Backends::new(vec![Arc::new(Fake::default())]),
+            Arc::new(FixedHost::default()),
+            "v0.1.0",
+        );
+        (e, s)
+    }
+
+    async fn call(e: &Engine, op: Operation, path: &str, data: Value) -> Result<Response, Error> {
+        e.handle(Request::new(op, path).with_data(data)).await
+    }
+
+    /// Found by a caller who could write connections but not read them: pointing one at a
+    /// server of theirs sent them its stored password.
+    #[tokio::test]
+    async fn a_connection_moves_elsewhere_only_with_its_secrets() {
+        let (e, _) = engine();
+        let write = |body: Value| call(&e, Operation::Update, "config/db", body);
+        write(
+            json!({"plugin_name": "fake", "url": "fake://db", "password": "hunter2",
+                     "verify_connection": false}),
+        )
+        .await
+        .unwrap();
+        let err = write(json!({"url": "fake://theirs"})).await.unwrap_err();
+        assert_eq!(err.status(), 400);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with("field 'password' is required")
+                && msg.contains("changes where it connects ('url')"),
+            "{msg}"
+        );
+        // Nothing else needs them; with them, the move is the writer's to make.
+        write(json!({"pool": 8, "allowed_roles": "*"}))
+            .await
+            .unwrap();
+        write(json!({"url": "fake://theirs", "password": "theirs"}))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn config_round_trip_hides_secrets() {
+        let (e, s) = engine();
+        let body = json!({"plugin_name": "fake-database-plugin", "url": "fake://db", "password": "hunter2",
+                          "allowed_roles": "a,b"});
+        call(&e, Operation::Update, "config/main", body)
+            .await
+            .unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null)
+            .await
+            .unwrap();
+        let data = read.data.unwrap();
+        assert_eq!(
+            data["plugin_name"], "fake",
+            "alias stored as the canonical kind"
+        );
+        assert_eq!(data["connection_details"]["pool"], 4);
+        assert_eq!(data["allowed_roles"], json!(["a", "b"]));
+        assert_eq!(data["secret_fields_set"], json!(["password"]));
+        assert!(!Value::Object(data).to_string().contains("hunter2"));
+        let dbg = format!(
+            "{:?}",
+            connection_config::load(&s, "main").await.unwrap().unwrap()
+        );
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+
+        // An update keeps what it does not mention.
+        call(&e, Operation::Update, "config/main", json!({"pool": 9}))
+            .await
+            .unwrap();
+        let c = connection_config::load(&s, "main").await.unwrap().unwrap();
+        assert_eq!(c.secret("password"), Some("hunter2"));
+        assert_eq!(c.setting_i64("pool"), Some(9));
+
+        let list = call(&e, Operation::List, "config/", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(list.data.unwrap()["keys"], json!(["main"]));
+        call(&e, Operation::Delete, "config/main", Value::Null)
+            .await
+            .unwrap();
+        let read = call(&e, Operation::Read, "config/main", Value::Null)
+            .await
+            .unwrap();
+        assert_eq!(read.data, None);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_a_400_that_names_the_field_and_saves_nothing() {
+        let (e, s) = engine();
+        let cases = [
+            (
+                json!({"url": "fake://db"}),
+                "field 'plugin_name' is required",
+            ),
+            (
+                json!({"plugin_name": "oracle", "url": "fake://db"}),
+                "unknown kind 'oracle'; known kinds: fake (alias: fake-database-plugin)",
+            ),
+            (
+                json!({"plugin_name": 7}),
+                "field 'plugin_name': expected a string",
+            ),
+            (json!({"plugin_name": "fake"}), "field 'url' is required"),
+            (
+                json!({"plugin_name": "fake", "url": "fake://db", "colour": "red"}),
+                "unknown field 'colour'",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "fake://db", "pool": "many"}),
+                "field 'pool': expected an integer",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "http://db"}),
+                "field 'url': expected fake://",
+            ),
+            (
+                json!({"plugin_name": "fake", "url": "fake://down", "password": "hunter2"}),
+                "cannot connect: auth failed for <redacted>",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = call(&e, Operation::Update, "config/x", body.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 400, "{body}: {err}");
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        assert!(s.dump().is_empty(), "nothing half-created");
+
+        let big = json!({"plugin_name": "fake", "url": "x".repeat(MAX_BODY_BYTES)});
+        let err = call(&e, Operation::Update, "config/x", big)
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 413);
+        let err = call(&e, Operation::Update, "config/bad name", json!({}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("path segment 'name'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn verification_can_be_skipped_and_kind_cannot_change() {
+        let (e, _) = engine();
+        let body = json!({"plugin_name": "fake", "url": "fake://down", "verify_connection": false});
+        call(&e, Operation::Update, "config/x", body).await.unwrap();
+        // The stored config keeps verify_connection=false, so an update does not verify either.
+        call(&e, Operation::Update, "config/x", json!({"pool": 2}))
+            .await
+            .unwrap();
+        let err = call(
+            &e,
+            Operation::Update,
+            "config/x",
+            json!({"verify_connection": true}),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn host_operations_never_fail() {
+        let (e, _) = engine();
+        for op in [Operation::ResolvePath, Operation::Rollback] {
+            assert_eq!(
+                call(&e, op, "anything/at/all", Value::Null).await,
+                Ok(Response::empty())
+            );
+        }
+        assert_eq!(
+            call(&e, Operation::Read, "nope", Value::Null).await,
+            Err(Error::UnsupportedPath)
+        );
+        assert_eq!(
+            call(&e, Operation::List, "config/x", Value::Null).await,
+            Err(Error::UnsupportedOperation)
+        );
+    }
+
+    #[tokio::test]
+    async fn help_and_openapi_come_from_the_path_table() {
+        let (e, _) = engine();
+        let root = call(&e, Operation::Help, "", Value::Null)
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        let doc = &root["openapi"];
+        assert_eq!(doc["openapi"], "3.0.2");
+        let item = &doc["paths"]["/config/{name}"];
+        assert!(item["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["url"].is_object());
+        assert_eq!(item["parameters"][0]["name"], "name");
+        assert!(doc["paths"]["/config/"]["get"].is_object());
+        let help = call(&e, Operation::Help, "config/x", Value::Null)
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        let text = help["help"].as_str().unwrap();
+        assert!(
+            text.contains("plugin_name") && text.contains("password (string, write-only)"),
+            "{text}"
+        );
+    }
+}

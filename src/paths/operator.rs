@@ -1,0 +1,757 @@
+//! The operator's emergency tools (sudo paths): revoke in bulk by task, role, connection or
+//! everything; list the revocations that keep failing; find and purge orphans, the principals
+//! on a target that carry mayfly's naming mark but have no live ledger record.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value, json};
+
+use crate::contract::backend::Principal;
+use crate::contract::error::Error;
+use crate::contract::fields::{FieldDef, FieldType, Fields};
+use crate::contract::request::{Request, Response};
+use crate::jobs::revocation::{self, Report};
+use crate::model::audit::{self, Action, Event};
+use crate::model::ledger::{self, Credential, State};
+use crate::model::roles;
+use crate::mount::MountCore;
+use crate::paths::tasks;
+
+/// The most principals dropped in one call during a purge.
+const PURGE_BATCH: usize = 1000;
+
+/// What a bulk revocation covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Task(&'a str),
+    Role(&'a str),
+    Connection(&'a str),
+    All,
+}
+
+impl Scope<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Scope::Task(id) => format!("revoke/task/{id}"),
+            Scope::Role(name) => format!("revoke/role/{name}"),
+            Scope::Connection(name) => format!("revoke/config/{name}"),
+            Scope::All => "revoke/all".to_owned(),
+        }
+    }
+
+    fn covers(&self, c: &Credential) -> bool {
+        match self {
+            Scope::Task(_) | Scope::All => true,
+            Scope::Role(name) => c.role == *name,
+            Scope::Connection(name) => c.connection == *name,
+        }
+    }
+}
+
+/// Every credential the ledger does not yet have as revoked, and the records this mayfly
+/// cannot read (which may be live: they are never acted on).
+async fn live_credentials(core: &MountCore) -> Result<ledger::Loaded, Error> {
+    let mut loaded = ledger::scan(core.storage.as_ref()).await?;
+    loaded.records.retain(|c| c.state != State::Revoked);
+    Ok(loaded)
+}
+
+/// Refuses to delete connection `name`, or to point it at another server, while credentials
+/// issued on it are live or being revoked: their revocations need the connection as it was.
+/// `doing` says what was asked ("delete it").
+pub async fn require_no_credentials(
+    core: &MountCore,
+    name: &str,
+    doing: &str,
+) -> Result<(), Error> {
+    let live = live_credentials(core).await?;
+    let count = live.records.iter().filter(|c| c.connection == name).count()
+        + live
+            .unreadable
+            .iter()
+            .filter(|u| u.connection.as_deref() == Some(name))
+            .count();
+    if count == 0 {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "connection '{name}' has {count} credential(s) live or being revoked, whose revocation \
+         needs it as it is; revoke them first (write revoke/config/{name}, then wait until \
+         revocations/ lists none of them), then {doing}"
+    )))
+}
+
+/// `revoke/...`: revokes every live credential in `scope` on its target and reports how many
+/// were revoked, already gone, and failed (failures stay in the ledger and are retried).
+pub async fn revoke(core: &MountCore, scope: Scope<'_>, req: &Request) -> Result<Response, Error> {
+    let what = scope.describe();
+    let report = match scope {
+        Scope::Task(id) => {
+            tasks::end(core, id, "revoked by an operator", &req.requester, false)
+                .await?
+                .ok_or_else(|| Error::bad_request(format!("no task '{id}'")))?
+                .1
+        }
+        _ => {
+            let ids: Vec<String> = live_credentials(core)
+                .await?
+                .records
+                .into_iter()
+                .filter(|c| scope.covers(c))
+                .map(|c| c.id)
+                .collect();
+            revocation::revoke_many(core, ids, &format!("revoked by an operator ({what})")).await
+        }
+    };
+    emit_operator(
+        Action::OperatorRevoke,
+        &report_outcome(&report),
+        req,
+        &what,
+        &report,
+    );
+    let mut data = report.view();
+    data.insert("scope".into(), json!(what));
+    Ok(Response::data(data))
+}
+
+fn report_outcome(r: &Report) -> String {
+    if r.failed.is_empty() { "ok" } else { "failed" }.to_owned()
+}
+
+fn emit_operator(action: Action, outcome: &str, req: &Request, what: &str, r: &Report) {
+    let detail = format!("{what}; {}", r.summary());
+    audit::emit(action, outcome, &Event::by(&req.requester).detail(&detail));
+}
+
+/// `revocations/`: the credentials whose revocation has failed at least once and not yet
+/// succeeded, with attempts, last error and since when; and the records this mayfly cannot
+/// read, with the reason, which it leaves to the mayfly that can.
+pub async fn revocations(core: &MountCore) -> Result<Response, Error> {
+    let live = live_credentials(core).await?;
+    let connections = backlogs(&live.records, crate::contract::host::now());
+    let mut failing: Vec<Credential> = live
+        .records
+        .into_iter()
+        .filter(|c| c.state == State::Revoking && c.attempts > 0)
+        .collect();
+    failing.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut info = Map::new();
+    for c in &failing {
+        info.insert(
+            c.id.clone(),
+            json!({"role": c.role, "connection": c.connection, "principal": c.principal,
+                   "task_id": c.task_id, "attempts": c.attempts, "last_error": c.last_error,
+                   "failing_since": c.revoke_requested_at, "last_attempt_at": c.last_attempt_at,
+                   "next_attempt_at": c.due, "reason": c.revoke_reason}),
+        );
+    }
+    let mut keys: Vec<String> = failing.into_iter().map(|c| c.id).collect();
+    for u in live.unreadable {
+        info.insert(u.id.clone(), u.view());
+        keys.push(u.id);
+    }
+    let mut resp = Response::list(keys);
+    if let Some(d) = resp.data.as_mut() {
+        d.insert("key_info".into(), Value::Object(info));
+        d.insert("connections".into(), Value::Object(connections));
+    }
+    Ok(resp)
+}
+
+/// Each connection's backlog: how many of its credentials are past their deadline (or asked
+/// to go) and not yet revoked, how many of those have failed at least once, and the oldest
+/// such deadline, so that a target holding revocations back shows at a glance.
+fn backlogs(live: &[Credential], now: u64) -> Map<String, Value> {
+    let mut out: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    for c in live {
+        let overdue = c.state == State::Revoking || c.deadline <= now;
+        if !overdue {
+            continue;
+        }
+        let since = c.revoke_requested_at.unwrap_or(c.deadline).min(c.deadline);
+        let entry = out.entry(c.connection.as_str()).or_insert((0, 0, since));
+        entry.0 += 1;
+        entry.1 += u64::from(c.attempts > 0);
+        entry.2 = entry.2.min(since);
+    }
+    out.into_iter()
+        .map(|(name, (backlog, failing, oldest))| {
+            let view = json!({"backlog": backlog, "failing": failing,
+                              "oldest_overdue_since": oldest,
+                              "oldest_overdue_secs": now.saturating_sub(oldest)});
+            (name.to_owned(), view)
+        })
+        .collect()
+}
+
+pub fn orphan_fields() -> Vec<FieldDef> {
+    vec![FieldDef::new(
+        "purge",
+        FieldType::Bool,
+        "Drop the orphans found. Without it (the default) a write is a dry run.",
+    )]
+}
+
+/// The settings to list connection `name`'s target with: none for most kinds, each role's
+/// (once per distinct settings) for kinds whose roles say how to list.
+async fn listings(core: &MountCore, name: &str) -> Result<Vec<Map<String, Value>>, Error> {
+    let kind = core.connection_kind(name).await?;
+    if !core.backends.find(&kind).is_some_and(|b| b.lists_by_role()) {
+        return Ok(vec![Map::new()]);
+    }
+    let mut all: Vec<Map<String, Value>> = Vec::new();
+    for role_name in roles::list(core.storage.as_ref()).await? {
+        if let Some(role) = core.role(&role_name).await?
+            && role.db_name == name
+            && !all.contains(&role.settings)
+        {
+            all.push(role.settings);
+        }
+    }
+    Ok(all)
+}
+
+/// `orphans/NAME`: the principals on connection `name` that carry mayfly's mark but have no
+/// live ledger record; a write (`may_purge`) with `purge=true` drops them.
+pub async fn orphans(
+    core: &MountCore,
+    name: &str,
+    may_purge: bool,
+    req: &Request,
+) -> Result<Response, Error> {
+    let fields = Fields::parse(&orphan_fields(), &req.data)?;
+    let purge = may_purge && fields.bool("purge").unwrap_or(false);
+    if core.connection(name).await?.is_none() {
+        return Err(Error::bad_request(format!("no connection '{name}'")));
+    }
+    let target = core.target(name).await?;
+    // The target first, then the ledger: a principal being issued meanwhile already has its
+    // intent on record when it appears on the target, so it is never taken for an orphan.
+    let mut marked: Vec<(Principal, Map<String, Value>)> = Vec::new();
+    for settings in listings(core, name).await? {
+        for p in target.list_marked(&core.mark, &settings).await? {
+            if !marked.iter().any(|(m, _)| m.name == p.name) {
+                marked.push((p, settings.clone()));
+            }
+        }
+    }
+    let ledger = live_credentials(core).await?;
+    // A record this mayfly cannot read may hold a live principal: what it names is kept, and
+    // nothing is purged when it names none (mayfly cannot tell what it protects).
+    if purge && let Some(u) = ledger.unreadable.iter().find(|u| u.principal.is_none()) {
+        return Err(Error::bad_request(format!(
+            "cannot purge: ledger record '{}' is unreadable ({}) and does not say which \
+             principal it holds; upgrade mayfly first",
+            u.id, u.reason
+        )));
+    }
+    let unreadable = ledger
+        .unreadable
+        .into_iter()
+        .filter(|u| u.connection.as_deref().is_none_or(|c| c == name))
+        .filter_map(|u| u.principal);
+    let live: HashSet<String> = ledger
+        .records
+        .into_iter()
+        .filter(|c| c.connection == name)
+        .map(|c| c.principal)
+        .chain(unreadable)
+        .collect();
+    marked.retain(|(p, _)| !live.contains(&p.name));
+    let orphans: Vec<String> = marked.iter().map(|(p, _)| p.name.clone()).collect();
+
+    let what = format!("orphans/{name}");
+    let mut data = Map::new();
+    data.insert("connection".into(), json!(name));
+    data.insert("mark".into(), json!(core.mark));
+    data.insert("count".into(), json!(orphans.len()));
+    if !purge {
+        let report = Report::default();
+        let detail = format!("{what}: {} found", orphans.len());
+        emit_operator(Action::OrphanScan, "ok", req, &detail, &report);
+        data.insert("orphans".into(), json!(orphans));
+        data.insert("dry_run".into(), json!(true));
+        return Ok(Response::data(data));
+    }
+
+    let mut report = Report::default();
+    // Each orphan is revoked with the settings of the listing that found it: no record, so no
+    // statements of its own role; kinds that list by role revoke by that role's calls.
+    let mut groups: Vec<(Map<String, Value>, Vec<Principal>)> = Vec::new();
+    for (p, settings) in marked {
+        match groups.iter_mut().find(|(s, _)| *s == settings) {
+            Some((_, ps)) => ps.push(p),
+            None => groups.push((settings, vec![p])),
+        }
+    }
+    // On record before the target is touched (and only if that write succeeds).
+    let kv = core.storage.as_ref();
+    let record = match orphans.is_empty() {
+        true => None,
+        false => Some(ledger::begin_purge(kv, name, &orphans, crate::contract::host::now()).await?),
+    };
+    for (settings, principals) in &groups {
+        for chunk in principals.chunks(PURGE_BATCH) {
+            match target.revoke(chunk, settings).await {
+                Ok(r) => {
+                    report.already_gone += r.already_gone.len();
+                    report.revoked += chunk.len() - r.already_gone.len();
+                }
+                Err(e) => report
+                    .failed
+                    .extend(chunk.iter().map(|p| (p.name.clone(), e.to_string()))),
+            }
+        }
+    }
+    if let Some(record) = record
+        && let Err(e) = ledger::end_purge(kv, &record).await
+    {
+        tracing::warn!(error = %e, "could not remove the record of a finished purge");
+    }
+    let detail = format!("{what}: {} found", orphans.len());
+    emit_operator(
+        Action::OrphanPurge,
+        &report_outcome(&report),
+        req,
+        &detail,
+        &report,
+    );
+    data.insert("orphans".into(), json!(orphans));
+    data.insert("dry_run".into(), json!(false));
+    data.insert("purged".into(), json!(report.revoked));
+    data.insert("already_gone".into(), json!(report.already_gone));
+    data.insert("failed".into(), json!(report.failed.len()));
+    Ok(Response::data(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use crate::contract::request::{Operation, Request, Requester, Response};
+    use crate::contract::storage::InMemoryStorage;
+    use crate::testkit::FixedHost;
+    use crate::testkit::{Fake, who};
+    use crate::{Backends, Engine, Error};
+
+    struct Mount {
+        engine: Engine,
+        fake: Arc<Fake>,
+    }
+
+    impl Mount {
+        async fn new() -> Mount {
+            let fake = Arc::new(Fake::default());
+            let host = FixedHost {
+                groups: vec![("e-ops".into(), "ops".into())],
+                ..FixedHost::default()
+            };
+            let engine = Engine::new(
+                Arc::new(InMemoryStorage::new()),
+                Backends::new(vec![fake.clone()]),
+                Arc::new(host),
+                "v0",
+            );
+            engine.start(crate::NodeRole::Active);
+            let m = Mount { engine, fake };
+            m.write(
+                "config/db",
+                json!({"plugin_name": "fake", "url": "fake://x",
+                                         "allowed_roles": "*"}),
+            )
+            .await
+            .unwrap();
+            for role in ["a", "b"] {
+                m.write(
+                    &format!("roles/{role}"),
+                    json!({"db_name": "db", "max_ttl": "2h"}),
+                )
+                .await
+                .unwrap();
+            }
+            m
+        }
+
+        async fn call(
+            &self,
+            op: Operation,
+            path: &str,
+            body: Value,
+            as_: Requester,
+        ) -> Result<Response, Error> {
+            let mut req = Request::new(op, path).with_data(body);
+            req.requester = as_;
+            self.engine.handle(req).await
+        }
+
+        async fn write(&self, path: &str, body: Value) -> Result<Response, Error> {
+            self.call(Operation::Update, path, body, who("e-1", "127.0.0.1"))
+                .await
+        }
+
+        async fn data(
+            &self,
+            op: Operation,
+            path: &str,
+            body: Value,
+        ) -> serde_json::Map<String, Value> {
+            self.call(op, path, body, who("e-1", "127.0.0.1"))
+                .await
+                .unwrap()
+                .data
+                .unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_bounds_its_credentials_and_ending_it_revokes_them_all() {
+        let m = Mount::new().await;
+        let task = m
+            .data(
+                Operation::Update,
+                "tasks",
+                json!({"ttl": "10m",
+                                    "description": "deploy", "metadata": "ticket=OPS-1"}),
+            )
+            .await;
+        let id = task["task_id"].as_str().unwrap().to_owned();
+        assert_eq!(task["metadata"], json!({"ticket": "OPS-1"}));
+        let a = m
+            .write("creds/a", json!({"task_id": id, "ttl": "1h"}))
+            .await
+            .unwrap();
+        let lease = a.lease.clone().unwrap();
+        assert!((598..=600).contains(&lease.ttl), "{lease:?}");
+        assert!(lease.max_ttl <= 600);
+        assert_eq!(a.data.as_ref().unwrap()["ttl_bound"], "task");
+        assert!(
+            a.warnings[0].contains("time left in its task"),
+            "{:?}",
+            a.warnings
+        );
+        let b = m
+            .write("creds/b", json!({"task_id": id, "ttl": "1m"}))
+            .await
+            .unwrap();
+        assert_eq!(b.data.as_ref().unwrap()["ttl_bound"], "requested");
+        assert_eq!(m.fake.target.count(), 2);
+
+        let read = m
+            .data(Operation::Read, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(read["credentials"].as_array().unwrap().len(), 2);
+        let ended = m
+            .data(Operation::Delete, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(
+            (ended["revoked"].clone(), ended["failed"].clone()),
+            (json!(2), json!(0))
+        );
+        assert_eq!(m.fake.target.count(), 0, "gone before the call returned");
+        let read = m
+            .data(Operation::Read, &format!("tasks/{id}"), Value::Null)
+            .await;
+        assert_eq!(read["state"], "ended");
+        assert!(
+            read["credentials"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["state"] == "revoked")
+        );
+        let err = m
+            .write("creds/a", json!({"task_id": id}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("has ended"), "{err}");
+        let err = m
+            .write("creds/a", json!({"task_id": "nope"}))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("field 'task_id': no task 'nope'"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_shortened_task_ends_at_its_new_deadline_through_the_scheduler() {
+        let m = Mount::new().await;
+        m.write("tasks/job-1", json!({"ttl": "1h"})).await.unwrap();
+        m.write("creds/a", json!({"task_id": "job-1"}))
+            .await
+            .unwrap();
+        m.write("tasks/job-1", json!({"ttl": 1})).await.unwrap();
+        let mut gone = false;
+        for _ in 0..100 {
+            if m.fake.target.count() == 0 {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(gone, "the task's end revoked its credential");
+        let read = m.data(Operation::Read, "tasks/job-1", Value::Null).await;
+        assert_eq!(read["end_reason"], "deadline reached");
+    }
+
+    #[tokio::test]
+    async fn tasks_and_roles_bind_who_may_issue() {
+        let m = Mount::new().await;
+        m.write("tasks/mine", json!({})).await.unwrap();
+        let other = who("e-2", "127.0.0.1");
+        let err = m
+            .call(
+                Operation::Update,
+                "creds/a",
+                json!({"task_id": "mine"}),
+                other.clone(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert!(err.to_string().contains("bound to its owner"), "{err}");
+        m.write("roles/b", json!({"allow_other_task_owners": true}))
+            .await
+            .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/b",
+            json!({"task_id": "mine"}),
+            other.clone(),
+        )
+        .await
+        .unwrap();
+
+        m.write("roles/a", json!({"require_task": true}))
+            .await
+            .unwrap();
+        let err = m.write("creds/a", json!({})).await.unwrap_err();
+        assert!(
+            err.to_string().contains("field 'task_id' is required"),
+            "{err}"
+        );
+
+        m.write(
+            "roles/b",
+            json!({"bound_entity_ids": "e-1", "bound_cidrs": "10.0.0.0/8,127.0.0.0/8",
+                                   "bound_group_names": "ops"}),
+        )
+        .await
+        .unwrap();
+        let cases = [
+            (who("e-2", "127.0.0.1"), "bound_entity_ids"),
+            (who("e-1", "192.168.1.1"), "bound_cidrs"),
+            (who("e-1", "127.0.0.1"), "bound_group_names"),
+        ];
+        for (as_, binding) in cases {
+            let err = m
+                .call(Operation::Update, "creds/b", json!({}), as_)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 403, "{err}");
+            assert!(err.to_string().contains(binding), "{binding}: {err}");
+        }
+        m.write("roles/b", json!({"bound_entity_ids": "e-ops"}))
+            .await
+            .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/b",
+            json!({}),
+            who("e-ops", "10.1.1.1"),
+        )
+        .await
+        .unwrap();
+        let err = m
+            .write("roles/b", json!({"bound_cidrs": "10.0.0.0/40"}))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("field 'bound_cidrs'"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
+        let m = Mount::new().await;
+        let (owner, other) = (who("e-1", "127.0.0.1"), who("e-2", "127.0.0.1"));
+        m.call(
+            Operation::Update,
+            "tasks/job",
+            json!({"ttl": "1h"}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+        m.call(
+            Operation::Update,
+            "creds/a",
+            json!({"task_id": "job"}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+        m.call(
+            Operation::Update,
+            "tasks/open",
+            json!({"bound_to_owner": false}),
+            owner.clone(),
+        )
+        .await
+        .unwrap();
+
+        // Someone else can neither read, unbind, draw on nor end it.
+        let refused = [
+            (Operation::Read, json!(null), "read"),
+            (
+                Operation::Update,
+                json!({"bound_to_owner": false}),
+                "change",
+            ),
+            (Operation::Update, json!({"ttl": "10h"}), "change"),
+            (Operation::Delete, json!(null), "end"),
+        ];
+        for (op, body, doing) in refused {
+            let err = m
+                .call(op, "tasks/job", body, other.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 403, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains("bound to its owner (entity 'e-1')")
+                    && text.contains(&format!("only its owner may {doing} it")),
+                "{text}"
+            );
+        }
+        let err = m
+            .call(
+                Operation::Update,
+                "creds/a",
+                json!({"task_id": "job"}),
+                other.clone(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        assert_eq!(m.fake.target.count(), 1, "nothing was revoked");
+        let read = m.call(Operation::Read, "tasks/job", json!(null), owner.clone());
+        let read = read.await.unwrap().data.unwrap();
+        assert_eq!(
+            (read["bound_to_owner"].clone(), read["state"].clone()),
+            (json!(true), json!("open"))
+        );
+
+        // Each lists its own; operators (sudo) list and read them all.
+        let keys = |r: Response| r.data.unwrap()["keys"].clone();
+        let mine = m
+            .call(Operation::List, "tasks/", json!(null), other.clone())
+            .await;
+        assert_eq!(keys(mine.unwrap()), json!([]));
+        let mine = m
+            .call(Operation::List, "tasks/", json!(null), owner.clone())
+            .await;
+        assert_eq!(keys(mine.unwrap()), json!(["job", "open"]));
+        let all = m.data(Operation::List, "revoke/task/", Value::Null).await;
+        assert_eq!(all["keys"], json!(["job", "open"]));
+        let one = m.call(
+            Operation::Read,
+            "revoke/task/job",
+            json!(null),
+            other.clone(),
+        );
+        assert_eq!(
+            one.await.unwrap().data.unwrap()["credentials"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        // A task that is not bound is anyone's to use and change.
+        m.call(
+            Operation::Update,
+            "tasks/open",
+            json!({"description": "x"}),
+            other.clone(),
+        )
+        .await
+        .unwrap();
+
+        // The owner ends it.
+        let ended = m
+            .call(Operation::Delete, "tasks/job", json!(null), owner)
+            .await;
+        assert_eq!(ended.unwrap().data.unwrap()["revoked"], 1);
+        assert_eq!(m.fake.target.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn operators_revoke_in_bulk_list_failures_and_purge_orphans() {
+        let m = Mount::new().await;
+        let mut names = Vec::new();
+        for role in ["a", "a", "a", "b"] {
+            let r = m.write(&format!("creds/{role}"), json!({})).await.unwrap();
+            names.push(r.data.unwrap()["username"].as_str().unwrap().to_owned());
+        }
+        // One dropped by hand: counted as already gone.
+        m.fake.target.principals.lock().unwrap().remove(&names[0]);
+        let r = m.data(Operation::Update, "revoke/role/a", json!({})).await;
+        assert_eq!(
+            (r["revoked"].clone(), r["already_gone"].clone()),
+            (json!(2), json!(1))
+        );
+        assert_eq!(m.fake.target.count(), 1);
+
+        m.fake.target.down.store(true, Ordering::SeqCst);
+        let r = m.data(Operation::Update, "revoke/all", json!({})).await;
+        assert_eq!(r["failed"], 1);
+        let list = m.data(Operation::List, "revocations/", Value::Null).await;
+        let key = list["keys"][0].as_str().unwrap();
+        assert_eq!(list["key_info"][key]["attempts"], 1);
+        assert_eq!(list["key_info"][key]["last_error"], "fake target is down");
+        m.fake.target.down.store(false, Ordering::SeqCst);
+
+        // Orphans: marked principals without a live record; a leased one is never one.
+        let leased = m.write("creds/b", json!({})).await.unwrap().data.unwrap()["username"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for i in 0..5 {
+            m.fake
+                .target
+                .principals
+                .lock()
+                .unwrap()
+                .insert(format!("mf-hand-{i}"));
+        }
+        m.fake
+            .target
+            .principals
+            .lock()
+            .unwrap()
+            .insert("not-ours".into());
+        let scan = m.data(Operation::Read, "orphans/db", Value::Null).await;
+        assert!(
+            scan["orphans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|o| o != &json!(leased))
+        );
+        // names[3] is failing (revoking), so it is live and not an orphan either.
+        assert_eq!(scan["count"], 5, "{scan:?}");
+        let dry = m.data(Operation::Update, "orphans/db", json!({})).await;
+        assert_eq!(dry["dry_run"], true);
+        assert!(m.fake.target.has("mf-hand-0"));
+        let purge = m
+            .data(Operation::Update, "orphans/db", json!({"purge": true}))
+            .await;
+        assert_eq!(purge["purged"], 5);
+        assert!(m.fake.target.has(&leased) && m.fake.target.has("not-ours"));
+        assert!(!m.fake.target.has("mf-hand-4"));
+    }
+}

@@ -1,0 +1,607 @@
+//! `policies/NAME`: the mount's Cedar policies, `policies-schema` (the schema they are
+//! validated against) and `policies/simulate` (the decision a hypothetical request would get).
+//!
+//! A policy is checked against the schema when written and refused with the parser's or the
+//! validator's message and location. The mount compiles its policies once and reuses the set
+//! until one is written or deleted ([`MountCore::policies`]); `model::policy_store` keeps them.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::contract::error::Error;
+use crate::contract::fields::{FieldDef, FieldType, Fields};
+use crate::contract::host::now;
+use crate::contract::request::{Request, Requester, Response};
+use crate::contract::storage::Kv;
+use crate::model::policy_set;
+use crate::model::policy_store;
+use crate::model::task::{self, Task};
+use crate::mount::MountCore;
+use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
+use crate::paths::tasks;
+
+pub fn fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "policy",
+            FieldType::String,
+            "Cedar policy text: one or more permit or forbid policies, validated against \
+             policies-schema. A permit may carry @max_ttl(\"15m\") to cap the TTL it grants.",
+        )
+        .required(),
+    ]
+}
+
+pub fn simulate_fields() -> Vec<FieldDef> {
+    vec![
+        FieldDef::new(
+            "action",
+            FieldType::String,
+            "issue, renew, create_task or update_task.",
+        )
+        .required(),
+        FieldDef::new(
+            "role",
+            FieldType::String,
+            "The role issued or renewed from (issue and renew).",
+        ),
+        FieldDef::new(
+            "entity_id",
+            FieldType::String,
+            "The requesting identity entity; left out, the caller's own. An empty string is \
+             a token without an entity.",
+        ),
+        FieldDef::new(
+            "display_name",
+            FieldType::String,
+            "The requesting token's display name; left out, the caller's own.",
+        ),
+        FieldDef::new(
+            "task_id",
+            FieldType::String,
+            "An existing task the request is under (issue, renew, update_task).",
+        ),
+        FieldDef::new(
+            "source_address",
+            FieldType::String,
+            "The client's address; left out, the caller's own.",
+        ),
+        FieldDef::new(
+            "time",
+            FieldType::String,
+            "When the request is made: Unix seconds or RFC 3339 (2026-11-22T02:13:00Z); \
+             left out, now.",
+        ),
+        FieldDef::new(
+            "ttl",
+            FieldType::Duration,
+            "The TTL the request asks for (the increment, for renew).",
+        ),
+        FieldDef::new(
+            "headers",
+            FieldType::StringMap,
+            "Request headers as the mount would pass them through.",
+        ),
+        FieldDef::new(
+            "description",
+            FieldType::String,
+            "The description of the task a create_task would create.",
+        ),
+        FieldDef::new(
+            "metadata",
+            FieldType::StringMap,
+            "The metadata of the task a create_task would create.",
+        ),
+    ]
+}
+
+/// `policies/NAME` write: checks the document and stores it.
+pub async fn write(kv: &dyn Kv, name: &str, data: &Map<String, Value>) -> Result<Response, Error> {
+    let fields = Fields::parse(&fields(), data)?;
+    let text = fields
+        .str("policy")
+        .ok_or_else(|| Error::bad_request("field 'policy' is required: Cedar policy text"))?;
+    let doc = policy_set::check_document(name, text)?;
+    policy_store::save(kv, name, text).await?;
+    let ids: Vec<String> = doc.policies.iter().map(|p| p.id().to_string()).collect();
+    tracing::info!(policy = name, ids = %ids.join(","), "policy saved");
+    let mut data = Map::new();
+    data.insert("policy_ids".into(), json!(ids));
+    Ok(Response {
+        data: Some(data),
+        warnings: doc.warnings,
+        lease: None,
+    })
+}
+
+pub async fn read(kv: &dyn Kv, name: &str) -> Result<Response, Error> {
+    let Some(stored) = policy_store::load(kv, name).await? else {
+        return Ok(Response::empty());
+    };
+    let ids: Vec<String> = policy_set::check_document(name, &stored.policy)
+        .map(|d| d.policies.iter().map(|p| p.id().to_string()).collect())
+        .unwrap_or_default();
+    let mut data = Map::new();
+    data.insert("policy".into(), json!(stored.policy));
+    data.insert("policy_ids".into(), json!(ids));
+    data.insert("updated_at".into(), json!(stored.updated_at));
+    Ok(Response::data(data))
+}
+
+pub async fn list(kv: &dyn Kv) -> Result<Response, Error> {
+    Ok(Response::list(kv.list(policy_store::PREFIX).await?))
+}
+
+pub async fn delete(kv: &dyn Kv, name: &str) -> Result<Response, Error> {
+    kv.delete(&policy_store::key(name)).await?;
+    tracing::info!(policy = name, "policy deleted");
+    Ok(Response::empty())
+}
+
+/// `policies-schema`: the schema in Cedar's own syntax and as JSON, and the actions.
+pub fn schema() -> Response {
+    let mut data = Map::new();
+    data.insert("schema".into(), json!(policy_set::SCHEMA_TEXT));
+    if let Ok((fragment, _)) =
+        cedar_policy::SchemaFragment::from_cedarschema_str(policy_set::SCHEMA_TEXT)
+        && let Ok(text) = fragment.to_json_string()
+        && let Ok(v) = serde_json::from_str::<Value>(&text)
+    {
+        data.insert("schema_json".into(), v);
+    }
+    data.insert(
+        "actions".into(),
+        json!(PolicyAction::ALL.map(PolicyAction::name)),
+    );
+    Response::data(data)
+}
+
+/// `policies/simulate`: the decision a hypothetical request would get, made as a live one is
+/// (the same facts, the same policies, the same TTL rules), without doing anything.
+pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error> {
+    // `time` is a string field that also takes Unix seconds as a JSON number.
+    let mut data = req.data.clone();
+    if let Some(Value::Number(n)) = data.get("time") {
+        data.insert("time".into(), Value::String(n.to_string()));
+    }
+    let fields = Fields::parse(&simulate_fields(), &data)?;
+    let action_name = fields.str("action").unwrap_or_default();
+    let action = PolicyAction::parse(action_name).ok_or_else(|| {
+        Error::bad_request(format!(
+            "field 'action': expected issue, renew, create_task or update_task, got \
+             \"{action_name}\""
+        ))
+    })?;
+    let now = match fields.str("time") {
+        None => now(),
+        Some(t) => parse_time(t)?,
+    };
+    let requester = Requester {
+        entity_id: fields
+            .str("entity_id")
+            .map_or_else(|| req.requester.entity_id.clone(), str::to_owned),
+        token_accessor: req.requester.token_accessor.clone(),
+        display_name: fields
+            .str("display_name")
+            .map_or_else(|| req.requester.display_name.clone(), str::to_owned),
+        remote_addr: fields
+            .str("source_address")
+            .map_or_else(|| req.requester.remote_addr.clone(), str::to_owned),
+    };
+    let headers: BTreeMap<String, String> = fields
+        .map("headers")
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let asked = fields.duration("ttl");
+    let task = match fields.str("task_id") {
+        Some(id) => Some(
+            task::load(core.storage.as_ref(), id)
+                .await?
+                .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?,
+        ),
+        None => None,
+    };
+
+    let (facts_task, ttl, role) = match action {
+        PolicyAction::Issue | PolicyAction::Renew => {
+            let role_name = fields.str("role").ok_or_else(|| {
+                Error::bad_request(format!(
+                    "field 'role' is required to simulate '{action_name}'"
+                ))
+            })?;
+            let role = core.role(role_name).await?.ok_or_else(|| {
+                Error::bad_request(format!("field 'role': no role '{role_name}'"))
+            })?;
+            let mount_max = core.max_lease_ttl().await?.as_secs();
+            let grant =
+                crate::paths::creds::ttl_grant(core, &role, asked, task.as_ref(), now, mount_max)
+                    .await?;
+            (task, grant.ttl, Some((role_name.to_owned(), role)))
+        }
+        PolicyAction::CreateTask => {
+            let (ttl, _) = tasks::task_ttl(core, asked).await?;
+            let task = Task::open(
+                "simulated".into(),
+                fields.str("description").unwrap_or(""),
+                fields.map("metadata"),
+                &requester,
+                true,
+                now,
+                ttl,
+            );
+            (Some(task), ttl, None)
+        }
+        PolicyAction::UpdateTask => {
+            let Some(task) = task else {
+                return Err(Error::bad_request(
+                    "field 'task_id' is required to simulate 'update_task'",
+                ));
+            };
+            let ttl = match asked {
+                Some(_) => tasks::task_ttl(core, asked).await?.0,
+                None => task.deadline.saturating_sub(now),
+            };
+            (Some(task), ttl, None)
+        }
+    };
+    let kind = match &role {
+        Some((_, r)) => core.connection_kind(&r.db_name).await?,
+        None => String::new(),
+    };
+    let resource = match &role {
+        Some((name, r)) => Resource::Role(RoleFacts {
+            name,
+            kind: &kind,
+            connection: &r.db_name,
+            labels: &r.labels,
+        }),
+        None => Resource::Task,
+    };
+    let facts = Facts {
+        action,
+        requester: &requester,
+        headers: &headers,
+        resource,
+        task: facts_task.as_ref(),
+        requested_ttl: asked.unwrap_or(0),
+        ttl,
+        now,
+    };
+    let decision = decision::decide(core, &facts).await?;
+    let granted = match decision.max_ttl {
+        Some(cap) if decision.allowed => ttl.min(cap),
+        _ => ttl,
+    };
+    let mut data = Map::new();
+    data.insert(
+        "decision".into(),
+        json!(if decision.allowed { "allow" } else { "deny" }),
+    );
+    data.insert("policies".into(), json!(decision.determining));
+    data.insert("in_scope".into(), json!(decision.in_scope));
+    data.insert("max_ttl".into(), json!(decision.max_ttl));
+    data.insert("ttl".into(), json!(granted));
+    data.insert("errors".into(), json!(decision.errors));
+    data.insert("summary".into(), json!(decision.summary()));
+    data.insert("time".into(), json!(now));
+    Ok(Response::data(data))
+}
+
+/// Unix seconds, or an RFC 3339 time.
+fn parse_time(text: &str) -> Result<u64, Error> {
+    if let Ok(secs) = text.trim().parse::<u64>() {
+        return Ok(secs);
+    }
+    time::OffsetDateTime::parse(text.trim(), &time::format_description::well_known::Rfc3339)
+        .ok()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+        .ok_or_else(|| {
+            Error::bad_request(format!(
+                "field 'time': expected Unix seconds or an RFC 3339 time such as \
+                 2026-11-22T02:13:00Z, got \"{text}\""
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::{Value, json};
+
+    use crate::contract::request::{LeaseInfo, Operation, Request, Requester, Response};
+    use crate::contract::storage::InMemoryStorage;
+    use crate::testkit::FixedHost;
+    use crate::testkit::{Fake, who};
+    use crate::{Backends, Engine, Error};
+
+    struct Mount {
+        engine: Engine,
+        storage: InMemoryStorage,
+    }
+
+    impl Mount {
+        async fn new() -> Mount {
+            let storage = InMemoryStorage::new();
+            let host = FixedHost {
+                groups: vec![("e-ops".into(), "ops".into())],
+                ..FixedHost::default()
+            };
+            let engine = Engine::new(
+                Arc::new(storage.clone()),
+                Backends::new(vec![Arc::new(Fake::default())]),
+                Arc::new(host),
+                "v0",
+            );
+            engine.start(crate::NodeRole::Active);
+            let m = Mount { engine, storage };
+            let admin = who("e-admin", "127.0.0.1");
+            m.call(
+                "config/db",
+                json!({"plugin_name": "fake", "url": "fake://x",
+                                       "allowed_roles": "*"}),
+                &admin,
+            )
+            .await
+            .unwrap();
+            for role in ["a", "b"] {
+                m.call(
+                    &format!("roles/{role}"),
+                    json!({"db_name": "db", "max_ttl": "2h", "labels": {"env": role}}),
+                    &admin,
+                )
+                .await
+                .unwrap();
+            }
+            m
+        }
+
+        async fn call(&self, path: &str, body: Value, as_: &Requester) -> Result<Response, Error> {
+            let mut req = Request::new(Operation::Update, path).with_data(body);
+            req.requester = as_.clone();
+            self.engine.handle(req).await
+        }
+
+        async fn policy(&self, name: &str, text: &str) -> Response {
+            self.call(
+                &format!("policies/{name}"),
+                json!({ "policy": text }),
+                &who("e-admin", "127.0.0.1"),
+            )
+            .await
+            .unwrap()
+        }
+
+        /// Issues from `role` as `as_` with `body`, and asks simulate the same question: the
+        /// two must agree. Returns the live result.
+        async fn issue(&self, role: &str, body: Value, as_: &Requester) -> Result<Response, Error> {
+            let live = self.call(&format!("creds/{role}"), body.clone(), as_).await;
+            let mut question = json!({"action": "issue", "role": role, "entity_id": as_.entity_id,
+                                      "source_address": as_.remote_addr});
+            for (k, v) in body.as_object().unwrap() {
+                question[k] = v.clone();
+            }
+            let sim = self.call("policies/simulate", question, as_).await.unwrap();
+            let sim = sim.data.unwrap();
+            let expected = if live.is_ok() { "allow" } else { "deny" };
+            assert_eq!(
+                sim["decision"], expected,
+                "simulate disagrees: {sim:?} vs {live:?}"
+            );
+            if let Ok(r) = &live {
+                assert_eq!(sim["ttl"], json!(r.lease.as_ref().unwrap().ttl), "{sim:?}");
+            }
+            live
+        }
+    }
+
+    #[tokio::test]
+    async fn policies_decide_in_scope_requests_and_leave_the_rest_alone() {
+        let m = Mount::new().await;
+        let (ops, dev) = (who("e-ops", "127.0.0.1"), who("e-dev", "127.0.0.1"));
+        m.issue("b", json!({}), &dev).await.unwrap();
+
+        let written = m
+            .policy(
+                "ops-only",
+                "permit(principal in Mayfly::Group::\"ops\", action, resource == Mayfly::Role::\"b\");",
+            )
+            .await;
+        assert_eq!(written.data.unwrap()["policy_ids"], json!(["ops-only"]));
+        // Role a is outside the policy's scope: decided as before.
+        m.issue("a", json!({}), &dev).await.unwrap();
+        let err = m.issue("b", json!({}), &dev).await.unwrap_err();
+        assert_eq!(err.status(), 403, "{err}");
+        assert!(
+            err.to_string()
+                .contains("no permit policy was satisfied (in scope: ops-only)"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("permit(principal"),
+            "no policy text: {err}"
+        );
+        m.issue("b", json!({}), &ops).await.unwrap();
+
+        // A forbid wins over the permit; headers and role labels reach the context.
+        m.policy(
+            "no-prod-header",
+            "forbid(principal, action, resource) when { context.headers.hasTag(\"x-env\") && \
+             resource.hasTag(\"env\") && context.headers.getTag(\"x-env\") == resource.getTag(\"env\") };",
+        )
+        .await;
+        let mut req = Request::new(Operation::Update, "creds/b");
+        req.requester = ops.clone();
+        req.headers.insert("x-env".into(), "b".into());
+        let err = m.engine.handle(req).await.unwrap_err();
+        assert_eq!(err.status(), 403);
+        assert!(
+            err.to_string().contains("forbidden by no-prod-header"),
+            "{err}"
+        );
+
+        // A permit's @max_ttl caps the TTL, and the warning says so.
+        m.policy(
+            "ops-only",
+            "@max_ttl(\"10m\")\npermit(principal in Mayfly::Group::\"ops\", action, \
+             resource == Mayfly::Role::\"b\");",
+        )
+        .await;
+        let r = m.issue("b", json!({"ttl": "1h"}), &ops).await.unwrap();
+        assert_eq!(r.lease.as_ref().unwrap().ttl, 600);
+        assert_eq!(r.data.as_ref().unwrap()["ttl_bound"], "policy_max_ttl");
+        assert!(r.warnings[0].contains("@max_ttl"), "{:?}", r.warnings);
+
+        // Renewal is decided too, for the entity the credential was issued to.
+        m.policy(
+            "no-renew",
+            "forbid(principal, action == Mayfly::Action::\"renew\", resource);",
+        )
+        .await;
+        let mut renew = Request::new(Operation::Renew, "creds/b");
+        renew.lease = Some(LeaseInfo {
+            internal_data: r.lease.as_ref().unwrap().internal_data.clone(),
+            lease_id: String::new(),
+            increment: 60,
+            max_ttl: 7200,
+        });
+        let err = m.engine.handle(renew).await.unwrap_err();
+        assert!(err.to_string().contains("forbidden by no-renew"), "{err}");
+
+        // Deleting the policies gives today's behaviour back at once.
+        for name in ["ops-only", "no-prod-header", "no-renew"] {
+            let mut req = Request::new(Operation::Delete, format!("policies/{name}"));
+            req.requester = ops.clone();
+            m.engine.handle(req).await.unwrap();
+        }
+        m.issue("b", json!({}), &dev).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn task_creation_is_decided_and_capped_and_simulate_moves_the_clock() {
+        let m = Mount::new().await;
+        let dev = who("e-dev", "10.1.2.3");
+        m.policy(
+            "tasks",
+            "@max_ttl(\"1h\")\npermit(principal, action == Mayfly::Action::\"create_task\", \
+             resource) when { context has source_ip && context.source_ip.isInRange(ip(\"10.0.0.0/8\")) };\n\
+             permit(principal, action == Mayfly::Action::\"issue\", resource) when { \
+             context has task && context.task.age_seconds < 600 && \
+             context.task.owner_entity_id == principal.id };",
+        )
+        .await;
+        let r = m.call("tasks", json!({"ttl": "3h"}), &dev).await.unwrap();
+        let task = r.data.unwrap();
+        assert_eq!(
+            task["deadline"].as_u64().unwrap() - task["created_at"].as_u64().unwrap(),
+            3600
+        );
+        assert!(
+            r.warnings.iter().any(|w| w.contains("@max_ttl")),
+            "{:?}",
+            r.warnings
+        );
+        let err = m
+            .call("tasks", json!({}), &who("e-dev", "192.168.0.1"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("in scope: tasks"), "{err}");
+
+        let id = task["task_id"].as_str().unwrap();
+        m.issue("a", json!({"task_id": id}), &dev).await.unwrap();
+        let err = m.issue("a", json!({}), &dev).await.unwrap_err();
+        assert_eq!(err.status(), 403);
+        // Eleven minutes on, the same task is too old.
+        let later = task["created_at"].as_u64().unwrap() + 660;
+        let sim = m
+            .call(
+                "policies/simulate",
+                json!({"action": "issue", "role": "a", "task_id": id, "time": later}),
+                &dev,
+            )
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(sim["decision"], "deny", "{sim:?}");
+        let sim = m
+            .call(
+                "policies/simulate",
+                json!({"action": "issue", "role": "a", "task_id": id, "time": later - 120}),
+                &dev,
+            )
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert_eq!(sim["decision"], "allow", "{sim:?}");
+        assert_eq!(sim["policies"], json!(["tasks#2"]));
+    }
+
+    #[tokio::test]
+    async fn bad_policies_and_simulations_are_refused_and_store_nothing() {
+        let m = Mount::new().await;
+        let admin = who("e-admin", "127.0.0.1");
+        let before = m.storage.dump().len();
+        let cases = [
+            (json!({}), "field 'policy' is required"),
+            (
+                json!({"policy": "permit(principal, action, resource) when { context.utc_hour > };"}),
+                "line 1, column",
+            ),
+            (
+                json!({"policy": "permit(principal, action, resource) when { resource.colour == \"red\" };"}),
+                "does not validate against the schema",
+            ),
+        ];
+        for (body, expected) in cases {
+            let err = m
+                .call("policies/p", body.clone(), &admin)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 400, "{body}");
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        assert_eq!(m.storage.dump().len(), before, "nothing stored");
+        for (body, expected) in [
+            (
+                json!({"action": "delete"}),
+                "field 'action': expected issue",
+            ),
+            (json!({"action": "issue"}), "field 'role' is required"),
+            (
+                json!({"action": "issue", "role": "a", "time": "noon"}),
+                "field 'time'",
+            ),
+        ] {
+            let err = m
+                .call("policies/simulate", body.clone(), &admin)
+                .await
+                .unwrap_err();
+            assert_eq!(err.status(), 400, "{body}");
+            assert!(err.to_string().contains(expected), "{body}: {err}");
+        }
+        let schema = m
+            .engine
+            .handle(Request::new(Operation::Read, "policies-schema"))
+            .await
+            .unwrap()
+            .data
+            .unwrap();
+        assert!(
+            schema["schema"]
+                .as_str()
+                .unwrap()
+                .contains("namespace Mayfly")
+        );
+        assert!(
+            schema["schema_json"]["Mayfly"]["actions"]["issue"].is_object(),
+            "{schema:?}"
+        );
+    }
+}
