@@ -14,7 +14,7 @@ use crate::contract::fields::{FieldDef, FieldType, FieldValue, parse_duration};
 use crate::contract::request::{Operation, Request};
 use crate::contract::storage::InMemoryStorage;
 use crate::contract::template::{DEFAULT_USERNAME_TEMPLATE, Inputs, Sources, render};
-use crate::engine::router::{Router, validate_name};
+use crate::paths::router::{Router, validate_name};
 use crate::testkit::Fake;
 use crate::testkit::FixedHost;
 use crate::{Backends, Engine};

@@ -1,7 +1,6 @@
 //! The engine of one mount: routes each request to its handler over the mount's storage.
 
 mod openapi;
-pub(crate) mod router;
 pub(crate) mod sweep;
 
 use std::sync::Arc;
@@ -15,8 +14,7 @@ use crate::contract::host::Host;
 use crate::contract::request::{Operation, Request, Response};
 use crate::contract::storage::Storage;
 use crate::contract::template;
-use crate::engine::router::{PathDef, Route, Router};
-use crate::model::roles;
+use crate::model::role;
 use crate::model::static_role;
 use crate::mount::node::NodeRole;
 use crate::mount::scheduler::Scheduler;
@@ -26,7 +24,9 @@ use crate::paths::creds;
 use crate::paths::leases;
 use crate::paths::operator::{self, Scope};
 use crate::paths::policies;
+use crate::paths::roles;
 use crate::paths::rotate_root;
+use crate::paths::router::{PathDef, Route, Router};
 use crate::paths::static_roles;
 use crate::paths::tasks;
 
@@ -199,7 +199,7 @@ impl Engine {
 
     async fn route(
         &self,
-        m: &crate::engine::router::Matched<'_>,
+        m: &crate::paths::router::Matched<'_>,
         op: Operation,
         req: &Request,
     ) -> Result<Response, Error> {
@@ -233,14 +233,14 @@ impl Engine {
                 tracing::info!(connection = name, "connection deleted");
                 Ok(Response::empty())
             }
-            (Route::RoleList, Operation::List) => Ok(Response::list(roles::list(kv).await?)),
+            (Route::RoleList, Operation::List) => Ok(Response::list(role::list(kv).await?)),
             (Route::Role, Operation::Read) => Ok(roles::read(kv, backends, m.param("name"))
                 .await?
                 .map(Response::data)
                 .unwrap_or_default()),
             (Route::Role, Operation::Update) => {
                 let name = m.param("name");
-                let warnings = roles::write(kv, backends, &self.core.mark, name, &req.data).await?;
+                let warnings = role::write(kv, backends, &self.core.mark, name, &req.data).await?;
                 tracing::info!(role = name, "role saved");
                 Ok(Response {
                     warnings,
@@ -359,295 +359,19 @@ impl Engine {
 }
 
 pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
-    vec![
-        PathDef {
-            pattern: "config/",
-            route: Route::ConfigList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the configured connections.",
-            description: "",
-        },
-        PathDef {
-            pattern: "config/tasks",
-            route: Route::TaskConfig,
-            fields: tasks::settings_fields(),
-            operations: vec![Operation::Read, Operation::Update],
-            synopsis: "Mount-wide task settings: max_task_ttl and default_task_ttl.",
-            description: "This path is matched before config/NAME, so no connection can be \
-                named 'tasks'.",
-        },
-        PathDef {
-            pattern: "config/{name}",
-            route: Route::Config,
-            fields: config::all_fields(backends),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
-            synopsis: "Configure a connection to a target (a database, a cloud account, an API).",
-            description: "Fields common to all kinds are plugin_name, allowed_roles and \
-                verify_connection; each kind adds its own (postgres: connection_url, username, \
-                password, max_open_connections). Secret fields are write-only: a read lists \
-                which are set, never their values. Fields left out of an update keep their \
-                stored values.",
-        },
-        PathDef {
-            pattern: "roles/",
-            route: Route::RoleList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the roles.",
-            description: "",
-        },
-        PathDef {
-            pattern: "roles/{name}",
-            route: Route::Role,
-            fields: roles::all_fields(backends),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
-            synopsis: "A dynamic role: which connection, how principals are created, renewed \
-                and revoked, and how long they live.",
-            description: "Common fields are db_name, default_ttl, max_ttl, username_template \
-                and password_policy; each kind adds its own (postgres: creation_statements, \
-                revocation_statements, renew_statements, member_of). Statements use OpenBao's \
-                placeholders {{name}}, {{username}}, {{password}} and {{expiration}}. Fields \
-                left out of an update keep their stored values.",
-        },
-        PathDef {
-            pattern: "creds/{role}",
-            route: Route::Creds,
-            fields: creds::fields(),
-            operations: vec![Operation::Read, Operation::Update],
-            synopsis: "Issue a credential of a role, as a lease.",
-            description: "The credential is recorded in the ledger before it is created on the \
-                target, and revoked at its deadline by mayfly itself, whether or not the host \
-                revokes the lease.",
-        },
-        PathDef {
-            pattern: "tasks",
-            route: Route::TaskCreate,
-            fields: tasks::task_fields(),
-            operations: vec![Operation::Update],
-            synopsis: "Create a task with a generated id (the host refuses writes to 'tasks/').",
-            description: "A task has a deadline (ttl), an owner (the requesting entity), a \
-                description and metadata. Credentials issued with its task_id never outlive \
-                it, and ending it revokes them all.",
-        },
-        PathDef {
-            pattern: "tasks/",
-            route: Route::TaskList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the caller's own tasks, with each one's state, deadline, owner \
-                and description.",
-            description: "Operators list every task at revoke/task/ (sudo).",
-        },
-        PathDef {
-            pattern: "tasks/{id}",
-            route: Route::Task,
-            fields: tasks::task_fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
-            synopsis: "A task: create or update it, read it with its credentials, or delete \
-                it, which ends it and revokes every credential issued under it before \
-                answering.",
-            description: "A task ends at its deadline through the scheduler in the same way. \
-                Shortening the ttl of an open task moves its deadline; its credentials are \
-                revoked at the new deadline. A task bound to its owner (bound_to_owner, the \
-                default) is read, changed and ended by its owner alone (the same entity; the \
-                same token for tokens without one); operators reach it under revoke/task/.",
-        },
-        PathDef {
-            pattern: "revoke/task/",
-            route: Route::RevokeTaskList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List every task, whoever owns it (sudo).",
-            description: "",
-        },
-        PathDef {
-            pattern: "revoke/task/{id}",
-            route: Route::RevokeTask,
-            fields: vec![],
-            operations: vec![Operation::Read, Operation::Update],
-            synopsis: "Read any task with its credentials, or end it and revoke all its \
-                credentials (sudo).",
-            description: "Answers how many were revoked, were already gone, and failed; \
-                failures stay in the ledger and are retried (see revocations/).",
-        },
-        PathDef {
-            pattern: "revoke/role/{name}",
-            route: Route::RevokeRole,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Revoke every live credential of a role (sudo).",
-            description: "Answers how many were revoked, were already gone, and failed.",
-        },
-        PathDef {
-            pattern: "revoke/config/{name}",
-            route: Route::RevokeConfig,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Revoke every live credential on a connection (sudo).",
-            description: "Answers how many were revoked, were already gone, and failed.",
-        },
-        PathDef {
-            pattern: "revoke/all",
-            route: Route::RevokeAll,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Revoke every live credential of the mount (sudo).",
-            description: "Answers how many were revoked, were already gone, and failed.",
-        },
-        PathDef {
-            pattern: "rotate-root/{name}",
-            route: Route::RotateRoot,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Replace the password of the connection's own user with one only mayfly \
-                knows.",
-            description: "The new password is stored as pending before the target is changed \
-                and becomes the connection's password once the target has it; a rotation \
-                stopped midway (error, lost reply, crash) is settled by asking the target which \
-                password it takes, so the connection never loses a working password. Rotate \
-                only a user dedicated to mayfly: anyone else using it is locked out.",
-        },
-        PathDef {
-            pattern: "reset/{name}",
-            route: Route::Reset,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Close the connection's sessions to its target, reopen them and verify \
-                the target takes them.",
-            description: "For a target that restarted, failed over or had mayfly's account \
-                changed by hand: the pool built from the stored configuration is replaced, \
-                and the reset fails (the stored configuration unchanged) if the target refuses \
-                it.",
-        },
-        PathDef {
-            pattern: "static-roles/",
-            route: Route::StaticRoleList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the static roles.",
-            description: "",
-        },
-        PathDef {
-            pattern: "static-roles/{name}",
-            route: Route::StaticRole,
-            fields: static_role::fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
-            synopsis: "A static role: an existing account whose password mayfly keeps and \
-                rotates on a period, a cron schedule, or on demand.",
-            description: "Creating one takes the account over: its password is replaced at \
-                once (unless skip_import_rotation). A read shows the rotation's progress: \
-                last_rotation, next_rotation, rotation_attempts, last_error, failing_since, \
-                and in dual-account mode the current and previous accounts. A failing \
-                rotation is retried with backoff up to max_rotation_attempts and the last \
-                working password stays current. Deleting forgets the passwords and leaves \
-                the accounts as they are.",
-        },
-        PathDef {
-            pattern: "static-creds/{name}",
-            route: Route::StaticCreds,
-            fields: vec![],
-            operations: vec![Operation::Read],
-            synopsis: "The current username and password of a static role, with ttl: the \
-                seconds until the password may change.",
-            description: "An application that fails to log in should read this again: the \
-                password may have been rotated since it last did. In dual-account mode the \
-                previous account keeps working until previous_valid_until.",
-        },
-        PathDef {
-            pattern: "rotate-role/{name}",
-            route: Route::RotateRole,
-            fields: vec![],
-            operations: vec![Operation::Update],
-            synopsis: "Rotate a static role's password now.",
-            description: "A failure is returned and then retried with backoff like a \
-                scheduled rotation's; the old password stays current until a rotation \
-                succeeds. In dual-account mode the previous account gets the new password, \
-                which ends its grace period.",
-        },
-        PathDef {
-            pattern: "policies/",
-            route: Route::PolicyList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the Cedar policies.",
-            description: "",
-        },
-        PathDef {
-            pattern: "policies/simulate",
-            route: Route::PolicySimulate,
-            fields: policies::simulate_fields(),
-            operations: vec![Operation::Update],
-            synopsis: "The decision a hypothetical request would get: allow or deny, the \
-                policies that determined it, those in scope, and the TTL it would be granted.",
-            description: "Made exactly as a live decision is, from the same policies, with the \
-                given entity, task, address, time and headers in place of the caller's. This \
-                path is matched before policies/NAME, so no policy can be named 'simulate'.",
-        },
-        PathDef {
-            pattern: "policies/{name}",
-            route: Route::Policy,
-            fields: policies::fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
-            synopsis: "A Cedar policy document, evaluated at every issuance, renewal and task \
-                creation or update.",
-            description: "The text is validated against the schema at policies-schema; a \
-                document that does not parse or validate is refused with the message and its \
-                line and column. Policies whose scope (action and resource) covers a request \
-                decide it: denied unless a permit is satisfied and no forbid is. A request no \
-                policy covers is decided by the role alone, as without policies. A denial is \
-                a 403 that names the deciding policies. A document's first policy is known by \
-                its name, the next as NAME#2, and so on.",
-        },
-        PathDef {
-            pattern: "policies-schema",
-            route: Route::PolicySchema,
-            fields: vec![],
-            operations: vec![Operation::Read],
-            synopsis: "The Cedar schema policies are validated against: entity types, \
-                attributes, actions and the request context.",
-            description: "",
-        },
-        PathDef {
-            pattern: "revocations/",
-            route: Route::Revocations,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "The credentials whose revocation keeps failing, with attempts, last \
-                error and since when (sudo).",
-            description: "",
-        },
-        PathDef {
-            pattern: "orphans/{name}",
-            route: Route::Orphans,
-            fields: operator::orphan_fields(),
-            operations: vec![Operation::Read, Operation::Update],
-            synopsis: "Principals on a connection's target that carry mayfly's naming mark \
-                but have no live ledger record (sudo). Write purge=true to drop them; a \
-                write without it is a dry run.",
-            description: "Only names made with the mark ('mf-', the default username \
-                template's prefix) are considered. Two mayfly mounts must not share one \
-                target: each would see the other's principals as orphans.",
-        },
-        PathDef {
-            pattern: "leases/",
-            route: Route::LeaseList,
-            fields: vec![],
-            operations: vec![Operation::List],
-            synopsis: "List the credentials in the ledger; filter with role= and state=.",
-            description: "States: intent (being issued), active, revoking (due or failing; \
-                see revocation_attempts and last_error), revoked (kept three days for audit).",
-        },
-        PathDef {
-            pattern: "leases/{id}",
-            route: Route::Lease,
-            fields: vec![],
-            operations: vec![Operation::Read],
-            synopsis: "One credential's ledger record: principal, state, deadline, requester, \
-                revocation attempts and last error. Never a secret.",
-            description: "",
-        },
+    // First match wins: config/tasks comes before config/{name}, which would take it.
+    [
+        tasks::paths(),
+        config::paths(backends),
+        roles::paths(backends),
+        creds::paths(),
+        operator::paths(),
+        rotate_root::paths(),
+        static_roles::paths(),
+        policies::paths(),
+        leases::paths(),
     ]
+    .concat()
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::contract::fields::{FieldDef, FieldType};
 use crate::contract::request::Operation;
-use crate::engine::router::{NAME_RULE, PathDef};
+use crate::paths::router::{NAME_RULE, PathDef};
 
 pub fn document(paths: &[PathDef], version: &str) -> Value {
     let mut out = Map::new();

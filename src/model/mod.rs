@@ -6,6 +6,6 @@ pub(crate) mod cron;
 pub(crate) mod ledger;
 pub(crate) mod policy_set;
 pub(crate) mod policy_store;
-pub(crate) mod roles;
+pub(crate) mod role;
 pub(crate) mod static_role;
 pub(crate) mod task;

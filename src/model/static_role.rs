@@ -13,7 +13,7 @@ use crate::contract::fields::{FieldDef, FieldType, FieldValue, Fields};
 use crate::contract::storage::{self, Kv};
 use crate::contract::template::LEGACY_MARK as MARK;
 use crate::model::cron::Schedule;
-use crate::model::roles;
+use crate::model::role;
 
 pub const PREFIX: &str = "static-roles/";
 
@@ -467,7 +467,7 @@ async fn check(
     name: &str,
     role: &StaticRole,
 ) -> Result<bool, Error> {
-    let (config, backend) = roles::connection(kv, backends, &role.db_name).await?;
+    let (config, backend) = role::connection(kv, backends, &role.db_name).await?;
     let keys = backend.target_makes_secret();
     if !config.allows_role(name) {
         return Err(Error::bad_request(format!(

@@ -20,7 +20,7 @@ use crate::contract::error::Error;
 use crate::contract::host::{Host, Identity};
 use crate::contract::storage::Storage;
 use crate::model::policy_set::PolicySet;
-use crate::model::roles::{self, Role};
+use crate::model::role::{self, Role};
 use crate::mount::node::Node;
 use scheduler::Scheduler;
 
@@ -169,7 +169,7 @@ impl MountCore {
             &self.cache.roles,
             &self.cache.generation,
             name,
-            roles::load(self.storage.as_ref(), name),
+            role::load(self.storage.as_ref(), name),
         )
         .await
     }

@@ -13,7 +13,9 @@ use crate::contract::connection_config::{
 };
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, FieldValue, Fields};
+use crate::contract::request::Operation;
 use crate::contract::storage::{self, Kv, Storage, StorageError};
+use crate::paths::router::{PathDef, Route};
 
 /// The fields every kind accepts.
 pub fn common_fields() -> Vec<FieldDef> {
@@ -268,7 +270,7 @@ fn merge<'b>(
     }
     if let Some(t) = config.setting_str(USERNAME_TEMPLATE) {
         // Its roles check the names it makes for them, with their own mark and limits.
-        crate::model::roles::sample_name(t, "role", crate::contract::template::LEGACY_MARK)?;
+        crate::model::role::sample_name(t, "role", crate::contract::template::LEGACY_MARK)?;
     }
     for def in &kind_fields {
         if fields.get(def.name).is_some() {
@@ -390,6 +392,44 @@ pub async fn delete(kv: &dyn Kv, name: &str) -> Result<(), Error> {
 
 pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
     Ok(kv.list(connection_config::PREFIX).await?)
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "config/",
+            route: Route::ConfigList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the configured connections.",
+            description: "",
+        },
+        PathDef {
+            pattern: "config/{name}",
+            route: Route::Config,
+            fields: all_fields(backends),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "Configure a connection to a target (a database, a cloud account, an API).",
+            description: "Fields common to all kinds are plugin_name, allowed_roles and \
+                verify_connection; each kind adds its own (postgres: connection_url, username, \
+                password, max_open_connections). Secret fields are write-only: a read lists \
+                which are set, never their values. Fields left out of an update keep their \
+                stored values.",
+        },
+        PathDef {
+            pattern: "reset/{name}",
+            route: Route::Reset,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Close the connection's sessions to its target, reopen them and verify \
+                the target takes them.",
+            description: "For a target that restarted, failed over or had mayfly's account \
+                changed by hand: the pool built from the stored configuration is replaced, \
+                and the reset fails (the stored configuration unchanged) if the target refuses \
+                it.",
+        },
+    ]
 }
 
 #[cfg(test)]

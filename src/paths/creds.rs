@@ -12,18 +12,20 @@ use crate::contract::backend::{CREATE_TIMEOUT, within};
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
 use crate::contract::host::{now, random_lower};
+use crate::contract::request::Operation;
 use crate::contract::request::{LeaseGrant, Request, Requester, Response};
 use crate::contract::template;
 use crate::jobs::revocation;
 use crate::model::audit::{self, Action, Event};
 use crate::model::cidr::Cidr;
 use crate::model::ledger::{self, Credential, State};
-use crate::model::roles::Role;
+use crate::model::role::Role;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Claim;
 use crate::paths::leases;
+use crate::paths::router::{PathDef, Route};
 
 /// When an intent that never became active is revoked, at the latest: well past the longest
 /// issuance (connection wait plus [`CREATE_TIMEOUT`]), so a slow issuance is never undercut.
@@ -570,6 +572,20 @@ async fn check_bindings(
         }
     }
     Ok(())
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![PathDef {
+        pattern: "creds/{role}",
+        route: Route::Creds,
+        fields: fields(),
+        operations: vec![Operation::Read, Operation::Update],
+        synopsis: "Issue a credential of a role, as a lease.",
+        description: "The credential is recorded in the ledger before it is created on the \
+                target, and revoked at its deadline by mayfly itself, whether or not the host \
+                revokes the lease.",
+    }]
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::contract::backend::CREATE_TIMEOUT;
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
 use crate::contract::host::now;
+use crate::contract::request::Operation;
 use crate::contract::request::{LeaseGrant, LeaseInfo, Request, Requester, Response};
 use crate::jobs::revocation;
 use crate::model::audit::{self, Action, Event};
@@ -15,6 +16,7 @@ use crate::model::task::{self, Task};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Outcome;
+use crate::paths::router::{PathDef, Route};
 
 /// `internal_data` keys: the Go framework's dispatch key (kept for compatibility) and the
 /// ledger record.
@@ -327,4 +329,28 @@ pub async fn read_lease(core: &MountCore, id: &str) -> Result<Response, Error> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "leases/",
+            route: Route::LeaseList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the credentials in the ledger; filter with role= and state=.",
+            description: "States: intent (being issued), active, revoking (due or failing; \
+                see revocation_attempts and last_error), revoked (kept three days for audit).",
+        },
+        PathDef {
+            pattern: "leases/{id}",
+            route: Route::Lease,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "One credential's ledger record: principal, state, deadline, requester, \
+                revocation attempts and last error. Never a secret.",
+            description: "",
+        },
+    ]
 }

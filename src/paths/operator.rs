@@ -9,12 +9,14 @@ use serde_json::{Map, Value, json};
 use crate::contract::backend::Principal;
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
+use crate::contract::request::Operation;
 use crate::contract::request::{Request, Response};
 use crate::jobs::revocation::{self, Report};
 use crate::model::audit::{self, Action, Event};
 use crate::model::ledger::{self, Credential, State};
-use crate::model::roles;
+use crate::model::role;
 use crate::mount::MountCore;
+use crate::paths::router::{PathDef, Route};
 use crate::paths::tasks;
 
 /// The most principals dropped in one call during a purge.
@@ -201,7 +203,7 @@ async fn listings(core: &MountCore, name: &str) -> Result<Vec<Map<String, Value>
         return Ok(vec![Map::new()]);
     }
     let mut all: Vec<Map<String, Value>> = Vec::new();
-    for role_name in roles::list(core.storage.as_ref()).await? {
+    for role_name in role::list(core.storage.as_ref()).await? {
         if let Some(role) = core.role(&role_name).await?
             && role.db_name == name
             && !all.contains(&role.settings)
@@ -323,6 +325,75 @@ pub async fn orphans(
     data.insert("already_gone".into(), json!(report.already_gone));
     data.insert("failed".into(), json!(report.failed.len()));
     Ok(Response::data(data))
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "revoke/task/",
+            route: Route::RevokeTaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List every task, whoever owns it (sudo).",
+            description: "",
+        },
+        PathDef {
+            pattern: "revoke/task/{id}",
+            route: Route::RevokeTask,
+            fields: vec![],
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Read any task with its credentials, or end it and revoke all its \
+                credentials (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed; \
+                failures stay in the ledger and are retried (see revocations/).",
+        },
+        PathDef {
+            pattern: "revoke/role/{name}",
+            route: Route::RevokeRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of a role (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/config/{name}",
+            route: Route::RevokeConfig,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential on a connection (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revoke/all",
+            route: Route::RevokeAll,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Revoke every live credential of the mount (sudo).",
+            description: "Answers how many were revoked, were already gone, and failed.",
+        },
+        PathDef {
+            pattern: "revocations/",
+            route: Route::Revocations,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "The credentials whose revocation keeps failing, with attempts, last \
+                error and since when (sudo).",
+            description: "",
+        },
+        PathDef {
+            pattern: "orphans/{name}",
+            route: Route::Orphans,
+            fields: orphan_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Principals on a connection's target that carry mayfly's naming mark \
+                but have no live ledger record (sudo). Write purge=true to drop them; a \
+                write without it is a dry run.",
+            description: "Only names made with the mark ('mf-', the default username \
+                template's prefix) are considered. Two mayfly mounts must not share one \
+                target: each would see the other's principals as orphans.",
+        },
+    ]
 }
 
 #[cfg(test)]

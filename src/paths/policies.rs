@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
 use crate::contract::host::now;
+use crate::contract::request::Operation;
 use crate::contract::request::{Request, Requester, Response};
 use crate::contract::storage::Kv;
 use crate::model::policy_set;
@@ -19,6 +20,7 @@ use crate::model::policy_store;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
+use crate::paths::router::{PathDef, Route};
 use crate::paths::tasks;
 
 pub fn fields() -> Vec<FieldDef> {
@@ -306,6 +308,55 @@ fn parse_time(text: &str) -> Result<u64, Error> {
                  2026-11-22T02:13:00Z, got \"{text}\""
             ))
         })
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "policies/",
+            route: Route::PolicyList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the Cedar policies.",
+            description: "",
+        },
+        PathDef {
+            pattern: "policies/simulate",
+            route: Route::PolicySimulate,
+            fields: simulate_fields(),
+            operations: vec![Operation::Update],
+            synopsis: "The decision a hypothetical request would get: allow or deny, the \
+                policies that determined it, those in scope, and the TTL it would be granted.",
+            description: "Made exactly as a live decision is, from the same policies, with the \
+                given entity, task, address, time and headers in place of the caller's. This \
+                path is matched before policies/NAME, so no policy can be named 'simulate'.",
+        },
+        PathDef {
+            pattern: "policies/{name}",
+            route: Route::Policy,
+            fields: fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A Cedar policy document, evaluated at every issuance, renewal and task \
+                creation or update.",
+            description: "The text is validated against the schema at policies-schema; a \
+                document that does not parse or validate is refused with the message and its \
+                line and column. Policies whose scope (action and resource) covers a request \
+                decide it: denied unless a permit is satisfied and no forbid is. A request no \
+                policy covers is decided by the role alone, as without policies. A denial is \
+                a 403 that names the deciding policies. A document's first policy is known by \
+                its name, the next as NAME#2, and so on.",
+        },
+        PathDef {
+            pattern: "policies-schema",
+            route: Route::PolicySchema,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The Cedar schema policies are validated against: entity types, \
+                attributes, actions and the request context.",
+            description: "",
+        },
+    ]
 }
 
 #[cfg(test)]

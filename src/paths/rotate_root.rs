@@ -11,8 +11,10 @@ use crate::contract::connection_config;
 use crate::contract::connection_config::ConnectionConfig;
 use crate::contract::error::Error;
 use crate::contract::host::default_password;
+use crate::contract::request::Operation;
 use crate::contract::request::Response;
 use crate::mount::MountCore;
+use crate::paths::router::{PathDef, Route};
 
 use crate::mount::root_password::{PASSWORD, commit, settle_locked, which_works};
 
@@ -100,4 +102,21 @@ fn root_rotation_statements(
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
     (!statements.is_empty()).then_some(statements)
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![PathDef {
+        pattern: "rotate-root/{name}",
+        route: Route::RotateRoot,
+        fields: vec![],
+        operations: vec![Operation::Update],
+        synopsis: "Replace the password of the connection's own user with one only mayfly \
+                knows.",
+        description: "The new password is stored as pending before the target is changed \
+                and becomes the connection's password once the target has it; a rotation \
+                stopped midway (error, lost reply, crash) is settled by asking the target which \
+                password it takes, so the connection never loses a working password. Rotate \
+                only a user dedicated to mayfly: anyone else using it is locked out.",
+    }]
 }

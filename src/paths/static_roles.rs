@@ -8,11 +8,13 @@ use serde_json::{Map, Value, json};
 use crate::contract::backend::{TARGET_TIMEOUT, within};
 use crate::contract::error::Error;
 use crate::contract::host::now;
+use crate::contract::request::Operation;
 use crate::contract::request::Response;
 use crate::jobs::static_rotation::{State, Trigger, entry, load_state, rotate, save, state_key};
 use crate::model::ledger;
 use crate::model::static_role::{self, Rotation};
 use crate::mount::MountCore;
+use crate::paths::router::{PathDef, Route};
 
 fn no_role(name: &str) -> Error {
     Error::bad_request(format!("no static role named '{name}'"))
@@ -195,4 +197,55 @@ pub async fn creds(core: &MountCore, name: &str) -> Result<Response, Error> {
         data.insert("previous_valid_until".into(), json!(p.until));
     }
     Ok(Response::data(data))
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "static-roles/",
+            route: Route::StaticRoleList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the static roles.",
+            description: "",
+        },
+        PathDef {
+            pattern: "static-roles/{name}",
+            route: Route::StaticRole,
+            fields: static_role::fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A static role: an existing account whose password mayfly keeps and \
+                rotates on a period, a cron schedule, or on demand.",
+            description: "Creating one takes the account over: its password is replaced at \
+                once (unless skip_import_rotation). A read shows the rotation's progress: \
+                last_rotation, next_rotation, rotation_attempts, last_error, failing_since, \
+                and in dual-account mode the current and previous accounts. A failing \
+                rotation is retried with backoff up to max_rotation_attempts and the last \
+                working password stays current. Deleting forgets the passwords and leaves \
+                the accounts as they are.",
+        },
+        PathDef {
+            pattern: "static-creds/{name}",
+            route: Route::StaticCreds,
+            fields: vec![],
+            operations: vec![Operation::Read],
+            synopsis: "The current username and password of a static role, with ttl: the \
+                seconds until the password may change.",
+            description: "An application that fails to log in should read this again: the \
+                password may have been rotated since it last did. In dual-account mode the \
+                previous account keeps working until previous_valid_until.",
+        },
+        PathDef {
+            pattern: "rotate-role/{name}",
+            route: Route::RotateRole,
+            fields: vec![],
+            operations: vec![Operation::Update],
+            synopsis: "Rotate a static role's password now.",
+            description: "A failure is returned and then retried with backoff like a \
+                scheduled rotation's; the old password stays current until a rotation \
+                succeeds. In dual-account mode the previous account gets the new password, \
+                which ends its grace period.",
+        },
+    ]
 }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
 use crate::contract::host::{now, random_lower};
+use crate::contract::request::Operation;
 use crate::contract::request::{Request, Requester, Response};
 use crate::contract::storage::{self, Kv};
 use crate::jobs::revocation::{self, Report};
@@ -23,6 +24,7 @@ use crate::model::ledger::{self, RETENTION_SECS};
 use crate::model::task::{PREFIX, Task, TaskState, entry, key, load, metadata_values};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource};
+use crate::paths::router::{PathDef, Route};
 
 /// Where the mount-wide task settings live (served at `config/tasks`; not under `config/`, which
 /// holds connections).
@@ -484,4 +486,52 @@ pub async fn on_due(core: Arc<MountCore>, entry_due: u64, id: String) {
             }
         }
     }
+}
+
+/// The paths this module serves, for the engine's table.
+pub(crate) fn paths() -> Vec<PathDef> {
+    vec![
+        PathDef {
+            pattern: "config/tasks",
+            route: Route::TaskConfig,
+            fields: settings_fields(),
+            operations: vec![Operation::Read, Operation::Update],
+            synopsis: "Mount-wide task settings: max_task_ttl and default_task_ttl.",
+            description: "This path is matched before config/NAME, so no connection can be \
+                named 'tasks'.",
+        },
+        PathDef {
+            pattern: "tasks",
+            route: Route::TaskCreate,
+            fields: task_fields(),
+            operations: vec![Operation::Update],
+            synopsis: "Create a task with a generated id (the host refuses writes to 'tasks/').",
+            description: "A task has a deadline (ttl), an owner (the requesting entity), a \
+                description and metadata. Credentials issued with its task_id never outlive \
+                it, and ending it revokes them all.",
+        },
+        PathDef {
+            pattern: "tasks/",
+            route: Route::TaskList,
+            fields: vec![],
+            operations: vec![Operation::List],
+            synopsis: "List the caller's own tasks, with each one's state, deadline, owner \
+                and description.",
+            description: "Operators list every task at revoke/task/ (sudo).",
+        },
+        PathDef {
+            pattern: "tasks/{id}",
+            route: Route::Task,
+            fields: task_fields(),
+            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            synopsis: "A task: create or update it, read it with its credentials, or delete \
+                it, which ends it and revokes every credential issued under it before \
+                answering.",
+            description: "A task ends at its deadline through the scheduler in the same way. \
+                Shortening the ttl of an open task moves its deadline; its credentials are \
+                revoked at the new deadline. A task bound to its owner (bound_to_owner, the \
+                default) is read, changed and ended by its owner alone (the same entity; the \
+                same token for tokens without one); operators reach it under revoke/task/.",
+        },
+    ]
 }

@@ -188,29 +188,8 @@ pub fn all_fields(backends: &Backends) -> Vec<FieldDef> {
     out
 }
 
-fn key(name: &str) -> String {
+pub(crate) fn key(name: &str) -> String {
     format!("{PREFIX}{name}")
-}
-
-/// What a read of `roles/NAME` shows: the role, who enforces its credentials' deadlines, and
-/// what its kind derives from it (left out when the role's connection is gone).
-pub async fn read(
-    kv: &dyn Kv,
-    backends: &Backends,
-    name: &str,
-) -> Result<Option<Map<String, Value>>, Error> {
-    let Some(role) = load(kv, name).await? else {
-        return Ok(None);
-    };
-    let mut view = role.view();
-    if let Ok((_, backend)) = connection(kv, backends, &role.db_name).await {
-        view.insert(
-            "expiry_enforcement".into(),
-            json!(backend.expiry_enforcement().as_str()),
-        );
-        view.extend(backend.describe_role(&role.settings));
-    }
-    Ok(Some(view))
 }
 
 pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<Role>, Error> {
@@ -219,10 +198,6 @@ pub async fn load(kv: &dyn Kv, name: &str) -> Result<Option<Role>, Error> {
 
 pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
     Ok(kv.list(PREFIX).await?)
-}
-
-pub async fn delete(kv: &dyn Kv, name: &str) -> Result<(), Error> {
-    Ok(kv.delete(&key(name)).await?)
 }
 
 /// The connection of a role and its backend, or a 400 that says what is missing.
