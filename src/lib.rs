@@ -16,14 +16,14 @@
 //!   (storage, host, caches, target handles), the scheduler's state, the node's role, the
 //!   decision of the mount's policies, the settling of an unfinished root rotation.
 //! - `jobs`: work the scheduler runs on its own: revocation, static roles' rotation.
-//! - `paths`: one module per path family, named for its path (`config`, `creds`, `leases`,
-//!   `tasks`, `static_roles`, `rotate_root`, `policies`, `operator` for the `revoke/` and
-//!   `orphans/` tools); `roles/` is served from `model::roles`.
-//! - `engine`: the path table, the routing of a request to its handler, help and OpenAPI, and
-//!   the sweep, the loop that hands due work to its job.
+//! - `paths`: one module per path family, named for its path (`config`, `roles`, `creds`,
+//!   `leases`, `tasks`, `static_roles`, `rotate_root`, `policies`, `operator` for the
+//!   `revoke/` and `orphans/` tools), each declaring its paths beside its handlers.
+//! - `engine`: the path table (the path modules' paths joined), the routing of a request to
+//!   its handler, help and OpenAPI, and the sweep, the loop that hands due work to its job.
 //!
-//! A new path goes in `paths` (and the table in `engine`); a new kind of target is a crate
-//! under `backends/` implementing [`Backend`].
+//! A new path goes in `paths` (with a `Route` and its arm in the engine's routing); a new kind
+//! of target is a crate under `backends/` implementing [`Backend`].
 
 mod contract;
 mod engine;
