@@ -3,6 +3,7 @@
 
 mod backend;
 mod resp;
+mod target;
 
 pub use backend::Redis;
 
