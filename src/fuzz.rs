@@ -142,11 +142,10 @@ fn body() -> impl Strategy<Value = Map<String, Value>> {
 }
 
 fn engine() -> Engine {
-    Engine::new(
-        Arc::new(InMemoryStorage::new()),
-        Backends::new(vec![Arc::new(Fake::default())]),
-        Arc::new(FixedHost::default()),
-        "v0.0.0-fuzz",
+    crate::testkit::engine(
+        InMemoryStorage::new(),
+        &Arc::new(Fake::default()),
+        FixedHost::default(),
     )
 }
 

@@ -35,6 +35,8 @@ mod paths;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
+mod scenarios;
+#[cfg(test)]
 mod testkit;
 
 pub use contract::backend::{

@@ -1,6 +1,7 @@
-//! A fake target kind for the core's own tests: principals live in a set in memory, and the
-//! target can be switched to fail, as a database that went down would; and a host with fixed
-//! answers.
+//! The core's test harness: a fake target kind (principals live in a set in memory, and the
+//! target can be switched to fail, as a database that went down would), a host with fixed
+//! answers, storage shared by the nodes of a cluster, and [`engine`], the one way the
+//! scenarios (`crate::scenarios`) build a mount.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -17,6 +18,21 @@ use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, FieldValue};
 use crate::contract::host::{Group, Host, Identity};
 use crate::contract::request::Requester;
+
+/// A mount's engine over `storage`, with the fake kind `fake` and `host`, not yet started
+/// (the scenarios start it as the node role they need).
+pub fn engine(
+    storage: impl crate::contract::storage::Storage + 'static,
+    fake: &Arc<Fake>,
+    host: FixedHost,
+) -> crate::Engine {
+    crate::Engine::new(
+        Arc::new(storage),
+        crate::Backends::new(vec![fake.clone()]),
+        Arc::new(host),
+        "v0",
+    )
+}
 
 /// A requester: entity `entity` (accessor `acc-<entity>`) calling from `addr`.
 pub fn who(entity: &str, addr: &str) -> Requester {
