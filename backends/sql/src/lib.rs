@@ -5,6 +5,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod scram;
 pub mod statements;
+pub mod target;
 
 pub use mysql::MySql;
 pub use postgres::Postgres;

@@ -12,16 +12,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::redact::redact;
-use mayfly::{
-    Backend, Created, Error, ExpiryEnforcement, NewPrincipal, Principal, Reach, Revoked, Target,
-};
-use secrecy::{ExposeSecret, SecretString};
+use mayfly::{Backend, Error, ExpiryEnforcement, Reach, Target};
 use serde_json::{Map, Value};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPool};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 
 use crate::common::{self, list};
 use crate::statements::{Dialect, Values, quote_literal};
+use crate::target::{Account, Caveats, Dialect as SqlDialect, SqlTarget};
 
 mod options;
 use options::{connect_options, skips_verify, url_form};
@@ -151,10 +148,11 @@ impl Backend for MySql {
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
         let options = connect_options(config)?;
         let pool = common::pool(config, options.clone())?;
-        Ok(Arc::new(MySqlTarget {
+        Ok(Arc::new(SqlTarget {
             pool,
             options,
             secrets: common::connection_secrets(config),
+            dialect: My,
         }))
     }
 
@@ -291,14 +289,10 @@ fn mysql_error_number(e: &sqlx::Error) -> Option<u16> {
         .map(|m| m.number())
 }
 
-/// A pool on one MySQL server, as configured by one connection.
-struct MySqlTarget {
-    pool: MySqlPool,
-    /// What the pool connects with; login checks swap in another user and password.
-    options: MySqlConnectOptions,
-    /// The connection's own secrets, removed from every error message.
-    secrets: Vec<SecretString>,
-}
+/// MySQL's (and MariaDB's) dialect of the SQL target.
+pub struct My;
+
+type MySqlTarget = SqlTarget<My>;
 
 /// `'user'@'host'`. Names read back from the server (orphans) may hold anything: quotes are
 /// doubled and backslashes escaped, which keeps the literal closed whether or not the server
@@ -308,116 +302,97 @@ fn account(user: &str, host: &str) -> String {
     format!("{}@{}", literal(user), literal(host))
 }
 
+/// `'user'@'host'` of an account read from the server.
+fn account_of(a: &Account) -> String {
+    account(&a.user, a.host.as_deref().unwrap_or("%"))
+}
+
 /// `?, ?, ?` for `n` bound values.
 fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-impl MySqlTarget {
-    /// The core's error for a failed operation, with every secret removed. Failures to reach
-    /// the server at all are `Unavailable`: nothing was done.
-    fn fail(&self, what: &str, e: &sqlx::Error, extra: &[&str]) -> Error {
-        let mut secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
-        secrets.extend_from_slice(extra);
-        let text = redact(&e.to_string(), &secrets);
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Error::Unavailable(format!("MySQL cannot be reached ({what}): {text}"))
-            }
-            _ => Error::Target(format!("MySQL {what}: {text}")),
-        }
-    }
+async fn execute(t: &MySqlTarget, what: &str, sql: &str, extra: &[&str]) -> Result<(), Error> {
+    sqlx::raw_sql(sql)
+        .execute(&t.pool)
+        .await
+        .map(|_| ())
+        .map_err(|e| t.fail(what, &e, extra))
+}
 
-    /// Every account (user and host) whose user name is in `names`.
-    async fn accounts(&self, names: &[String]) -> Result<Vec<(String, String)>, Error> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        // CAST: mysql.user's columns are binary-collated, which sqlx would not decode as text.
-        let sql = format!(
-            "SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User IN ({})",
-            placeholders(names.len())
-        );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-        for n in names {
-            query = query.bind(n);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.fail("cannot look up users", &e, &[]))
+/// Ends every session of these users (DROP USER leaves open sessions running), and returns
+/// the users some of whose sessions the connection's user may not end: one without `SUPER`
+/// or `CONNECTION ADMIN`, as on managed services. Their accounts go all the same.
+async fn kill_sessions(t: &MySqlTarget, names: &[String]) -> Result<Caveats, Error> {
+    let sql = format!(
+        "SELECT CAST(ID AS SIGNED), CAST(USER AS CHAR) FROM information_schema.PROCESSLIST \
+         WHERE USER IN ({}) AND ID <> CONNECTION_ID()",
+        placeholders(names.len())
+    );
+    let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
+    for n in names {
+        query = query.bind(n);
     }
-
-    async fn execute(&self, what: &str, sql: &str, extra: &[&str]) -> Result<(), Error> {
-        sqlx::raw_sql(sql)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(|e| self.fail(what, &e, extra))
-    }
-
-    /// Ends every session of these users (DROP USER leaves open sessions running), and returns
-    /// the users some of whose sessions the connection's user may not end: one without `SUPER`
-    /// or `CONNECTION ADMIN`, as on managed services. Their accounts go all the same.
-    async fn kill_sessions(&self, names: &[String]) -> Result<Vec<String>, Error> {
-        let sql = format!(
-            "SELECT CAST(ID AS SIGNED), CAST(USER AS CHAR) FROM information_schema.PROCESSLIST \
-             WHERE USER IN ({}) AND ID <> CONNECTION_ID()",
-            placeholders(names.len())
-        );
-        let mut query = sqlx::query_as::<_, (i64, String)>(&sql);
-        for n in names {
-            query = query.bind(n);
-        }
-        let ids = query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.fail("cannot list sessions", &e, &[]))?;
-        let mut left: Vec<String> = Vec::new();
-        for (id, user) in ids {
-            let killed = sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
-                .execute(&self.pool)
-                .await;
-            match killed {
-                Ok(_) => {}
-                Err(e) if mysql_error_number(&e) == Some(NO_SUCH_THREAD) => {}
-                Err(e) if mysql_error_number(&e) == Some(KILL_DENIED) => {
-                    if !left.contains(&user) {
-                        left.push(user);
-                    }
+    let ids = query
+        .fetch_all(&t.pool)
+        .await
+        .map_err(|e| t.fail("cannot list sessions", &e, &[]))?;
+    let mut left: Vec<String> = Vec::new();
+    for (id, user) in ids {
+        let killed = sqlx::raw_sql(&format!("KILL CONNECTION {id}"))
+            .execute(&t.pool)
+            .await;
+        match killed {
+            Ok(_) => {}
+            Err(e) if mysql_error_number(&e) == Some(NO_SUCH_THREAD) => {}
+            Err(e) if mysql_error_number(&e) == Some(KILL_DENIED) => {
+                if !left.contains(&user) {
+                    left.push(user);
                 }
-                Err(e) => return Err(self.fail("refused to end a session", &e, &[])),
             }
+            Err(e) => return Err(t.fail("refused to end a session", &e, &[])),
         }
-        Ok(left)
     }
+    Ok(left
+        .into_iter()
+        .map(|u| {
+            (
+                u,
+                "its open sessions could not be ended (the connection's user lacks CONNECTION \
+                 ADMIN or SUPER); it can no longer log in"
+                    .to_owned(),
+            )
+        })
+        .collect())
+}
 
-    /// Locks, disconnects and drops every account in `accounts`, in one statement each;
-    /// returns the users whose sessions could not be ended ([`MySqlTarget::kill_sessions`]).
-    async fn drop_accounts(&self, accounts: &[(String, String)]) -> Result<Vec<String>, Error> {
-        if accounts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list: Vec<String> = accounts.iter().map(|(u, h)| account(u, h)).collect();
-        let list = list.join(", ");
-        let mut names: Vec<String> = accounts.iter().map(|(u, _)| u.clone()).collect();
-        names.dedup();
-        // No new logins, then end the open sessions, then drop: nobody slips in between.
-        self.execute(
-            "refused to lock the users",
-            &format!("ALTER USER {list} ACCOUNT LOCK"),
-            &[],
-        )
-        .await?;
-        let left = self.kill_sessions(&names).await?;
-        self.execute(
-            "refused the revocation",
-            &format!("DROP USER IF EXISTS {list}"),
-            &[],
-        )
-        .await?;
-        Ok(left)
+/// Locks, disconnects and drops every account in `accounts`, in one statement each; returns
+/// the users whose sessions could not be ended ([`kill_sessions`]).
+async fn drop_accounts(t: &MySqlTarget, accounts: &[Account]) -> Result<Caveats, Error> {
+    if accounts.is_empty() {
+        return Ok(Vec::new());
     }
+    let list: Vec<String> = accounts.iter().map(account_of).collect();
+    let list = list.join(", ");
+    let mut names: Vec<String> = accounts.iter().map(|a| a.user.clone()).collect();
+    names.dedup();
+    // No new logins, then end the open sessions, then drop: nobody slips in between.
+    execute(
+        t,
+        "refused to lock the users",
+        &format!("ALTER USER {list} ACCOUNT LOCK"),
+        &[],
+    )
+    .await?;
+    let left = kill_sessions(t, &names).await?;
+    execute(
+        t,
+        "refused the revocation",
+        &format!("DROP USER IF EXISTS {list}"),
+        &[],
+    )
+    .await?;
+    Ok(left)
 }
 
 /// Runs each statement in turn on `conn`; the first failure stops it, with its index.
@@ -432,160 +407,152 @@ async fn run_each(conn: &mut MySqlConnection, sql: &[String]) -> Result<(), (usi
 }
 
 #[async_trait]
-impl Target for MySqlTarget {
-    async fn close(&self) {
-        self.pool.close().await;
+impl SqlDialect for My {
+    type Db = sqlx::MySql;
+    const SERVER: &'static str = "MySQL";
+    const STATEMENTS: Dialect = Dialect::MySql;
+
+    async fn accounts(t: &MySqlTarget, names: &[String]) -> Result<Vec<Account>, Error> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        // CAST: mysql.user's columns are binary-collated, which sqlx would not decode as text.
+        let sql = format!(
+            "SELECT CAST(User AS CHAR), CAST(Host AS CHAR) FROM mysql.user WHERE User IN ({})",
+            placeholders(names.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for n in names {
+            query = query.bind(n);
+        }
+        let found = query
+            .fetch_all(&t.pool)
+            .await
+            .map_err(|e| t.fail("cannot look up users", &e, &[]))?;
+        Ok(found
+            .into_iter()
+            .map(|(user, host)| Account {
+                user,
+                host: Some(host),
+            })
+            .collect())
     }
 
-    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
-        Ok(!self.accounts(&[name.to_owned()]).await?.is_empty())
+    fn host(settings: &Map<String, Value>) -> Option<&str> {
+        Some(host_pattern(settings))
     }
 
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
-        let password = p.password.expose_secret();
-        let values = Values {
-            name: p.name,
-            password: Some(password),
-            expiration: Some(&common::expiration(p.expires)),
-            host: Some(host_pattern(p.settings)),
-        };
-        let sql = common::render_all(
-            "creation_statements",
-            &list(p.settings, "creation_statements"),
-            &values,
-            Dialect::MySql,
-        )?;
+    /// None: a MySQL role must give its creation statements (checked when it is written).
+    fn default_creation(_: &str, _: &str, _: &str, _: &Map<String, Value>) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn run_creation(
+        t: &MySqlTarget,
+        name: &str,
+        sql: Vec<String>,
+        secrets: &[&str],
+    ) -> Result<(), Error> {
         // All on one connection: one checkout and one return (which sqlx tests with a round
         // trip) per user, not one per statement. It goes back before any undo below, which
         // takes connections of its own.
         let run = async {
-            let mut conn = self
+            let mut conn = t
                 .pool
                 .acquire()
                 .await
-                .map_err(|e| self.fail("cannot get a connection", &e, &[]))?;
+                .map_err(|e| t.fail("cannot get a connection", &e, &[]))?;
             run_each(&mut conn, &sql).await.map_err(|(i, e)| {
                 // ER_CANNOT_USER on the first statement: CREATE USER found the account there
                 // (made since issuance found the name free) and changed nothing. It is someone
                 // else's, so nothing is undone.
                 if i == 0 && mysql_error_number(&e) == Some(ER_CANNOT_USER) {
-                    return Error::Conflict(format!("MySQL already has a user named '{}'", p.name));
+                    return Error::Conflict(format!("MySQL already has a user named '{name}'"));
                 }
                 let what = format!("refused creation statement {}", i + 1);
-                self.fail(&what, &e, &[password])
+                t.fail(&what, &e, secrets)
             })
         };
         // MySQL commits each DDL statement on its own: there is no transaction to roll back,
         // so a failure midway is undone by dropping what was created.
-        let result = run.await;
-        if let Err(e @ Error::Conflict(_)) = result {
-            return Err(e);
-        }
-        if let Err(e) = result {
-            let undo = async {
-                let created = self.accounts(&[p.name.to_owned()]).await?;
-                self.drop_accounts(&created).await.map(|_| ())
-            };
-            if let Err(undo_error) = undo.await {
-                tracing::warn!(
-                    user = p.name,
-                    error = %undo_error,
-                    "could not drop a partly created MySQL user; the scheduler retries"
-                );
+        match run.await {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Conflict(_)) => Err(e),
+            Err(e) => {
+                let undo = async {
+                    let created = My::accounts(t, &[name.to_owned()]).await?;
+                    drop_accounts(t, &created).await.map(|_| ())
+                };
+                if let Err(undo_error) = undo.await {
+                    tracing::warn!(
+                        user = name,
+                        error = %undo_error,
+                        "could not drop a partly created MySQL user; the scheduler retries"
+                    );
+                }
+                Err(e)
             }
-            return Err(e);
         }
-        Ok(Created::default())
     }
 
-    async fn renew(&self, p: &Principal, _: u64, _: &Map<String, Value>) -> Result<(), Error> {
-        // Nothing to move on the server: the deadline lives in the ledger alone.
-        let name = &p.name;
-        if self.accounts(&[name.to_owned()]).await?.is_empty() {
-            return Err(Error::Target(format!(
-                "user '{name}' no longer exists in MySQL"
-            )));
+    /// None: MySQL has no per-user expiry; the deadline lives in the ledger alone.
+    fn default_renewal(_: &str, _: &str) -> Option<String> {
+        None
+    }
+
+    /// One statement at a time: MySQL commits each DDL statement on its own.
+    async fn run_together(
+        t: &MySqlTarget,
+        what: &str,
+        sql: Vec<String>,
+        secrets: &[&str],
+    ) -> Result<(), Error> {
+        let several = sql.len() > 1;
+        for (i, stmt) in sql.iter().enumerate() {
+            let what = if several {
+                format!("{what} (statement {})", i + 1)
+            } else {
+                what.to_owned()
+            };
+            execute(t, &what, stmt, secrets).await?;
         }
         Ok(())
     }
 
-    async fn revoke(
-        &self,
-        principals: &[Principal],
-        settings: &Map<String, Value>,
-    ) -> Result<Revoked, Error> {
-        let names = &mayfly::backend::names(principals);
-        let accounts = self.accounts(names).await?;
-        let exists = |n: &String| accounts.iter().any(|(u, _)| u == n);
-        let existing: Vec<String> = names.iter().filter(|n| exists(n)).cloned().collect();
-        let mut outcome = Revoked {
-            removed: existing.len(),
-            already_gone: names.iter().filter(|n| !exists(n)).cloned().collect(),
-            ..Revoked::default()
-        };
-        if existing.is_empty() {
-            return Ok(outcome);
-        }
-        let left_running = |left: Vec<String>| -> Vec<(String, String)> {
-            left.into_iter()
-                .map(|u| {
-                    (
-                        u,
-                        "its open sessions could not be ended (the connection's user lacks \
-                         CONNECTION ADMIN or SUPER); it can no longer log in"
-                            .to_owned(),
-                    )
-                })
-                .collect()
-        };
-        let custom = list(settings, "revocation_statements");
-        if custom.is_empty() {
-            outcome.caveats = left_running(self.drop_accounts(&accounts).await?);
-            return Ok(outcome);
-        }
-        for name in &existing {
-            let values = Values {
-                name,
-                password: None,
-                expiration: None,
-                host: Some(host_pattern(settings)),
-            };
-            for stmt in
-                common::render_all("revocation_statements", &custom, &values, Dialect::MySql)?
-            {
-                self.execute("refused the revocation", &stmt, &[]).await?;
-            }
-        }
-        outcome.caveats = left_running(self.kill_sessions(&existing).await?);
-        Ok(outcome)
+    async fn after_revocation_statements(
+        t: &MySqlTarget,
+        users: &[String],
+    ) -> Result<Caveats, Error> {
+        kill_sessions(t, users).await
     }
 
-    async fn list_marked(
-        &self,
-        mark: &str,
-        _: &Map<String, Value>,
-    ) -> Result<Vec<Principal>, Error> {
-        let names: Vec<String> = sqlx::query_scalar(
+    async fn drop_users(
+        t: &MySqlTarget,
+        _: &[String],
+        accounts: &[Account],
+    ) -> Result<Caveats, Error> {
+        drop_accounts(t, accounts).await
+    }
+
+    async fn list_marked(t: &MySqlTarget, mark: &str) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(
             "SELECT DISTINCT CAST(User AS CHAR) FROM mysql.user \
              WHERE LEFT(User, CHAR_LENGTH(?)) = ? ORDER BY 1",
         )
         .bind(mark)
         .bind(mark)
-        .fetch_all(&self.pool)
+        .fetch_all(&t.pool)
         .await
-        .map_err(|e| self.fail("cannot list users", &e, &[]))?;
-        Ok(names.into_iter().map(Principal::named).collect())
+        .map_err(|e| t.fail("cannot list users", &e, &[]))
     }
 
-    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
-        let password = new_password.expose_secret();
-        common::check_sendable(password)?;
+    async fn rotate_root(t: &MySqlTarget, password: &str) -> Result<(), Error> {
         // The account is named: MariaDB 10.11 accepts `ALTER USER CURRENT_USER() …` and
         // silently changes nothing.
         let current: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
-            .fetch_one(&self.pool)
+            .fetch_one(&t.pool)
             .await
-            .map_err(|e| self.fail("cannot tell mayfly's own account", &e, &[]))?;
+            .map_err(|e| t.fail("cannot tell mayfly's own account", &e, &[]))?;
         let Some((user, host)) = current.rsplit_once('@') else {
             return Err(Error::Target(format!(
                 "MySQL gave CURRENT_USER() as '{}', not user@host",
@@ -597,63 +564,35 @@ impl Target for MySqlTarget {
             account(user, host),
             quote_literal(password)
         );
-        self.execute("refused the new password", &sql, &[password])
-            .await
+        execute(t, "refused the new password", &sql, &[password]).await
     }
 
-    async fn set_password(
-        &self,
+    /// Every account of the name (one per host pattern), in one statement.
+    fn default_set_password(accounts: &[Account], password: &str) -> Vec<String> {
+        let each: Vec<String> = accounts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} IDENTIFIED BY {}",
+                    account_of(a),
+                    quote_literal(password)
+                )
+            })
+            .collect();
+        vec![format!("ALTER USER {}", each.join(", "))]
+    }
+
+    fn login_options(
+        options: &MySqlConnectOptions,
         username: &str,
-        password: &SecretString,
-        statements: &[String],
-    ) -> Result<(), Error> {
-        let secret = password.expose_secret();
-        common::check_sendable(secret)?;
-        let accounts = self.accounts(&[username.to_owned()]).await?;
-        if accounts.is_empty() {
-            return Err(Error::Target(format!(
-                "user '{username}' does not exist in MySQL"
-            )));
-        }
-        if statements.is_empty() {
-            // Every account of the name (one per host pattern), in one statement.
-            let each: Vec<String> = accounts
-                .iter()
-                .map(|(u, h)| format!("{} IDENTIFIED BY {}", account(u, h), quote_literal(secret)))
-                .collect();
-            let sql = format!("ALTER USER {}", each.join(", "));
-            return self
-                .execute("refused the new password", &sql, &[secret])
-                .await;
-        }
-        // The statements once per account, with its host as {{host}}.
-        for (_, host) in &accounts {
-            let values = Values {
-                name: username,
-                password: Some(secret),
-                expiration: None,
-                host: Some(host),
-            };
-            for (i, stmt) in
-                common::render_all("rotation_statements", statements, &values, Dialect::MySql)?
-                    .iter()
-                    .enumerate()
-            {
-                let what = format!("refused rotation statement {}", i + 1);
-                self.execute(&what, stmt, &[secret]).await?;
-            }
-        }
-        Ok(())
+        password: &str,
+    ) -> MySqlConnectOptions {
+        options.clone().username(username).password(password)
     }
 
-    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
-        let secret = password.expose_secret();
-        let options = self.options.clone().username(username).password(secret);
-        common::check_login("MySQL", options, secret, |db| {
-            db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                .is_some_and(|m| LOGIN_REFUSED.contains(&m.number()))
-        })
-        .await
+    fn login_refused(e: &dyn sqlx::error::DatabaseError) -> bool {
+        e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+            .is_some_and(|m| LOGIN_REFUSED.contains(&m.number()))
     }
 }
 

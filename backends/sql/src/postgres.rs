@@ -11,17 +11,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::redact::redact;
-use mayfly::{Backend, Created, Error, NewPrincipal, Principal, Reach, Revoked, Target};
-use secrecy::{ExposeSecret, SecretString};
+use mayfly::{Backend, Error, Reach, Target};
 use serde_json::{Map, Value};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
-use crate::common::{self, expiration, list};
+use crate::common::{self, list};
 use crate::scram;
+use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
+use crate::target::{Account, Caveats, Dialect as SqlDialect, SqlTarget};
 
 mod options;
-use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
 use options::{connect_options, keyword_dsn_to_url};
 
 pub struct Postgres;
@@ -120,11 +119,13 @@ impl Backend for Postgres {
     async fn connect(&self, config: &ConnectionConfig) -> Result<Arc<dyn Target>, Error> {
         let options = connect_options(config)?;
         let pool = common::pool(config, options.clone())?;
-        Ok(Arc::new(PgTarget {
+        Ok(Arc::new(SqlTarget {
             pool,
             options,
             secrets: common::connection_secrets(config),
-            verifiers: sends_verifiers(config)?,
+            dialect: Pg {
+                verifiers: sends_verifiers(config)?,
+            },
         }))
     }
 
@@ -271,17 +272,14 @@ fn check_identifier(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A pool on one PostgreSQL database, as configured by one connection.
-struct PgTarget {
-    pool: PgPool,
-    /// What the pool connects with; login checks swap in another user and password.
-    options: PgConnectOptions,
-    /// The connection's own secrets, removed from every error message.
-    secrets: Vec<SecretString>,
+/// PostgreSQL's dialect of the SQL target.
+pub struct Pg {
     /// Send SCRAM verifiers of this many rounds instead of passwords
     /// (`password_authentication`, `scram_iterations`).
     verifiers: Option<NonZeroU32>,
 }
+
+type PgTarget = SqlTarget<Pg>;
 
 /// SQLSTATE 2BP01: the role still owns objects or holds privileges.
 const DEPENDENT_OBJECTS: &str = "2BP01";
@@ -292,90 +290,6 @@ const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATEs of a refused login: 28P01 wrong password, 28000 no such role, or no LOGIN, or
 /// refused by pg_hba.conf.
 const LOGIN_REFUSED: [&str; 2] = ["28P01", "28000"];
-
-impl PgTarget {
-    /// The core's error for a failed operation, with every secret removed. Failures to reach
-    /// the server at all are `Unavailable`: nothing was done.
-    fn fail(&self, what: &str, e: &sqlx::Error, extra: &[&str]) -> Error {
-        let mut secrets: Vec<&str> = self.secrets.iter().map(|s| s.expose_secret()).collect();
-        secrets.extend_from_slice(extra);
-        let text = redact(&e.to_string(), &secrets);
-        match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Error::Unavailable(format!("PostgreSQL cannot be reached ({what}): {text}"))
-            }
-            _ => Error::Target(format!("PostgreSQL {what}: {text}")),
-        }
-    }
-
-    /// What goes into SQL in place of `password`: the password, or its SCRAM verifier.
-    fn as_sent<'a>(&self, password: &'a str) -> Cow<'a, str> {
-        match self
-            .verifiers
-            .and_then(|rounds| scram::verifier(password, rounds))
-        {
-            Some(verifier) => Cow::Owned(verifier),
-            None => Cow::Borrowed(password),
-        }
-    }
-
-    /// Takes from `users` the privileges they were granted in this database, the way
-    /// OpenBao's own engine does for an admin that is not superuser: on everything in each
-    /// schema where they hold one (and `public`), the schemas themselves, and the database.
-    /// Each statement runs on its own and a refused one is passed over: what the admin granted
-    /// it can take back, and what remains makes the DROP ROLE that follows fail and say why.
-    async fn revoke_grants(&self, users: &[String]) -> Result<(), Error> {
-        let schemas: Vec<String> = sqlx::query_scalar(
-            "SELECT table_schema::text FROM information_schema.role_table_grants \
-             WHERE grantee = ANY($1) \
-             UNION SELECT table_schema::text FROM information_schema.role_column_grants \
-             WHERE grantee = ANY($1) \
-             UNION SELECT 'public'",
-        )
-        .bind(users)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.fail("cannot look up the users' privileges", &e, &[]))?;
-        let list = users
-            .iter()
-            .map(|n| quote_identifier(n))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut sql = Vec::new();
-        for schema in &schemas {
-            let s = quote_identifier(schema);
-            for what in ["TABLES", "SEQUENCES", "FUNCTIONS"] {
-                sql.push(format!(
-                    "REVOKE ALL PRIVILEGES ON ALL {what} IN SCHEMA {s} FROM {list}"
-                ));
-            }
-            sql.push(format!("REVOKE ALL ON SCHEMA {s} FROM {list}"));
-        }
-        sql.push(format!(
-            "DO $$ BEGIN EXECUTE format('REVOKE ALL ON DATABASE %I FROM {}', \
-             current_database()); END $$",
-            list.replace('\'', "''").replace('%', "%%")
-        ));
-        for stmt in sql {
-            if let Err(e) = sqlx::raw_sql(&stmt).execute(&self.pool).await {
-                tracing::debug!(error = %e, "a revocation of privileges was refused; going on");
-            }
-        }
-        Ok(())
-    }
-
-    async fn existing(&self, names: &[String]) -> Result<Vec<String>, Error> {
-        sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
-            .bind(names)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.fail("cannot look up roles", &e, &[]))
-    }
-}
-
-fn render_all(field: &str, stmts: &[String], values: &Values<'_>) -> Result<Vec<String>, Error> {
-    common::render_all(field, stmts, values, Dialect::Postgres)
-}
 
 /// The SQLSTATE of a database error.
 fn sqlstate(e: &sqlx::Error) -> Option<String> {
@@ -393,158 +307,170 @@ async fn run_in_transaction(pool: &PgPool, sql: Vec<String>) -> Result<(), sqlx:
     sqlx::raw_sql(&script).execute(pool).await.map(|_| ())
 }
 
-#[async_trait]
-impl Target for PgTarget {
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
-        Ok(!self.existing(&[name.to_owned()]).await?.is_empty())
-    }
-
-    async fn create(&self, p: &NewPrincipal<'_>) -> Result<Created, Error> {
-        let plain = p.password.expose_secret();
-        let password = &*self.as_sent(plain);
-        let exp = expiration(p.expires);
-        let values = Values {
-            name: p.name,
-            password: Some(password),
-            expiration: Some(&exp),
-            host: None,
-        };
-        let mut sql = render_all(
-            "creation_statements",
-            &list(p.settings, "creation_statements"),
-            &values,
-        )?;
-        if sql.is_empty() {
-            let groups: Vec<String> = list(p.settings, "member_of")
-                .iter()
-                .map(|g| quote_identifier(g))
-                .collect();
-            let mut create = format!(
-                "CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
-                quote_identifier(p.name),
-                quote_literal(password),
-                quote_literal(&exp)
-            );
-            if !groups.is_empty() {
-                create.push_str(&format!(" IN ROLE {}", groups.join(", ")));
-            }
-            sql.push(create);
+/// Takes from `users` the privileges they were granted in this database, the way OpenBao's
+/// own engine does for an admin that is not superuser: on everything in each schema where they
+/// hold one (and `public`), the schemas themselves, and the database. Each statement runs on
+/// its own and a refused one is passed over: what the admin granted it can take back, and what
+/// remains makes the DROP ROLE that follows fail and say why.
+async fn revoke_grants(t: &PgTarget, users: &[String]) -> Result<(), Error> {
+    let schemas: Vec<String> = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.role_table_grants \
+         WHERE grantee = ANY($1) \
+         UNION SELECT table_schema::text FROM information_schema.role_column_grants \
+         WHERE grantee = ANY($1) \
+         UNION SELECT 'public'",
+    )
+    .bind(users)
+    .fetch_all(&t.pool)
+    .await
+    .map_err(|e| t.fail("cannot look up the users' privileges", &e, &[]))?;
+    let list = users
+        .iter()
+        .map(|n| quote_identifier(n))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = Vec::new();
+    for schema in &schemas {
+        let s = quote_identifier(schema);
+        for what in ["TABLES", "SEQUENCES", "FUNCTIONS"] {
+            sql.push(format!(
+                "REVOKE ALL PRIVILEGES ON ALL {what} IN SCHEMA {s} FROM {list}"
+            ));
         }
-        // Whatever the statements said, the user stops working at its deadline.
-        sql.push(format!(
+        sql.push(format!("REVOKE ALL ON SCHEMA {s} FROM {list}"));
+    }
+    sql.push(format!(
+        "DO $$ BEGIN EXECUTE format('REVOKE ALL ON DATABASE %I FROM {}', \
+         current_database()); END $$",
+        list.replace('\'', "''").replace('%', "%%")
+    ));
+    for stmt in sql {
+        if let Err(e) = sqlx::raw_sql(&stmt).execute(&t.pool).await {
+            tracing::debug!(error = %e, "a revocation of privileges was refused; going on");
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl SqlDialect for Pg {
+    type Db = sqlx::Postgres;
+    const SERVER: &'static str = "PostgreSQL";
+    const STATEMENTS: Dialect = Dialect::Postgres;
+
+    async fn accounts(t: &PgTarget, names: &[String]) -> Result<Vec<Account>, Error> {
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname = ANY($1)")
+                .bind(names)
+                .fetch_all(&t.pool)
+                .await
+                .map_err(|e| t.fail("cannot look up roles", &e, &[]))?;
+        Ok(found
+            .into_iter()
+            .map(|user| Account { user, host: None })
+            .collect())
+    }
+
+    /// The password, or its SCRAM verifier.
+    fn as_sent<'a>(&self, password: &'a str) -> Cow<'a, str> {
+        match self
+            .verifiers
+            .and_then(|rounds| scram::verifier(password, rounds))
+        {
+            Some(verifier) => Cow::Owned(verifier),
+            None => Cow::Borrowed(password),
+        }
+    }
+
+    fn default_creation(
+        name: &str,
+        password: &str,
+        expiration: &str,
+        settings: &Map<String, Value>,
+    ) -> Vec<String> {
+        let groups: Vec<String> = list(settings, "member_of")
+            .iter()
+            .map(|g| quote_identifier(g))
+            .collect();
+        let mut create = format!(
+            "CREATE ROLE {} WITH LOGIN PASSWORD {} VALID UNTIL {}",
+            quote_identifier(name),
+            quote_literal(password),
+            quote_literal(expiration)
+        );
+        if !groups.is_empty() {
+            create.push_str(&format!(" IN ROLE {}", groups.join(", ")));
+        }
+        vec![create]
+    }
+
+    fn closing_creation(name: &str, expiration: &str) -> Vec<String> {
+        vec![format!(
             "ALTER ROLE {} VALID UNTIL {}",
-            quote_identifier(p.name),
-            quote_literal(&exp)
-        ));
-        match run_in_transaction(&self.pool, sql).await {
-            Ok(()) => Ok(Created::default()),
+            quote_identifier(name),
+            quote_literal(expiration)
+        )]
+    }
+
+    async fn run_creation(
+        t: &PgTarget,
+        name: &str,
+        sql: Vec<String>,
+        secrets: &[&str],
+    ) -> Result<(), Error> {
+        match run_in_transaction(&t.pool, sql).await {
+            Ok(()) => Ok(()),
             // duplicate_object: the transaction changed nothing; the role of that name (made
             // since issuance found the name free) belongs to someone else.
             Err(e)
                 if sqlstate(&e).as_deref() == Some(DUPLICATE_OBJECT)
-                    && self.exists(p.name, p.settings).await.unwrap_or(false) =>
+                    && t.exists(name, &Map::new()).await.unwrap_or(false) =>
             {
                 Err(Error::Conflict(format!(
-                    "PostgreSQL already has a role named '{}'",
-                    p.name
+                    "PostgreSQL already has a role named '{name}'"
                 )))
             }
-            Err(e) => Err(self.fail("refused the new user", &e, &[plain, password])),
+            Err(e) => Err(t.fail("refused the new user", &e, secrets)),
         }
     }
 
-    async fn renew(
-        &self,
-        p: &Principal,
-        expires: u64,
-        settings: &Map<String, Value>,
+    fn default_renewal(name: &str, expiration: &str) -> Option<String> {
+        Some(format!(
+            "ALTER ROLE {} VALID UNTIL {}",
+            quote_identifier(name),
+            quote_literal(expiration)
+        ))
+    }
+
+    async fn run_together(
+        t: &PgTarget,
+        what: &str,
+        sql: Vec<String>,
+        secrets: &[&str],
     ) -> Result<(), Error> {
-        let name = p.name.as_str();
-        if self.existing(&[name.to_owned()]).await?.is_empty() {
-            return Err(Error::Target(format!(
-                "user '{name}' no longer exists in PostgreSQL"
-            )));
-        }
-        let exp = expiration(expires);
-        let values = Values {
-            name,
-            password: None,
-            expiration: Some(&exp),
-            host: None,
-        };
-        let mut sql = render_all(
-            "renew_statements",
-            &list(settings, "renew_statements"),
-            &values,
-        )?;
-        if sql.is_empty() {
-            sql.push(format!(
-                "ALTER ROLE {} VALID UNTIL {}",
-                quote_identifier(name),
-                quote_literal(&exp)
-            ));
-        }
-        run_in_transaction(&self.pool, sql)
+        run_in_transaction(&t.pool, sql)
             .await
-            .map_err(|e| self.fail("refused the renewal", &e, &[]))
+            .map_err(|e| t.fail(what, &e, secrets))
     }
 
-    async fn revoke(
-        &self,
-        principals: &[Principal],
-        settings: &Map<String, Value>,
-    ) -> Result<Revoked, Error> {
-        let names = &mayfly::backend::names(principals);
-        let existing = self.existing(names).await?;
-        let outcome = Revoked {
-            removed: existing.len(),
-            already_gone: names
-                .iter()
-                .filter(|n| !existing.contains(n))
-                .cloned()
-                .collect(),
-            ..Revoked::default()
-        };
-        if existing.is_empty() {
-            return Ok(outcome);
-        }
-        let fail = |e: sqlx::Error| self.fail("refused the revocation", &e, &[]);
-        let custom = list(settings, "revocation_statements");
-        if !custom.is_empty() {
-            let mut sql = Vec::new();
-            for name in &existing {
-                let values = Values {
-                    name,
-                    password: None,
-                    expiration: None,
-                    host: None,
-                };
-                sql.extend(render_all("revocation_statements", &custom, &values)?);
-            }
-            run_in_transaction(&self.pool, sql).await.map_err(fail)?;
-            return Ok(outcome);
-        }
-
-        let quoted: Vec<String> = existing.iter().map(|n| quote_identifier(n)).collect();
+    async fn drop_users(t: &PgTarget, users: &[String], _: &[Account]) -> Result<Caveats, Error> {
+        let fail = |e: sqlx::Error| t.fail("refused the revocation", &e, &[]);
+        let quoted: Vec<String> = users.iter().map(|n| quote_identifier(n)).collect();
         // No new sessions, then end the open ones, then drop: a user cannot slip in between.
         let nologin: String = quoted
             .iter()
             .map(|q| format!("ALTER ROLE {q} NOLOGIN;"))
             .collect();
         sqlx::raw_sql(&nologin)
-            .execute(&self.pool)
+            .execute(&t.pool)
             .await
             .map_err(fail)?;
-        let mut outcome = outcome;
+        let mut caveats = Vec::new();
         let ended = sqlx::query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY($1)",
         )
-        .bind(&existing)
-        .execute(&self.pool)
+        .bind(users)
+        .execute(&t.pool)
         .await;
         match ended {
             Ok(_) => {}
@@ -552,7 +478,7 @@ impl Target for PgTarget {
             // role's sessions (managed services): the users are dropped all the same, their
             // open sessions run until their clients leave, and the ledger says so.
             Err(e) if sqlstate(&e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
-                outcome.caveats.extend(existing.iter().map(|n| {
+                caveats.extend(users.iter().map(|n| {
                     (
                         n.clone(),
                         "its open sessions could not be ended (the connection's user may not \
@@ -565,8 +491,8 @@ impl Target for PgTarget {
         }
         let list = quoted.join(", ");
         let drop = format!("DROP ROLE IF EXISTS {list}");
-        match run_in_transaction(&self.pool, vec![drop.clone()]).await {
-            Ok(()) => Ok(outcome),
+        match run_in_transaction(&t.pool, vec![drop.clone()]).await {
+            Ok(()) => Ok(caveats),
             Err(e) if sqlstate(&e).as_deref() == Some(DEPENDENT_OBJECTS) => {
                 // The users own objects or hold grants of their own: hand the objects to
                 // mayfly's user, drop the grants, then the users.
@@ -575,18 +501,18 @@ impl Target for PgTarget {
                     format!("DROP OWNED BY {list}"),
                     drop.clone(),
                 ];
-                match run_in_transaction(&self.pool, sql).await {
-                    Ok(()) => Ok(outcome),
+                match run_in_transaction(&t.pool, sql).await {
+                    Ok(()) => Ok(caveats),
                     // REASSIGN and DROP OWNED need the privileges of the users, which an admin
                     // with CREATEROLE alone does not have (PostgreSQL 15: no membership;
                     // 16: the ADMIN OPTION its CREATE ROLE gave it, but no SET or INHERIT
                     // unless createrole_self_grant says so).
                     Err(e) if sqlstate(&e).as_deref() == Some(INSUFFICIENT_PRIVILEGE) => {
-                        self.revoke_grants(&existing).await?;
-                        run_in_transaction(&self.pool, vec![drop])
+                        revoke_grants(t, users).await?;
+                        run_in_transaction(&t.pool, vec![drop])
                             .await
                             .map_err(fail)?;
-                        Ok(outcome)
+                        Ok(caveats)
                     }
                     Err(e) => Err(fail(e)),
                 }
@@ -595,76 +521,52 @@ impl Target for PgTarget {
         }
     }
 
-    async fn list_marked(
-        &self,
-        mark: &str,
-        _: &Map<String, Value>,
-    ) -> Result<Vec<Principal>, Error> {
-        let names: Vec<String> = sqlx::query_scalar(
+    async fn list_marked(t: &PgTarget, mark: &str) -> Result<Vec<String>, Error> {
+        sqlx::query_scalar(
             "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1) ORDER BY 1",
         )
         .bind(mark)
-        .fetch_all(&self.pool)
+        .fetch_all(&t.pool)
         .await
-        .map_err(|e| self.fail("cannot list roles", &e, &[]))?;
-        Ok(names.into_iter().map(Principal::named).collect())
+        .map_err(|e| t.fail("cannot list roles", &e, &[]))
     }
 
-    async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
-        let plain = new_password.expose_secret();
-        common::check_sendable(plain)?;
-        let password = &*self.as_sent(plain);
+    async fn rotate_root(t: &PgTarget, plain: &str) -> Result<(), Error> {
+        let password = &*t.dialect.as_sent(plain);
         let sql = format!(
             "ALTER ROLE CURRENT_USER WITH PASSWORD {}",
             quote_literal(password)
         );
         sqlx::raw_sql(&sql)
-            .execute(&self.pool)
+            .execute(&t.pool)
             .await
             .map(|_| ())
-            .map_err(|e| self.fail("refused the new password", &e, &[plain, password]))
+            .map_err(|e| t.fail("refused the new password", &e, &[plain, password]))
     }
 
-    async fn set_password(
-        &self,
+    fn default_set_password(accounts: &[Account], password: &str) -> Vec<String> {
+        accounts
+            .iter()
+            .map(|a| {
+                format!(
+                    "ALTER ROLE {} WITH PASSWORD {}",
+                    quote_identifier(&a.user),
+                    quote_literal(password)
+                )
+            })
+            .collect()
+    }
+
+    fn login_options(
+        options: &PgConnectOptions,
         username: &str,
-        password: &SecretString,
-        statements: &[String],
-    ) -> Result<(), Error> {
-        let plain = password.expose_secret();
-        common::check_sendable(plain)?;
-        let secret = &*self.as_sent(plain);
-        if self.existing(&[username.to_owned()]).await?.is_empty() {
-            return Err(Error::Target(format!(
-                "user '{username}' does not exist in PostgreSQL"
-            )));
-        }
-        let values = Values {
-            name: username,
-            password: Some(secret),
-            expiration: None,
-            host: None,
-        };
-        let mut sql = render_all("rotation_statements", statements, &values)?;
-        if sql.is_empty() {
-            sql.push(format!(
-                "ALTER ROLE {} WITH PASSWORD {}",
-                quote_identifier(username),
-                quote_literal(secret)
-            ));
-        }
-        run_in_transaction(&self.pool, sql)
-            .await
-            .map_err(|e| self.fail("refused the new password", &e, &[plain, secret]))
+        password: &str,
+    ) -> PgConnectOptions {
+        options.clone().username(username).password(password)
     }
 
-    async fn check_login(&self, username: &str, password: &SecretString) -> Result<bool, Error> {
-        let secret = password.expose_secret();
-        let options = self.options.clone().username(username).password(secret);
-        common::check_login("PostgreSQL", options, secret, |db| {
-            db.code()
-                .is_some_and(|c| LOGIN_REFUSED.contains(&c.as_ref()))
-        })
-        .await
+    fn login_refused(e: &dyn sqlx::error::DatabaseError) -> bool {
+        e.code()
+            .is_some_and(|c| LOGIN_REFUSED.contains(&c.as_ref()))
     }
 }
