@@ -1,11 +1,6 @@
 //! A mount on the nodes of a raft cluster: only the active node acts; standbys forward and revoke
 //! nothing.
 
-use crate::contract::error::Error;
-use crate::contract::request::Operation;
-use crate::mount::node::*;
-use crate::testkit;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -13,8 +8,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::Engine;
+use crate::contract::error::Error;
+use crate::contract::request::Operation;
 use crate::contract::request::{LeaseInfo, Request, Response};
 use crate::contract::storage::InMemoryStorage;
+use crate::mount::node::*;
+use crate::testkit;
 use crate::testkit::FixedHost;
 use crate::testkit::{Fake, NodeStorage};
 

@@ -1,22 +1,21 @@
 //! Issuing, renewing and revoking credentials, and what the sweep does with them: batches, retries,
 //! crashes, names already taken.
 
-use crate::contract::request::Operation;
-use crate::contract::request::{Request, Response};
-use crate::model::ledger::{self, Credential, State};
-use crate::testkit;
-use serde_json::{Value, json};
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
 
 use crate::Engine;
 use crate::contract::request::LeaseInfo;
+use crate::contract::request::Operation;
+use crate::contract::request::{Request, Response};
 use crate::contract::storage::{InMemoryStorage, Kv};
+use crate::model::ledger::{self, Credential, State};
+use crate::testkit;
 use crate::testkit::Fake;
 use crate::testkit::FixedHost;
-
-use std::time::Duration;
 
 struct Setup {
     engine: Engine,

@@ -1,17 +1,18 @@
 //! The path table at work: connections and their secrets, bad input, help and OpenAPI.
 
+use std::sync::Arc;
+
+use serde_json::Value;
+use serde_json::json;
+
 use crate::contract::connection_config;
 use crate::contract::error::Error;
 use crate::contract::request::{Operation, Request, Response};
+use crate::contract::storage::InMemoryStorage;
 use crate::engine::*;
 use crate::testkit;
-use serde_json::Value;
-use std::sync::Arc;
-
-use crate::contract::storage::InMemoryStorage;
 use crate::testkit::Fake;
 use crate::testkit::FixedHost;
-use serde_json::json;
 
 fn engine() -> (Engine, InMemoryStorage) {
     let s = InMemoryStorage::new();

@@ -1,18 +1,19 @@
 //! Static roles: accounts taken over, rotated on schedule or by hand, dual accounts, keys.
 
-use crate::contract::error::Error;
-use crate::contract::host::now;
-use crate::contract::storage;
-use crate::jobs::static_rotation::*;
-use crate::mount::MountCore;
-use crate::testkit;
-use secrecy::SecretString;
-use serde_json::{Map, Value, json};
 use std::sync::Arc;
 
+use secrecy::SecretString;
+use serde_json::{Map, Value, json};
+
+use crate::contract::error::Error;
+use crate::contract::host::now;
 use crate::contract::request::Response;
+use crate::contract::storage;
 use crate::contract::storage::InMemoryStorage;
+use crate::jobs::static_rotation::*;
+use crate::mount::MountCore;
 use crate::paths::static_roles::{creds, delete, read, rotate_now, write};
+use crate::testkit;
 use crate::testkit::Fake;
 use crate::testkit::FixedHost;
 
