@@ -154,7 +154,7 @@ pub struct Known {
 #[async_trait]
 pub trait Inventory: Send + Sync {
     /// The beginning of every name the mount's default templates make
-    /// ([`crate::contract::template::mark_of`]).
+    /// (`template::mark_of`).
     fn mark(&self) -> &str;
 
     async fn credentials(&self) -> Result<Vec<Known>, Error>;

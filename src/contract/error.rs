@@ -23,7 +23,7 @@ pub enum Error {
     /// 503: the target could not be reached at all; nothing was done on it.
     Unavailable(String),
     /// 503: this node may not act (a standby, or a mount being stopped): the host forwards the
-    /// request to the active node, which it recognises by the words of [`FORWARD`] in the
+    /// request to the active node, which it recognises by the words of `FORWARD` in the
     /// message. Returned before anything was done.
     Forward(String),
     /// 500: something inside mayfly or the host failed.

@@ -16,7 +16,7 @@ use crate::contract::host::{now, random_lower, random_string};
 pub const DEFAULT_USERNAME_TEMPLATE: &str = r#"{{ printf "%s%s-%s-%s" .Mark (.RoleName | truncate 16) (.DisplayName | truncate 8) (random 16) | lowercase | truncate 63 }}"#;
 
 /// The mark every mount's principals began with before marks were per mount, and still the
-/// beginning of each mount's own ([`mark_of`]).
+/// beginning of each mount's own (`mark_of`).
 pub const LEGACY_MARK: &str = "mf-";
 
 /// Hex digits of the backend UUID a mark carries: 16.7 million marks, so two mounts (or two

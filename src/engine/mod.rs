@@ -42,7 +42,7 @@ host's lease manager fails.";
 /// What the host tells a mount about itself when it sets it up.
 #[derive(Default)]
 pub struct MountOptions {
-    /// The mount's backend UUID, from which its mark comes ([`template::mark_of`]).
+    /// The mount's backend UUID, from which its mark comes (`template::mark_of`).
     pub backend_uuid: String,
     /// Called at each step of issuance (for crash tests).
     pub crash_hook: Option<CrashHook>,
