@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 use sqlx::{ConnectOptions, Connection};
 
-use crate::statements::{self, Dialect, Values};
+use crate::statements::{self, Syntax, Values};
 
 pub const USERNAME: &str = "{{username}}";
 pub const PASSWORD: &str = "{{password}}";
@@ -409,13 +409,13 @@ pub fn render_all(
     field: &str,
     stmts: &[String],
     values: &Values<'_>,
-    dialect: Dialect,
+    syntax: Syntax,
 ) -> Result<Vec<String>, Error> {
     stmts
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            statements::render(s, values, dialect)
+            statements::render(s, values, syntax)
                 .map_err(|e| Error::bad_request(format!("{field} statement {}: {e}", i + 1)))
         })
         .collect()
@@ -427,7 +427,7 @@ pub fn validate_statements(
     settings: &Map<String, Value>,
     fields: &[&str],
     sample: &Values<'_>,
-    dialect: Dialect,
+    syntax: Syntax,
 ) -> Result<(), Error> {
     for field in fields {
         for (i, stmt) in list(settings, field).iter().enumerate() {
@@ -437,7 +437,7 @@ pub fn validate_statements(
                     i + 1
                 )));
             }
-            statements::render(stmt, sample, dialect).map_err(|e| {
+            statements::render(stmt, sample, syntax).map_err(|e| {
                 Error::bad_request(format!(
                     "field '{field}': statement {} with the name '{}': {e}",
                     i + 1,
@@ -469,7 +469,7 @@ pub fn creation_mentions_name(settings: &Map<String, Value>) -> Result<(), Error
 pub fn validate_rotation_statements(
     statements: &[String],
     username: &str,
-    dialect: Dialect,
+    syntax: Syntax,
 ) -> Result<(), Error> {
     if statements.is_empty() {
         return Ok(());
@@ -485,7 +485,7 @@ pub fn validate_rotation_statements(
         expiration: None,
         host: Some("%"),
     };
-    validate_statements(&settings, &["rotation_statements"], &sample, dialect)?;
+    validate_statements(&settings, &["rotation_statements"], &sample, syntax)?;
     if !statements.iter().any(|s| s.contains(PASSWORD)) {
         return Err(Error::bad_request(
             "field 'rotation_statements': no statement sets {{password}}",

@@ -6,7 +6,7 @@
 
 use proptest::prelude::*;
 
-use crate::statements::{Dialect, Values, render};
+use crate::statements::{Syntax, Values, render};
 
 /// A token of rendered SQL: a bare word, or a quoted text with its quote and decoded content.
 #[derive(Debug, PartialEq)]
@@ -16,7 +16,7 @@ enum Token {
 }
 
 /// Splits `sql` into words and quoted texts, decoding quotes as `dialect`'s server would.
-fn lex(sql: &str, dialect: Dialect) -> Option<Vec<Token>> {
+fn lex(sql: &str, syntax: Syntax) -> Option<Vec<Token>> {
     let mut out = Vec::new();
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -26,7 +26,7 @@ fn lex(sql: &str, dialect: Dialect) -> Option<Vec<Token>> {
                 let mut text = String::new();
                 loop {
                     match chars.next()? {
-                        '\\' if dialect == Dialect::MySql && c != '`' => text.push(chars.next()?),
+                        '\\' if syntax == Syntax::MySql && c != '`' => text.push(chars.next()?),
                         q if q == c && chars.peek() == Some(&c) => {
                             chars.next();
                             text.push(c);
@@ -82,7 +82,7 @@ proptest! {
         ], 0..12).prop_map(|p| p.concat()),
         name in hostile(), password in hostile(), mysql in any::<bool>()
     ) {
-        let dialect = if mysql { Dialect::MySql } else { Dialect::Postgres };
+        let dialect = if mysql { Syntax::MySql } else { Syntax::Postgres };
         if let Err(e) = render(&stmt, &values(&name, &password), dialect) {
             // Errors say which placeholder failed, never the value.
             prop_assert!(password.len() < 4 || !e.0.contains(&password), "{}", e.0);
@@ -94,8 +94,8 @@ proptest! {
         let v = values(&name, &password);
         for stmt in ["CREATE ROLE {{name}} PASSWORD {{password}} ;",
                      "CREATE ROLE \"{{name}}\" PASSWORD '{{password}}' ;"] {
-            if let Ok(sql) = render(stmt, &v, Dialect::Postgres) {
-                let tokens = lex(&sql, Dialect::Postgres);
+            if let Ok(sql) = render(stmt, &v, Syntax::Postgres) {
+                let tokens = lex(&sql, Syntax::Postgres);
                 let want = vec![word("CREATE"), word("ROLE"), Token::Quoted('"', name.clone()),
                                 word("PASSWORD"), Token::Quoted('\'', password.clone()), word(";")];
                 prop_assert_eq!(tokens, Some(want), "{}", sql);
@@ -108,8 +108,8 @@ proptest! {
         let v = values(&name, &password);
         for stmt in ["CREATE USER {{name}} @ {{host}} IDENTIFIED BY {{password}} ;",
                      "CREATE USER '{{name}}' @ '%' IDENTIFIED BY '{{password}}' ;"] {
-            if let Ok(sql) = render(stmt, &v, Dialect::MySql) {
-                let tokens = lex(&sql, Dialect::MySql);
+            if let Ok(sql) = render(stmt, &v, Syntax::MySql) {
+                let tokens = lex(&sql, Syntax::MySql);
                 let want = vec![word("CREATE"), word("USER"), Token::Quoted('\'', name.clone()),
                                 word("@"), Token::Quoted('\'', "%".into()), word("IDENTIFIED"),
                                 word("BY"), Token::Quoted('\'', password.clone()), word(";")];

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 
 use crate::common::{self, list};
-use crate::statements::{Dialect, Values, quote_literal};
-use crate::target::{Account, Caveats, Dialect as SqlDialect, SqlTarget};
+use crate::statements::{Syntax, Values, quote_literal};
+use crate::target::{Account, Caveats, Dialect, SqlTarget};
 
 mod options;
 use options::{connect_options, skips_verify, url_form};
@@ -226,7 +226,7 @@ impl Backend for MySql {
                 "rollback_statements",
             ],
             &sample,
-            Dialect::MySql,
+            Syntax::MySql,
         )
     }
 
@@ -235,7 +235,7 @@ impl Backend for MySql {
         statements: &[String],
         username: &str,
     ) -> Result<(), Error> {
-        common::validate_rotation_statements(statements, username, Dialect::MySql)
+        common::validate_rotation_statements(statements, username, Syntax::MySql)
     }
 
     fn validate_principal(&self, name: &str) -> Result<(), Error> {
@@ -407,10 +407,10 @@ async fn run_each(conn: &mut MySqlConnection, sql: &[String]) -> Result<(), (usi
 }
 
 #[async_trait]
-impl SqlDialect for My {
+impl Dialect for My {
     type Db = sqlx::MySql;
     const SERVER: &'static str = "MySQL";
-    const STATEMENTS: Dialect = Dialect::MySql;
+    const SYNTAX: Syntax = Syntax::MySql;
 
     async fn accounts(t: &MySqlTarget, names: &[String]) -> Result<Vec<Account>, Error> {
         if names.is_empty() {

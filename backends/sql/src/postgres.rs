@@ -17,8 +17,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use crate::common::{self, list};
 use crate::scram;
-use crate::statements::{Dialect, Values, quote_identifier, quote_literal};
-use crate::target::{Account, Caveats, Dialect as SqlDialect, SqlTarget};
+use crate::statements::{Syntax, Values, quote_identifier, quote_literal};
+use crate::target::{Account, Caveats, Dialect, SqlTarget};
 
 mod options;
 use options::{connect_options, keyword_dsn_to_url};
@@ -199,7 +199,7 @@ impl Backend for Postgres {
                 "rollback_statements",
             ],
             &sample,
-            Dialect::Postgres,
+            Syntax::Postgres,
         )
     }
 
@@ -212,7 +212,7 @@ impl Backend for Postgres {
         statements: &[String],
         username: &str,
     ) -> Result<(), Error> {
-        common::validate_rotation_statements(statements, username, Dialect::Postgres)
+        common::validate_rotation_statements(statements, username, Syntax::Postgres)
     }
 }
 
@@ -353,10 +353,10 @@ async fn revoke_grants(t: &PgTarget, users: &[String]) -> Result<(), Error> {
 }
 
 #[async_trait]
-impl SqlDialect for Pg {
+impl Dialect for Pg {
     type Db = sqlx::Postgres;
     const SERVER: &'static str = "PostgreSQL";
-    const STATEMENTS: Dialect = Dialect::Postgres;
+    const SYNTAX: Syntax = Syntax::Postgres;
 
     async fn accounts(t: &PgTarget, names: &[String]) -> Result<Vec<Account>, Error> {
         let found: Vec<String> =

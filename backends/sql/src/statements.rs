@@ -24,7 +24,7 @@ pub struct Values<'a> {
 
 /// Whose lexical rules a statement follows.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Dialect {
+pub enum Syntax {
     /// `"identifier"`, `'literal'`, `$tag$…$tag$`, `--` and `/* */` comments.
     Postgres,
     /// `` `identifier` ``, `'string'` and `"string"` (both with backslash escapes), `#`,
@@ -67,7 +67,7 @@ const PLACEHOLDERS: [(&str, Kind); 5] = [
     ("{{host}}", Kind::Literal),
 ];
 
-pub fn render(stmt: &str, v: &Values<'_>, dialect: Dialect) -> Result<String, RenderError> {
+pub fn render(stmt: &str, v: &Values<'_>, syntax: Syntax) -> Result<String, RenderError> {
     let mut out = String::with_capacity(stmt.len() + 64);
     let mut ctx = Context::Bare;
     let mut i = 0;
@@ -82,7 +82,7 @@ pub fn render(stmt: &str, v: &Values<'_>, dialect: Dialect) -> Result<String, Re
                 _ => v.expiration,
             }
             .ok_or_else(|| RenderError(format!("{ph} cannot be used in this statement")))?;
-            out.push_str(&place(ph, *kind, value, &ctx, dialect)?);
+            out.push_str(&place(ph, *kind, value, &ctx, syntax)?);
             i += ph.len();
             continue;
         }
@@ -92,13 +92,13 @@ pub fn render(stmt: &str, v: &Values<'_>, dialect: Dialect) -> Result<String, Re
             Context::Bare => match c {
                 '\'' => ctx = Context::Single,
                 '"' => ctx = Context::Double,
-                '`' if dialect == Dialect::MySql => ctx = Context::Backtick,
-                '#' if dialect == Dialect::MySql => ctx = Context::LineComment,
+                '`' if syntax == Syntax::MySql => ctx = Context::Backtick,
+                '#' if syntax == Syntax::MySql => ctx = Context::LineComment,
                 // MySQL needs whitespace after `--`; treating `--x` as a comment too only
                 // makes mayfly stricter about what it inserts there.
                 '-' if next == Some(b'-') => ctx = Context::LineComment,
                 '/' if next == Some(b'*') => ctx = Context::BlockComment,
-                '$' if dialect == Dialect::Postgres => {
+                '$' if syntax == Syntax::Postgres => {
                     if let Some(tag) = dollar_tag(rest) {
                         out.push_str(&tag);
                         i += tag.len();
@@ -112,7 +112,7 @@ pub fn render(stmt: &str, v: &Values<'_>, dialect: Dialect) -> Result<String, Re
             Context::Double if c == '"' => ctx = Context::Bare,
             Context::Backtick if c == '`' => ctx = Context::Bare,
             // A backslash escapes the next character in MySQL strings: skip both.
-            Context::Single | Context::Double if c == '\\' && dialect == Dialect::MySql => {
+            Context::Single | Context::Double if c == '\\' && syntax == Syntax::MySql => {
                 if let Some(escaped) = rest[1..].chars().next() {
                     out.push('\\');
                     out.push(escaped);
@@ -158,7 +158,7 @@ fn place(
     kind: Kind,
     value: &str,
     ctx: &Context,
-    dialect: Dialect,
+    syntax: Syntax,
 ) -> Result<String, RenderError> {
     let refuse = |what: &str| {
         Err(RenderError(format!(
@@ -182,7 +182,7 @@ fn place(
             if value.contains('"') {
                 return refuse("a double quote");
             }
-            if dialect == Dialect::MySql && value.contains('\\') {
+            if syntax == Syntax::MySql && value.contains('\\') {
                 return refuse("a backslash");
             }
             Ok(value.to_owned())
@@ -204,8 +204,8 @@ fn place(
                 refuse("characters other than letters, digits and _-.:+ (inside $$ or a comment)")
             }
         }
-        Context::Bare => match (kind, dialect) {
-            (Kind::Identifier, Dialect::Postgres) => Ok(quote_identifier(value)),
+        Context::Bare => match (kind, syntax) {
+            (Kind::Identifier, Syntax::Postgres) => Ok(quote_identifier(value)),
             _ => {
                 if value.contains('\\') {
                     return refuse("a backslash");
@@ -241,11 +241,11 @@ mod tests {
     }
 
     fn pg(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
-        render(stmt, v, Dialect::Postgres)
+        render(stmt, v, Syntax::Postgres)
     }
 
     fn my(stmt: &str, v: &Values<'_>) -> Result<String, RenderError> {
-        render(stmt, v, Dialect::MySql)
+        render(stmt, v, Syntax::MySql)
     }
 
     #[test]

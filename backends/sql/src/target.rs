@@ -37,7 +37,7 @@ pub trait Dialect: Sized + Send + Sync + 'static {
     /// The server's name in messages.
     const SERVER: &'static str;
     /// How rendered statements quote their values.
-    const STATEMENTS: statements::Dialect;
+    const SYNTAX: statements::Syntax;
 
     /// Every account of each of `names`.
     async fn accounts(t: &SqlTarget<Self>, names: &[String]) -> Result<Vec<Account>, Error>;
@@ -151,7 +151,7 @@ impl<D: Dialect> SqlTarget<D> {
         stmts: &[String],
         values: &Values<'_>,
     ) -> Result<Vec<String>, Error> {
-        common::render_all(field, stmts, values, D::STATEMENTS)
+        common::render_all(field, stmts, values, D::SYNTAX)
     }
 
     /// The accounts of `name`, or the error that says it is gone.
