@@ -22,7 +22,8 @@
 //! - `engine`: the path table (the path modules' paths joined), the routing of a request to
 //!   its handler, help and OpenAPI, and the sweep, the loop that hands due work to its job.
 //!
-//! A new path goes in `paths` (with a `Route` and its arm in the engine's routing); a new kind
+//! A new path goes in `paths`: its handlers and its `PathDef` (pattern, fields, help, and a
+//! handler per operation) in one module, which is the only place that names it. A new kind
 //! of target is a crate under `backends/` implementing [`Backend`].
 
 mod contract;

@@ -14,21 +14,17 @@ use crate::contract::host::Host;
 use crate::contract::request::{Operation, Request, Response};
 use crate::contract::storage::Storage;
 use crate::contract::template;
-use crate::model::role;
-use crate::model::static_role;
 use crate::mount::node::NodeRole;
 use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
 use crate::paths::config;
-use crate::paths::creds;
 use crate::paths::leases;
-use crate::paths::operator::{self, Scope};
 use crate::paths::policies;
-use crate::paths::roles;
 use crate::paths::rotate_root;
-use crate::paths::router::{PathDef, Route, Router};
+use crate::paths::router::{PathDef, Router};
 use crate::paths::static_roles;
 use crate::paths::tasks;
+use crate::paths::{creds, operator, roles};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
 /// near 1 MiB, so anything larger is refused before it is parsed further.
@@ -170,171 +166,22 @@ impl Engine {
         }
         let m = self.router.find(&req.path)?;
         let op = req.operation.normalized();
-        if !m.def.operations.contains(&op) {
+        let Some(handler) = m.def.handler(op) else {
             return Err(Error::UnsupportedOperation);
-        }
+        };
         // Before anything else: a standby answers only what it can from its copy of storage,
         // and the host replays the rest on the active node.
-        if m.def.route.acts(op)
+        if m.def.acts(op)
             && let Some(refused) = node.refuse(op, &req.path)
         {
             return Err(refused);
         }
-        if matches!(m.def.route, Route::Config | Route::Role | Route::Policy)
-            && matches!(op, Operation::Update | Operation::Delete)
-        {
-            // Before and after: a request racing this write cannot leave a stale entry behind.
-            self.core.invalidate();
-            let result = self.route(&m, op, req).await;
-            self.core.invalidate();
-            return result;
-        }
-        self.route(&m, op, req).await
+        handler(m.call(&self.core, req)).await
     }
 
     /// Storage changed behind the engine's back (the host's InvalidateKey).
     pub fn invalidate(&self) {
         self.core.invalidate();
-    }
-
-    async fn route(
-        &self,
-        m: &crate::paths::router::Matched<'_>,
-        op: Operation,
-        req: &Request,
-    ) -> Result<Response, Error> {
-        let kv = self.core.storage.as_ref();
-        let backends = &self.core.backends;
-        match (m.def.route, op) {
-            (Route::ConfigList, Operation::List) => Ok(Response::list(config::list(kv).await?)),
-            (Route::Config, Operation::Read) => Ok(config::read(kv, m.param("name"))
-                .await?
-                .map(Response::data)
-                .unwrap_or_default()),
-            (Route::Config, Operation::Update) => {
-                let name = m.param("name");
-                if config::moves(kv, backends, name, &req.data).await? {
-                    operator::require_no_credentials(&self.core, name, "point it elsewhere")
-                        .await?;
-                }
-                let (config, warnings) = config::write(kv, backends, name, &req.data).await?;
-                self.core.forget_target(name);
-                tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
-                Ok(Response {
-                    warnings,
-                    ..Response::empty()
-                })
-            }
-            (Route::Config, Operation::Delete) => {
-                let name = m.param("name");
-                operator::require_no_credentials(&self.core, name, "delete it").await?;
-                config::delete(kv, name).await?;
-                self.core.forget_target(name);
-                tracing::info!(connection = name, "connection deleted");
-                Ok(Response::empty())
-            }
-            (Route::RoleList, Operation::List) => Ok(Response::list(role::list(kv).await?)),
-            (Route::Role, Operation::Read) => Ok(roles::read(kv, backends, m.param("name"))
-                .await?
-                .map(Response::data)
-                .unwrap_or_default()),
-            (Route::Role, Operation::Update) => {
-                let name = m.param("name");
-                let warnings = role::write(kv, backends, &self.core.mark, name, &req.data).await?;
-                tracing::info!(role = name, "role saved");
-                Ok(Response {
-                    warnings,
-                    ..Response::empty()
-                })
-            }
-            (Route::Role, Operation::Delete) => {
-                roles::delete(kv, m.param("name")).await?;
-                tracing::info!(role = m.param("name"), "role deleted");
-                Ok(Response::empty())
-            }
-            (Route::Creds, Operation::Read | Operation::Update) => {
-                creds::issue(&self.core, m.param("role"), req).await
-            }
-            (Route::LeaseList, Operation::List) => leases::list_leases(&self.core, req).await,
-            (Route::Lease, Operation::Read) => leases::read_lease(&self.core, m.param("id")).await,
-            (Route::TaskConfig, Operation::Read) => Ok(Response::data(tasks::settings_view(
-                &tasks::load_settings(kv).await?,
-            ))),
-            (Route::TaskConfig, Operation::Update) => {
-                tasks::write_settings(kv, &req.data).await?;
-                Ok(Response::empty())
-            }
-            (Route::TaskList, Operation::List) => {
-                tasks::list(&self.core, Some(&req.requester)).await
-            }
-            (Route::TaskCreate, Operation::Update) => tasks::write(&self.core, None, req).await,
-            (Route::Task, Operation::Update) => {
-                tasks::write(&self.core, Some(m.param("id")), req).await
-            }
-            (Route::Task, Operation::Read) => {
-                tasks::read(&self.core, m.param("id"), Some(&req.requester)).await
-            }
-            (Route::Task, Operation::Delete) => tasks::delete(&self.core, m.param("id"), req).await,
-            (Route::RevokeTaskList, Operation::List) => tasks::list(&self.core, None).await,
-            (Route::RevokeTask, Operation::Read) => {
-                tasks::read(&self.core, m.param("id"), None).await
-            }
-            (Route::RevokeTask, Operation::Update) => {
-                operator::revoke(&self.core, Scope::Task(m.param("id")), req).await
-            }
-            (Route::RevokeRole, Operation::Update) => {
-                operator::revoke(&self.core, Scope::Role(m.param("name")), req).await
-            }
-            (Route::RevokeConfig, Operation::Update) => {
-                operator::revoke(&self.core, Scope::Connection(m.param("name")), req).await
-            }
-            (Route::RevokeAll, Operation::Update) => {
-                operator::revoke(&self.core, Scope::All, req).await
-            }
-            (Route::Revocations, Operation::List) => operator::revocations(&self.core).await,
-            (Route::RotateRoot, Operation::Update) => {
-                rotate_root::rotate(&self.core, m.param("name")).await
-            }
-            (Route::Reset, Operation::Update) => {
-                let name = m.param("name");
-                self.core.reset_target(name).await?;
-                tracing::info!(connection = name, "connection reset");
-                Ok(Response::empty())
-            }
-            (Route::StaticRoleList, Operation::List) => {
-                Ok(Response::list(static_role::list(kv).await?))
-            }
-            (Route::StaticRole, Operation::Read) => {
-                static_roles::read(&self.core, m.param("name")).await
-            }
-            (Route::StaticRole, Operation::Update) => {
-                static_roles::write(&self.core, m.param("name"), &req.data).await
-            }
-            (Route::StaticRole, Operation::Delete) => {
-                static_roles::delete(&self.core, m.param("name")).await
-            }
-            (Route::StaticCreds, Operation::Read) => {
-                static_roles::creds(&self.core, m.param("name")).await
-            }
-            (Route::RotateRole, Operation::Update) => {
-                static_roles::rotate_now(&self.core, m.param("name")).await
-            }
-            (Route::PolicyList, Operation::List) => policies::list(kv).await,
-            (Route::Policy, Operation::Read) => policies::read(kv, m.param("name")).await,
-            (Route::Policy, Operation::Update) => {
-                policies::write(kv, m.param("name"), &req.data).await
-            }
-            (Route::Policy, Operation::Delete) => policies::delete(kv, m.param("name")).await,
-            (Route::PolicySchema, Operation::Read) => Ok(policies::schema()),
-            (Route::PolicySimulate, Operation::Update) => policies::simulate(&self.core, req).await,
-            (Route::Orphans, Operation::Read) => {
-                operator::orphans(&self.core, m.param("name"), false, req).await
-            }
-            (Route::Orphans, Operation::Update) => {
-                operator::orphans(&self.core, m.param("name"), true, req).await
-            }
-            _ => Err(Error::UnsupportedOperation),
-        }
     }
 
     fn help(&self, path: &str) -> Result<Response, Error> {

@@ -40,7 +40,7 @@ fn path_item(def: &PathDef) -> Value {
     let id = def.pattern.replace(['/', '{', '}'], "-");
     let id = id.trim_matches('-');
     for op in &def.operations {
-        match op {
+        match op.operation {
             Operation::Read => {
                 item.insert("get".into(), operation(def, &format!("read-{id}"), None));
             }

@@ -119,6 +119,15 @@ impl MountCore {
         }
     }
 
+    /// Runs `write` (of a connection, a role or a policy) with the caches emptied before and
+    /// after it: a request racing the write cannot leave a stale entry behind.
+    pub async fn invalidating<T>(&self, write: impl std::future::Future<Output = T>) -> T {
+        self.invalidate();
+        let result = write.await;
+        self.invalidate();
+        result
+    }
+
     pub fn invalidate(&self) {
         // The generation first: a read in flight then finds it moved on and stores nothing.
         self.cache.generation.fetch_add(1, Ordering::SeqCst);

@@ -13,9 +13,10 @@ use crate::contract::connection_config::{
 };
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, FieldValue, Fields};
-use crate::contract::request::Operation;
+use crate::contract::request::{Operation, Response};
 use crate::contract::storage::{self, Kv, Storage, StorageError};
-use crate::paths::router::{PathDef, Route};
+use crate::paths::operator;
+use crate::paths::router::{Call, PathDef, op};
 
 /// The fields every kind accepts.
 pub fn common_fields() -> Vec<FieldDef> {
@@ -394,22 +395,68 @@ pub async fn list(kv: &dyn Kv) -> Result<Vec<String>, Error> {
     Ok(kv.list(connection_config::PREFIX).await?)
 }
 
+async fn on_read(c: Call<'_>) -> Result<Response, Error> {
+    let found = read(c.core.storage.as_ref(), c.param("name")).await?;
+    Ok(found.map(Response::data).unwrap_or_default())
+}
+
+async fn on_update(c: Call<'_>) -> Result<Response, Error> {
+    let (core, name) = (c.core, c.param("name"));
+    let kv = core.storage.as_ref();
+    if moves(kv, &core.backends, name, &c.req.data).await? {
+        operator::require_no_credentials(core, name, "point it elsewhere").await?;
+    }
+    let (config, warnings) = write(kv, &core.backends, name, &c.req.data).await?;
+    core.forget_target(name);
+    tracing::info!(connection = name, kind = %config.plugin_name, "connection saved");
+    Ok(Response {
+        warnings,
+        ..Response::empty()
+    })
+}
+
+async fn on_delete(c: Call<'_>) -> Result<Response, Error> {
+    let (core, name) = (c.core, c.param("name"));
+    operator::require_no_credentials(core, name, "delete it").await?;
+    delete(core.storage.as_ref(), name).await?;
+    core.forget_target(name);
+    tracing::info!(connection = name, "connection deleted");
+    Ok(Response::empty())
+}
+
+async fn on_reset(c: Call<'_>) -> Result<Response, Error> {
+    let name = c.param("name");
+    c.core.reset_target(name).await?;
+    tracing::info!(connection = name, "connection reset");
+    Ok(Response::empty())
+}
+
 /// The paths this module serves, for the engine's table.
 pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "config/",
-            route: Route::ConfigList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| {
+                Box::pin(async move { Ok(Response::list(list(c.core.storage.as_ref()).await?)) })
+            })],
+            reads_act: false,
             synopsis: "List the configured connections.",
             description: "",
         },
         PathDef {
             pattern: "config/{name}",
-            route: Route::Config,
             fields: all_fields(backends),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            operations: vec![
+                op(Operation::Read, |c| Box::pin(on_read(c))),
+                op(Operation::Update, |c| {
+                    Box::pin(c.core.invalidating(on_update(c)))
+                }),
+                op(Operation::Delete, |c| {
+                    Box::pin(c.core.invalidating(on_delete(c)))
+                }),
+            ],
+            reads_act: false,
             synopsis: "Configure a connection to a target (a database, a cloud account, an API).",
             description: "Fields common to all kinds are plugin_name, allowed_roles and \
                 verify_connection; each kind adds its own (postgres: connection_url, username, \
@@ -419,9 +466,9 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
         },
         PathDef {
             pattern: "reset/{name}",
-            route: Route::Reset,
             fields: vec![],
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| Box::pin(on_reset(c)))],
+            reads_act: false,
             synopsis: "Close the connection's sessions to its target, reopen them and verify \
                 the target takes them.",
             description: "For a target that restarted, failed over or had mayfly's account \

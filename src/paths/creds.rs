@@ -25,7 +25,7 @@ use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Claim;
 use crate::paths::leases;
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 
 /// When an intent that never became active is revoked, at the latest: well past the longest
 /// issuance (connection wait plus [`CREATE_TIMEOUT`]), so a slow issuance is never undercut.
@@ -578,9 +578,16 @@ async fn check_bindings(
 pub(crate) fn paths() -> Vec<PathDef> {
     vec![PathDef {
         pattern: "creds/{role}",
-        route: Route::Creds,
         fields: fields(),
-        operations: vec![Operation::Read, Operation::Update],
+        operations: vec![
+            op(Operation::Read, |c| {
+                Box::pin(issue(c.core, c.param("role"), c.req))
+            }),
+            op(Operation::Update, |c| {
+                Box::pin(issue(c.core, c.param("role"), c.req))
+            }),
+        ],
+        reads_act: true,
         synopsis: "Issue a credential of a role, as a lease.",
         description: "The credential is recorded in the ledger before it is created on the \
                 target, and revoked at its deadline by mayfly itself, whether or not the host \

@@ -16,7 +16,7 @@ use crate::model::task::{self, Task};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Outcome;
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 
 /// `internal_data` keys: the Go framework's dispatch key (kept for compatibility) and the
 /// ledger record.
@@ -336,18 +336,22 @@ pub(crate) fn paths() -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "leases/",
-            route: Route::LeaseList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| {
+                Box::pin(list_leases(c.core, c.req))
+            })],
+            reads_act: false,
             synopsis: "List the credentials in the ledger; filter with role= and state=.",
             description: "States: intent (being issued), active, revoking (due or failing; \
                 see revocation_attempts and last_error), revoked (kept three days for audit).",
         },
         PathDef {
             pattern: "leases/{id}",
-            route: Route::Lease,
             fields: vec![],
-            operations: vec![Operation::Read],
+            operations: vec![op(Operation::Read, |c| {
+                Box::pin(read_lease(c.core, c.param("id")))
+            })],
+            reads_act: false,
             synopsis: "One credential's ledger record: principal, state, deadline, requester, \
                 revocation attempts and last error. Never a secret.",
             description: "",

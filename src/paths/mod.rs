@@ -1,5 +1,5 @@
-//! One module per path family, named for the path it serves, each declaring its paths beside
-//! their handlers; `router` is what they declare them with.
+//! One module per path family, named for the path it serves, each declaring its paths (with a
+//! handler for each operation) beside their handlers; `router` is what they declare them with.
 
 pub(crate) mod config;
 pub(crate) mod creds;

@@ -16,7 +16,7 @@ use crate::model::audit::{self, Action, Event};
 use crate::model::ledger::{self, Credential, State};
 use crate::model::role;
 use crate::mount::MountCore;
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 use crate::paths::tasks;
 
 /// The most principals dropped in one call during a purge.
@@ -332,17 +332,24 @@ pub(crate) fn paths() -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "revoke/task/",
-            route: Route::RevokeTaskList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| Box::pin(tasks::list(c.core, None)))],
+            reads_act: false,
             synopsis: "List every task, whoever owns it (sudo).",
             description: "",
         },
         PathDef {
             pattern: "revoke/task/{id}",
-            route: Route::RevokeTask,
             fields: vec![],
-            operations: vec![Operation::Read, Operation::Update],
+            operations: vec![
+                op(Operation::Read, |c| {
+                    Box::pin(tasks::read(c.core, c.param("id"), None))
+                }),
+                op(Operation::Update, |c| {
+                    Box::pin(revoke(c.core, Scope::Task(c.param("id")), c.req))
+                }),
+            ],
+            reads_act: false,
             synopsis: "Read any task with its credentials, or end it and revoke all its \
                 credentials (sudo).",
             description: "Answers how many were revoked, were already gone, and failed; \
@@ -350,42 +357,55 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "revoke/role/{name}",
-            route: Route::RevokeRole,
             fields: vec![],
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| {
+                Box::pin(revoke(c.core, Scope::Role(c.param("name")), c.req))
+            })],
+            reads_act: false,
             synopsis: "Revoke every live credential of a role (sudo).",
             description: "Answers how many were revoked, were already gone, and failed.",
         },
         PathDef {
             pattern: "revoke/config/{name}",
-            route: Route::RevokeConfig,
             fields: vec![],
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| {
+                Box::pin(revoke(c.core, Scope::Connection(c.param("name")), c.req))
+            })],
+            reads_act: false,
             synopsis: "Revoke every live credential on a connection (sudo).",
             description: "Answers how many were revoked, were already gone, and failed.",
         },
         PathDef {
             pattern: "revoke/all",
-            route: Route::RevokeAll,
             fields: vec![],
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| {
+                Box::pin(revoke(c.core, Scope::All, c.req))
+            })],
+            reads_act: false,
             synopsis: "Revoke every live credential of the mount (sudo).",
             description: "Answers how many were revoked, were already gone, and failed.",
         },
         PathDef {
             pattern: "revocations/",
-            route: Route::Revocations,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| Box::pin(revocations(c.core)))],
+            reads_act: false,
             synopsis: "The credentials whose revocation keeps failing, with attempts, last \
                 error and since when (sudo).",
             description: "",
         },
         PathDef {
             pattern: "orphans/{name}",
-            route: Route::Orphans,
             fields: orphan_fields(),
-            operations: vec![Operation::Read, Operation::Update],
+            operations: vec![
+                op(Operation::Read, |c| {
+                    Box::pin(orphans(c.core, c.param("name"), false, c.req))
+                }),
+                op(Operation::Update, |c| {
+                    Box::pin(orphans(c.core, c.param("name"), true, c.req))
+                }),
+            ],
+            reads_act: true,
             synopsis: "Principals on a connection's target that carry mayfly's naming mark \
                 but have no live ledger record (sudo). Write purge=true to drop them; a \
                 write without it is a dry run.",

@@ -20,7 +20,7 @@ use crate::model::policy_store;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 use crate::paths::tasks;
 
 pub fn fields() -> Vec<FieldDef> {
@@ -315,17 +315,19 @@ pub(crate) fn paths() -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "policies/",
-            route: Route::PolicyList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| {
+                Box::pin(list(c.core.storage.as_ref()))
+            })],
+            reads_act: false,
             synopsis: "List the Cedar policies.",
             description: "",
         },
         PathDef {
             pattern: "policies/simulate",
-            route: Route::PolicySimulate,
             fields: simulate_fields(),
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| Box::pin(simulate(c.core, c.req)))],
+            reads_act: false,
             synopsis: "The decision a hypothetical request would get: allow or deny, the \
                 policies that determined it, those in scope, and the TTL it would be granted.",
             description: "Made exactly as a live decision is, from the same policies, with the \
@@ -334,9 +336,26 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "policies/{name}",
-            route: Route::Policy,
             fields: fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            operations: vec![
+                op(Operation::Read, |c| {
+                    Box::pin(read(c.core.storage.as_ref(), c.param("name")))
+                }),
+                op(Operation::Update, |c| {
+                    Box::pin(c.core.invalidating(write(
+                        c.core.storage.as_ref(),
+                        c.param("name"),
+                        &c.req.data,
+                    )))
+                }),
+                op(Operation::Delete, |c| {
+                    Box::pin(
+                        c.core
+                            .invalidating(delete(c.core.storage.as_ref(), c.param("name"))),
+                    )
+                }),
+            ],
+            reads_act: false,
             synopsis: "A Cedar policy document, evaluated at every issuance, renewal and task \
                 creation or update.",
             description: "The text is validated against the schema at policies-schema; a \
@@ -349,9 +368,9 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "policies-schema",
-            route: Route::PolicySchema,
             fields: vec![],
-            operations: vec![Operation::Read],
+            operations: vec![op(Operation::Read, |_| Box::pin(async { Ok(schema()) }))],
+            reads_act: false,
             synopsis: "The Cedar schema policies are validated against: entity types, \
                 attributes, actions and the request context.",
             description: "",

@@ -11,10 +11,9 @@ use crate::contract::connection_config;
 use crate::contract::connection_config::ConnectionConfig;
 use crate::contract::error::Error;
 use crate::contract::host::default_password;
-use crate::contract::request::Operation;
-use crate::contract::request::Response;
+use crate::contract::request::{Operation, Response};
 use crate::mount::MountCore;
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 
 use crate::mount::root_password::{PASSWORD, commit, settle_locked, which_works};
 
@@ -108,9 +107,11 @@ fn root_rotation_statements(
 pub(crate) fn paths() -> Vec<PathDef> {
     vec![PathDef {
         pattern: "rotate-root/{name}",
-        route: Route::RotateRoot,
         fields: vec![],
-        operations: vec![Operation::Update],
+        operations: vec![op(Operation::Update, |c| {
+            Box::pin(rotate(c.core, c.param("name")))
+        })],
+        reads_act: false,
         synopsis: "Replace the password of the connection's own user with one only mayfly \
                 knows.",
         description: "The new password is stored as pending before the target is changed \

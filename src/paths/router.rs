@@ -4,72 +4,89 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::contract::error::Error;
 use crate::contract::fields::FieldDef;
-use crate::contract::request::Operation;
+use crate::contract::request::{Operation, Request, Response};
+use crate::mount::MountCore;
 
-/// What a matched path leads to; the engine dispatches on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    ConfigList,
-    Config,
-    RoleList,
-    Role,
-    Creds,
-    LeaseList,
-    Lease,
-    TaskConfig,
-    TaskCreate,
-    TaskList,
-    Task,
-    RevokeTaskList,
-    RevokeTask,
-    RevokeRole,
-    RevokeConfig,
-    RevokeAll,
-    Revocations,
-    Orphans,
-    RotateRoot,
-    Reset,
-    StaticRoleList,
-    StaticRole,
-    StaticCreds,
-    RotateRole,
-    PolicyList,
-    Policy,
-    PolicySchema,
-    PolicySimulate,
+/// A path's handler for one operation. A plain function pointer, so a path's definition and
+/// its handlers sit side by side in the module that serves it and nothing else names the path.
+pub type Handler = for<'a> fn(Call<'a>) -> HandlerFuture<'a>;
+
+/// What a handler returns: boxed, because handlers of different paths are different futures.
+pub type HandlerFuture<'a> = Pin<Box<dyn Future<Output = Result<Response, Error>> + Send + 'a>>;
+
+/// One request to a matched path, as its handler sees it.
+#[derive(Clone, Copy)]
+pub struct Call<'a> {
+    pub core: &'a Arc<MountCore>,
+    pub req: &'a Request,
+    matched: &'a Matched<'a>,
 }
 
-impl Route {
-    /// Whether `op` on this route may change anything or reach a target. Such a request runs
-    /// only on the active node; the rest are served from any node's copy of storage.
-    /// Reading `creds/` issues, `orphans/` asks the target, and `static-creds/` must not
-    /// serve a standby's copy, which can hold the password from before the last rotation.
-    pub fn acts(self, op: Operation) -> bool {
-        match op {
-            Operation::Read | Operation::List => {
-                matches!(self, Route::Creds | Route::Orphans | Route::StaticCreds)
-            }
-            _ => true,
-        }
+impl<'a> Call<'a> {
+    /// The value of path parameter `name` (`{name}` in the pattern).
+    pub fn param(&self, name: &str) -> &'a str {
+        self.matched.param(name)
     }
 }
 
-#[derive(Debug, Clone)]
+/// An operation a path serves, and the function that serves it.
+#[derive(Clone, Copy)]
+pub struct Op {
+    pub operation: Operation,
+    pub handler: Handler,
+}
+
+/// `operation` on a path, served by `handler`.
+pub fn op(operation: Operation, handler: Handler) -> Op {
+    Op { operation, handler }
+}
+
+#[derive(Clone)]
 pub struct PathDef {
     /// Segments separated by `/`; `{name}` is a parameter that matches one segment. A pattern
     /// ending in `/` is a listing and matches only that exact path.
     pub pattern: &'static str,
-    pub route: Route,
     pub fields: Vec<FieldDef>,
-    pub operations: Vec<Operation>,
+    pub operations: Vec<Op>,
+    /// Whether a read or a list of this path acts: issues, asks a target, or must not be served
+    /// from a standby's copy of storage. Writes always act.
+    pub reads_act: bool,
     pub synopsis: &'static str,
     pub description: &'static str,
 }
 
+impl std::fmt::Debug for PathDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PathDef")
+            .field("pattern", &self.pattern)
+            .finish_non_exhaustive()
+    }
+}
+
 impl PathDef {
+    /// The handler of `op` (normalized) on this path, if the path serves it.
+    pub fn handler(&self, op: Operation) -> Option<Handler> {
+        self.operations
+            .iter()
+            .find(|o| o.operation == op)
+            .map(|o| o.handler)
+    }
+
+    /// Whether `op` on this path may change anything or reach a target. Such a request runs
+    /// only on the active node; the rest are served from any node's copy of storage.
+    pub fn acts(&self, op: Operation) -> bool {
+        match op {
+            Operation::Read | Operation::List => self.reads_act,
+            _ => true,
+        }
+    }
+
     /// The parameters in the pattern, in order.
     pub fn params(&self) -> impl Iterator<Item = &'static str> {
         self.pattern
@@ -86,7 +103,7 @@ impl PathDef {
         if !self.description.is_empty() {
             let _ = writeln!(out, "{}\n", self.description.trim());
         }
-        let ops: Vec<&str> = self.operations.iter().map(|o| o.name()).collect();
+        let ops: Vec<&str> = self.operations.iter().map(|o| o.operation.name()).collect();
         let _ = writeln!(out, "## OPERATIONS\n\n{}\n", ops.join(", "));
         let params: Vec<&str> = self.params().collect();
         if !params.is_empty() || !self.fields.is_empty() {
@@ -142,9 +159,22 @@ pub struct Matched<'a> {
     pub params: BTreeMap<&'static str, String>,
 }
 
-impl Matched<'_> {
+impl<'m> Matched<'m> {
+    /// The value of path parameter `name`; empty if the pattern has none of that name.
     pub fn param(&self, name: &str) -> &str {
         self.params.get(name).map(String::as_str).unwrap_or("")
+    }
+
+    /// The call a handler receives for this match.
+    pub fn call<'a>(&'a self, core: &'a Arc<MountCore>, req: &'a Request) -> Call<'a>
+    where
+        'm: 'a,
+    {
+        Call {
+            core,
+            req,
+            matched: self,
+        }
     }
 }
 
@@ -191,19 +221,18 @@ mod tests {
     use super::*;
 
     fn router() -> Router {
-        let def = |pattern, route| PathDef {
+        let def = |pattern| PathDef {
             pattern,
-            route,
             fields: vec![],
-            operations: vec![Operation::Read],
+            operations: vec![op(Operation::Read, |_| {
+                Box::pin(async { Ok(Response::empty()) })
+            })],
+            reads_act: false,
             synopsis: "",
             description: "",
         };
         Router {
-            paths: vec![
-                def("config/", Route::ConfigList),
-                def("config/{name}", Route::Config),
-            ],
+            paths: vec![def("config/"), def("config/{name}")],
         }
     }
 
@@ -211,9 +240,9 @@ mod tests {
     fn matches_patterns_and_extracts_params() {
         let r = router();
         let m = r.find("config/main-db").unwrap();
-        assert_eq!(m.def.route, Route::Config);
+        assert_eq!(m.def.pattern, "config/{name}");
         assert_eq!(m.param("name"), "main-db");
-        assert_eq!(r.find("config/").unwrap().def.route, Route::ConfigList);
+        assert_eq!(r.find("config/").unwrap().def.pattern, "config/");
         assert_eq!(r.find("config").unwrap_err(), Error::UnsupportedPath);
         assert_eq!(r.find("config/a/b").unwrap_err(), Error::UnsupportedPath);
         assert_eq!(r.find("nothing").unwrap_err(), Error::UnsupportedPath);

@@ -8,13 +8,12 @@ use serde_json::{Map, Value, json};
 use crate::contract::backend::{TARGET_TIMEOUT, within};
 use crate::contract::error::Error;
 use crate::contract::host::now;
-use crate::contract::request::Operation;
-use crate::contract::request::Response;
+use crate::contract::request::{Operation, Response};
 use crate::jobs::static_rotation::{State, Trigger, entry, load_state, rotate, save, state_key};
 use crate::model::ledger;
 use crate::model::static_role::{self, Rotation};
 use crate::mount::MountCore;
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 
 fn no_role(name: &str) -> Error {
     Error::bad_request(format!("no static role named '{name}'"))
@@ -204,17 +203,31 @@ pub(crate) fn paths() -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "static-roles/",
-            route: Route::StaticRoleList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| {
+                Box::pin(async move {
+                    Ok(Response::list(
+                        static_role::list(c.core.storage.as_ref()).await?,
+                    ))
+                })
+            })],
+            reads_act: false,
             synopsis: "List the static roles.",
             description: "",
         },
         PathDef {
             pattern: "static-roles/{name}",
-            route: Route::StaticRole,
             fields: static_role::fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            operations: vec![
+                op(Operation::Read, |c| Box::pin(read(c.core, c.param("name")))),
+                op(Operation::Update, |c| {
+                    Box::pin(write(c.core, c.param("name"), &c.req.data))
+                }),
+                op(Operation::Delete, |c| {
+                    Box::pin(delete(c.core, c.param("name")))
+                }),
+            ],
+            reads_act: false,
             synopsis: "A static role: an existing account whose password mayfly keeps and \
                 rotates on a period, a cron schedule, or on demand.",
             description: "Creating one takes the account over: its password is replaced at \
@@ -227,9 +240,11 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "static-creds/{name}",
-            route: Route::StaticCreds,
             fields: vec![],
-            operations: vec![Operation::Read],
+            operations: vec![op(Operation::Read, |c| {
+                Box::pin(creds(c.core, c.param("name")))
+            })],
+            reads_act: true,
             synopsis: "The current username and password of a static role, with ttl: the \
                 seconds until the password may change.",
             description: "An application that fails to log in should read this again: the \
@@ -238,9 +253,11 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "rotate-role/{name}",
-            route: Route::RotateRole,
             fields: vec![],
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| {
+                Box::pin(rotate_now(c.core, c.param("name")))
+            })],
+            reads_act: false,
             synopsis: "Rotate a static role's password now.",
             description: "A failure is returned and then retried with backoff like a \
                 scheduled rotation's; the old password stays current until a rotation \

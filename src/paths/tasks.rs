@@ -24,7 +24,7 @@ use crate::model::ledger::{self, RETENTION_SECS};
 use crate::model::task::{PREFIX, Task, TaskState, entry, key, load, metadata_values};
 use crate::mount::MountCore;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource};
-use crate::paths::router::{PathDef, Route};
+use crate::paths::router::{PathDef, op};
 
 /// Where the mount-wide task settings live (served at `config/tasks`; not under `config/`, which
 /// holds connections).
@@ -493,18 +493,34 @@ pub(crate) fn paths() -> Vec<PathDef> {
     vec![
         PathDef {
             pattern: "config/tasks",
-            route: Route::TaskConfig,
             fields: settings_fields(),
-            operations: vec![Operation::Read, Operation::Update],
+            operations: vec![
+                op(Operation::Read, |c| {
+                    Box::pin(async move {
+                        Ok(Response::data(settings_view(
+                            &load_settings(c.core.storage.as_ref()).await?,
+                        )))
+                    })
+                }),
+                op(Operation::Update, |c| {
+                    Box::pin(async move {
+                        write_settings(c.core.storage.as_ref(), &c.req.data).await?;
+                        Ok(Response::empty())
+                    })
+                }),
+            ],
+            reads_act: false,
             synopsis: "Mount-wide task settings: max_task_ttl and default_task_ttl.",
             description: "This path is matched before config/NAME, so no connection can be \
                 named 'tasks'.",
         },
         PathDef {
             pattern: "tasks",
-            route: Route::TaskCreate,
             fields: task_fields(),
-            operations: vec![Operation::Update],
+            operations: vec![op(Operation::Update, |c| {
+                Box::pin(write(c.core, None, c.req))
+            })],
+            reads_act: false,
             synopsis: "Create a task with a generated id (the host refuses writes to 'tasks/').",
             description: "A task has a deadline (ttl), an owner (the requesting entity), a \
                 description and metadata. Credentials issued with its task_id never outlive \
@@ -512,18 +528,30 @@ pub(crate) fn paths() -> Vec<PathDef> {
         },
         PathDef {
             pattern: "tasks/",
-            route: Route::TaskList,
             fields: vec![],
-            operations: vec![Operation::List],
+            operations: vec![op(Operation::List, |c| {
+                Box::pin(list(c.core, Some(&c.req.requester)))
+            })],
+            reads_act: false,
             synopsis: "List the caller's own tasks, with each one's state, deadline, owner \
                 and description.",
             description: "Operators list every task at revoke/task/ (sudo).",
         },
         PathDef {
             pattern: "tasks/{id}",
-            route: Route::Task,
             fields: task_fields(),
-            operations: vec![Operation::Read, Operation::Update, Operation::Delete],
+            operations: vec![
+                op(Operation::Read, |c| {
+                    Box::pin(read(c.core, c.param("id"), Some(&c.req.requester)))
+                }),
+                op(Operation::Update, |c| {
+                    Box::pin(write(c.core, Some(c.param("id")), c.req))
+                }),
+                op(Operation::Delete, |c| {
+                    Box::pin(delete(c.core, c.param("id"), c.req))
+                }),
+            ],
+            reads_act: false,
             synopsis: "A task: create or update it, read it with its credentials, or delete \
                 it, which ends it and revokes every credential issued under it before \
                 answering.",
