@@ -1,6 +1,6 @@
 """Draws the charts of a scripts/bench report from its CSV files (run by scripts/bench).
 
-latency-<target>.png: the latency distribution (CDF) of each engine, one panel per client count.
+latency-<storage>-<target>.png: the latency distribution (CDF) of each engine, one panel per client count.
 expiry.png: live users over time around a mass expiry, one panel per size.
 sustained.png: the issuance rate of each sustained run, window by window.
 """

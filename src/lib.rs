@@ -53,4 +53,5 @@ pub use contract::template::LEGACY_MARK;
 pub use contract::{backend, credential_type, fields, redact, storage};
 pub use engine::{Engine, MountOptions};
 pub use mount::CrashHook;
+pub use mount::account::RequestKind;
 pub use mount::node::NodeRole;

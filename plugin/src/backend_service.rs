@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use mayfly::{Backends, Engine};
+use mayfly::{Backends, Engine, RequestKind};
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 
@@ -160,14 +160,22 @@ impl pb::backend_server::Backend for BackendService {
                 mayfly::Error::bad_request("empty request"),
             ))));
         };
-        let result = match convert::request(req) {
-            Ok(req) => mount.engine.handle(req).await,
-            Err(e) => Err(e),
+        // Decoding and encoding are timed for the mount's account (`metrics`).
+        let started = Instant::now();
+        let (result, kind, decoding) = match convert::request(req) {
+            Ok(req) => {
+                let (kind, decoding) = (Engine::kind_of(&req), started.elapsed());
+                (mount.engine.handle(req).await, kind, decoding)
+            }
+            Err(e) => (Err(e), RequestKind::Other, started.elapsed()),
         };
         if let Err(mayfly::Error::Internal(msg)) = &result {
             tracing::error!(error = %msg, "request failed inside mayfly");
         }
-        Ok(Response::new(convert::reply(result)))
+        let encoding = Instant::now();
+        let reply = convert::reply(result);
+        mount.engine.add_codec(kind, decoding + encoding.elapsed());
+        Ok(Response::new(reply))
     }
 
     async fn handle_existence_check(

@@ -14,6 +14,7 @@ use crate::contract::host::Host;
 use crate::contract::request::{Operation, Request, Response};
 use crate::contract::storage::Storage;
 use crate::contract::template;
+use crate::mount::account::{Account, Counted, RequestKind};
 use crate::mount::node::NodeRole;
 use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
@@ -24,7 +25,7 @@ use crate::paths::rotate_root;
 use crate::paths::router::{PathDef, Router};
 use crate::paths::static_roles;
 use crate::paths::tasks;
-use crate::paths::{creds, operator, roles};
+use crate::paths::{creds, metrics, operator, roles};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
 /// near 1 MiB, so anything larger is refused before it is parsed further.
@@ -72,9 +73,11 @@ impl Engine {
         let router = Router {
             paths: paths(&backends),
         };
+        let account = Arc::new(Account::default());
         Engine {
             core: Arc::new(MountCore {
-                storage,
+                storage: Arc::new(Counted::new(storage, account.clone())),
+                account,
                 backends,
                 host,
                 targets: Targets::default(),
@@ -128,7 +131,7 @@ impl Engine {
     /// Paths that need a token with `sudo` on them: the operator's bulk and emergency tools.
     /// A trailing `*` is a prefix match.
     pub fn sudo_paths() -> Vec<String> {
-        ["revoke/*", "orphans/*", "revocations*"]
+        ["revoke/*", "orphans/*", "revocations*", "metrics"]
             .map(String::from)
             .to_vec()
     }
@@ -141,8 +144,28 @@ impl Engine {
             _ => {}
         }
         let node = &self.core.node;
-        node.request(req.operation, &req.path, self.handle_routed(&req))
-            .await
+        let routed = self.handle_routed(&req);
+        let measured = self.core.account.measure(Self::kind_of(&req), routed);
+        node.request(req.operation, &req.path, measured).await
+    }
+
+    /// What `req` is, for the mount's account (`metrics`).
+    pub fn kind_of(req: &Request) -> RequestKind {
+        match req.operation {
+            Operation::Renew => RequestKind::Renew,
+            Operation::Revoke => RequestKind::Revoke,
+            Operation::Read | Operation::Update | Operation::Create
+                if req.path.starts_with("creds/") =>
+            {
+                RequestKind::Issue
+            }
+            _ => RequestKind::Other,
+        }
+    }
+
+    /// Counts the plugin's decoding of a request of `kind` and encoding of its reply.
+    pub fn add_codec(&self, kind: RequestKind, took: std::time::Duration) {
+        self.core.account.add_codec(kind, took);
     }
 
     async fn handle_routed(&self, req: &Request) -> Result<Response, Error> {
@@ -217,6 +240,7 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
         static_roles::paths(),
         policies::paths(),
         leases::paths(),
+        metrics::paths(),
     ]
     .concat()
 }

@@ -1,6 +1,7 @@
 //! What one mount shares between its request handlers and its scheduler: storage, the host,
 //! the known kinds, and live handles on the targets.
 
+pub(crate) mod account;
 pub(crate) mod decision;
 pub(crate) mod node;
 pub(crate) mod root_password;
@@ -37,6 +38,8 @@ pub struct MountCore {
     /// The node's role, and the work in flight that Cleanup stops.
     pub node: Node,
     pub crash_hook: Option<CrashHook>,
+    /// Where the mount's time goes, served at `metrics`; `storage` counts its calls here.
+    pub account: Arc<account::Account>,
     /// The beginning of the names this mount's default templates make, its own on every
     /// target ([`crate::contract::template::mark_of`]): what its orphan scan looks for.
     pub mark: String,

@@ -22,6 +22,7 @@ use crate::model::ledger::{self, Credential, State};
 use crate::model::role::Role;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
+use crate::mount::account;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Claim;
 use crate::paths::leases;
@@ -202,6 +203,7 @@ async fn issue_traced(
             role.db_name
         )));
     }
+    account::lap("lookups");
 
     let asked = fields.duration("ttl");
     let mut grant = ttl_grant(core, &role, asked, task.as_ref(), now, mount_max).await?;
@@ -224,6 +226,7 @@ async fn issue_traced(
         grant.cap(cap, "policy_max_ttl");
     }
     let (mut ttl, max_ttl, mut bound) = (grant.ttl, grant.max_ttl, grant.bound);
+    account::lap("policy");
     let mut warnings: Vec<String> = grant.warning().into_iter().collect();
 
     let cred_id = random_lower(20);
@@ -257,11 +260,13 @@ async fn issue_traced(
     if taken.await? {
         return Err(name_taken(&principal, &role.db_name));
     }
+    account::lap("name_check");
     let password = if backend.target_makes_secret() {
         SecretString::from(String::new())
     } else {
         core.new_password(role.password_policy(&config)).await?
     };
+    account::lap("password");
 
     let deadline = now + ttl;
     let mut cred = Credential {
@@ -301,6 +306,7 @@ async fn issue_traced(
     let claim = core.scheduler.claim(&cred.id);
     ledger::store(kv, &cred, None).await?;
     core.scheduler.track(cred.due, &cred.id);
+    account::lap("intent");
     core.crash_point("after_intent");
 
     let created = {
@@ -338,6 +344,7 @@ async fn issue_traced(
             return Err(e);
         }
     };
+    account::lap("create");
     core.crash_point("after_create");
     warnings.extend(created.warnings);
     cred.target_id = created.target_id;
@@ -376,6 +383,7 @@ async fn issue_traced(
         }
         ledger::Activated::AtIntentEntry => {}
     }
+    account::lap("activation");
     // A task's end, an operator, or the intent's due time (a create slower than the deadline)
     // asked for its revocation while the principal was being created: it goes now that it
     // exists, and nothing is issued.
@@ -405,6 +413,7 @@ async fn issue_traced(
         data.insert("task_id".into(), json!(t.id));
     }
     let internal = leases::internal_data(&cred.id);
+    account::lap("finish");
     Ok(Response {
         data: Some(data),
         warnings,

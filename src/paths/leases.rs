@@ -14,6 +14,7 @@ use crate::model::audit::{self, Action, Event};
 use crate::model::ledger::{self, Credential, State};
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
+use crate::mount::account;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Outcome;
 use crate::paths::router::{PathDef, op};
@@ -149,6 +150,7 @@ async fn renew_once(
             }
         }
     }
+    account::lap("lookups");
     let mut deadline = (now + increment).min(limit);
     if deadline <= now {
         return Err(Error::bad_request(format!(
@@ -159,6 +161,7 @@ async fn renew_once(
     if let Some(cap) = decided.await? {
         deadline = deadline.min(now + cap);
     }
+    account::lap("policy");
     let target = core.target(&cred.connection).await?;
     match tokio::time::timeout(
         CREATE_TIMEOUT,
@@ -174,6 +177,7 @@ async fn renew_once(
             )));
         }
     }
+    account::lap("target");
     let previous = cred.due;
     cred.deadline = deadline;
     cred.due = deadline;
@@ -182,6 +186,7 @@ async fn renew_once(
         return Ok(None);
     }
     core.scheduler.track(cred.due, &cred.id);
+    account::lap("ledger");
     Ok(Some(Response {
         data: None,
         warnings: Vec::new(),
@@ -246,6 +251,8 @@ pub async fn revoke(core: &MountCore, req: &Request) -> Result<Response, Error> 
     // credential that was no longer live is emitted here.
     let outcome =
         revocation::revoke_within(core, &id, "revoked through the host", lease_id.clone()).await?;
+    // The batch's own storage calls and target work are the sweep's, counted as background.
+    account::lap("batch");
     if let Outcome::NotRecorded(why) = outcome {
         // The ledger does not hold it: the host must keep its lease and try again.
         return Err(Error::Internal(why));

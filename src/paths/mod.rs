@@ -4,6 +4,7 @@
 pub(crate) mod config;
 pub(crate) mod creds;
 pub(crate) mod leases;
+pub(crate) mod metrics;
 pub(crate) mod operator;
 pub(crate) mod policies;
 pub(crate) mod roles;

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::load::{self};
 use mayfly_integration::{Bao, wait_until};
 
@@ -33,7 +32,13 @@ fn issue_expiring(
 ) -> (Instant, f64) {
     target.role(bao, engine, role, ttl);
     let start = Instant::now();
-    load::issue_many(bao, ROOT_TOKEN, &target.creds_path(engine, role), count, 32);
+    load::issue_many(
+        bao,
+        bao.root_token(),
+        &target.creds_path(engine, role),
+        count,
+        32,
+    );
     let window = start.elapsed().as_secs_f64();
     assert!(
         window < ttl as f64,
@@ -166,7 +171,7 @@ pub fn during(count: usize, report: &mut Report) {
         // Issue from the first deadline until 5 s after the last.
         let run = load::issue_for(
             &bao,
-            ROOT_TOKEN,
+            bao.root_token(),
             &target.creds_path(engine, "live"),
             8,
             window + 5.0,

@@ -1,8 +1,8 @@
 //! `issue` and `sustained`: issuance rates, latencies and CPU per credential.
 
 use mayfly_integration::Bao;
-use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::load::{self};
+use serde_json::Value;
 
 use crate::measure::{Measured, measure, median_of, warmed_role};
 use crate::report::{Report, f1, ratio};
@@ -12,9 +12,13 @@ use crate::{Settings, cores, targets};
 pub fn issuance(s: &Settings, report: &mut Report) {
     let mut rows = Vec::new();
     let mut raw = Vec::new();
-    for name in &s.targets {
+    for (storage, name) in s
+        .storages
+        .iter()
+        .flat_map(|st| s.targets.iter().map(move |t| (st, t)))
+    {
         let target = Target::start(name);
-        let bao = Bao::with_mayfly();
+        let bao = server(storage);
         target.configure(&bao);
         let role = "iss";
         for engine in [Engine::Mayfly, Engine::Builtin] {
@@ -28,15 +32,20 @@ pub fn issuance(s: &Settings, report: &mut Report) {
             let n = s.issue_n.max(clients * 20);
             let mut runs: [Vec<Measured>; 2] = [Vec::new(), Vec::new()];
             let mut latencies = Vec::new();
+            let mut round_trips = RoundTrips::default();
             for round in 0..s.rounds {
                 for engine in Engine::order(round) {
                     let path = target.creds_path(engine, role);
+                    let before = (engine == Engine::Mayfly).then(|| metrics(&bao));
                     let m = measure(&bao, || {
-                        load::issue_many(&bao, ROOT_TOKEN, &path, n, clients)
+                        load::issue_many(&bao, bao.root_token(), &path, n, clients)
                     });
+                    if let Some(before) = before {
+                        round_trips.add(&before, &metrics(&bao));
+                    }
                     let dropped = target.drop_principals();
                     eprintln!(
-                        "issue {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
+                        "issue {storage} {name} clients={clients} round={round} {:<8} {:7.1}/s p50 {:6.1} \
                          p99 {:6.1} ms cpu {:.2} ms/cred ({:.2} in mayfly; driver {:.2}; \
                          machine {:.2}); {dropped} dropped",
                         engine.label(),
@@ -49,7 +58,7 @@ pub fn issuance(s: &Settings, report: &mut Report) {
                         m.machine_cpu_ms_per_cred
                     );
                     raw.push(format!(
-                        "{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3},{:.3},{:.3}",
+                        "{storage},{name},{clients},{round},{},{:.2},{:.2},{:.2},{:.3},{:.3},{:.3}",
                         engine.label(),
                         m.run.rate,
                         m.run.p50_ms,
@@ -68,7 +77,7 @@ pub fn issuance(s: &Settings, report: &mut Report) {
                 }
             }
             report.csv(
-                &format!("latency-{name}-{clients}.csv"),
+                &format!("latency-{storage}-{name}-{clients}.csv"),
                 "engine,round,ms",
                 latencies,
             );
@@ -79,6 +88,7 @@ pub fn issuance(s: &Settings, report: &mut Report) {
             let cpu = |r: &[Measured]| median_of(r, |x| x.cpu_ms_per_cred);
             let machine = |r: &[Measured]| median_of(r, |x| x.machine_cpu_ms_per_cred);
             rows.push(vec![
+                storage.clone(),
                 name.clone(),
                 clients.to_string(),
                 f1(rate(m)),
@@ -92,13 +102,14 @@ pub fn issuance(s: &Settings, report: &mut Report) {
                 format!("{:.2}", cpu(b)),
                 format!("{:.2}", machine(m)),
                 format!("{:.2}", machine(b)),
+                round_trips.view(),
             ]);
         }
         target.clean(&bao);
     }
     report.csv(
         "issuance-rounds.csv",
-        "target,clients,round,engine,rate,p50_ms,p99_ms,cpu_ms_per_cred,mayfly_cpu_ms_per_cred,\
+        "storage,target,clients,round,engine,rate,p50_ms,p99_ms,cpu_ms_per_cred,mayfly_cpu_ms_per_cred,\
          machine_cpu_ms_per_cred",
         raw,
     );
@@ -106,7 +117,8 @@ pub fn issuance(s: &Settings, report: &mut Report) {
         "Issuance",
         &format!(
             "{} credentials per run (at least 20 per client), TTL 1 h, each run on a target holding \
-             none of the previous runs' users. CPU is the server's plus \
+             none of the previous runs' users. Storage: dev is OpenBao's dev server (in \
+             memory), raft its integrated storage on disk, which syncs every write. CPU is the server's plus \
              mayfly's processes', per credential, for either engine (the built-in engines run \
              inside the server). Machine CPU is every process's, the target's server and this \
              driver included: at its limit, {} cores make {} ms of it per second. Both \
@@ -123,6 +135,7 @@ pub fn issuance(s: &Settings, report: &mut Report) {
             ))
         ),
         &[
+            "storage",
             "target",
             "clients",
             "mayfly creds/s",
@@ -136,9 +149,59 @@ pub fn issuance(s: &Settings, report: &mut Report) {
             "built-in CPU ms/cred",
             "mayfly machine CPU ms/cred",
             "built-in machine CPU ms/cred",
+            "mayfly storage round trips per cred (background)",
         ],
         &rows,
     );
+}
+
+/// A server with mayfly mounted on `storage`: `dev` (in memory) or `raft` (on disk).
+pub fn server(storage: &str) -> Bao {
+    match storage {
+        "dev" => Bao::with_mayfly(),
+        _ => {
+            let bao = Bao::start_persistent();
+            bao.register();
+            bao.enable("mayfly");
+            bao
+        }
+    }
+}
+
+/// `metrics` of mayfly's mount.
+pub fn metrics(bao: &Bao) -> Value {
+    let (status, body) = bao.get("mayfly/metrics");
+    assert_eq!(status, 200, "{body}");
+    body["data"].clone()
+}
+
+/// mayfly's host storage calls during issuance runs, from its `metrics`.
+#[derive(Default)]
+struct RoundTrips {
+    issued: f64,
+    in_requests: f64,
+    background: f64,
+}
+
+impl RoundTrips {
+    fn add(&mut self, before: &Value, after: &Value) {
+        let sum = |v: &Value| -> f64 {
+            v.as_object().map_or(0.0, |calls| {
+                calls.values().filter_map(|c| c["count"].as_f64()).sum()
+            })
+        };
+        let issue = |v: &Value| v["requests"]["issue"].clone();
+        self.issued += issue(after)["count"].as_f64().unwrap_or(0.0)
+            - issue(before)["count"].as_f64().unwrap_or(0.0);
+        self.in_requests += sum(&issue(after)["storage"]) - sum(&issue(before)["storage"]);
+        self.background +=
+            sum(&after["background"]["storage"]) - sum(&before["background"]["storage"]);
+    }
+
+    fn view(&self) -> String {
+        let per = |x: f64| x / self.issued.max(1.0);
+        format!("{:.1} ({:.1})", per(self.in_requests), per(self.background))
+    }
 }
 
 /// The width of the windows a sustained run's rate is measured in.
@@ -168,7 +231,7 @@ pub fn sustained(secs: usize, report: &mut Report) {
         for engine in Engine::order(round) {
             let path = target.creds_path(engine, "held");
             let m = measure(&bao, || {
-                load::issue_for(&bao, ROOT_TOKEN, &path, 8, secs as f64)
+                load::issue_for(&bao, bao.root_token(), &path, 8, secs as f64)
             });
             let dropped = target.drop_principals();
             let rates: Vec<f64> = (0..windows)

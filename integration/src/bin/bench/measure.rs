@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use mayfly_integration::Bao;
-use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::load::{self, Run};
 
 use crate::targets::{Engine, Target};
@@ -63,7 +62,13 @@ pub fn measure(bao: &Bao, load: impl FnOnce() -> Run) -> Measured {
 /// pools and caches.
 pub fn warmed_role(bao: &Bao, target: &Target, engine: Engine, role: &str) {
     target.role(bao, engine, role, 3600);
-    load::issue_many(bao, ROOT_TOKEN, &target.creds_path(engine, role), 20, 4);
+    load::issue_many(
+        bao,
+        bao.root_token(),
+        &target.creds_path(engine, role),
+        20,
+        4,
+    );
 }
 
 pub fn median_of(runs: &[Measured], f: impl Fn(&Measured) -> f64) -> f64 {

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::bao::ROOT_TOKEN;
 use mayfly_integration::load::{self};
 use mayfly_integration::{Bao, wait_until};
 use serde_json::json;
@@ -38,7 +37,7 @@ pub fn ceiling(rounds: usize, report: &mut Report) {
         for engine in Engine::order(round) {
             let roles = target.path(engine, "roles", role);
             let m = measure(&bao, || {
-                load::issue_many(&bao, ROOT_TOKEN, &roles, CEILING_READS, clients)
+                load::issue_many(&bao, bao.root_token(), &roles, CEILING_READS, clients)
             });
             eprintln!(
                 "ceiling round={round} {:<8} role reads {:7.1}/s p99 {:5.1} ms cpu {:.2} ms/read \
@@ -54,7 +53,7 @@ pub fn ceiling(rounds: usize, report: &mut Report) {
         }
         let creds = target.creds_path(Engine::Builtin, role);
         let m = measure(&bao, || {
-            load::issue_many(&bao, ROOT_TOKEN, &creds, CEILING_ISSUES, clients)
+            load::issue_many(&bao, bao.root_token(), &creds, CEILING_ISSUES, clients)
         });
         target.drop_principals();
         eprintln!(
