@@ -48,6 +48,8 @@ pub fn who(entity: &str, addr: &str) -> Requester {
 pub struct FakeTarget {
     pub principals: Mutex<BTreeSet<String>>,
     pub down: AtomicBool,
+    /// Look-ups of a name (`exists`) made.
+    pub exists_calls: AtomicUsize,
     /// Revoke calls made, and the largest batch seen.
     pub revoke_calls: AtomicUsize,
     pub largest_batch: AtomicUsize,
@@ -127,6 +129,7 @@ impl FakeTarget {
 #[async_trait]
 impl Target for FakeTarget {
     async fn exists(&self, name: &str, _: &Map<String, Value>) -> Result<bool, Error> {
+        self.exists_calls.fetch_add(1, Ordering::SeqCst);
         self.check()?;
         Ok(self.has(name))
     }

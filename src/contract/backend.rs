@@ -26,6 +26,9 @@ pub struct NewPrincipal<'a> {
     /// Unix seconds: the target should refuse the principal after this, where it can.
     pub expires: u64,
     pub settings: &'a Map<String, Value>,
+    /// The name has so many random characters (`template::UNGUESSABLE`) that no one else has
+    /// it: a target that would look the name up before creating it need not.
+    pub unguessable: bool,
     /// What the credential is for, for targets that can label a principal (STS session tags).
     pub origin: &'a Origin<'a>,
 }

@@ -69,13 +69,25 @@ pub enum Sources {
     Fixed { fill: char, millis: i64 },
 }
 
+/// How many random characters a name needs before it is taken by no one: 16 are 64 bits at
+/// the least (hex, as `uuid` makes), 82 in lowercase letters and digits. Issuance skips the
+/// target's look-up of such a name.
+pub const UNGUESSABLE: usize = 16;
+
 /// Whether `template` (given the role, requester and task of `inputs`) makes a different name
 /// for each credential: from randomness or the credential id that `truncate` keeps. A name
 /// that can repeat is refused, because issuance would fail on (or, in a target that overwrites,
 /// take over) the account an earlier credential made.
 pub fn unique_per_credential(template: &str, inputs: &Inputs<'_>) -> Result<bool, Error> {
-    let fixed = |fill: char, credential_id: &str| -> Result<String, Error> {
-        render(
+    Ok(random_chars(template, inputs)? > 0)
+}
+
+/// How many characters of the names `template` makes (given the role, requester and task of
+/// `inputs`) come from randomness or the credential id: the places where renderings that
+/// differ only in those differ.
+pub fn random_chars(template: &str, inputs: &Inputs<'_>) -> Result<usize, Error> {
+    let fixed = |fill: char, credential_id: &str| -> Result<Vec<char>, Error> {
+        let name = render(
             template,
             &Inputs {
                 credential_id,
@@ -85,14 +97,20 @@ pub fn unique_per_credential(template: &str, inputs: &Inputs<'_>) -> Result<bool
                 },
                 ..*inputs
             },
-        )
+        )?;
+        Ok(name.chars().collect())
     };
     // Three fills, so that a template replacing one fill character by another still counts.
-    let first = fixed('a', "aaaaaaaaaaaaaaaaaaaa")?;
-    Ok(
-        first != fixed('b', "bbbbbbbbbbbbbbbbbbbb")?
-            || first != fixed('c', "cccccccccccccccccccc")?,
-    )
+    let a = fixed('a', "aaaaaaaaaaaaaaaaaaaa")?;
+    let b = fixed('b', "bbbbbbbbbbbbbbbbbbbb")?;
+    let c = fixed('c', "cccccccccccccccccccc")?;
+    let longest = a.len().max(b.len()).max(c.len());
+    Ok((0..longest)
+        .filter(|&i| {
+            let (x, y, z) = (a.get(i), b.get(i), c.get(i));
+            x != y || x != z
+        })
+        .count())
 }
 
 /// Renders `template`. Errors name the field `username_template`.
@@ -477,6 +495,19 @@ mod tests {
         // A legacy name never starts with a mount's mark unless its role name is that mark's
         // six hex digits.
         assert!(!"mf-reader-token-x".starts_with(&mark_of("3fa2c1")));
+    }
+
+    #[test]
+    fn random_characters_are_counted_where_truncate_keeps_them() {
+        let count = |t: &str| random_chars(t, &IN).unwrap();
+        assert!(count(DEFAULT_USERNAME_TEMPLATE) >= UNGUESSABLE);
+        assert_eq!(count("{{ .RoleName }}-{{ random 16 }}"), 16);
+        assert_eq!(count("{{ .RoleName }}-{{ random 1 }}"), 1);
+        assert_eq!(count("{{ .CredentialID | truncate 4 }}"), 4);
+        assert_eq!(count("{{ .CredentialID }}"), 20);
+        assert!(count("{{ uuid }}") >= UNGUESSABLE);
+        assert_eq!(count("{{ random 30 | truncate 8 }}"), 8);
+        assert_eq!(count("{{ .RoleName }}"), 0);
     }
 
     #[test]

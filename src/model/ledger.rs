@@ -337,27 +337,47 @@ pub async fn store(
     store_indexed(kv, &cred.id, cred.due, previous_due, record).await
 }
 
+/// Writes a new intent: its record, its due-index entry and (under a task) its task entry, all
+/// at once, with the latency of one write. Nothing exists on the target yet, and nothing will
+/// until this returns, so no order among the writes matters for what must be revoked: an entry
+/// whose record is missing is dropped by the scheduler when it falls due, and a task entry
+/// without a record is passed over when the task ends. A record written while its entry failed
+/// is deleted again here; were the process to die between the two, an intent record that no
+/// entry reaches would stay behind, with nothing on the target to revoke (`revoke/config/NAME`
+/// settles it).
+pub async fn record_intent(kv: &dyn Kv, cred: &Credential) -> Result<(), StorageError> {
+    let task = async {
+        match &cred.task_id {
+            Some(task) => kv.put(&task_key(task, &cred.id), Vec::new()).await,
+            None => Ok(()),
+        }
+    };
+    let (entry_at, record_at) = (due_key(cred.due, &cred.id), record_key(&cred.id));
+    let entry = kv.put(&entry_at, Vec::new());
+    let record = storage::put_json(kv, &record_at, cred);
+    let (task, entry, record) = futures_util::future::join3(task, entry, record).await;
+    if let (Ok(()), Err(_)) = (&record, &entry) {
+        let _ = kv.delete(&record_at).await;
+    }
+    task.and(entry).and(record)
+}
+
 /// Where an activation left a credential's due-index entries ([`activate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activated {
     /// Indexed at its due time, and there only.
     Indexed,
-    /// Indexed at its due time; the intent's entry is left for the caller to remove.
-    IntentEntryLeft,
-    /// The new entry could not be written: only the intent's entry reaches the record, and the
-    /// scheduler indexes it at its due time when that entry falls due.
+    /// Still indexed at its intent's due time only, which is earlier than its own: the caller
+    /// moves the entry ([`move_entry`]) off the request's path.
     AtIntentEntry,
 }
 
-/// Writes `cred`, just made active, and indexes it at its due time (its deadline), the record
-/// and the new entry in parallel: two writes with the latency of one. The entry at
-/// `intent_due` stays until the caller removes it ([`remove_due`]), so one entry or the other
-/// reaches the record at every moment; were that removal lost (a crash), the scheduler drops
-/// the entry when it falls due, without writing the record ([`reindex_all`]).
-///
-/// Done here rather than by the scheduler when the intent's entry falls due: there it cost a
-/// read of the record besides the same two writes, 90 s after the issuance, when other
-/// requests pay for it. Only a failed record write fails the activation.
+/// Writes `cred`, just made active. The record is the one write the reply waits for: the
+/// entry at `intent_due`, earlier than the record's due time, still reaches it, and the
+/// scheduler, finding there a record due later, indexes it at its own due time without
+/// revoking anything. The caller moves the entry to the deadline in the background
+/// ([`move_entry`]); were that lost (a crash, a failed write), the scheduler does it when the
+/// intent's entry falls due.
 pub async fn activate(
     kv: &dyn Kv,
     cred: &Credential,
@@ -370,18 +390,14 @@ pub async fn activate(
             .await
             .map(|()| Activated::Indexed);
     }
-    let (record_at, entry_at) = (record_key(&cred.id), due_key(cred.due, &cred.id));
-    let record = storage::put_json(kv, &record_at, cred);
-    let entry = kv.put(&entry_at, Vec::new());
-    let (entry, record) = futures_util::future::join(entry, record).await;
-    record?;
-    Ok(match entry {
-        Ok(()) => Activated::IntentEntryLeft,
-        Err(e) => {
-            tracing::warn!(cred_id = %cred.id, error = %e, "could not index a credential at its deadline; its intent's entry still reaches it");
-            Activated::AtIntentEntry
-        }
-    })
+    storage::put_json(kv, &record_key(&cred.id), cred).await?;
+    Ok(Activated::AtIntentEntry)
+}
+
+/// Moves credential `id`'s due-index entry from `from` to `to`: the new entry first, so one of
+/// them reaches the record at every moment.
+pub async fn move_entry(kv: &dyn Kv, id: &str, from: u64, to: u64) -> Result<(), StorageError> {
+    store_indexed(kv, id, to, Some(from), async { Ok(()) }).await
 }
 
 /// Writes a record with `write`, moving its due-index entry `entry` from `previous_due` to
@@ -737,5 +753,51 @@ mod tests {
             &revoking
         };
         assert_eq!(&stored, winner);
+    }
+
+    /// Storage whose writes under `failing` fail.
+    struct FailingUnder(InMemoryStorage, &'static str);
+
+    #[async_trait]
+    impl Kv for FailingUnder {
+        async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+            self.0.get(key).await
+        }
+        async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+            if key.starts_with(self.1) {
+                return Err(StorageError::Backend("refused".into()));
+            }
+            self.0.put(key, value).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_intent_is_written_whole_or_leaves_no_record_behind() {
+        let mut intent = record(100);
+        intent.state = State::Intent;
+        intent.task_id = Some("t1".into());
+        let whole = InMemoryStorage::new();
+        record_intent(&whole, &intent).await.unwrap();
+        assert_eq!(
+            load(&whole, &intent.id).await.unwrap(),
+            Some(intent.clone())
+        );
+        assert!(whole.dump().contains_key(&due_key(100, &intent.id)));
+        assert_eq!(
+            task_credentials(&whole, "t1").await.unwrap(),
+            [intent.id.clone()]
+        );
+
+        // Its index entry refused: the issuance fails, and no record stays that no entry
+        // would reach.
+        let storage = FailingUnder(InMemoryStorage::new(), DUE);
+        record_intent(&storage, &intent).await.unwrap_err();
+        assert_eq!(load(&storage, &intent.id).await.unwrap(), None);
     }
 }

@@ -231,17 +231,19 @@ async fn issue_traced(
 
     let cred_id = random_lower(20);
     let task_id = task.as_ref().map_or("", |t| t.id.as_str());
-    let principal = template::render(
-        role.username_template(backend.as_ref(), &config),
-        &template::Inputs {
-            role_name,
-            display_name: &req.requester.display_name,
-            credential_id: &cred_id,
-            task_id,
-            mark: &core.mark,
-            sources: template::Sources::Live,
-        },
-    )?;
+    let username_template = role.username_template(backend.as_ref(), &config);
+    let inputs = template::Inputs {
+        role_name,
+        display_name: &req.requester.display_name,
+        credential_id: &cred_id,
+        task_id,
+        mark: &core.mark,
+        sources: template::Sources::Live,
+    };
+    let principal = template::render(username_template, &inputs)?;
+    // A name with this many random characters is no one else's (a collision is less likely
+    // than one in 2^64): asking the target whether it is taken costs a round trip for nothing.
+    let unguessable = template::random_chars(username_template, &inputs)? >= template::UNGUESSABLE;
     backend.validate_principal(&principal).map_err(|e| {
         Error::bad_request(format!(
             "the name made by username_template from this request is refused: {e}"
@@ -250,15 +252,17 @@ async fn issue_traced(
     trail.principal = principal.clone();
     // Before anything is on record: a name that is taken fails the issuance here, and the
     // intent below records that the name was free, which is what lets mayfly drop that name
-    // later if the create is cut off.
+    // later if the create is cut off. An unguessable name is free by construction.
     let target = core.target_for(&role.db_name, &config).await?;
-    let taken = within(
-        CREATE_TIMEOUT,
-        "look up the name",
-        target.exists(&principal, &role.settings),
-    );
-    if taken.await? {
-        return Err(name_taken(&principal, &role.db_name));
+    if !unguessable {
+        let taken = within(
+            CREATE_TIMEOUT,
+            "look up the name",
+            target.exists(&principal, &role.settings),
+        );
+        if taken.await? {
+            return Err(name_taken(&principal, &role.db_name));
+        }
     }
     account::lap("name_check");
     let password = if backend.target_makes_secret() {
@@ -304,7 +308,7 @@ async fn issue_traced(
     };
     trail.cred_id = cred.id.clone();
     let claim = core.scheduler.claim(&cred.id);
-    ledger::store(kv, &cred, None).await?;
+    ledger::record_intent(kv, &cred).await?;
     core.scheduler.track(cred.due, &cred.id);
     account::lap("intent");
     core.crash_point("after_intent");
@@ -315,6 +319,7 @@ async fn issue_traced(
             password: &password,
             expires: deadline,
             settings: &role.settings,
+            unguessable,
             origin: &crate::contract::backend::Origin {
                 cred_id: &cred_id,
                 task_id,
@@ -362,26 +367,23 @@ async fn issue_traced(
     }
 
     // The claim kept every revocation off the record meanwhile. The record now waits for its
-    // deadline and is indexed there; the intent's entry (if the deadline has its own) goes
-    // once that is stored, off the request path.
+    // deadline; its index entry moves there off the request path.
     cred.state = State::Active;
     // Issued: from now on it is revoked as the role says, not rolled back.
     cred.settings = role.settings.clone();
     let intent_due = cred.due;
     cred.due = cred.deadline;
-    match ledger::activate(kv, &cred, intent_due).await? {
-        ledger::Activated::Indexed => core.scheduler.moved(intent_due, cred.due, &cred.id),
-        ledger::Activated::IntentEntryLeft => {
-            core.scheduler.moved(intent_due, cred.due, &cred.id);
-            let (storage, id) = (core.storage.clone(), cred.id.clone());
-            core.node.spawn(async move {
-                if let Err(e) = ledger::remove_due(storage.as_ref(), intent_due, &id).await {
-                    // Harmless: the scheduler drops the entry when it falls due.
-                    tracing::debug!(cred_id = %id, error = %e, "could not remove an intent's index entry");
-                }
-            });
-        }
-        ledger::Activated::AtIntentEntry => {}
+    let activated = ledger::activate(kv, &cred, intent_due).await?;
+    core.scheduler.moved(intent_due, cred.due, &cred.id);
+    if activated == ledger::Activated::AtIntentEntry {
+        let (storage, id, due) = (core.storage.clone(), cred.id.clone(), cred.due);
+        core.node.spawn(async move {
+            if let Err(e) = ledger::move_entry(storage.as_ref(), &id, intent_due, due).await {
+                // Harmless: the intent's entry still reaches the record, and the scheduler
+                // indexes it at its deadline when that entry falls due.
+                tracing::debug!(cred_id = %id, error = %e, "could not index a credential at its deadline");
+            }
+        });
     }
     account::lap("activation");
     // A task's end, an operator, or the intent's due time (a create slower than the deadline)

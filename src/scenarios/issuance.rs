@@ -524,6 +524,34 @@ async fn an_operator_revocation_during_a_create_waits_for_it_and_revokes_it() {
     assert_eq!(s.fake.target.count(), 0);
 }
 
+/// A look-up before every create cost a round trip to the target; a name with 16 or more
+/// random characters is no one else's and is created without one.
+#[tokio::test]
+async fn only_a_name_with_little_randomness_is_looked_up_before_its_create() {
+    let s = setup().await;
+    let looked_up = || s.fake.target.exists_calls.load(Ordering::SeqCst);
+    // The default template: 16 random characters.
+    issue(&s, json!({})).await;
+    assert_eq!(looked_up(), 0);
+    for (template, lookups) in [
+        ("{{ .RoleName }}-{{ random 15 }}", 1),
+        ("{{ .RoleName }}-{{ .CredentialID | truncate 8 }}", 1),
+        ("{{ .RoleName }}-{{ random 16 }}", 0),
+        ("{{ .RoleName }}-{{ .CredentialID }}", 0),
+    ] {
+        s.engine
+            .handle(
+                Request::new(Operation::Update, "roles/app")
+                    .with_data(json!({"db_name": "db", "username_template": template})),
+            )
+            .await
+            .unwrap();
+        let before = looked_up();
+        issue(&s, json!({})).await;
+        assert_eq!(looked_up() - before, lookups, "{template}");
+    }
+}
+
 /// Found by a hostile role writer: a template that made the name of an existing account
 /// got a failed create, whose undo then dropped that account.
 #[tokio::test]
@@ -774,9 +802,11 @@ async fn forty_issued_then_stopped() -> (Setup, Vec<Response>) {
     }
     // Each indexed at its deadline only, once the intents' entries are removed.
     let settled = || {
-        issued
-            .iter()
-            .all(|r| due_entries(&s, &record(&s, r).id).len() == 1)
+        issued.iter().all(|r| {
+            let cred = record(&s, r);
+            let entries = due_entries(&s, &cred.id);
+            entries.len() == 1 && entries[0].contains(&format!("/{:012}_", cred.deadline))
+        })
     };
     assert!(wait(2.0, settled).await, "intent entries were not removed");
     s.engine.stop().await;

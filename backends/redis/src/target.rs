@@ -465,12 +465,16 @@ impl Target for RedisTarget {
             // ACL SETUSER changes a user that exists (with `reset`, takes it over): a user of
             // this name made since issuance found the name free is someone else's, and is
             // left as it is. Redis has no create-if-absent for users; the window between the
-            // two commands is one round trip.
-            let taken = match self.has_user(node, p.name).await {
-                Ok(taken) => taken,
-                Err(e) => {
-                    self.undo_create(&self.nodes[..i], p.name).await;
-                    return Err(e.into_error());
+            // two commands is one round trip. An unguessable name is no one else's.
+            let taken = if p.unguessable {
+                false
+            } else {
+                match self.has_user(node, p.name).await {
+                    Ok(taken) => taken,
+                    Err(e) => {
+                        self.undo_create(&self.nodes[..i], p.name).await;
+                        return Err(e.into_error());
+                    }
                 }
             };
             if taken {
