@@ -379,8 +379,9 @@ async fn issue_traced(
         let (storage, id, due) = (core.storage.clone(), cred.id.clone(), cred.due);
         core.node.spawn(async move {
             if let Err(e) = ledger::move_entry(storage.as_ref(), &id, intent_due, due).await {
-                // Harmless: the intent's entry still reaches the record, and the scheduler
-                // indexes it at its deadline when that entry falls due.
+                // Harmless: this process's scheduler holds the deadline already, and the
+                // intent's entry still reaches the record for the next process that loads
+                // the index, which reindexes it at its deadline when that entry falls due.
                 tracing::debug!(cred_id = %id, error = %e, "could not index a credential at its deadline");
             }
         });
