@@ -195,13 +195,14 @@ impl Account {
     }
 }
 
-/// The mount's storage, with every call counted in the account.
-pub struct Counted {
-    inner: Arc<dyn Storage>,
+/// Storage, or a transaction of it (`S`), with every call counted in the account.
+pub struct Counted<S> {
+    inner: S,
     account: Arc<Account>,
 }
 
-impl Counted {
+impl Counted<Arc<dyn Storage>> {
+    /// The mount's storage, counted.
     pub fn new(inner: Arc<dyn Storage>, account: Arc<Account>) -> Self {
         Counted { inner, account }
     }
@@ -216,7 +217,11 @@ async fn timed<T>(account: &Account, call: usize, f: impl Future<Output = T>) ->
 }
 
 #[async_trait]
-impl Kv for Counted {
+impl<S, K> Kv for Counted<S>
+where
+    S: std::ops::Deref<Target = K> + Send + Sync,
+    K: Kv + ?Sized,
+{
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         timed(&self.account, 0, self.inner.get(key)).await
     }
@@ -232,11 +237,11 @@ impl Kv for Counted {
 }
 
 #[async_trait]
-impl Storage for Counted {
+impl Storage for Counted<Arc<dyn Storage>> {
     async fn begin(&self) -> Result<Option<Box<dyn Transaction>>, StorageError> {
         let tx = timed(&self.account, 4, self.inner.begin()).await?;
         Ok(tx.map(|inner| {
-            Box::new(CountedTx {
+            Box::new(Counted {
                 inner,
                 account: self.account.clone(),
             }) as Box<dyn Transaction>
@@ -244,35 +249,14 @@ impl Storage for Counted {
     }
 }
 
-struct CountedTx {
-    inner: Box<dyn Transaction>,
-    account: Arc<Account>,
-}
-
 #[async_trait]
-impl Kv for CountedTx {
-    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        timed(&self.account, 0, self.inner.get(key)).await
-    }
-    async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
-        timed(&self.account, 1, self.inner.put(key, value)).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        timed(&self.account, 2, self.inner.delete(key)).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
-        timed(&self.account, 3, self.inner.list(prefix)).await
-    }
-}
-
-#[async_trait]
-impl Transaction for CountedTx {
+impl Transaction for Counted<Box<dyn Transaction>> {
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        let CountedTx { inner, account } = *self;
+        let Counted { inner, account } = *self;
         timed(&account, 5, inner.commit()).await
     }
     async fn rollback(self: Box<Self>) -> Result<(), StorageError> {
-        let CountedTx { inner, account } = *self;
+        let Counted { inner, account } = *self;
         timed(&account, 6, inner.rollback()).await
     }
 }
