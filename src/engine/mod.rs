@@ -18,14 +18,10 @@ use crate::mount::account::{Account, Counted, RequestKind};
 use crate::mount::node::NodeRole;
 use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
-use crate::paths::config;
-use crate::paths::leases;
-use crate::paths::policies;
-use crate::paths::rotate_root;
 use crate::paths::router::{PathDef, Router};
-use crate::paths::static_roles;
-use crate::paths::tasks;
-use crate::paths::{creds, metrics, operator, roles};
+use crate::paths::{
+    config, creds, leases, metrics, operator, policies, roles, rotate_root, static_roles, tasks,
+};
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
 /// near 1 MiB, so anything larger is refused before it is parsed further.

@@ -28,10 +28,6 @@ const PHASE_ORDER: [&str; 11] = [
     "ledger",
     "batch",
 ];
-/// The storage calls `metrics` counts.
-const CALLS: [&str; 7] = [
-    "get", "put", "delete", "list", "begin", "commit", "rollback",
-];
 
 /// The client's mean latency in ms of each kind, for one engine.
 struct Seen {
@@ -73,6 +69,14 @@ fn run(bao: &Bao, target: &Target, engine: Engine, n: usize) -> Seen {
     }
 }
 
+/// The storage calls a `storage` object of `metrics` lists (those made at least once).
+fn calls_in(storage: &Value) -> Vec<String> {
+    storage
+        .as_object()
+        .map(|calls| calls.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 /// `after - before` of the number at `path` in two reads of `metrics`.
 fn delta(before: &Value, after: &Value, path: &[&str]) -> f64 {
     let at = |v: &Value| path.iter().fold(v, |v, k| &v[*k]).as_f64().unwrap_or(0.0);
@@ -105,7 +109,7 @@ fn account_on(storage: &str, n: usize, report: &mut Report) {
         let ms = |path: &[&str]| delta(&before, &after, path) / count / 1000.0;
         let engine_ms = ms(&["requests", kind, "engine_us"]);
         let codec_ms = ms(&["requests", kind, "codec_us"]);
-        let storage: Vec<String> = CALLS
+        let storage: Vec<String> = calls_in(&after["requests"][kind]["storage"])
             .iter()
             .filter_map(|call| {
                 let calls = delta(
@@ -123,7 +127,7 @@ fn account_on(storage: &str, n: usize, report: &mut Report) {
                 })
             })
             .collect();
-        let background: f64 = CALLS
+        let background: f64 = calls_in(&after["background"]["storage"])
             .iter()
             .map(|call| delta(&before, &after, &["background", "storage", call, "count"]))
             .sum();
