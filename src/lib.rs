@@ -42,7 +42,7 @@ mod testkit;
 
 pub use contract::backend::{
     Backend, Backends, Created, ExpiryEnforcement, Inventory, Known, NewPrincipal, Origin,
-    Principal, Reach, Revoked, Target,
+    Principal, Reach, Revoked, Standing, Target,
 };
 pub use contract::connection_config::ConnectionConfig;
 pub use contract::error::Error;

@@ -357,6 +357,31 @@ fn a_static_access_key_rotates_with_an_overlap_and_the_old_key_is_deleted_after_
     assert_eq!(status, 204, "{body}");
     let (first, first_secret) = static_creds(bao, "legacy");
     assert_ne!(first, legacy);
+
+    // The inventory: the connection's own IAM user, the static role's, and a standing one,
+    // each with its access key ids and ages, never a secret.
+    let (ops_key, ops_secret) = moto.create_user_with_key("ops");
+    let (status, inventory) = bao.get("mayfly/inventory/aws");
+    assert_eq!(status, 200, "{inventory}");
+    let of = |name: &str| {
+        inventory["data"]["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {inventory}"))
+            .clone()
+    };
+    assert_eq!(of("mayfly")["class"], "connection", "{inventory}");
+    assert_eq!(of("legacy-app")["class"], "static", "{inventory}");
+    let ops = of("ops");
+    assert_eq!(ops["class"], "unmanaged", "{inventory}");
+    assert_eq!(ops["power"]["access_keys"][0]["id"], ops_key, "{inventory}");
+    assert_eq!(ops["power"]["access_keys"][0]["age_days"], 0, "{inventory}");
+    let text = inventory.to_string();
+    for secret in [&w.secret, &first_secret, &ops_secret, &legacy_secret] {
+        assert!(!text.contains(secret.as_str()), "a secret key in {text}");
+    }
     assert_eq!(
         moto.caller_arn(&first, &first_secret, None).unwrap(),
         user_arn,

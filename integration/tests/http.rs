@@ -85,6 +85,27 @@ fn rabbitmq_users_log_in_and_revocation_ends_their_connections() {
     let record = ledger_record(&bao, &cred.user);
     assert!(!record.to_string().contains(&cred.password), "{record}");
 
+    // The inventory tells mayfly's admin, the credential and the broker's standing `guest`
+    // apart, with their tags.
+    let (status, inventory) = bao.get("mayfly/inventory/rmq");
+    assert_eq!(status, 200, "{inventory}");
+    let of = |name: &str| {
+        inventory["data"]["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {inventory}"))
+            .clone()
+    };
+    assert_eq!(of(&admin)["class"], "connection", "{inventory}");
+    assert_eq!(of(&cred.user)["class"], "dynamic", "{inventory}");
+    assert_eq!(of(&cred.user)["power"]["tags"], json!(["management"]));
+    assert_eq!(of("guest")["class"], "unmanaged", "{inventory}");
+    assert_eq!(of("guest")["power"]["administrator"], true, "{inventory}");
+    assert!(!inventory.to_string().contains(&cred.password));
+    assert!(!inventory.to_string().contains("password_hash"));
+
     revoke(&bao, &cred);
     assert!(!user_exists(&cred.user), "the user outlived revoke");
     assert!(
@@ -196,6 +217,20 @@ fn http_kind_drives_rabbitmq_by_hand_through_an_outage_and_an_orphan() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(orphans, vec![json!(orphan)], "{body}");
+    // The role's list call inventories the service: the orphan as this mount's, `guest` as a
+    // standing account.
+    let (status, inventory) = bao.get("mayfly/inventory/byhand");
+    assert_eq!(status, 200, "{inventory}");
+    let class = |name: &str| {
+        inventory["data"]["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["class"].clone())
+    };
+    assert_eq!(class(&orphan), Some(json!("orphan")), "{inventory}");
+    assert_eq!(class("guest"), Some(json!("unmanaged")), "{inventory}");
     let ours = [&cred.user, &short.user, &late.user];
     assert!(
         !orphans.iter().any(|o| ours.iter().any(|u| o == *u)),

@@ -284,3 +284,46 @@ fn a_crash_midway_through_rotate_root_never_loses_the_working_password() {
         assert!(!value.contains(&cred.password), "stored at {key}");
     }
 }
+
+/// `inventory/NAME` on MariaDB: each user once, with the hosts it logs in from and what each
+/// may do; mayfly's admin, a dynamic user and a standing account told apart.
+#[test]
+fn an_inventory_lists_each_user_with_its_hosts_and_privileges() {
+    let db = PrivateMariaDb::start();
+    let bao = Bao::with_mayfly();
+    configure(
+        &bao,
+        &db,
+        json!({"db_name": "db", "default_ttl": 60, "creation_statements": CREATE}),
+    );
+    db.root("CREATE USER 'etl'@'localhost' IDENTIFIED BY 'standing-pw'");
+    db.root("CREATE USER 'etl'@'10.0.0.%' IDENTIFIED BY 'standing-pw'");
+    db.root("GRANT CREATE USER ON *.* TO 'etl'@'10.0.0.%'");
+    let cred = issue(&bao, "mayfly/creds/app");
+    let (status, body) = bao.get("mayfly/inventory/db");
+    assert_eq!(status, 200, "{body}");
+    let principals = body["data"]["principals"].as_array().unwrap();
+    let of = |name: &str| {
+        principals
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {body}"))
+    };
+    assert_eq!(of(ADMIN)["class"], "connection", "{body}");
+    assert_eq!(of(&cred.user)["class"], "dynamic", "{body}");
+    let etl = of("etl");
+    assert_eq!(etl["class"], "unmanaged", "{body}");
+    assert_eq!(
+        principals.iter().filter(|p| p["name"] == "etl").count(),
+        1,
+        "one entry per user: {body}"
+    );
+    let accounts = etl["power"]["accounts"].as_array().unwrap();
+    assert_eq!(accounts.len(), 2, "{body}");
+    let remote = accounts.iter().find(|a| a["host"] == "10.0.0.%").unwrap();
+    assert_eq!(remote["create_user"], true, "{body}");
+    let text = body.to_string();
+    for secret in [cred.password.as_str(), "standing-pw", ADMIN_PASSWORD] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+}

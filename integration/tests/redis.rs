@@ -316,3 +316,55 @@ fn rotate_root_changes_the_admin_password_on_every_node() {
     assert_eq!(status, 204, "{body}");
     assert!(a.users_like(&cred.user).is_empty() && b.users_like(&cred.user).is_empty());
 }
+
+/// `inventory/NAME` on Redis: every ACL user of the nodes, classed, with its rules and never
+/// its password hashes.
+#[test]
+fn an_inventory_lists_acl_users_with_their_rules_and_no_password() {
+    let (bao, a, b) = setup(json!({"db_name": "kv", "default_ttl": 60}));
+    a.cli(&[
+        "ACL",
+        "SETUSER",
+        "cache_writer",
+        "on",
+        ">standing-pw",
+        "~cache:*",
+        "+@write",
+    ])
+    .unwrap();
+    let cred = issue(&bao, "mayfly/creds/app");
+    let (status, body) = bao.get("mayfly/inventory/kv");
+    assert_eq!(status, 200, "{body}");
+    let of = |name: &str| {
+        body["data"]["principals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {body}"))
+            .clone()
+    };
+    assert_eq!(of(ADMIN)["class"], "connection", "{body}");
+    assert_eq!(of(ADMIN)["power"]["all_commands"], true, "{body}");
+    assert_eq!(of(&cred.user)["class"], "dynamic", "{body}");
+    assert_eq!(of(&cred.user)["power"]["nodes"], 2, "{body}");
+    let standing = of("cache_writer");
+    assert_eq!(standing["class"], "unmanaged", "{body}");
+    assert_eq!(standing["power"]["all_keys"], false, "{body}");
+    assert_eq!(standing["power"]["nodes"], 1, "on one node of two: {body}");
+    assert!(
+        standing["power"]["rules"]
+            .as_str()
+            .unwrap()
+            .contains("~cache:*"),
+        "{body}"
+    );
+    // `default` exists on every Redis, enabled without a password unless configured.
+    assert_eq!(of("default")["class"], "unmanaged", "{body}");
+    let text = body.to_string();
+    for secret in [cred.password.as_str(), "standing-pw", ADMIN_PASSWORD] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(!text.contains('#'), "a password hash in {text}");
+    drop(b);
+}

@@ -163,6 +163,19 @@ pub trait Inventory: Send + Sync {
     async fn credentials(&self) -> Result<Vec<Known>, Error>;
 }
 
+/// A principal as the target lists it for `inventory/NAME`: its name, whether it is the
+/// connection's own account, and what the target says of its power. Nothing secret: no
+/// password, no password hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Standing {
+    pub name: String,
+    /// The account the connection logs in as (mayfly's admin on the target).
+    pub own: bool,
+    /// Facts of the kind: PostgreSQL's `superuser`, `create_role` and grant counts, MySQL's
+    /// global privileges, Redis's ACL rules, RabbitMQ's tags, IAM access keys and their ages.
+    pub power: Map<String, Value>,
+}
+
 #[async_trait]
 pub trait Target: Send + Sync {
     /// Whether the target has a principal named `name` (created with a role's `settings`),
@@ -218,6 +231,16 @@ pub trait Target: Send + Sync {
         mark: &str,
         settings: &Map<String, Value>,
     ) -> Result<Vec<Principal>, Error>;
+
+    /// Every principal on the target, for `inventory/NAME`: login roles, accounts, ACL users,
+    /// IAM users. `settings` are as for [`Target::list_marked`]. A kind that cannot list its
+    /// principals says so.
+    async fn inventory(&self, settings: &Map<String, Value>) -> Result<Vec<Standing>, Error> {
+        let _ = settings;
+        Err(Error::bad_request(
+            "connections of this kind cannot list the principals on their target",
+        ))
+    }
 
     /// Changes the password of the connection's own user to `new_password`.
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error>;

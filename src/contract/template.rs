@@ -42,6 +42,13 @@ pub fn mark_of(backend_uuid: &str) -> String {
     format!("{LEGACY_MARK}{hex}-")
 }
 
+/// Whether `name` carries a mayfly mark other than `own` (a mount's [`mark_of`]): another
+/// mount's or cluster's mark, or the bare [`LEGACY_MARK`] of principals made before marks were
+/// per mount, which no mount can claim by its mark alone.
+pub fn has_other_mark(name: &str, own: &str) -> bool {
+    name.starts_with(LEGACY_MARK) && !name.starts_with(own)
+}
+
 /// The longest text a template may produce, whole or at any step of its rendering. Names are
 /// short (PostgreSQL's are 63 bytes); the bound keeps a hostile template (a chain of `replace`
 /// that doubles its text at each step) from exhausting the memory of the plugin process, which
@@ -483,6 +490,19 @@ mod tests {
         mark: "mf-3fa2c1-",
         sources: Sources::Live,
     };
+
+    #[test]
+    fn another_mounts_mark_is_told_from_this_ones() {
+        let own = mark_of("3fa2c1d4-0b1e");
+        assert!(!has_other_mark("mf-3fa2c1-app-x", &own));
+        assert!(has_other_mark("mf-77aa00-app-x", &own));
+        assert!(
+            has_other_mark("mf-app-x", &own),
+            "the bare legacy mark is no one's"
+        );
+        assert!(!has_other_mark("v-token-app-x", &own));
+        assert!(!has_other_mark("alice", &own));
+    }
 
     #[test]
     fn a_mark_comes_from_the_backend_uuid() {

@@ -20,7 +20,8 @@ use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
 use crate::paths::router::{PathDef, Router};
 use crate::paths::{
-    config, creds, leases, metrics, operator, policies, roles, rotate_root, static_roles, tasks,
+    approvals, config, creds, inventory, leases, metrics, operator, policies, roles, rotate_root,
+    static_roles, tasks,
 };
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -84,6 +85,7 @@ impl Engine {
                 cache: Default::default(),
                 root_rotation: Default::default(),
                 static_rotation: Default::default(),
+                approval_writes: Default::default(),
                 static_writes: Default::default(),
             }),
             router,
@@ -127,9 +129,15 @@ impl Engine {
     /// Paths that need a token with `sudo` on them: the operator's bulk and emergency tools.
     /// A trailing `*` is a prefix match.
     pub fn sudo_paths() -> Vec<String> {
-        ["revoke/*", "orphans/*", "revocations*", "metrics"]
-            .map(String::from)
-            .to_vec()
+        [
+            "revoke/*",
+            "orphans/*",
+            "inventory/*",
+            "revocations*",
+            "metrics",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     pub async fn handle(&self, req: Request) -> Result<Response, Error> {
@@ -231,7 +239,9 @@ pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
         config::paths(backends),
         roles::paths(backends),
         creds::paths(),
+        approvals::paths(),
         operator::paths(),
+        inventory::paths(),
         rotate_root::paths(),
         static_roles::paths(),
         policies::paths(),

@@ -20,6 +20,10 @@ pub enum Action {
     OperatorRevoke,
     OrphanScan,
     OrphanPurge,
+    Inventory,
+    ApprovalRequest,
+    ApprovalApprove,
+    ApprovalDeny,
     StaticRotate,
 }
 
@@ -35,6 +39,10 @@ impl Action {
             Action::OperatorRevoke => "operator_revoke",
             Action::OrphanScan => "orphan_scan",
             Action::OrphanPurge => "orphan_purge",
+            Action::Inventory => "inventory",
+            Action::ApprovalRequest => "approval_request",
+            Action::ApprovalApprove => "approval_approve",
+            Action::ApprovalDeny => "approval_deny",
             Action::StaticRotate => "static_rotate",
         }
     }

@@ -1,5 +1,6 @@
 //! What is stored and how it is read: each module owns a kind of record, its key and its form.
 
+pub(crate) mod approval;
 pub(crate) mod audit;
 pub(crate) mod cidr;
 pub(crate) mod cron;

@@ -51,6 +51,26 @@ pub struct Role {
     /// Operator-set key-value pairs; policies read them as the role's tags.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// How many approvers must approve a request (`approvals/request`) before its credential
+    /// can be collected; 0 issues without approval.
+    #[serde(default)]
+    pub approvals_required: u32,
+    /// The entities that may approve.
+    #[serde(default)]
+    pub approver_entity_ids: Vec<String>,
+    /// Members of these identity groups (directly or through a parent) may approve.
+    #[serde(default)]
+    pub approver_group_names: Vec<String>,
+    /// Seconds from the final approval within which the credential can be collected.
+    #[serde(default = "default_approval_ttl")]
+    pub approval_ttl: u64,
+}
+
+/// `approval_ttl` when a role does not set it: 15 minutes.
+pub const DEFAULT_APPROVAL_TTL: u64 = 900;
+
+fn default_approval_ttl() -> u64 {
+    DEFAULT_APPROVAL_TTL
 }
 
 impl Role {
@@ -100,6 +120,16 @@ impl Role {
         out.insert("bound_group_names".into(), json!(self.bound_group_names));
         out.insert("bound_cidrs".into(), json!(self.bound_cidrs));
         out.insert("labels".into(), json!(self.labels));
+        out.insert("approvals_required".into(), json!(self.approvals_required));
+        out.insert(
+            "approver_entity_ids".into(),
+            json!(self.approver_entity_ids),
+        );
+        out.insert(
+            "approver_group_names".into(),
+            json!(self.approver_group_names),
+        );
+        out.insert("approval_ttl".into(), json!(self.approval_ttl));
         for (k, v) in &self.settings {
             out.insert(k.clone(), v.clone());
         }
@@ -171,6 +201,30 @@ pub fn common_fields() -> Vec<FieldDef> {
             FieldType::StringMap,
             "Key-value pairs describing the role (team, environment…). Policies read them as \
              the role's tags: resource.getTag(\"env\").",
+        ),
+        FieldDef::new(
+            "approvals_required",
+            FieldType::Int,
+            "How many approvers must approve a request (approvals/request) before its \
+             credential can be read from creds/ROLE with approval_id; 0 (the default) issues \
+             without approval.",
+        ),
+        FieldDef::new(
+            "approver_entity_ids",
+            FieldType::StringList,
+            "Identity entities that may approve requests for this role.",
+        ),
+        FieldDef::new(
+            "approver_group_names",
+            FieldType::StringList,
+            "Identity groups whose members (direct or through a parent group) may approve \
+             requests for this role.",
+        ),
+        FieldDef::new(
+            "approval_ttl",
+            FieldType::Duration,
+            "How long an approved request can be collected, counted from the final approval. \
+             Defaults to 15m.",
         ),
     ]
 }
@@ -284,6 +338,10 @@ pub async fn write(
         bound_group_names: Vec::new(),
         bound_cidrs: Vec::new(),
         labels: BTreeMap::new(),
+        approvals_required: 0,
+        approver_entity_ids: Vec::new(),
+        approver_group_names: Vec::new(),
+        approval_ttl: DEFAULT_APPROVAL_TTL,
     });
     if role.db_name != db_name {
         // Settings belong to a kind; a role moved to another connection starts them afresh
@@ -330,6 +388,38 @@ pub async fn write(
             })?;
         }
         role.bound_cidrs = v.to_vec();
+    }
+    if let Some(v) = common.int("approvals_required") {
+        role.approvals_required = u32::try_from(v).map_err(|_| {
+            Error::bad_request(format!(
+                "field 'approvals_required': expected a whole number from 0 to {}, got {v}",
+                u32::MAX
+            ))
+        })?;
+    }
+    if let Some(v) = common.list("approver_entity_ids") {
+        role.approver_entity_ids = v.to_vec();
+    }
+    if let Some(v) = common.list("approver_group_names") {
+        role.approver_group_names = v.to_vec();
+    }
+    if let Some(v) = common.duration("approval_ttl") {
+        if v == 0 {
+            return Err(Error::bad_request(
+                "field 'approval_ttl': expected a duration above zero, such as 15m",
+            ));
+        }
+        role.approval_ttl = v;
+    }
+    if role.approvals_required > 0
+        && role.approver_entity_ids.is_empty()
+        && role.approver_group_names.is_empty()
+    {
+        return Err(Error::bad_request(format!(
+            "field 'approvals_required': {} approvals are required but nobody may approve: \
+             set approver_entity_ids or approver_group_names",
+            role.approvals_required
+        )));
     }
     let kind_defs = backend.role_fields();
     let mut warnings = Vec::new();

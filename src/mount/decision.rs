@@ -17,6 +17,7 @@ use cedar_policy::{
 use crate::contract::error::Error;
 use crate::contract::host::Identity;
 use crate::contract::request::Requester;
+use crate::model::approval::Approval;
 use crate::model::policy_set::{self, PolicySet};
 use crate::model::task::Task;
 use crate::mount::MountCore;
@@ -75,6 +76,8 @@ pub struct Facts<'a> {
     pub resource: Resource<'a>,
     /// The task issued or renewed under, or the task being created or updated.
     pub task: Option<&'a Task>,
+    /// The approval an issuance collects, for roles that need one.
+    pub approval: Option<&'a Approval>,
     /// The TTL asked for; 0 when none.
     pub requested_ttl: u64,
     /// The TTL mayfly would grant before any policy cap.
@@ -380,6 +383,19 @@ fn build(
         );
         context.push(("task", Expr::new_entity_uid(task)));
     }
+    if let Some(a) = facts.approval {
+        let approvers = a.approvals.iter().map(|d| string(&d.entity_id));
+        context.push((
+            "approval",
+            Expr::new_record(attrs([
+                ("id", string(&a.id)),
+                ("reason", string(&a.reason)),
+                ("approvers", Expr::new_set(approvers)),
+                ("approved_at", long(a.approved_at.unwrap_or(0))),
+            ]))
+            .map_err(|e| e.to_string())?,
+        ));
+    }
     let headers = uid("Headers", "");
     entities.push(
         Entity::new_with_tags(headers.clone(), [], [], tags(facts.headers))
@@ -462,6 +478,7 @@ mod tests {
         };
         let (headers, labels) = (BTreeMap::new(), BTreeMap::new());
         let facts = Facts {
+            approval: None,
             action: PolicyAction::Issue,
             requester: &requester,
             headers: &headers,

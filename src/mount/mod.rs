@@ -53,6 +53,10 @@ pub struct MountCore {
     /// Held while a static role is written or deleted, around the check that no two roles
     /// manage one account.
     pub static_writes: tokio::sync::Mutex<()>,
+    /// Held while an approval request is decided or collected, so two decisions never
+    /// overwrite each other and a credential is collected once. Approvals come at human pace:
+    /// one lock for all of them is enough.
+    pub approval_writes: tokio::sync::Mutex<()>,
 }
 
 /// One lock per name, so that work on one name never waits for work on another.

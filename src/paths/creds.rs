@@ -16,6 +16,7 @@ use crate::contract::request::Operation;
 use crate::contract::request::{LeaseGrant, Request, Requester, Response};
 use crate::contract::template;
 use crate::jobs::revocation;
+use crate::model::approval::Approval;
 use crate::model::audit::{self, Action, Event};
 use crate::model::cidr::Cidr;
 use crate::model::ledger::{self, Credential, State};
@@ -25,6 +26,7 @@ use crate::mount::MountCore;
 use crate::mount::account;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Claim;
+use crate::paths::approvals;
 use crate::paths::leases;
 use crate::paths::router::{PathDef, op};
 
@@ -46,6 +48,12 @@ pub fn fields() -> Vec<FieldDef> {
             "The task (tasks/ID) the credential is for: it never outlives the task, and ending \
              the task revokes it.",
         ),
+        FieldDef::new(
+            "approval_id",
+            FieldType::String,
+            "For a role that needs approval (approvals_required): the approved request \
+             (approvals/request) the credential is collected with, once.",
+        ),
     ]
 }
 
@@ -58,13 +66,15 @@ struct Trail {
     principal: String,
     /// The policy decision, when policies decided.
     policy: String,
+    /// The approval collected, for roles that need one: settled once the issuance ends.
+    approval: Option<Approval>,
 }
 
 /// `creds/ROLE`: issues one credential and emits one audit event, whatever the outcome.
 pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<Response, Error> {
     let mut trail = Trail::default();
     let result = issue_traced(core, role_name, req, &mut trail).await;
-    let (outcome, detail) = match &result {
+    let (outcome, mut detail) = match &result {
         Ok(r) => (
             "issued",
             format!("ttl {}s", r.lease.as_ref().map_or(0, |l| l.ttl),),
@@ -72,6 +82,11 @@ pub async fn issue(core: &MountCore, role_name: &str, req: &Request) -> Result<R
         Err(e @ Error::PermissionDenied(_)) => ("denied", e.to_string()),
         Err(e) => ("failed", e.to_string()),
     };
+    if let Some(a) = trail.approval.take() {
+        detail = format!("{detail}; approval {}", a.id);
+        let issued = result.is_ok().then_some(trail.cred_id.as_str());
+        approvals::settle(core, a, issued).await;
+    }
     audit::emit(
         Action::Issue,
         outcome,
@@ -117,6 +132,7 @@ impl TtlGrant {
             "task" => "the time left in its task",
             "role_max_ttl" => "the role's max_ttl",
             "policy_max_ttl" => "the @max_ttl of the policy that permitted it",
+            "approval" => "the TTL its approval was asked with",
             _ => "the mount's maximum TTL",
         };
         let (wanted, ttl) = (self.wanted, self.ttl);
@@ -176,8 +192,27 @@ async fn issue_traced(
     let mount_max = mount_max?.as_secs();
     trail.connection = role.db_name.clone();
     check_bindings(core, role_name, &role, &req.requester).await?;
+    if role.approvals_required > 0 {
+        let id = fields.str("approval_id");
+        trail.approval =
+            Some(approvals::collect(core, role_name, &role, id, &req.requester).await?);
+    }
+    let approval = trail.approval.clone();
     let now = now();
-    let task = match fields.str("task_id") {
+    let approved_task = approval.as_ref().and_then(|a| a.task_id.as_deref());
+    let task_id = match (
+        fields.str("task_id").filter(|t| !t.is_empty()),
+        approved_task,
+    ) {
+        (Some(asked), Some(approved)) if asked != approved => {
+            return Err(Error::PermissionDenied(format!(
+                "approval '{}' was approved for task '{approved}', not '{asked}'",
+                approval.as_ref().map_or("", |a| a.id.as_str())
+            )));
+        }
+        (asked, approved) => asked.or(approved),
+    };
+    let task = match task_id {
         Some(id) => {
             trail.task_id = id.to_owned();
             Some(usable_task(core, id, role_name, &role, &req.requester, now).await?)
@@ -205,8 +240,16 @@ async fn issue_traced(
     }
     account::lap("lookups");
 
-    let asked = fields.duration("ttl");
+    let approved_ttl = approval.as_ref().map_or(0, |a| a.ttl);
+    let asked = fields
+        .duration("ttl")
+        .or((approved_ttl > 0).then_some(approved_ttl));
     let mut grant = ttl_grant(core, &role, asked, task.as_ref(), now, mount_max).await?;
+    if approved_ttl > 0 {
+        // No longer than the approvers agreed to.
+        grant.cap(approved_ttl, "approval");
+        grant.max_ttl = grant.max_ttl.min(approved_ttl);
+    }
     let facts = Facts {
         action: PolicyAction::Issue,
         requester: &req.requester,
@@ -218,6 +261,7 @@ async fn issue_traced(
             labels: &role.labels,
         }),
         task: task.as_ref(),
+        approval: approval.as_ref(),
         requested_ttl: asked.unwrap_or(0),
         ttl: grant.ttl,
         now,
@@ -510,7 +554,7 @@ async fn revoked_while_issuing(core: &MountCore, mut cred: Credential, claim: Cl
 }
 
 /// The task `id`, if credentials of `role` may be drawn under it by `who` now.
-async fn usable_task(
+pub(crate) async fn usable_task(
     core: &MountCore,
     id: &str,
     role_name: &str,
@@ -539,7 +583,7 @@ async fn usable_task(
 
 /// The role's identity bindings: entity ids, group names and source networks. A refusal is a
 /// 403 that names the binding.
-async fn check_bindings(
+pub(crate) async fn check_bindings(
     core: &MountCore,
     role_name: &str,
     role: &Role,

@@ -216,6 +216,7 @@ async fn renew_policy(
     let labels = role.map(|r| r.labels).unwrap_or_default();
     let requester = Requester::from(&cred.requester);
     let facts = Facts {
+        approval: None,
         action: PolicyAction::Renew,
         requester: &requester,
         headers: &req.headers,

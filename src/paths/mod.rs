@@ -1,8 +1,10 @@
 //! One module per path family, named for the path it serves, each declaring its paths (with a
 //! handler for each operation) beside their handlers; `router` is what they declare them with.
 
+pub(crate) mod approvals;
 pub(crate) mod config;
 pub(crate) mod creds;
+pub(crate) mod inventory;
 pub(crate) mod leases;
 pub(crate) mod metrics;
 pub(crate) mod operator;

@@ -52,7 +52,7 @@ impl Scope<'_> {
 
 /// Every credential the ledger does not yet have as revoked, and the records this mayfly
 /// cannot read (which may be live: they are never acted on).
-async fn live_credentials(core: &MountCore) -> Result<ledger::Loaded, Error> {
+pub(crate) async fn live_credentials(core: &MountCore) -> Result<ledger::Loaded, Error> {
     let mut loaded = ledger::scan(core.storage.as_ref()).await?;
     loaded.records.retain(|c| c.state != State::Revoked);
     Ok(loaded)
@@ -197,7 +197,10 @@ pub fn orphan_fields() -> Vec<FieldDef> {
 
 /// The settings to list connection `name`'s target with: none for most kinds, each role's
 /// (once per distinct settings) for kinds whose roles say how to list.
-async fn listings(core: &MountCore, name: &str) -> Result<Vec<Map<String, Value>>, Error> {
+pub(crate) async fn listings(
+    core: &MountCore,
+    name: &str,
+) -> Result<Vec<Map<String, Value>>, Error> {
     let kind = core.connection_kind(name).await?;
     if !core.backends.find(&kind).is_some_and(|b| b.lists_by_role()) {
         return Ok(vec![Map::new()]);

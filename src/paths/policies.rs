@@ -265,6 +265,7 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
         None => Resource::Task,
     };
     let facts = Facts {
+        approval: None,
         action,
         requester: &requester,
         headers: &headers,

@@ -19,6 +19,7 @@ use crate::contract::request::Operation;
 use crate::contract::request::{Request, Requester, Response};
 use crate::contract::storage::{self, Kv};
 use crate::jobs::revocation::{self, Report};
+use crate::model::approval;
 use crate::model::audit::{self, Action, Event};
 use crate::model::ledger::{self, RETENTION_SECS};
 use crate::model::task::{PREFIX, Task, TaskState, entry, key, load, metadata_values};
@@ -301,6 +302,7 @@ impl PolicyAsk {
         logged: &mut String,
     ) -> Result<Option<u64>, Error> {
         let facts = Facts {
+            approval: None,
             action: self.action,
             requester: &req.requester,
             headers: &req.headers,
@@ -412,6 +414,11 @@ pub async fn end(
         let previous = task.due;
         task.due = now + RETENTION_SECS;
         store(core, &task, Some(previous)).await?;
+    }
+    // Its approval requests can no longer be collected: a credential only comes under an
+    // open task.
+    if let Err(e) = approval::end_for_task(kv, id, reason, now).await {
+        tracing::warn!(task_id = %id, error = %e, "could not end the task's approval requests");
     }
     // Credentials already revoked come back as not live and are not counted.
     let ids = ledger::task_credentials(kv, id).await?;

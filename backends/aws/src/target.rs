@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use mayfly::ConnectionConfig;
 use mayfly::now;
-use mayfly::{Created, Error, Inventory, NewPrincipal, Origin, Principal, Revoked, Target};
+use mayfly::{
+    Created, Error, Inventory, NewPrincipal, Origin, Principal, Revoked, Standing, Target,
+};
 use secrecy::SecretString;
 use serde_json::{Map, Value, json};
 use tokio::sync::OnceCell;
@@ -393,6 +395,56 @@ impl Target for AwsTarget {
         // STS sessions cannot be listed; each ends at its own expiry whatever happens to
         // mayfly, so none can be orphaned for longer than that.
         Ok(Vec::new())
+    }
+
+    async fn inventory(&self, _: &Map<String, Value>) -> Result<Vec<Standing>, Error> {
+        // STS sessions are not listed (each ends on its own); IAM users are the standing
+        // principals of an account, and their access keys the standing secrets.
+        let own = self
+            .caller()
+            .await
+            .ok()
+            .and_then(|c| c.user_name().map(str::to_owned));
+        let mut users = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let out = self
+                .clients
+                .iam
+                .list_users()
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| self.iam_error("ListUsers", e))?;
+            users.extend(
+                out.users()
+                    .iter()
+                    .map(|u| (u.user_name().to_owned(), u.arn().to_owned())),
+            );
+            match out.marker() {
+                Some(m) if out.is_truncated() => marker = Some(m.to_owned()),
+                _ => break,
+            }
+        }
+        let now = now();
+        let mut found = Vec::with_capacity(users.len());
+        for (name, arn) in users {
+            let keys: Vec<Value> = self
+                .list_keys(&name)
+                .await?
+                .into_iter()
+                .map(|(id, created)| {
+                    json!({"id": id, "age_days": now.saturating_sub(created) / 86_400})
+                })
+                .collect();
+            let power = json!({"arn": arn, "access_keys": keys});
+            found.push(Standing {
+                own: own.as_deref() == Some(name.as_str()),
+                name,
+                power: power.as_object().cloned().unwrap_or_default(),
+            });
+        }
+        Ok(found)
     }
 
     async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {

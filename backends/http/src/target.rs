@@ -7,7 +7,7 @@ use hyper::Method;
 use mayfly::ConnectionConfig;
 use mayfly::now;
 use mayfly::redact::redact;
-use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Target};
+use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Standing, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
@@ -402,6 +402,56 @@ impl HttpTarget {
         Ok(found)
     }
 
+    /// RabbitMQ's users with their tags (`administrator` is all power), the connection's own
+    /// user told by `/api/whoami`.
+    async fn rabbitmq_users(&self) -> Result<Vec<Standing>, Error> {
+        let get = |path: &'static str| async move {
+            let call = client::Call::bare(Method::GET, path);
+            let reply = self.send_fixed(&call, &[]).await?;
+            serde_json::from_slice::<Value>(&reply.body)
+                .map_err(|_| self.refused(&call, &reply, &[], None))
+        };
+        let me = get("/api/whoami").await?;
+        let users = get("/api/users?columns=name,tags").await?;
+        let Value::Array(users) = users else {
+            return Err(Error::Target(
+                "RabbitMQ answered /api/users without a list".into(),
+            ));
+        };
+        // Tags are a list since RabbitMQ 3.9, a comma-separated string before.
+        let tags = |v: &Value| -> Vec<String> {
+            match v {
+                Value::Array(a) => a
+                    .iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect(),
+                Value::String(s) => s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        Ok(users
+            .iter()
+            .filter_map(|u| {
+                let name = u["name"].as_str()?.to_owned();
+                let tags = tags(&u["tags"]);
+                let power = json!({
+                    "administrator": tags.iter().any(|t| t == "administrator"),
+                    "tags": tags,
+                });
+                Some(Standing {
+                    own: me["name"].as_str() == Some(name.as_str()),
+                    name,
+                    power: power.as_object().cloned().unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
     /// Closes every open AMQP connection of the RabbitMQ users `users`, so that revoking a user
     /// ends what it already had open and not only its next login.
     async fn close_connections(&self, users: &[&str]) -> Result<(), Error> {
@@ -622,6 +672,35 @@ impl Target for HttpTarget {
         settings: &Map<String, Value>,
     ) -> Result<Vec<Principal>, Error> {
         self.listed(&self.spec(settings)?, mark).await
+    }
+
+    async fn inventory(&self, settings: &Map<String, Value>) -> Result<Vec<Standing>, Error> {
+        if self.preset == Preset::RabbitMq {
+            return self.rabbitmq_users().await;
+        }
+        let spec = self.spec(settings)?;
+        if spec.list.is_none() {
+            return Err(Error::bad_request(
+                "the roles of this http connection declare no list call, so the principals \
+                 on its service cannot be listed",
+            ));
+        }
+        Ok(self
+            .listed(&spec, "")
+            .await?
+            .into_iter()
+            .map(|p| {
+                let mut power = Map::new();
+                if let Some(id) = p.target_id {
+                    power.insert("id".into(), json!(id));
+                }
+                Standing {
+                    name: p.name,
+                    own: false,
+                    power,
+                }
+            })
+            .collect())
     }
 
     async fn rotate_root(&self, _: &SecretString) -> Result<(), Error> {

@@ -1,7 +1,7 @@
 //! A `redis` connection's target: a pool of connections per node, and each credential's ACL
 //! user created, renewed and deleted on every node alike (see `backend` for the kind itself).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mayfly::ConnectionConfig;
 use mayfly::redact::redact;
-use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Target};
+use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Standing, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 
@@ -615,6 +615,43 @@ impl Target for RedisTarget {
         Ok(all.into_iter().map(Principal::named).collect())
     }
 
+    async fn inventory(&self, _: &Map<String, Value>) -> Result<Vec<Standing>, Error> {
+        let mut found: BTreeMap<String, (Vec<String>, usize)> = BTreeMap::new();
+        for node in &self.nodes {
+            let lines = self
+                .call(node, "ACL LIST", &[b"ACL", b"LIST"])
+                .await
+                .map_err(NodeError::into_error)?
+                .strings();
+            for line in lines {
+                let Some((name, rules)) = acl_rules(&line) else {
+                    continue;
+                };
+                found.entry(name).or_insert((rules, 0)).1 += 1;
+            }
+        }
+        let nodes = self.nodes.len();
+        Ok(found
+            .into_iter()
+            .map(|(name, (rules, on_nodes))| {
+                let has = |r: &[&str]| rules.iter().any(|x| r.contains(&x.as_str()));
+                let power = serde_json::json!({
+                    "enabled": has(&["on"]),
+                    "all_commands": has(&["+@all", "allcommands"]),
+                    "all_keys": has(&["~*", "allkeys"]),
+                    "rules": rules.join(" "),
+                    "nodes": on_nodes,
+                    "of_nodes": nodes,
+                });
+                Standing {
+                    own: name == self.user(),
+                    name,
+                    power: power.as_object().cloned().unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
         self.replace_password(self.user().as_bytes(), new_password)
             .await
@@ -657,5 +694,35 @@ impl Target for RedisTarget {
             }
         }
         Ok(true)
+    }
+}
+
+/// A user's name and rules from a line of `ACL LIST` (`user NAME on #HASH ~* +@all`), without
+/// its password hashes: what the user may do, not how it logs in.
+fn acl_rules(line: &str) -> Option<(String, Vec<String>)> {
+    let mut words = line.split_ascii_whitespace();
+    if words.next() != Some("user") {
+        return None;
+    }
+    let name = words.next()?.to_owned();
+    let rules = words
+        .filter(|w| !w.starts_with(['#', '>', '<', '!']))
+        .map(str::to_owned)
+        .collect();
+    Some((name, rules))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acl_rules;
+
+    #[test]
+    fn an_acl_line_gives_rules_without_password_hashes() {
+        let line = "user app on #2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b \
+                    >plain ~cache:* resetchannels -@all +get";
+        let (name, rules) = acl_rules(line).unwrap();
+        assert_eq!(name, "app");
+        assert_eq!(rules, ["on", "~cache:*", "resetchannels", "-@all", "+get"]);
+        assert!(acl_rules("not a user line").is_none());
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::{Backend, Error, ExpiryEnforcement, Reach, Target};
-use serde_json::{Map, Value};
+use mayfly::{Backend, Error, ExpiryEnforcement, Reach, Standing, Target};
+use serde_json::{Map, Value, json};
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
 
 use crate::common::{self, list};
@@ -544,6 +544,56 @@ impl Dialect for My {
         .fetch_all(&t.pool)
         .await
         .map_err(|e| t.fail("cannot list users", &e, &[]))
+    }
+
+    async fn inventory(t: &MySqlTarget) -> Result<Vec<Standing>, Error> {
+        // An account with an empty host is a MariaDB role, which cannot log in.
+        type Row = (String, String, i64, i64, i64, i64, i64);
+        let me: String = sqlx::query_scalar("SELECT CAST(CURRENT_USER() AS CHAR)")
+            .fetch_one(&t.pool)
+            .await
+            .map_err(|e| t.fail("cannot tell mayfly's own account", &e, &[]))?;
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT CAST(u.User AS CHAR), CAST(u.Host AS CHAR), \
+                 CAST(u.Super_priv = 'Y' AS SIGNED), CAST(u.Create_user_priv = 'Y' AS SIGNED), \
+                 CAST(u.Grant_priv = 'Y' AS SIGNED), \
+                 (SELECT COUNT(*) FROM mysql.db d WHERE d.User = u.User AND d.Host = u.Host), \
+                 (SELECT COUNT(*) FROM mysql.tables_priv p \
+                  WHERE p.User = u.User AND p.Host = u.Host) \
+             FROM mysql.user u WHERE u.Host <> '' ORDER BY 1, 2",
+        )
+        .fetch_all(&t.pool)
+        .await
+        .map_err(|e| t.fail("cannot list accounts", &e, &[]))?;
+        // One principal per user name, as mayfly creates and drops them: its accounts are
+        // the hosts it may log in from, each with its own privileges.
+        let mut out: Vec<Standing> = Vec::new();
+        for (name, host, sup, create_user, grant, db, tables) in rows {
+            let own = me == format!("{name}@{host}");
+            let account = json!({
+                "host": host,
+                "super": sup == 1,
+                "create_user": create_user == 1,
+                "grant_option": grant == 1,
+                "database_grants": db,
+                "table_grants": tables,
+            });
+            if out.last().is_none_or(|s| s.name != name) {
+                let mut power = Map::new();
+                power.insert("accounts".into(), Value::Array(Vec::new()));
+                out.push(Standing {
+                    name,
+                    own: false,
+                    power,
+                });
+            }
+            let last = out.last_mut().expect("pushed above");
+            last.own |= own;
+            if let Some(Value::Array(accounts)) = last.power.get_mut("accounts") {
+                accounts.push(account);
+            }
+        }
+        Ok(out)
     }
 
     async fn rotate_root(t: &MySqlTarget, password: &str) -> Result<(), Error> {

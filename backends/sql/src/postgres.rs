@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use mayfly::ConnectionConfig;
 use mayfly::fields::{FieldDef, FieldType, FieldValue};
-use mayfly::{Backend, Error, Reach, Target};
-use serde_json::{Map, Value};
+use mayfly::{Backend, Error, Reach, Standing, Target};
+use serde_json::{Map, Value, json};
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 use crate::common::{self, list};
@@ -529,6 +529,72 @@ impl Dialect for Pg {
         .fetch_all(&t.pool)
         .await
         .map_err(|e| t.fail("cannot list roles", &e, &[]))
+    }
+
+    async fn inventory(t: &PgTarget) -> Result<Vec<Standing>, Error> {
+        // Table grants are counted from the ACLs of this database's relations, which every
+        // role may read (information_schema shows only what the admin itself is party to).
+        type Row = (
+            String,
+            bool,
+            bool,
+            bool,
+            bool,
+            bool,
+            bool,
+            Option<String>,
+            Vec<String>,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "WITH grants AS ( \
+                 SELECT a.grantee, count(*) AS n \
+                 FROM pg_class c, aclexplode(c.relacl) a GROUP BY a.grantee) \
+             SELECT r.rolname::text, r.rolname = current_user, r.rolsuper, r.rolcreaterole, \
+                 r.rolcreatedb, r.rolreplication, r.rolbypassrls, r.rolvaliduntil::text, \
+                 ARRAY(SELECT b.rolname::text FROM pg_auth_members m \
+                       JOIN pg_roles b ON b.oid = m.roleid \
+                       WHERE m.member = r.oid ORDER BY 1), \
+                 COALESCE(g.n, 0) \
+             FROM pg_roles r LEFT JOIN grants g ON g.grantee = r.oid \
+             WHERE r.rolcanlogin ORDER BY 1",
+        )
+        .fetch_all(&t.pool)
+        .await
+        .map_err(|e| t.fail("cannot list login roles", &e, &[]))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    name,
+                    own,
+                    sup,
+                    create_role,
+                    create_db,
+                    replication,
+                    bypass_rls,
+                    until,
+                    member_of,
+                    grants,
+                )| {
+                    let power = json!({
+                        "superuser": sup,
+                        "create_role": create_role,
+                        "create_db": create_db,
+                        "replication": replication,
+                        "bypass_rls": bypass_rls,
+                        "valid_until": until,
+                        "member_of": member_of,
+                        "table_grants": grants,
+                    });
+                    Standing {
+                        name,
+                        own,
+                        power: power.as_object().cloned().unwrap_or_default(),
+                    }
+                },
+            )
+            .collect())
     }
 
     async fn rotate_root(t: &PgTarget, plain: &str) -> Result<(), Error> {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use mayfly::redact::redact;
-use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Target};
+use mayfly::{Created, Error, NewPrincipal, Principal, Revoked, Standing, Target};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value};
 use sqlx::Database;
@@ -105,6 +105,9 @@ pub trait Dialect: Sized + Send + Sync + 'static {
 
     /// The names of every user that begins with `mark`.
     async fn list_marked(t: &SqlTarget<Self>, mark: &str) -> Result<Vec<String>, Error>;
+
+    /// Every account that can log in, with what the server says of its power.
+    async fn inventory(t: &SqlTarget<Self>) -> Result<Vec<Standing>, Error>;
 
     /// Gives the connection's own user `password`.
     async fn rotate_root(t: &SqlTarget<Self>, password: &str) -> Result<(), Error>;
@@ -276,6 +279,10 @@ impl<D: Dialect> Target for SqlTarget<D> {
     ) -> Result<Vec<Principal>, Error> {
         let names = D::list_marked(self, mark).await?;
         Ok(names.into_iter().map(Principal::named).collect())
+    }
+
+    async fn inventory(&self, _: &Map<String, Value>) -> Result<Vec<Standing>, Error> {
+        D::inventory(self).await
     }
 
     async fn rotate_root(&self, new_password: &SecretString) -> Result<(), Error> {
