@@ -11,14 +11,16 @@
 //!   traits, [`ConnectionConfig`], field definitions, redaction, errors, the request model,
 //!   the host and storage interfaces, username templates.
 //! - `model`: what is stored and how it is read: the ledger, roles, tasks, static roles,
-//!   Cedar policies and their compiled set, audit events.
+//!   approval requests, Cedar policies and their compiled set, audit events.
 //! - `mount`: the state one mount shares, at the bottom of everything that acts: `MountCore`
 //!   (storage, host, caches, target handles), the scheduler's state, the node's role, the
-//!   decision of the mount's policies, the settling of an unfinished root rotation.
+//!   decision of the mount's policies, who may draw a role's credentials (`access`), the
+//!   settling of an unfinished root rotation.
 //! - `jobs`: work the scheduler runs on its own: revocation, static roles' rotation.
 //! - `paths`: one module per path family, named for its path (`config`, `roles`, `creds`,
-//!   `leases`, `tasks`, `static_roles`, `rotate_root`, `policies`, `operator` for the
-//!   `revoke/` and `orphans/` tools), each declaring its paths beside its handlers.
+//!   `leases`, `tasks`, `static_roles`, `rotate_root`, `policies`, `approvals`, `inventory`,
+//!   `metrics`, `operator` for the `revoke/` and `orphans/` tools), each declaring its paths
+//!   beside its handlers.
 //! - `engine`: the path table (the path modules' paths joined), the routing of a request to
 //!   its handler, help and OpenAPI, and the sweep, the loop that hands due work to its job.
 //!

@@ -1,6 +1,7 @@
 //! What one mount shares between its request handlers and its scheduler: storage, the host,
 //! the known kinds, and live handles on the targets.
 
+pub(crate) mod access;
 pub(crate) mod account;
 pub(crate) mod decision;
 pub(crate) mod node;

@@ -13,7 +13,7 @@ use crate::model::approval::{self, Approval, Decided, Stage};
 use crate::model::audit::{self, Action, Event};
 use crate::model::role::Role;
 use crate::mount::MountCore;
-use crate::paths::creds;
+use crate::mount::access;
 use crate::paths::router::{PathDef, op};
 
 fn request_fields() -> Vec<FieldDef> {
@@ -116,11 +116,11 @@ async fn request(core: &MountCore, req: &Request) -> Result<Response, Error> {
         )));
     }
     // Whoever could not issue the credential cannot ask for it either.
-    creds::check_bindings(core, role_name, &role, &req.requester).await?;
+    access::check_bindings(core, role_name, &role, &req.requester).await?;
     let now = now();
     let task_id = match fields.str("task_id").filter(|t| !t.is_empty()) {
         Some(id) => {
-            creds::usable_task(core, id, role_name, &role, &req.requester, now).await?;
+            access::usable_task(core, id, role_name, &role, &req.requester, now).await?;
             Some(id.to_owned())
         }
         None if role.require_task => {

@@ -13,16 +13,16 @@ use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, Fields};
 use crate::contract::host::{now, random_lower};
 use crate::contract::request::Operation;
-use crate::contract::request::{LeaseGrant, Request, Requester, Response};
+use crate::contract::request::{LeaseGrant, Request, Response};
 use crate::contract::template;
 use crate::jobs::revocation;
 use crate::model::approval::Approval;
 use crate::model::audit::{self, Action, Event};
-use crate::model::cidr::Cidr;
 use crate::model::ledger::{self, Credential, State};
 use crate::model::role::Role;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
+use crate::mount::access::{check_bindings, usable_task};
 use crate::mount::account;
 use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
 use crate::mount::scheduler::Claim;
@@ -551,83 +551,6 @@ async fn revoked_while_issuing(core: &MountCore, mut cred: Credential, claim: Cl
          revoked it); nothing was issued",
         cred.id
     ))
-}
-
-/// The task `id`, if credentials of `role` may be drawn under it by `who` now.
-pub(crate) async fn usable_task(
-    core: &MountCore,
-    id: &str,
-    role_name: &str,
-    role: &Role,
-    who: &Requester,
-    now: u64,
-) -> Result<Task, Error> {
-    let task = task::load(core.storage.as_ref(), id)
-        .await?
-        .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?;
-    if !task.is_open(now) {
-        return Err(Error::bad_request(format!(
-            "field 'task_id': task '{id}' has ended ({}); start a new task",
-            task.end_reason.as_deref().unwrap_or("deadline reached")
-        )));
-    }
-    if task.bound_to_owner && !role.allow_other_task_owners && !task.owned_by(who) {
-        return Err(Error::PermissionDenied(format!(
-            "task '{id}' is bound to its owner (entity '{}'); this request comes from entity \
-             '{}', and role '{role_name}' does not set allow_other_task_owners",
-            task.owner.entity_id, who.entity_id
-        )));
-    }
-    Ok(task)
-}
-
-/// The role's identity bindings: entity ids, group names and source networks. A refusal is a
-/// 403 that names the binding.
-pub(crate) async fn check_bindings(
-    core: &MountCore,
-    role_name: &str,
-    role: &Role,
-    who: &Requester,
-) -> Result<(), Error> {
-    if !role.bound_entity_ids.is_empty() && !role.bound_entity_ids.contains(&who.entity_id) {
-        return Err(Error::PermissionDenied(format!(
-            "role '{role_name}' is bound to entities (bound_entity_ids); this request's entity \
-             '{}' is not one of them",
-            who.entity_id
-        )));
-    }
-    if !role.bound_cidrs.is_empty() {
-        let addr: Option<std::net::IpAddr> = who.remote_addr.parse().ok();
-        let inside = addr.is_some_and(|a| {
-            role.bound_cidrs
-                .iter()
-                .filter_map(|c| Cidr::parse(c).ok())
-                .any(|c| c.contains(a))
-        });
-        if !inside {
-            return Err(Error::PermissionDenied(format!(
-                "role '{role_name}' is bound to networks (bound_cidrs); this request's remote \
-                 address '{}' is outside them",
-                who.remote_addr
-            )));
-        }
-    }
-    if !role.bound_group_names.is_empty() {
-        let member = !who.entity_id.is_empty()
-            && core
-                .identity(&who.entity_id)
-                .await?
-                .group_names()
-                .any(|g| role.bound_group_names.iter().any(|b| b == g));
-        if !member {
-            return Err(Error::PermissionDenied(format!(
-                "role '{role_name}' is bound to groups (bound_group_names); this request's \
-                 entity '{}' is in none of them",
-                who.entity_id
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// The paths this module serves, for the engine's table.
