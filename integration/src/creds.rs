@@ -80,3 +80,12 @@ pub fn now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The entry of principal `name` in an `inventory/NAME` reply.
+pub fn inventory_entry(inventory: &Value, name: &str) -> Value {
+    inventory["data"]["principals"]
+        .as_array()
+        .and_then(|all| all.iter().find(|p| p["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} is not in the inventory: {inventory}"))
+}

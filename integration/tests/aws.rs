@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mayfly_integration::creds::is_marked;
+use mayfly_integration::creds::{inventory_entry, is_marked};
 use mayfly_integration::{Bao, Moto, free_port, wait_until};
 use serde_json::{Value, json};
 
@@ -363,15 +363,7 @@ fn a_static_access_key_rotates_with_an_overlap_and_the_old_key_is_deleted_after_
     let (ops_key, ops_secret) = moto.create_user_with_key("ops");
     let (status, inventory) = bao.get("mayfly/inventory/aws");
     assert_eq!(status, 200, "{inventory}");
-    let of = |name: &str| {
-        inventory["data"]["principals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing: {inventory}"))
-            .clone()
-    };
+    let of = |name: &str| inventory_entry(&inventory, name);
     assert_eq!(of("mayfly")["class"], "connection", "{inventory}");
     assert_eq!(of("legacy-app")["class"], "static", "{inventory}");
     let ops = of("ops");

@@ -3,7 +3,7 @@
 //! tokens of a second OpenBao, revokes them by lease, by expiry and by orphan scan, and keeps
 //! every secret out of logs, errors and the ledger.
 
-use mayfly_integration::creds::{Cred, is_marked, issue, ledger_record, mark_of};
+use mayfly_integration::creds::{Cred, inventory_entry, is_marked, issue, ledger_record, mark_of};
 use mayfly_integration::http_fixtures::{Answer, Proxy, Stub};
 use mayfly_integration::rabbitmq::{self, Amqp, MANAGEMENT, management, user_exists};
 use mayfly_integration::{Bao, wait_until};
@@ -89,15 +89,7 @@ fn rabbitmq_users_log_in_and_revocation_ends_their_connections() {
     // apart, with their tags.
     let (status, inventory) = bao.get("mayfly/inventory/rmq");
     assert_eq!(status, 200, "{inventory}");
-    let of = |name: &str| {
-        inventory["data"]["principals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing: {inventory}"))
-            .clone()
-    };
+    let of = |name: &str| inventory_entry(&inventory, name);
     assert_eq!(of(&admin)["class"], "connection", "{inventory}");
     assert_eq!(of(&cred.user)["class"], "dynamic", "{inventory}");
     assert_eq!(of(&cred.user)["power"]["tags"], json!(["management"]));
@@ -221,16 +213,9 @@ fn http_kind_drives_rabbitmq_by_hand_through_an_outage_and_an_orphan() {
     // standing account.
     let (status, inventory) = bao.get("mayfly/inventory/byhand");
     assert_eq!(status, 200, "{inventory}");
-    let class = |name: &str| {
-        inventory["data"]["principals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .map(|p| p["class"].clone())
-    };
-    assert_eq!(class(&orphan), Some(json!("orphan")), "{inventory}");
-    assert_eq!(class("guest"), Some(json!("unmanaged")), "{inventory}");
+    let class = |name: &str| inventory_entry(&inventory, name)["class"].clone();
+    assert_eq!(class(&orphan), "orphan", "{inventory}");
+    assert_eq!(class("guest"), "unmanaged", "{inventory}");
     let ours = [&cred.user, &short.user, &late.user];
     assert!(
         !orphans.iter().any(|o| ours.iter().any(|u| o == *u)),

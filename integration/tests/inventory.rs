@@ -1,19 +1,9 @@
 //! `inventory/NAME`: every principal on a connection's target, classed by who manages it, read
 //! through a real OpenBao against a private PostgreSQL and the machine's Redis.
 
-use mayfly_integration::creds::issue;
+use mayfly_integration::creds::{inventory_entry, issue};
 use mayfly_integration::{Bao, PrivatePostgres};
-use serde_json::{Value, json};
-
-/// The entry of `name` in an inventory reply.
-fn entry<'a>(body: &'a Value, name: &str) -> &'a Value {
-    body["data"]["principals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("{name} is not in the inventory: {body}"))
-}
+use serde_json::json;
 
 #[test]
 fn a_postgres_inventory_classes_every_login_role_by_who_manages_it() {
@@ -52,20 +42,26 @@ fn a_postgres_inventory_classes_every_login_role_by_who_manages_it() {
 
     let (status, body) = bao.get("mayfly/inventory/db");
     assert_eq!(status, 200, "{body}");
-    let class = |name: &str| entry(&body, name)["class"].clone();
+    let class = |name: &str| inventory_entry(&body, name)["class"].clone();
     assert_eq!(class("mayfly_admin"), "connection", "{body}");
     assert_eq!(class("app_owner"), "static", "{body}");
-    assert_eq!(entry(&body, "app_owner")["static_roles"], json!(["owner"]));
+    assert_eq!(
+        inventory_entry(&body, "app_owner")["static_roles"],
+        json!(["owner"])
+    );
     assert_eq!(class(&cred.user), "dynamic", "{body}");
     assert_eq!(class(&orphan), "orphan", "{body}");
     assert_eq!(class("mf-0a0b0c-app-x"), "other_mount", "{body}");
     assert_eq!(class("reporting"), "unmanaged", "{body}");
     // What the target says of each one's power.
-    let reporting = &entry(&body, "reporting")["power"];
+    let reporting = &inventory_entry(&body, "reporting")["power"];
     assert_eq!(reporting["create_role"], true, "{body}");
     assert_eq!(reporting["superuser"], false, "{body}");
     assert_eq!(reporting["table_grants"], 2, "{body}");
-    assert_eq!(entry(&body, "mayfly_admin")["power"]["superuser"], true);
+    assert_eq!(
+        inventory_entry(&body, "mayfly_admin")["power"]["superuser"],
+        true
+    );
     assert_eq!(reporting["member_of"], json!(["auditors"]), "{body}");
     // Only login roles are principals: a group is not one.
     let names: Vec<&str> = body["data"]["principals"]

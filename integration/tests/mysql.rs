@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use mayfly_integration::creds::{is_marked, issue, ledger_record, mark_of, now};
+use mayfly_integration::creds::{inventory_entry, is_marked, issue, ledger_record, mark_of, now};
 use mayfly_integration::mariadb::{ADMIN, ADMIN_PASSWORD};
 use mayfly_integration::{Bao, PrivateMariaDb, wait_until};
 use serde_json::{Value, json};
@@ -303,12 +303,7 @@ fn an_inventory_lists_each_user_with_its_hosts_and_privileges() {
     let (status, body) = bao.get("mayfly/inventory/db");
     assert_eq!(status, 200, "{body}");
     let principals = body["data"]["principals"].as_array().unwrap();
-    let of = |name: &str| {
-        principals
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing: {body}"))
-    };
+    let of = |name: &str| inventory_entry(&body, name);
     assert_eq!(of(ADMIN)["class"], "connection", "{body}");
     assert_eq!(of(&cred.user)["class"], "dynamic", "{body}");
     let etl = of("etl");

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use mayfly_integration::bao::ROOT_TOKEN;
-use mayfly_integration::creds::{issue, ledger_record, mark_of};
+use mayfly_integration::creds::{inventory_entry, issue, ledger_record, mark_of};
 use mayfly_integration::{Bao, PrivateRedis, load, wait_until};
 use serde_json::{Value, json};
 
@@ -335,15 +335,7 @@ fn an_inventory_lists_acl_users_with_their_rules_and_no_password() {
     let cred = issue(&bao, "mayfly/creds/app");
     let (status, body) = bao.get("mayfly/inventory/kv");
     assert_eq!(status, 200, "{body}");
-    let of = |name: &str| {
-        body["data"]["principals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .unwrap_or_else(|| panic!("{name} missing: {body}"))
-            .clone()
-    };
+    let of = |name: &str| inventory_entry(&body, name);
     assert_eq!(of(ADMIN)["class"], "connection", "{body}");
     assert_eq!(of(ADMIN)["power"]["all_commands"], true, "{body}");
     assert_eq!(of(&cred.user)["class"], "dynamic", "{body}");
