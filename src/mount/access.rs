@@ -68,20 +68,31 @@ pub async fn check_bindings(
             )));
         }
     }
-    if !role.bound_group_names.is_empty() {
-        let member = !who.entity_id.is_empty()
-            && core
-                .identity(&who.entity_id)
-                .await?
-                .group_names()
-                .any(|g| role.bound_group_names.iter().any(|b| b == g));
-        if !member {
-            return Err(Error::PermissionDenied(format!(
-                "role '{role_name}' is bound to groups (bound_group_names); this request's \
-                 entity '{}' is in none of them",
-                who.entity_id
-            )));
-        }
+    if !role.bound_group_names.is_empty()
+        && !in_any_group(core, &who.entity_id, &role.bound_group_names).await?
+    {
+        return Err(Error::PermissionDenied(format!(
+            "role '{role_name}' is bound to groups (bound_group_names); this request's \
+             entity '{}' is in none of them",
+            who.entity_id
+        )));
     }
     Ok(())
+}
+
+/// Whether entity `entity_id` is a member of one of `groups`, directly or through a parent
+/// group, as the host says. A token without an entity is in none.
+pub async fn in_any_group(
+    core: &MountCore,
+    entity_id: &str,
+    groups: &[String],
+) -> Result<bool, Error> {
+    if entity_id.is_empty() || groups.is_empty() {
+        return Ok(false);
+    }
+    Ok(core
+        .identity(entity_id)
+        .await?
+        .group_names()
+        .any(|g| groups.iter().any(|b| b == g)))
 }

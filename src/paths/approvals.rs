@@ -68,13 +68,7 @@ async fn may_approve(core: &MountCore, role: &Role, who: &Requester) -> Result<b
     if role.approver_entity_ids.contains(&who.entity_id) {
         return Ok(true);
     }
-    if role.approver_group_names.is_empty() {
-        return Ok(false);
-    }
-    let identity = core.identity(&who.entity_id).await?;
-    Ok(identity
-        .group_names()
-        .any(|g| role.approver_group_names.iter().any(|a| a == g)))
+    access::in_any_group(core, &who.entity_id, &role.approver_group_names).await
 }
 
 async fn role_of(core: &MountCore, name: &str) -> Result<Role, Error> {
