@@ -17,6 +17,10 @@ pub struct PrivatePostgres {
 pub const SUPERUSER: &str = "mayfly_admin";
 pub const SUPERUSER_PASSWORD: &str = "adm1n-Pa55word-for-tests";
 
+/// A role's `creation_statements` for a login with the issued password, ending at the lease.
+pub const CREATE: &str =
+    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
+
 fn bin_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("MAYFLY_PG_BIN").filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
@@ -203,6 +207,15 @@ impl PrivatePostgres {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("running psql")
+    }
+
+    /// Writes `mayfly/config/NAME` on `bao`: this cluster as its superuser, open to every role.
+    pub fn connect(&self, bao: &crate::Bao, name: &str) {
+        let (status, body) = bao.put(
+            &format!("mayfly/config/{name}"),
+            self.connection("postgresql-database-plugin"),
+        );
+        assert_eq!(status, 204, "{body}");
     }
 
     /// The body of a `config/NAME` write for this cluster as its superuser, open to every role.

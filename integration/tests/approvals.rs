@@ -3,11 +3,9 @@
 //! HTTP; a private PostgreSQL that checks passwords is the target.
 
 use mayfly_integration::creds::Cred;
+use mayfly_integration::postgres::CREATE;
 use mayfly_integration::{Bao, PrivatePostgres};
 use serde_json::{Value, json};
-
-const CREATE: &str =
-    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';";
 
 fn ok(status: u16, body: &Value) {
     assert!(status == 200 || status == 204, "{status} {body}");
@@ -28,11 +26,7 @@ fn setup(pg: &PrivatePostgres) -> (Bao, People) {
     let bao = Bao::start_with(&["-log-format=json"]);
     bao.register();
     bao.enable("mayfly");
-    let (status, body) = bao.put(
-        "mayfly/config/db",
-        pg.connection("postgresql-database-plugin"),
-    );
-    ok(status, &body);
+    pg.connect(&bao, "db");
     let (alice, _) = bao.agent_login("alice");
     let (bob, bob_entity) = bao.agent_login("bob");
     let (carol, carol_entity) = bao.agent_login("carol");

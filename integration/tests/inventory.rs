@@ -2,6 +2,7 @@
 //! through a real OpenBao against a private PostgreSQL and the machine's Redis.
 
 use mayfly_integration::creds::{inventory_entry, issue};
+use mayfly_integration::postgres::CREATE;
 use mayfly_integration::{Bao, PrivatePostgres};
 use serde_json::json;
 
@@ -9,15 +10,10 @@ use serde_json::json;
 fn a_postgres_inventory_classes_every_login_role_by_who_manages_it() {
     let pg = PrivatePostgres::start();
     let bao = Bao::with_mayfly();
-    let (status, body) = bao.put(
-        "mayfly/config/db",
-        pg.connection("postgresql-database-plugin"),
-    );
-    assert_eq!(status, 204, "{body}");
+    pg.connect(&bao, "db");
     let (status, body) = bao.put(
         "mayfly/roles/app",
-        json!({"db_name": "db", "default_ttl": "10m",
-               "creation_statements": "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"}),
+        json!({"db_name": "db", "default_ttl": "10m", "creation_statements": CREATE}),
     );
     assert!(status == 200 || status == 204, "{status} {body}");
     // A standing account with power, one a static role rotates, and a leftover of another
