@@ -20,8 +20,8 @@ use crate::mount::scheduler::Scheduler;
 use crate::mount::{CrashHook, MountCore, Targets};
 use crate::paths::router::{PathDef, Router};
 use crate::paths::{
-    approvals, config, creds, inventory, leases, metrics, operator, policies, roles, rotate_root,
-    static_roles, tasks,
+    approvals, config, creds, hold, inventory, leases, metrics, operator, policies, roles,
+    rotate_root, static_roles, tasks,
 };
 
 /// The largest request body mayfly accepts. The host allows 32 MiB; nothing mayfly takes comes
@@ -86,6 +86,7 @@ impl Engine {
                 root_rotation: Default::default(),
                 static_rotation: Default::default(),
                 approval_writes: Default::default(),
+                hold: Default::default(),
                 static_writes: Default::default(),
             }),
             router,
@@ -102,6 +103,9 @@ impl Engine {
             self.core
                 .node
                 .spawn(crate::engine::sweep::run(self.core.clone()));
+            self.core
+                .node
+                .spawn(crate::jobs::hold::run(self.core.clone()));
         }
     }
 
@@ -233,9 +237,11 @@ impl Engine {
 }
 
 pub(crate) fn paths(backends: &Backends) -> Vec<PathDef> {
-    // First match wins: config/tasks comes before config/{name}, which would take it.
+    // First match wins: config/tasks and config/hold come before config/{name}, which would
+    // take them.
     [
         tasks::paths(),
+        hold::paths(),
         config::paths(backends),
         roles::paths(backends),
         creds::paths(),

@@ -25,6 +25,8 @@ pub enum Action {
     ApprovalApprove,
     ApprovalDeny,
     StaticRotate,
+    /// A live credential ended by a `hold` decision.
+    Hold,
 }
 
 impl Action {
@@ -44,6 +46,7 @@ impl Action {
             Action::ApprovalApprove => "approval_approve",
             Action::ApprovalDeny => "approval_deny",
             Action::StaticRotate => "static_rotate",
+            Action::Hold => "hold",
         }
     }
 }

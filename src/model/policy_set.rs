@@ -2,6 +2,10 @@
 //! parsing and validation of one policy document (errors located by line and column), which
 //! policies are in scope for a request, and the `@max_ttl` cap a permit may carry.
 //!
+//! The action `hold` is decided only by policies that name it: a policy written for every
+//! action (`action` unconstrained) was written for requests, and must not start ending live
+//! credentials. Those policies are kept apart in a set of their own.
+//!
 //! A document (`policies/NAME`) holds one or more Cedar policies. The first is known by the
 //! document's name, later ones as `NAME#2`, `NAME#3`, … ('#' cannot occur in a name, so the
 //! ids never collide).
@@ -28,6 +32,8 @@ static SCHEMA: LazyLock<Schema> = LazyLock::new(|| {
         .0
 });
 static VALIDATOR: LazyLock<Validator> = LazyLock::new(|| Validator::new(SCHEMA.clone()));
+static HOLD: LazyLock<EntityUid> =
+    LazyLock::new(|| EntityUid::from_str("Mayfly::Action::\"hold\"").expect("a valid action uid"));
 
 pub fn schema() -> &'static Schema {
     &SCHEMA
@@ -36,6 +42,7 @@ pub fn schema() -> &'static Schema {
 /// What mayfly reads from one policy besides its Cedar meaning.
 #[derive(Debug, Clone)]
 struct Meta {
+    effect: Effect,
     action: ActionConstraint,
     resource: ResourceConstraint,
     max_ttl: Option<u64>,
@@ -45,6 +52,8 @@ struct Meta {
 #[derive(Debug, Default)]
 pub struct PolicySet {
     set: cedar_policy::PolicySet,
+    /// The policies that name the action `hold`, the only ones that decide it.
+    hold: cedar_policy::PolicySet,
     /// By id, sorted (so a request's policies in scope come out sorted).
     meta: Vec<(String, Meta)>,
 }
@@ -128,6 +137,15 @@ fn same_place(a: &str, b: &str) -> bool {
     place(a).is_some() && place(a) == place(b)
 }
 
+/// Whether a policy's action constraint names `hold` (not merely leaves the action open).
+fn names_hold(action: &ActionConstraint) -> bool {
+    match action {
+        ActionConstraint::Any => false,
+        ActionConstraint::Eq(a) => a == &*HOLD,
+        ActionConstraint::In(list) => list.contains(&HOLD),
+    }
+}
+
 /// `@max_ttl("…")` of a permit, in seconds. On a forbid it would mean nothing, so it is refused.
 fn max_ttl(policy: &Policy) -> Result<Option<u64>, String> {
     let Some(text) = policy.annotation(MAX_TTL_ANNOTATION) else {
@@ -203,10 +221,17 @@ impl PolicySet {
                 Error::Internal(format!("stored policy '{name}' no longer checks: {e}"))
             })?;
             for policy in doc.policies {
+                let action = policy.action_constraint();
+                if names_hold(&action) {
+                    out.hold
+                        .add(policy.clone())
+                        .map_err(|e| Error::Internal(format!("policy '{name}': {e}")))?;
+                }
                 out.meta.push((
                     policy.id().to_string(),
                     Meta {
-                        action: policy.action_constraint(),
+                        effect: policy.effect(),
+                        action,
                         resource: policy.resource_constraint(),
                         max_ttl: max_ttl(&policy).ok().flatten(),
                     },
@@ -220,13 +245,32 @@ impl PolicySet {
         Ok(out)
     }
 
-    pub fn cedar(&self) -> &cedar_policy::PolicySet {
-        &self.set
+    /// The Cedar set that decides `action`.
+    pub fn cedar_for(&self, action: &EntityUid) -> &cedar_policy::PolicySet {
+        if action == &*HOLD {
+            &self.hold
+        } else {
+            &self.set
+        }
+    }
+
+    /// Whether any policy decides `hold`: without one, no live credential is looked at.
+    pub fn has_hold(&self) -> bool {
+        self.hold.policies().next().is_some()
+    }
+
+    /// Whether any of `ids` is a permit.
+    pub fn any_permit<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> bool {
+        ids.into_iter().any(|id| {
+            self.meta
+                .binary_search_by(|(i, _)| i.as_str().cmp(id))
+                .is_ok_and(|at| self.meta[at].1.effect == Effect::Permit)
+        })
     }
 
     /// The ids of the policies whose scope covers `action` on `resource` (whose parents are
     /// `parents`), sorted. Principals and conditions are left to Cedar: a policy in scope
-    /// decides whether it applies to whom.
+    /// decides whether it applies to whom. `hold` is covered only where a policy names it.
     pub fn in_scope(
         &self,
         action: &EntityUid,
@@ -237,7 +281,7 @@ impl PolicySet {
         self.meta
             .iter()
             .filter(|(_, m)| match &m.action {
-                ActionConstraint::Any => true,
+                ActionConstraint::Any => action != &*HOLD,
                 ActionConstraint::Eq(a) => a == action,
                 ActionConstraint::In(list) => list.contains(action),
             })
@@ -375,5 +419,23 @@ mod tests {
             set.in_scope(&create, &uid("Mayfly::Task::\"t1\""), &[]),
             ["any", "tasks"]
         );
+        // hold is decided only by policies that name it.
+        assert!(!set.has_hold());
+        let hold = uid("Mayfly::Action::\"hold\"");
+        assert!(set.in_scope(&hold, &billing, &prod).is_empty());
+        let with_hold = PolicySet::compile(vec![
+            ("any".into(), "forbid(principal, action, resource);".into()),
+            (
+                "held".into(),
+                "permit(principal, action in [Mayfly::Action::\"issue\", \
+                 Mayfly::Action::\"hold\"], resource);"
+                    .into(),
+            ),
+        ])
+        .unwrap();
+        assert!(with_hold.has_hold());
+        assert_eq!(with_hold.in_scope(&hold, &billing, &prod), ["held"]);
+        assert_eq!(with_hold.in_scope(&issue, &billing, &prod), ["any", "held"]);
+        assert!(with_hold.any_permit(["held"]) && !with_hold.any_permit(["any"]));
     }
 }

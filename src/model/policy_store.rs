@@ -51,3 +51,11 @@ async fn documents(kv: &dyn Kv) -> Result<Vec<(String, String)>, Error> {
 pub async fn compile(kv: &dyn Kv) -> Result<PolicySet, Error> {
     PolicySet::compile(documents(kv).await?)
 }
+
+/// The policies the mount would have with document `name` set to `text` (already checked).
+pub async fn compile_with(kv: &dyn Kv, name: &str, text: &str) -> Result<PolicySet, Error> {
+    let mut docs = documents(kv).await?;
+    docs.retain(|(n, _)| n != name);
+    docs.push((name.to_owned(), text.to_owned()));
+    PolicySet::compile(docs)
+}

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
@@ -29,14 +28,17 @@ pub enum PolicyAction {
     Renew,
     CreateTask,
     UpdateTask,
+    /// May a live credential stay live ([`crate::jobs::hold`])?
+    Hold,
 }
 
 impl PolicyAction {
-    pub const ALL: [PolicyAction; 4] = [
+    pub const ALL: [PolicyAction; 5] = [
         PolicyAction::Issue,
         PolicyAction::Renew,
         PolicyAction::CreateTask,
         PolicyAction::UpdateTask,
+        PolicyAction::Hold,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +47,7 @@ impl PolicyAction {
             PolicyAction::Renew => "renew",
             PolicyAction::CreateTask => "create_task",
             PolicyAction::UpdateTask => "update_task",
+            PolicyAction::Hold => "hold",
         }
     }
 
@@ -59,6 +62,13 @@ pub struct RoleFacts<'a> {
     pub kind: &'a str,
     pub connection: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+}
+
+/// The live credential a `hold` decision is about. Times are Unix seconds.
+pub struct CredentialFacts<'a> {
+    pub id: &'a str,
+    pub created_at: u64,
+    pub deadline: u64,
 }
 
 /// What the request is about.
@@ -78,6 +88,8 @@ pub struct Facts<'a> {
     pub task: Option<&'a Task>,
     /// The approval an issuance collects, for roles that need one.
     pub approval: Option<&'a Approval>,
+    /// The credential a `hold` decision is about.
+    pub credential: Option<CredentialFacts<'a>>,
     /// The TTL asked for; 0 when none.
     pub requested_ttl: u64,
     /// The TTL mayfly would grant before any policy cap.
@@ -88,6 +100,7 @@ pub struct Facts<'a> {
 /// How a decision came out.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
+    /// Allowed; for `hold`, the credential stays live.
     pub allowed: bool,
     /// The policies in scope; empty means policies had no say.
     pub in_scope: Vec<String>,
@@ -105,6 +118,9 @@ impl Decision {
     pub fn summary(&self) -> String {
         let mut out = if self.in_scope.is_empty() {
             "no policy in scope".to_owned()
+        } else if self.allowed && self.determining.is_empty() {
+            // Only `hold` allows without a satisfied permit.
+            "no forbid policy was satisfied".to_owned()
         } else if self.allowed {
             format!("permitted by {}", self.determining.join(", "))
         } else if self.determining.is_empty() {
@@ -161,10 +177,8 @@ pub async fn enforce(
 /// The decision for `facts` (`policies/simulate` shows it as it is).
 pub async fn decide(core: &MountCore, facts: &Facts<'_>) -> Result<Decision, Error> {
     let policies = core.policies().await?;
-    let action = uid("Action", facts.action.name());
-    let (resource, parents) = resource_uid(facts);
-    let in_scope = policies.in_scope(&action, &resource, &parents);
-    if in_scope.is_empty() {
+    let scoped = scope(&policies, facts);
+    if scoped.in_scope.is_empty() {
         return Ok(Decision {
             allowed: true,
             ..Decision::default()
@@ -174,46 +188,84 @@ pub async fn decide(core: &MountCore, facts: &Facts<'_>) -> Result<Decision, Err
         "" => None,
         id => Some(core.identity(id).await?),
     };
-    Ok(evaluate(
-        &policies, facts, identity, action, resource, in_scope,
-    ))
+    Ok(evaluate(&policies, facts, identity.as_deref(), scoped))
 }
 
-fn evaluate(
-    policies: &PolicySet,
-    facts: &Facts<'_>,
-    identity: Option<Arc<Identity>>,
+/// The Cedar action and resource of `facts`, and the policies in scope of them.
+pub struct Scoped {
     action: EntityUid,
     resource: EntityUid,
-    in_scope: Vec<String>,
+    pub in_scope: Vec<String>,
+}
+
+pub fn scope(policies: &PolicySet, facts: &Facts<'_>) -> Scoped {
+    let action = uid("Action", facts.action.name());
+    let (resource, parents) = resource_uid(facts);
+    let in_scope = policies.in_scope(&action, &resource, &parents);
+    Scoped {
+        action,
+        resource,
+        in_scope,
+    }
+}
+
+/// Decides `facts` in `scoped` (not empty) with `identity`, the requester's entity if it has
+/// one.
+pub fn evaluate(
+    policies: &PolicySet,
+    facts: &Facts<'_>,
+    identity: Option<&Identity>,
+    scoped: Scoped,
 ) -> Decision {
-    let built = build(facts, identity.as_deref(), action, resource);
+    let Scoped {
+        action,
+        resource,
+        in_scope,
+    } = scoped;
+    let built = build(facts, identity, action.clone(), resource);
     let (request, entities) = match built {
         Ok(b) => b,
-        // mayfly builds both from its own schema: failing here is a bug, and denies.
+        // mayfly builds both from its own schema: failing here is a bug, and denies (but
+        // ends no credential: see below).
         Err(e) => {
             tracing::error!(error = %e, "could not build the policy request");
             return Decision {
+                allowed: facts.action == PolicyAction::Hold,
                 in_scope,
                 errors: vec![format!("mayfly could not build the request: {e}")],
                 ..Decision::default()
             };
         }
     };
-    let response = Authorizer::new().is_authorized(&request, policies.cedar(), &entities);
-    let allowed = response.decision() == cedar_policy::Decision::Allow;
+    let cedar = policies.cedar_for(&action);
+    let response = Authorizer::new().is_authorized(&request, cedar, &entities);
+    let cedar_allowed = response.decision() == cedar_policy::Decision::Allow;
     let mut determining: Vec<String> = response
         .diagnostics()
         .reason()
         .map(ToString::to_string)
         .collect();
     determining.sort();
-    let errors = response
+    let errors: Vec<String> = response
         .diagnostics()
         .errors()
         .map(|e| e.to_string())
         .collect();
-    let max_ttl = if allowed {
+    let allowed = if facts.action == PolicyAction::Hold {
+        // A credential ends on a satisfied forbid, or when the hold permits in scope are
+        // all unsatisfied. Default-deny alone ends nothing: a narrow forbid must not sweep
+        // every role it does not name, and a permit that failed to evaluate may have been
+        // the one that held.
+        let forbidden = !cedar_allowed && !determining.is_empty();
+        let unpermitted = !cedar_allowed
+            && determining.is_empty()
+            && errors.is_empty()
+            && policies.any_permit(in_scope.iter().map(String::as_str));
+        !(forbidden || unpermitted)
+    } else {
+        cedar_allowed
+    };
+    let max_ttl = if cedar_allowed && facts.action != PolicyAction::Hold {
         policies.max_ttl(determining.iter().map(String::as_str))
     } else {
         None
@@ -383,6 +435,22 @@ fn build(
         );
         context.push(("task", Expr::new_entity_uid(task)));
     }
+    if let Some(c) = &facts.credential {
+        context.push((
+            "credential",
+            Expr::new_record(attrs([
+                ("id", string(c.id)),
+                ("created_at", long(c.created_at)),
+                ("deadline", long(c.deadline)),
+                ("age_seconds", long(facts.now.saturating_sub(c.created_at))),
+                (
+                    "remaining_seconds",
+                    long(c.deadline.saturating_sub(facts.now)),
+                ),
+            ]))
+            .map_err(|e| e.to_string())?,
+        ));
+    }
     if let Some(a) = facts.approval {
         let approvers = a.approvals.iter().map(|d| string(&d.entity_id));
         context.push((
@@ -435,6 +503,7 @@ fn build(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Instant;
 
     use super::*;
@@ -479,6 +548,7 @@ mod tests {
         let (headers, labels) = (BTreeMap::new(), BTreeMap::new());
         let facts = Facts {
             approval: None,
+            credential: None,
             action: PolicyAction::Issue,
             requester: &requester,
             headers: &headers,
@@ -496,17 +566,8 @@ mod tests {
         let n = 2000;
         let start = Instant::now();
         for _ in 0..n {
-            let action = uid("Action", "issue");
-            let (resource, parents) = resource_uid(&facts);
-            let in_scope = set.in_scope(&action, &resource, &parents);
-            let d = evaluate(
-                &set,
-                &facts,
-                Some(identity.clone()),
-                action,
-                resource,
-                in_scope,
-            );
+            let scoped = scope(&set, &facts);
+            let d = evaluate(&set, &facts, Some(&identity), scoped);
             assert!(d.allowed);
         }
         let per = start.elapsed() / n;
@@ -535,7 +596,8 @@ mod tests {
         )
         .unwrap();
         for _ in 0..n {
-            let _ = Authorizer::new().is_authorized(&request, set.cedar(), &entities);
+            let issue = uid("Action", "issue");
+            let _ = Authorizer::new().is_authorized(&request, set.cedar_for(&issue), &entities);
         }
         let auth_per = start.elapsed() / n;
         println!(

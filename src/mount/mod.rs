@@ -58,6 +58,25 @@ pub struct MountCore {
     /// overwrite each other and a credential is collected once. Approvals come at human pace:
     /// one lock for all of them is enough.
     pub approval_writes: tokio::sync::Mutex<()>,
+    /// The continuous-authorization sweep's wake-up call and its last pass.
+    pub hold: HoldSweep,
+}
+
+/// What the hold sweep ([`crate::jobs::hold`]) shares with the paths: writes that may change
+/// a hold decision (a policy, a role, a task, the interval) wake it, and `config/hold` shows
+/// what its last pass came to.
+#[derive(Default)]
+pub struct HoldSweep {
+    pub wake: tokio::sync::Notify,
+    /// The last pass, as `config/hold` shows it.
+    pub last: Mutex<Option<serde_json::Map<String, serde_json::Value>>>,
+}
+
+impl HoldSweep {
+    /// Asks for a pass now (at once if none is running, else right after the one that is).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
 }
 
 /// One lock per name, so that work on one name never waits for work on another.
@@ -128,11 +147,13 @@ impl MountCore {
     }
 
     /// Runs `write` (of a connection, a role or a policy) with the caches emptied before and
-    /// after it: a request racing the write cannot leave a stale entry behind.
+    /// after it: a request racing the write cannot leave a stale entry behind. Then wakes the
+    /// hold sweep, since the write may change what live credentials may keep.
     pub async fn invalidating<T>(&self, write: impl std::future::Future<Output = T>) -> T {
         self.invalidate();
         let result = write.await;
         self.invalidate();
+        self.hold.wake();
         result
     }
 
@@ -153,6 +174,13 @@ impl MountCore {
         {
             return Ok(identity.clone());
         }
+        self.identity_fresh(entity_id).await
+    }
+
+    /// The identity entity `entity_id` and its groups as the host has them now (and kept for
+    /// the next [`MountCore::identity`]): the hold sweep must see a group removal within its
+    /// interval, whatever the cache holds.
+    pub async fn identity_fresh(&self, entity_id: &str) -> Result<Arc<Identity>, Error> {
         let identity = Arc::new(self.host.identity(entity_id).await?);
         let mut cache = self.cache.identities.lock().unwrap();
         if cache.len() >= IDENTITY_CACHE_LIMIT {

@@ -262,6 +262,7 @@ async fn issue_traced(
         }),
         task: task.as_ref(),
         approval: approval.as_ref(),
+        credential: None,
         requested_ttl: asked.unwrap_or(0),
         ttl: grant.ttl,
         now,

@@ -217,6 +217,7 @@ async fn renew_policy(
     let requester = Requester::from(&cred.requester);
     let facts = Facts {
         approval: None,
+        credential: None,
         action: PolicyAction::Renew,
         requester: &requester,
         headers: &req.headers,

@@ -4,6 +4,7 @@
 pub(crate) mod approvals;
 pub(crate) mod config;
 pub(crate) mod creds;
+pub(crate) mod hold;
 pub(crate) mod inventory;
 pub(crate) mod leases;
 pub(crate) mod metrics;

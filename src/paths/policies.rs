@@ -6,6 +6,7 @@
 //! until one is written or deleted ([`MountCore::policies`]); `model::policy_store` keeps them.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -15,11 +16,13 @@ use crate::contract::host::now;
 use crate::contract::request::Operation;
 use crate::contract::request::{Request, Requester, Response};
 use crate::contract::storage::Kv;
+use crate::jobs::hold;
+use crate::model::ledger::{self, State};
 use crate::model::policy_set;
 use crate::model::policy_store;
 use crate::model::task::{self, Task};
 use crate::mount::MountCore;
-use crate::mount::decision::{self, Facts, PolicyAction, Resource, RoleFacts};
+use crate::mount::decision::{self, CredentialFacts, Facts, PolicyAction, Resource, RoleFacts};
 use crate::paths::router::{PathDef, op};
 use crate::paths::tasks;
 
@@ -40,13 +43,19 @@ pub fn simulate_fields() -> Vec<FieldDef> {
         FieldDef::new(
             "action",
             FieldType::String,
-            "issue, renew, create_task or update_task.",
+            "issue, renew, create_task, update_task or hold.",
         )
         .required(),
         FieldDef::new(
+            "cred_id",
+            FieldType::String,
+            "hold: the live credential to decide (its requester, role, task and times); left \
+             out, a credential issued from role at time.",
+        ),
+        FieldDef::new(
             "role",
             FieldType::String,
-            "The role issued or renewed from (issue and renew).",
+            "The role issued or renewed from (issue, renew, and hold without cred_id).",
         ),
         FieldDef::new(
             "entity_id",
@@ -98,21 +107,36 @@ pub fn simulate_fields() -> Vec<FieldDef> {
     ]
 }
 
-/// `policies/NAME` write: checks the document and stores it.
-pub async fn write(kv: &dyn Kv, name: &str, data: &Map<String, Value>) -> Result<Response, Error> {
+/// `policies/NAME` write: checks the document and stores it. The reply says how many live
+/// credentials the policies, with this document, end now (`hold_would_end`): the hold sweep
+/// this write wakes ends them.
+pub async fn write(
+    core: &MountCore,
+    name: &str,
+    data: &Map<String, Value>,
+) -> Result<Response, Error> {
+    let kv = core.storage.as_ref();
     let fields = Fields::parse(&fields(), data)?;
     let text = fields
         .str("policy")
         .ok_or_else(|| Error::bad_request("field 'policy' is required: Cedar policy text"))?;
     let doc = policy_set::check_document(name, text)?;
+    let mut warnings = doc.warnings;
+    let candidate = Arc::new(policy_store::compile_with(kv, name, text).await?);
+    let judged = hold::judge(core, &candidate, now()).await?;
+    for e in &judged.errors {
+        warnings.push(format!("hold: not decided: {e}"));
+    }
     policy_store::save(kv, name, text).await?;
     let ids: Vec<String> = doc.policies.iter().map(|p| p.id().to_string()).collect();
-    tracing::info!(policy = name, ids = %ids.join(","), "policy saved");
+    tracing::info!(policy = name, ids = %ids.join(","), hold_would_end = judged.ending.len(),
+        "policy saved");
     let mut data = Map::new();
     data.insert("policy_ids".into(), json!(ids));
+    data.insert("hold_would_end".into(), json!(judged.ending.len()));
     Ok(Response {
         data: Some(data),
-        warnings: doc.warnings,
+        warnings,
         lease: None,
     })
 }
@@ -160,7 +184,9 @@ pub fn schema() -> Response {
 }
 
 /// `policies/simulate`: the decision a hypothetical request would get, made as a live one is
-/// (the same facts, the same policies, the same TTL rules), without doing anything.
+/// (the same facts, the same policies, the same TTL rules), without doing anything. For
+/// `hold`, the credential is a live one of the ledger (`cred_id`), or one issued from `role`
+/// at `time`.
 pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error> {
     // `time` is a string field that also takes Unix seconds as a JSON number.
     let mut data = req.data.clone();
@@ -171,7 +197,7 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
     let action_name = fields.str("action").unwrap_or_default();
     let action = PolicyAction::parse(action_name).ok_or_else(|| {
         Error::bad_request(format!(
-            "field 'action': expected issue, renew, create_task or update_task, got \
+            "field 'action': expected issue, renew, create_task, update_task or hold, got \
              \"{action_name}\""
         ))
     })?;
@@ -179,17 +205,38 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
         None => now(),
         Some(t) => parse_time(t)?,
     };
+    let kv = core.storage.as_ref();
+    let record = match (action, fields.str("cred_id")) {
+        (PolicyAction::Hold, Some(id)) => Some(
+            ledger::load(kv, id)
+                .await?
+                .filter(|c| c.state != State::Revoked)
+                .ok_or_else(|| {
+                    Error::bad_request(format!("field 'cred_id': no live credential '{id}'"))
+                })?,
+        ),
+        (_, Some(_)) => {
+            return Err(Error::bad_request(
+                "field 'cred_id' is only for simulating 'hold'",
+            ));
+        }
+        _ => None,
+    };
+    // The caller's own, or the credential's requester, unless given.
+    let base = record
+        .as_ref()
+        .map_or_else(|| req.requester.clone(), |c| Requester::from(&c.requester));
     let requester = Requester {
         entity_id: fields
             .str("entity_id")
-            .map_or_else(|| req.requester.entity_id.clone(), str::to_owned),
-        token_accessor: req.requester.token_accessor.clone(),
+            .map_or(base.entity_id, str::to_owned),
+        token_accessor: base.token_accessor,
         display_name: fields
             .str("display_name")
-            .map_or_else(|| req.requester.display_name.clone(), str::to_owned),
+            .map_or(base.display_name, str::to_owned),
         remote_addr: fields
             .str("source_address")
-            .map_or_else(|| req.requester.remote_addr.clone(), str::to_owned),
+            .map_or(base.remote_addr, str::to_owned),
     };
     let headers: BTreeMap<String, String> = fields
         .map("headers")
@@ -200,30 +247,70 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
         })
         .unwrap_or_default();
     let asked = fields.duration("ttl");
-    let task = match fields.str("task_id") {
+    let task_id = fields
+        .str("task_id")
+        .or_else(|| record.as_ref()?.task_id.as_deref());
+    let task = match task_id {
         Some(id) => Some(
-            task::load(core.storage.as_ref(), id)
+            task::load(kv, id)
                 .await?
                 .ok_or_else(|| Error::bad_request(format!("field 'task_id': no task '{id}'")))?,
         ),
         None => None,
     };
 
+    // (task, TTL, role name, connection, labels, credential's creation and deadline)
+    let mut credential = None;
     let (facts_task, ttl, role) = match action {
-        PolicyAction::Issue | PolicyAction::Renew => {
-            let role_name = fields.str("role").ok_or_else(|| {
-                Error::bad_request(format!(
-                    "field 'role' is required to simulate '{action_name}'"
-                ))
-            })?;
-            let role = core.role(role_name).await?.ok_or_else(|| {
-                Error::bad_request(format!("field 'role': no role '{role_name}'"))
-            })?;
-            let mount_max = core.max_lease_ttl().await?.as_secs();
-            let grant =
-                crate::paths::creds::ttl_grant(core, &role, asked, task.as_ref(), now, mount_max)
+        PolicyAction::Issue | PolicyAction::Renew | PolicyAction::Hold => {
+            let role_name = match &record {
+                Some(c) => c.role.as_str(),
+                None => fields.str("role").ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "field 'role' is required to simulate '{action_name}'"
+                    ))
+                })?,
+            };
+            let role = core.role(role_name).await?;
+            let ttl = match (&record, &role) {
+                // A role deleted since still names the credential's resource.
+                (Some(c), _) => {
+                    credential = Some((c.id.clone(), c.created_at, c.deadline));
+                    c.deadline.saturating_sub(now)
+                }
+                (None, Some(role)) => {
+                    let mount_max = core.max_lease_ttl().await?.as_secs();
+                    let grant = crate::paths::creds::ttl_grant(
+                        core,
+                        role,
+                        asked,
+                        task.as_ref(),
+                        now,
+                        mount_max,
+                    )
                     .await?;
-            (task, grant.ttl, Some((role_name.to_owned(), role)))
+                    if action == PolicyAction::Hold {
+                        credential = Some(("simulated".to_owned(), now, now + grant.ttl));
+                    }
+                    grant.ttl
+                }
+                (None, None) => {
+                    return Err(Error::bad_request(format!(
+                        "field 'role': no role '{role_name}'"
+                    )));
+                }
+            };
+            let (connection, labels) = match role {
+                Some(r) => (r.db_name, r.labels),
+                None => (
+                    record
+                        .as_ref()
+                        .map(|c| c.connection.clone())
+                        .unwrap_or_default(),
+                    BTreeMap::new(),
+                ),
+            };
+            (task, ttl, Some((role_name.to_owned(), connection, labels)))
         }
         PolicyAction::CreateTask => {
             let (ttl, _) = tasks::task_ttl(core, asked).await?;
@@ -252,26 +339,37 @@ pub async fn simulate(core: &MountCore, req: &Request) -> Result<Response, Error
         }
     };
     let kind = match &role {
-        Some((_, r)) => core.connection_kind(&r.db_name).await?,
+        Some((_, connection, _)) => core.connection_kind(connection).await?,
         None => String::new(),
     };
     let resource = match &role {
-        Some((name, r)) => Resource::Role(RoleFacts {
+        Some((name, connection, labels)) => Resource::Role(RoleFacts {
             name,
             kind: &kind,
-            connection: &r.db_name,
-            labels: &r.labels,
+            connection,
+            labels,
         }),
         None => Resource::Task,
     };
     let facts = Facts {
         approval: None,
+        credential: credential
+            .as_ref()
+            .map(|(id, created_at, deadline)| CredentialFacts {
+                id,
+                created_at: *created_at,
+                deadline: *deadline,
+            }),
         action,
         requester: &requester,
         headers: &headers,
         resource,
         task: facts_task.as_ref(),
-        requested_ttl: asked.unwrap_or(0),
+        requested_ttl: if action == PolicyAction::Hold {
+            0
+        } else {
+            asked.unwrap_or(0)
+        },
         ttl,
         now,
     };
@@ -343,11 +441,10 @@ pub(crate) fn paths() -> Vec<PathDef> {
                     Box::pin(read(c.core.storage.as_ref(), c.param("name")))
                 }),
                 op(Operation::Update, |c| {
-                    Box::pin(c.core.invalidating(write(
-                        c.core.storage.as_ref(),
-                        c.param("name"),
-                        &c.req.data,
-                    )))
+                    Box::pin(
+                        c.core
+                            .invalidating(write(c.core, c.param("name"), &c.req.data)),
+                    )
                 }),
                 op(Operation::Delete, |c| {
                     Box::pin(

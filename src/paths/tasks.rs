@@ -165,6 +165,10 @@ pub async fn write(core: &MountCore, id: Option<&str>, req: &Request) -> Result<
         policy: String::new(),
     };
     let result = write_traced(core, id, req, &mut trail).await;
+    if id.is_some() && result.is_ok() {
+        // A task's metadata and deadline are what hold policies may read.
+        core.hold.wake();
+    }
     let (outcome, detail) = match &result {
         Ok(r) => (
             "ok",
@@ -303,6 +307,7 @@ impl PolicyAsk {
     ) -> Result<Option<u64>, Error> {
         let facts = Facts {
             approval: None,
+            credential: None,
             action: self.action,
             requester: &req.requester,
             headers: &req.headers,

@@ -3,6 +3,7 @@
 
 mod approvals;
 mod cluster;
+mod hold;
 mod issuance;
 mod operator;
 mod paths;

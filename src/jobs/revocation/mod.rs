@@ -313,6 +313,21 @@ async fn run_lane(core: Arc<MountCore>, connection: String, mut work: Vec<Work>)
     }
 }
 
+/// Marks each credential of `items` (id, reason) for revocation now, many at once, and hands
+/// them to the scheduler's next pass; returns, for each, whether the ledger holds its
+/// revocation. The mark is durable, so a revocation asked this way survives a crash.
+pub async fn mark_all(core: &MountCore, now: u64, items: &[(String, String)]) -> Vec<bool> {
+    const PARALLEL: usize = 16;
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(PARALLEL) {
+        let marks = chunk
+            .iter()
+            .map(|(id, reason)| revoke_again(core, now, id, Some(reason)));
+        out.extend(join_all(marks).await);
+    }
+    out
+}
+
 /// Marks the current record of `id` for revocation now, unless it is already revoked, and
 /// hands it to the next pass; returns whether the ledger holds the revocation. A record that
 /// keeps changing under it, or cannot be read or written, is looked at again.

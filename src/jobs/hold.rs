@@ -1,0 +1,401 @@
+//! Continuous authorization: every live credential decided again, at least every
+//! `hold_interval` and after every write that may change the answer, against the mount's
+//! policies on the action `hold` ("may this credential stay live?"). One that a decision ends
+//! is marked for revocation in the ledger, with the deciding policies as its reason, and the
+//! scheduler revokes it like any other.
+//!
+//! Nothing is read or evaluated while no policy names `hold`. A decision ends a credential on
+//! a satisfied forbid, or when the hold permits in scope of its role are all unsatisfied
+//! ([`crate::mount::decision::evaluate`]); a policy that fails to evaluate ends nothing and is
+//! reported.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::contract::error::Error;
+use crate::contract::fields::{FieldDef, FieldType, Fields};
+use crate::contract::host::{Identity, now};
+use crate::contract::request::Requester;
+use crate::contract::storage::{self, Kv};
+use crate::jobs::revocation;
+use crate::model::audit::{self, Action, Event};
+use crate::model::ledger::{self, Credential, State};
+use crate::model::policy_set::PolicySet;
+use crate::model::task::{self, Task};
+use crate::mount::MountCore;
+use crate::mount::decision::{
+    self, CredentialFacts, Decision, Facts, PolicyAction, Resource, RoleFacts,
+};
+
+/// Where `config/hold` keeps its settings.
+const SETTINGS_KEY: &str = "settings/hold";
+/// The interval when `config/hold` sets none.
+pub const DEFAULT_INTERVAL: u64 = 60;
+/// Records read and decided together: bounds the memory a pass over a large ledger takes.
+const CHUNK: usize = 512;
+/// Distinct evaluation errors reported of one pass.
+const ERRORS_KEPT: usize = 20;
+/// Identity lookups made at once.
+const PARALLEL_LOOKUPS: usize = 16;
+
+/// The mount-wide settings of the sweep (`config/hold`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Seconds between passes; 0 means [`DEFAULT_INTERVAL`].
+    #[serde(default)]
+    pub hold_interval: u64,
+}
+
+impl Settings {
+    pub fn interval(&self) -> u64 {
+        match self.hold_interval {
+            0 => DEFAULT_INTERVAL,
+            n => n,
+        }
+    }
+
+    pub fn view(&self) -> Map<String, Value> {
+        let mut out = Map::new();
+        out.insert("hold_interval".into(), json!(self.interval()));
+        out
+    }
+}
+
+pub fn settings_fields() -> Vec<FieldDef> {
+    vec![FieldDef::new(
+        "hold_interval",
+        FieldType::Duration,
+        "How often every live credential is decided again against the hold policies, at \
+         least; 0 restores the default of 60s.",
+    )]
+}
+
+pub async fn load_settings(kv: &dyn Kv) -> Result<Settings, Error> {
+    Ok(storage::get_json(kv, SETTINGS_KEY)
+        .await?
+        .unwrap_or_default())
+}
+
+pub async fn write_settings(kv: &dyn Kv, data: &Map<String, Value>) -> Result<Settings, Error> {
+    let fields = Fields::parse(&settings_fields(), data)?;
+    let mut settings = load_settings(kv).await?;
+    if let Some(v) = fields.duration("hold_interval") {
+        settings.hold_interval = v;
+    }
+    storage::put_json(kv, SETTINGS_KEY, &settings).await?;
+    Ok(settings)
+}
+
+/// A live credential that a decision ends.
+pub struct Ending {
+    pub cred: Credential,
+    pub decision: Decision,
+}
+
+/// What deciding every live credential came to.
+#[derive(Default)]
+pub struct Judged {
+    /// Live credentials of roles that a hold policy covers: those decided.
+    pub decided: usize,
+    pub ending: Vec<Ending>,
+    /// What kept some credentials from being decided, or a policy from being evaluated
+    /// (distinct messages, at most [`ERRORS_KEPT`]).
+    pub errors: Vec<String>,
+}
+
+impl Judged {
+    fn report(&mut self, error: String) {
+        if self.errors.len() < ERRORS_KEPT && !self.errors.contains(&error) {
+            self.errors.push(error);
+        }
+    }
+}
+
+/// The role a credential was issued from, as its decisions see it.
+struct RoleView {
+    name: String,
+    kind: String,
+    connection: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Decides every live credential against `policies` at `now`, without acting on any.
+pub async fn judge(core: &MountCore, policies: &Arc<PolicySet>, now: u64) -> Result<Judged, Error> {
+    let mut judged = Judged::default();
+    if !policies.has_hold() {
+        return Ok(judged);
+    }
+    let kv = core.storage.as_ref();
+    let ids = ledger::ids(kv).await?;
+    // Looked up once a pass, however many credentials share them. `None`: no hold policy
+    // covers the role; the lookup failed (the entity's credentials wait for the next pass);
+    // the task is gone.
+    let mut roles: HashMap<String, Option<Arc<RoleView>>> = HashMap::new();
+    let mut identities: HashMap<String, Option<Arc<Identity>>> = HashMap::new();
+    let mut tasks: HashMap<String, Option<Arc<Task>>> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let mut batch = Vec::new();
+        for (id, record) in chunk.iter().zip(ledger::load_each(kv, chunk).await) {
+            match record {
+                Ok(Some(c)) if c.state == State::Active && c.deadline > now => batch.push(c),
+                Ok(_) => {}
+                // An unreadable record is never acted on, here as anywhere.
+                Err(e) => judged.report(format!("ledger record {id}: {e}")),
+            }
+        }
+        let mut inputs = Vec::with_capacity(batch.len());
+        for cred in batch {
+            if !roles.contains_key(&cred.role) {
+                let view = role_view(core, policies, &cred).await?;
+                roles.insert(cred.role.clone(), view);
+            }
+            let Some(role) = roles[&cred.role].clone() else {
+                continue;
+            };
+            let task = match &cred.task_id {
+                Some(id) => {
+                    if !tasks.contains_key(id) {
+                        let loaded = task::load(kv, id).await?.map(Arc::new);
+                        tasks.insert(id.clone(), loaded);
+                    }
+                    tasks[id].clone()
+                }
+                None => None,
+            };
+            inputs.push(Input {
+                cred,
+                role,
+                task,
+                identity: None,
+            });
+        }
+        look_up_identities(core, &inputs, &mut identities, &mut judged).await;
+        let inputs: Vec<Input> = inputs
+            .into_iter()
+            .filter_map(|mut input| {
+                input.identity = match input.cred.requester.entity_id.as_str() {
+                    "" => None,
+                    id => Some(identities.get(id)?.clone()?),
+                };
+                Some(input)
+            })
+            .collect();
+        judged.decided += inputs.len();
+        // Cedar's evaluation is the CPU of the pass: off the runtime's thread, so requests
+        // are served meanwhile.
+        let set = policies.clone();
+        let decided = tokio::task::spawn_blocking(move || decide_all(&set, now, inputs))
+            .await
+            .map_err(|e| Error::Internal(format!("the hold decisions stopped: {e}")))?;
+        for (cred, decision) in decided {
+            for e in &decision.errors {
+                judged.report(format!("role '{}': {e}", cred.role));
+            }
+            if !decision.allowed {
+                judged.ending.push(Ending { cred, decision });
+            }
+        }
+    }
+    Ok(judged)
+}
+
+/// The role `cred` came from, if a hold policy covers it. A role deleted since is still the
+/// credential's resource, by the name and connection its record keeps.
+async fn role_view(
+    core: &MountCore,
+    policies: &PolicySet,
+    cred: &Credential,
+) -> Result<Option<Arc<RoleView>>, Error> {
+    let (connection, labels) = match core.role(&cred.role).await? {
+        Some(role) => (role.db_name, role.labels),
+        None => (cred.connection.clone(), BTreeMap::new()),
+    };
+    let view = RoleView {
+        name: cred.role.clone(),
+        kind: core.connection_kind(&connection).await?,
+        connection,
+        labels,
+    };
+    let requester = Requester::default();
+    let headers = BTreeMap::new();
+    let facts = facts_of(cred, &view, None, &requester, &headers, 0);
+    let covered = !decision::scope(policies, &facts).in_scope.is_empty();
+    Ok(covered.then(|| Arc::new(view)))
+}
+
+/// Looks up, a few at once, the entities of `inputs` not yet looked up this pass.
+async fn look_up_identities(
+    core: &MountCore,
+    inputs: &[Input],
+    identities: &mut HashMap<String, Option<Arc<Identity>>>,
+    judged: &mut Judged,
+) {
+    let wanted: BTreeSet<&str> = inputs
+        .iter()
+        .map(|input| input.cred.requester.entity_id.as_str())
+        .filter(|id| !id.is_empty() && !identities.contains_key(*id))
+        .collect();
+    let wanted: Vec<&str> = wanted.into_iter().collect();
+    for chunk in wanted.chunks(PARALLEL_LOOKUPS) {
+        let found =
+            futures_util::future::join_all(chunk.iter().map(|id| core.identity_fresh(id))).await;
+        for (id, result) in chunk.iter().zip(found) {
+            let identity = match result {
+                Ok(identity) => Some(identity),
+                Err(e) => {
+                    judged.report(format!(
+                        "identity entity '{id}' (its credentials wait): {e}"
+                    ));
+                    None
+                }
+            };
+            identities.insert((*id).to_owned(), identity);
+        }
+    }
+}
+
+fn facts_of<'a>(
+    cred: &'a Credential,
+    role: &'a RoleView,
+    task: Option<&'a Task>,
+    requester: &'a Requester,
+    headers: &'a BTreeMap<String, String>,
+    now: u64,
+) -> Facts<'a> {
+    Facts {
+        action: PolicyAction::Hold,
+        requester,
+        headers,
+        resource: Resource::Role(RoleFacts {
+            name: &role.name,
+            kind: &role.kind,
+            connection: &role.connection,
+            labels: &role.labels,
+        }),
+        task,
+        approval: None,
+        credential: Some(CredentialFacts {
+            id: &cred.id,
+            created_at: cred.created_at,
+            deadline: cred.deadline,
+        }),
+        requested_ttl: 0,
+        ttl: cred.deadline.saturating_sub(now),
+        now,
+    }
+}
+
+/// One credential to decide, with what its decision is made from.
+struct Input {
+    cred: Credential,
+    role: Arc<RoleView>,
+    task: Option<Arc<Task>>,
+    /// The requester's entity, where it has one.
+    identity: Option<Arc<Identity>>,
+}
+
+fn decide_all(policies: &PolicySet, now: u64, inputs: Vec<Input>) -> Vec<(Credential, Decision)> {
+    let headers = BTreeMap::new();
+    inputs
+        .into_iter()
+        .map(|input| {
+            let requester = Requester::from(&input.cred.requester);
+            let task = input.task.as_deref();
+            let facts = facts_of(&input.cred, &input.role, task, &requester, &headers, now);
+            let scoped = decision::scope(policies, &facts);
+            let identity = input.identity.as_deref();
+            let decision = decision::evaluate(policies, &facts, identity, scoped);
+            (input.cred, decision)
+        })
+        .collect()
+}
+
+/// One pass: decides every live credential and marks those it ends for revocation. Returns
+/// the pass as `config/hold` shows it.
+pub async fn sweep(core: &MountCore) -> Map<String, Value> {
+    let started = Instant::now();
+    let now = now();
+    let mut view = Map::new();
+    view.insert("at".into(), json!(now));
+    let judged = match core.policies().await {
+        Ok(policies) => judge(core, &policies, now).await,
+        Err(e) => Err(e),
+    };
+    let judged = match judged {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(error = %e, "the hold sweep could not decide; trying again next pass");
+            view.insert("error".into(), json!(e.to_string()));
+            return view;
+        }
+    };
+    let items: Vec<(String, String)> = judged
+        .ending
+        .iter()
+        .map(|e| (e.cred.id.clone(), reason(&e.decision)))
+        .collect();
+    let marked = revocation::mark_all(core, now, &items).await;
+    let mut ended = 0;
+    for ((ending, (_, why)), marked) in judged.ending.iter().zip(&items).zip(marked) {
+        let mut event = Event::for_credential(&ending.cred).detail(why);
+        let summary = ending.decision.summary();
+        event.policy = &summary;
+        if marked {
+            ended += 1;
+            audit::emit(Action::Hold, "ended", &event);
+        } else {
+            // Decided again next pass.
+            audit::emit(
+                Action::Hold,
+                "failed",
+                &event.detail("could not mark for revocation"),
+            );
+        }
+    }
+    for e in &judged.errors {
+        tracing::warn!(error = %e, "hold sweep: not decided");
+    }
+    let took = started.elapsed();
+    if judged.decided > 0 {
+        tracing::info!(
+            decided = judged.decided,
+            ended,
+            took_ms = took.as_millis() as u64,
+            "hold sweep"
+        );
+    }
+    view.insert("decided".into(), json!(judged.decided));
+    view.insert("ended".into(), json!(ended));
+    view.insert("took_ms".into(), json!(took.as_secs_f64() * 1000.0));
+    view.insert("errors".into(), json!(judged.errors));
+    view
+}
+
+/// The ledger's revocation reason for a credential `decision` ends: names the policies.
+pub fn reason(decision: &Decision) -> String {
+    format!("ended by hold policy: {}", decision.summary())
+}
+
+/// Runs a pass at once, then one every `hold_interval` and one after each wake-up, until the
+/// mount stops.
+pub async fn run(core: Arc<MountCore>) {
+    loop {
+        let last = sweep(&core).await;
+        *core.hold.last.lock().unwrap() = Some(last);
+        let interval = match load_settings(core.storage.as_ref()).await {
+            Ok(s) => s.interval(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read config/hold; using the default interval");
+                DEFAULT_INTERVAL
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(interval)) => {}
+            () = core.hold.wake.notified() => {}
+        }
+    }
+}
