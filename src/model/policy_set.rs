@@ -363,6 +363,24 @@ mod tests {
             assert!(msg.starts_with("field 'policy': policy 'p"), "{msg}");
             assert!(msg.contains(expected), "{text}\n{msg}");
         }
+        // hold's context is a request's with the credential: what validates for every
+        // action validates for hold, and hold policies read the credential directly.
+        for text in [
+            "forbid(principal, action, resource) when { context.headers.hasTag(\"x\") || \
+             (context has approval && context.approval.reason == \"\") };",
+            "forbid(principal, action == Mayfly::Action::\"hold\", resource) \
+             when { context.credential.age_seconds > 3600 };",
+        ] {
+            check_document("p", text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        }
+        let err = check_document(
+            "p",
+            "forbid(principal, action in [Mayfly::Action::\"issue\", Mayfly::Action::\"hold\"], \
+             resource) when { context.credential.age_seconds > 3600 };",
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("credential"), "{err}");
         // The validator repeats an error for each action; mayfly says it once.
         let err = check_document(
             "p",

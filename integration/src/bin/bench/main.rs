@@ -6,6 +6,7 @@
 
 mod account;
 mod expiry;
+mod hold;
 mod issuance;
 mod measure;
 mod plugin_cost;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use report::Report;
 
 /// The scenarios, in the order they run, and what each measures.
-const SCENARIOS: [(&str, &str); 8] = [
+const SCENARIOS: [(&str, &str); 9] = [
     (
         "issue",
         "creds/s, p50 and p99 at each BENCH_CLIENTS on each BENCH_TARGETS and BENCH_STORAGE, \
@@ -53,13 +54,18 @@ const SCENARIOS: [(&str, &str); 8] = [
         "BENCH_SCALE_RECORDS ledger records written into the mount's storage: restart to \
          serving, RSS, memory per record",
     ),
+    (
+        "hold",
+        "the hold sweep at each BENCH_HOLD_COUNTS live credentials: time and CPU of a pass \
+         that decides them all, and of a policy write",
+    ),
 ];
 
 /// The settings, from the environment: (name, default, meaning).
-const KNOBS: [(&str, &str, &str); 12] = [
+const KNOBS: [(&str, &str, &str); 13] = [
     (
         "BENCH_SCENARIOS",
-        "issue,account,expiry,during,sustained,ceiling,footprint,scale",
+        "issue,account,expiry,during,sustained,ceiling,footprint,scale,hold",
         "the scenarios to run, comma-separated",
     ),
     (
@@ -105,6 +111,11 @@ const KNOBS: [(&str, &str, &str); 12] = [
         "ledger records of the scale scenario",
     ),
     (
+        "BENCH_HOLD_COUNTS",
+        "10000,100000",
+        "live credentials of the hold scenario, ascending",
+    ),
+    (
         "BENCH_OUT",
         "target/bench-report",
         "where report.md and the CSV files go",
@@ -147,6 +158,7 @@ struct Settings {
     expire_counts: Vec<usize>,
     sustained_secs: usize,
     scale_records: usize,
+    hold_counts: Vec<usize>,
     out: PathBuf,
 }
 
@@ -186,6 +198,7 @@ impl Settings {
             expire_counts: nums("BENCH_EXPIRE_COUNTS"),
             sustained_secs: nums("BENCH_SUSTAINED_SECS")[0],
             scale_records: nums("BENCH_SCALE_RECORDS")[0],
+            hold_counts: nums("BENCH_HOLD_COUNTS"),
             out: PathBuf::from(
                 std::env::var("BENCH_OUT").unwrap_or_else(|_| default("BENCH_OUT").into()),
             ),
@@ -251,6 +264,9 @@ fn main() {
     }
     if s.has("scale") {
         plugin_cost::scale(s.scale_records, &mut report);
+    }
+    if s.has("hold") {
+        hold::hold(&s.hold_counts, &mut report);
     }
     report.print();
 }

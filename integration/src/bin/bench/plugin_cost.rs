@@ -177,10 +177,8 @@ fn settled_rss_mib(bao: &Bao) -> f64 {
     load::rss_kib(bao.plugin_pids()[0]) as f64 / 1024.0
 }
 
-/// `count` active ledger records, deadlines spread evenly over the next 30 days (from 2 h
-/// on), written with the due-index entry each through the server's raw storage endpoint, as
-/// issuance would have left them; then the plugin is restarted.
-pub fn scale(count: usize, report: &mut Report) {
+/// A dev server with the raw storage endpoint on and mayfly mounted at `mayfly/`.
+pub fn raw_server() -> Bao {
     let dir = mayfly_integration::scratch_dir("bench-raw");
     let config = dir.join("raw.hcl");
     std::fs::write(&config, "raw_storage_endpoint = true\n").unwrap();
@@ -188,8 +186,15 @@ pub fn scale(count: usize, report: &mut Report) {
     let bao = Bao::start_with(&[flag.as_str()]);
     bao.register();
     bao.enable("mayfly");
-    let empty_respawn = load::median(&(0..3).map(|_| respawn_ms(&bao)).collect::<Vec<_>>());
-    let empty_rss = settled_rss_mib(&bao);
+    bao
+}
+
+/// Writes active ledger records `from..to` of role `app` on connection `db` straight into
+/// the storage of `bao`'s `mayfly/` mount (a [`raw_server`]), each with its due-index entry, as
+/// issuance would have left them; deadlines spread evenly over 30 days from 2 h on. Record
+/// `i` was requested by `entities[i % len]` (by a token without an entity when empty).
+/// Returns the seconds it took.
+pub fn write_ledger(bao: &Bao, from: usize, to: usize, entities: &[String]) -> f64 {
     let (_, mounts) = bao.get("sys/mounts");
     let uuid = mounts["data"]["mayfly/"]["uuid"]
         .as_str()
@@ -198,40 +203,44 @@ pub fn scale(count: usize, report: &mut Report) {
     let prefix = format!("sys/raw/logical/{uuid}/ledger");
     let now = mayfly_integration::creds::now();
     let (first, span) = (now + 7200, 30 * 86400 - 7200);
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let next = std::sync::atomic::AtomicUsize::new(from);
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..16 {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= count {
+                    if i >= to {
                         break;
                     }
                     let id = format!("scale{i:015}");
-                    let deadline = first + (i as u64 * span as u64) / count as u64;
+                    let deadline = first + (i as u64 * span as u64) / to as u64;
+                    let entity = match entities {
+                        [] => "",
+                        _ => entities[i % entities.len()].as_str(),
+                    };
                     let record = json!({
                     "id": id, "role": "app", "connection": "db",
                     "principal": format!("mf-app-scale-{i:015}"), "state": "active",
                     "created_at": now, "deadline": deadline, "max_deadline": deadline,
                     "default_ttl": 3600, "due": deadline,
-                    "requester": {"entity_id": "", "token_accessor": "acc", "display_name": "bench",
-                                  "remote_addr": "127.0.0.1"},
+                    "requester": {"entity_id": entity, "token_accessor": "acc",
+                                  "display_name": "bench", "remote_addr": "127.0.0.1"},
                     "settings": {}});
                     let bucket = deadline / 60;
                     put(
-                        &bao,
+                        bao,
                         &format!("{prefix}/due/{bucket:012}/{deadline:012}_{id}"),
                         json!({"value": ""}),
                     );
                     put(
-                        &bao,
+                        bao,
                         &format!("{prefix}/creds/{id}"),
                         json!({"value": record.to_string()}),
                     );
                     if (i + 1).is_multiple_of(100_000) {
                         eprintln!(
-                            "scale: {} records written in {:.0}s",
+                            "ledger: {} records written in {:.0}s",
                             i + 1,
                             started.elapsed().as_secs_f64()
                         );
@@ -240,7 +249,17 @@ pub fn scale(count: usize, report: &mut Report) {
             });
         }
     });
-    let written_in = started.elapsed().as_secs_f64();
+    started.elapsed().as_secs_f64()
+}
+
+/// `count` active ledger records, deadlines spread evenly over the next 30 days (from 2 h
+/// on), written with the due-index entry each through the server's raw storage endpoint, as
+/// issuance would have left them; then the plugin is restarted.
+pub fn scale(count: usize, report: &mut Report) {
+    let bao = raw_server();
+    let empty_respawn = load::median(&(0..3).map(|_| respawn_ms(&bao)).collect::<Vec<_>>());
+    let empty_rss = settled_rss_mib(&bao);
+    let written_in = write_ledger(&bao, 0, count, &[]);
     let respawns: Vec<f64> = (0..3).map(|_| respawn_ms(&bao)).collect();
     let full_rss = settled_rss_mib(&bao);
     let t = Instant::now();
