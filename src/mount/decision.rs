@@ -217,12 +217,45 @@ pub fn evaluate(
     identity: Option<&Identity>,
     scoped: Scoped,
 ) -> Decision {
+    let shared = Shared::of(facts, identity);
+    evaluate_shared(policies, facts, &shared, scoped)
+}
+
+/// What the decisions of one principal on one role under one task at one time share: the
+/// Cedar entities, built once for them all (the hold sweep decides many credentials so).
+pub struct Shared {
+    built: Result<(EntityUid, Entities), String>,
+}
+
+impl Shared {
+    /// The entities of `facts` (which may be any of those that share them) with `identity`.
+    pub fn of(facts: &Facts<'_>, identity: Option<&Identity>) -> Shared {
+        Shared {
+            built: build_entities(facts, identity),
+        }
+    }
+}
+
+/// [`evaluate`] with the entities built already.
+pub fn evaluate_shared(
+    policies: &PolicySet,
+    facts: &Facts<'_>,
+    shared: &Shared,
+    scoped: Scoped,
+) -> Decision {
     let Scoped {
         action,
         resource,
         in_scope,
     } = scoped;
-    let built = build(facts, identity, action.clone(), resource);
+    let built = shared
+        .built
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|(principal, entities)| {
+            let request = build_request(facts, principal.clone(), action.clone(), resource)?;
+            Ok((request, entities))
+        });
     let (request, entities) = match built {
         Ok(b) => b,
         // mayfly builds both from its own schema: failing here is a bug, and denies (but
@@ -238,7 +271,7 @@ pub fn evaluate(
         }
     };
     let cedar = policies.cedar_for(&action);
-    let response = Authorizer::new().is_authorized(&request, cedar, &entities);
+    let response = Authorizer::new().is_authorized(&request, cedar, entities);
     let cedar_allowed = response.decision() == cedar_policy::Decision::Allow;
     let mut determining: Vec<String> = response
         .diagnostics()
@@ -312,13 +345,18 @@ fn attrs<const N: usize>(pairs: [(&str, Expr); N]) -> impl Iterator<Item = (Stri
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v))
 }
 
-/// The Cedar request and entities for `facts`, checked against the schema.
-fn build(
+/// Checking against the schema costs a tenth of a decision; what is built here follows the
+/// schema by construction, so debug builds (every test) check it and release builds trust it.
+fn checked_against() -> Option<&'static cedar_policy::Schema> {
+    cfg!(debug_assertions).then(policy_set::schema)
+}
+
+/// The principal's uid and the entities of `facts`: the principal and its groups, the role
+/// and its connection, the task, the headers.
+fn build_entities(
     facts: &Facts<'_>,
     identity: Option<&Identity>,
-    action: EntityUid,
-    resource: EntityUid,
-) -> Result<(cedar_policy::Request, Entities), String> {
+) -> Result<(EntityUid, Entities), String> {
     let who = facts.requester;
     let mut entities: Vec<Entity> = Vec::new();
     let principal = match identity {
@@ -382,6 +420,7 @@ fn build(
     };
 
     if let Resource::Role(r) = &facts.resource {
+        let (resource, _) = resource_uid(facts);
         let connection = uid("Connection", r.connection);
         entities.push(
             Entity::new_with_tags(
@@ -406,12 +445,10 @@ fn build(
             .map_err(|e| e.to_string())?,
         );
     }
-    let mut context = vec![];
     if let Some(t) = facts.task {
-        let task = uid("Task", &t.id);
         entities.push(
             Entity::new_with_tags(
-                task.clone(),
+                uid("Task", &t.id),
                 attrs([
                     ("id", string(&t.id)),
                     ("description", string(&t.description)),
@@ -433,7 +470,27 @@ fn build(
             )
             .map_err(|e| e.to_string())?,
         );
-        context.push(("task", Expr::new_entity_uid(task)));
+    }
+    entities.push(
+        Entity::new_with_tags(uid("Headers", ""), [], [], tags(facts.headers))
+            .map_err(|e| e.to_string())?,
+    );
+    let entities =
+        Entities::from_entities(entities, checked_against()).map_err(|e| e.to_string())?;
+    Ok((principal, entities))
+}
+
+/// The Cedar request for `facts` by `principal`: its context, as of `facts.now`.
+fn build_request(
+    facts: &Facts<'_>,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+) -> Result<cedar_policy::Request, String> {
+    let who = facts.requester;
+    let mut context = vec![];
+    if let Some(t) = facts.task {
+        context.push(("task", Expr::new_entity_uid(uid("Task", &t.id))));
     }
     if let Some(c) = &facts.credential {
         context.push((
@@ -465,11 +522,6 @@ fn build(
         ));
     }
     let headers = uid("Headers", "");
-    entities.push(
-        Entity::new_with_tags(headers.clone(), [], [], tags(facts.headers))
-            .map_err(|e| e.to_string())?,
-    );
-
     let clock = time::OffsetDateTime::from_unix_timestamp(i64::try_from(facts.now).unwrap_or(0))
         .map_err(|e| e.to_string())?;
     let weekday = clock.weekday().to_string().to_lowercase();
@@ -492,13 +544,8 @@ fn build(
     }
     let context = Context::from_pairs(context.into_iter().map(|(k, v)| (k.to_owned(), v)))
         .map_err(|e| e.to_string())?;
-    // Checking against the schema costs a tenth of a decision; what is built here follows the
-    // schema by construction, so debug builds (every test) check it and release builds trust it.
-    let schema = cfg!(debug_assertions).then(policy_set::schema);
-    let request = cedar_policy::Request::new(principal, action, resource, context, schema)
-        .map_err(|e| e.to_string())?;
-    let entities = Entities::from_entities(entities, schema).map_err(|e| e.to_string())?;
-    Ok((request, entities))
+    cedar_policy::Request::new(principal, action, resource, context, checked_against())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -508,6 +555,18 @@ mod tests {
 
     use super::*;
     use crate::contract::host::Group;
+
+    /// The Cedar request and entities for `facts`.
+    fn build(
+        facts: &Facts<'_>,
+        identity: Option<&Identity>,
+        action: EntityUid,
+        resource: EntityUid,
+    ) -> Result<(cedar_policy::Request, Entities), String> {
+        let (principal, entities) = build_entities(facts, identity)?;
+        let request = build_request(facts, principal, action, resource)?;
+        Ok((request, entities))
+    }
 
     /// The cost of one decision over 100 policies in scope, printed (run with --release
     /// --ignored --nocapture); the benchmark in scripts/bench carries the target.

@@ -35,7 +35,8 @@ pub(crate) fn paths() -> Vec<PathDef> {
             op(Operation::Read, |c| Box::pin(read(c.core))),
             op(Operation::Update, |c| Box::pin(write(c.core, &c.req.data))),
         ],
-        reads_act: false,
+        // The sweep runs on the active node: a standby forwards the read to it.
+        reads_act: true,
         synopsis: "Continuous authorization: hold_interval, and the last pass of the hold \
             sweep (when, how many live credentials it decided and ended, how long it took, \
             and what it could not decide).",

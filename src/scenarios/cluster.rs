@@ -70,6 +70,12 @@ async fn a_standby_forwards_all_that_acts_before_any_side_effect_and_never_revok
     // The active node goes away (killed); only the standby runs, with the ledger saying
     // the credential is due in a second.
     active.stop().await;
+    // A hold policy that ends every credential: a standby must not act on it either.
+    let ends_all = json!({"policy": "forbid(principal, action == Mayfly::Action::\"hold\", \
+        resource);", "updated_at": 0});
+    crate::contract::storage::put_json(&shared, "policies/ends-all", &ends_all)
+        .await
+        .unwrap();
     let standby_storage = NodeStorage::over(&shared);
     standby_storage.read_only.store(true, Ordering::SeqCst);
     let standby = node(&standby_storage, &fake, NodeRole::Standby);
@@ -92,6 +98,23 @@ async fn a_standby_forwards_all_that_acts_before_any_side_effect_and_never_revok
         (Operation::Update, "rotate-root/db", json!({})),
         (Operation::Read, "static-creds/legacy", json!({})),
         (Operation::Update, "rotate-role/legacy", json!({})),
+        (
+            Operation::Update,
+            "policies/p",
+            json!({"policy": "permit(principal, action, resource);"}),
+        ),
+        (
+            Operation::Update,
+            "policies/simulate",
+            json!({"action": "hold", "role": "app"}),
+        ),
+        (
+            Operation::Update,
+            "config/hold",
+            json!({"hold_interval": "1s"}),
+        ),
+        // The last pass is the active node's.
+        (Operation::Read, "config/hold", json!({})),
     ];
     for (op, path, body) in acting {
         let err = call(&standby, op, path, body).await.unwrap_err();
