@@ -17,7 +17,7 @@ use crate::contract::template;
 use crate::mount::account::{Account, Counted, RequestKind};
 use crate::mount::node::NodeRole;
 use crate::mount::scheduler::Scheduler;
-use crate::mount::{CrashHook, MountCore, Targets};
+use crate::mount::{CrashHook, HoldSweep, MountCore, Targets};
 use crate::paths::router::{PathDef, Router};
 use crate::paths::{
     approvals, config, creds, hold, inventory, leases, metrics, operator, policies, roles,
@@ -71,9 +71,10 @@ impl Engine {
             paths: paths(&backends),
         };
         let account = Arc::new(Account::default());
+        let hold = HoldSweep::default();
         Engine {
             core: Arc::new(MountCore {
-                storage: Arc::new(Counted::new(storage, account.clone())),
+                storage: Arc::new(Counted::new(storage, account.clone(), hold.changed.clone())),
                 account,
                 backends,
                 host,
@@ -86,7 +87,7 @@ impl Engine {
                 root_rotation: Default::default(),
                 static_rotation: Default::default(),
                 approval_writes: Default::default(),
-                hold: Default::default(),
+                hold,
                 static_writes: Default::default(),
             }),
             router,

@@ -30,13 +30,16 @@ use crate::mount::MountCore;
 use crate::mount::decision::{
     self, CredentialFacts, Decision, Facts, PolicyAction, Resource, RoleFacts,
 };
+use crate::mount::ledger_mirror::{Holder, Mirror};
 
 /// Where `config/hold` keeps its settings.
 const SETTINGS_KEY: &str = "settings/hold";
 /// The interval when `config/hold` sets none.
 pub const DEFAULT_INTERVAL: u64 = 60;
-/// Records read and decided together: bounds the memory a pass over a large ledger takes.
+/// Records read together.
 const CHUNK: usize = 512;
+/// Credentials decided in one go off the runtime's thread.
+const EVAL_BATCH: usize = 4096;
 /// Distinct evaluation errors reported of one pass.
 const ERRORS_KEPT: usize = 20;
 /// Identity lookups made at once.
@@ -130,136 +133,180 @@ pub async fn judge(core: &MountCore, policies: &Arc<PolicySet>, now: u64) -> Res
         return Ok(judged);
     }
     let kv = core.storage.as_ref();
-    let ids = ledger::ids(kv).await?;
+    // Held to the end: a policy write's pass waits for the sweep's, and the other way round.
+    let mut mirror = core.hold.mirror.lock().await;
+    refresh(core, &mut mirror, &mut judged).await?;
+
     // Looked up once a pass, however many credentials share them. `None`: no hold policy
     // covers the role; the lookup failed (the entity's credentials wait for the next pass);
     // the task is gone.
-    let mut roles: HashMap<String, Option<Arc<RoleView>>> = HashMap::new();
-    let mut identities: HashMap<String, Option<Arc<Identity>>> = HashMap::new();
-    let mut tasks: HashMap<String, Option<Arc<Task>>> = HashMap::new();
-    for chunk in ids.chunks(CHUNK) {
-        let mut batch = Vec::new();
-        for (id, record) in chunk.iter().zip(ledger::load_each(kv, chunk).await) {
-            match record {
-                Ok(Some(c)) if c.state == State::Active && c.deadline > now => batch.push(c),
-                Ok(_) => {}
-                // An unreadable record is never acted on, here as anywhere.
-                Err(e) => judged.report(format!("ledger record {id}: {e}")),
-            }
+    let mut roles: HashMap<Arc<str>, Option<Arc<RoleView>>> = HashMap::new();
+    let mut tasks: HashMap<Arc<str>, Option<Arc<Task>>> = HashMap::new();
+    let mut inputs = Vec::new();
+    for (id, holder) in &mirror.holders {
+        if !holder.active || holder.deadline <= now {
+            continue;
         }
-        let mut inputs = Vec::with_capacity(batch.len());
-        for cred in batch {
-            if !roles.contains_key(&cred.role) {
-                let view = role_view(core, policies, &cred).await?;
-                roles.insert(cred.role.clone(), view);
-            }
-            let Some(role) = roles[&cred.role].clone() else {
-                continue;
-            };
-            let task = match &cred.task_id {
-                Some(id) => {
-                    if !tasks.contains_key(id) {
-                        let loaded = task::load(kv, id).await?.map(Arc::new);
-                        tasks.insert(id.clone(), loaded);
-                    }
-                    tasks[id].clone()
+        if !roles.contains_key(&holder.role) {
+            let view = role_view(core, policies, holder).await?;
+            roles.insert(holder.role.clone(), view);
+        }
+        let Some(role) = roles[&holder.role].clone() else {
+            continue;
+        };
+        let task = match &holder.task_id {
+            Some(id) => {
+                if !tasks.contains_key(id) {
+                    let loaded = task::load(kv, id).await?.map(Arc::new);
+                    tasks.insert(id.clone(), loaded);
                 }
-                None => None,
-            };
-            inputs.push(Input {
-                cred,
-                role,
-                task,
-                identity: None,
-            });
+                tasks[id].clone()
+            }
+            None => None,
+        };
+        inputs.push(Input {
+            id: id.clone(),
+            holder: holder.clone(),
+            role,
+            task,
+            identity: None,
+        });
+    }
+    drop(mirror);
+    let inputs = with_identities(core, inputs, &mut judged).await;
+    judged.decided = inputs.len();
+
+    // Cedar's evaluation is most of the CPU of a pass: off the runtime's thread, so requests
+    // are served meanwhile.
+    let mut ending = Vec::new();
+    for batch in in_batches(inputs) {
+        let decided = decide_off_thread(policies, now, batch).await?;
+        for e in decided.errors {
+            judged.report(e);
         }
-        look_up_identities(core, &inputs, &mut identities, &mut judged).await;
-        let inputs: Vec<Input> = inputs
-            .into_iter()
-            .filter_map(|mut input| {
-                input.identity = match input.cred.requester.entity_id.as_str() {
-                    "" => None,
-                    id => Some(identities.get(id)?.clone()?),
-                };
-                Some(input)
-            })
-            .collect();
-        judged.decided += inputs.len();
-        // Cedar's evaluation is the CPU of the pass: off the runtime's thread, so requests
-        // are served meanwhile.
-        let set = policies.clone();
-        let decided = tokio::task::spawn_blocking(move || decide_all(&set, now, inputs))
-            .await
-            .map_err(|e| Error::Internal(format!("the hold decisions stopped: {e}")))?;
-        for (cred, decision) in decided {
-            for e in &decision.errors {
-                judged.report(format!("role '{}': {e}", cred.role));
+        ending.extend(decided.ending);
+    }
+    // Ended on what the mirror holds: decided again on the record as it is now (a renewal
+    // during the pass moved its deadline), which the audit event also needs.
+    for (mut input, _) in ending {
+        let cred = match ledger::load(kv, &input.id).await {
+            Ok(Some(c)) if c.state == State::Active && c.deadline > now => c,
+            Ok(_) => continue,
+            Err(e) => {
+                judged.report(format!("ledger record {}: {e}", input.id));
+                continue;
             }
-            if !decision.allowed {
-                judged.ending.push(Ending { cred, decision });
-            }
+        };
+        input.holder = Holder::of(&cred);
+        let decided = decide_off_thread(policies, now, vec![input]).await?;
+        if let Some((_, decision)) = decided.ending.into_iter().next() {
+            judged.ending.push(Ending { cred, decision });
         }
     }
     Ok(judged)
 }
 
-/// The role `cred` came from, if a hold policy covers it. A role deleted since is still the
-/// credential's resource, by the name and connection its record keeps.
+/// Brings `mirror` up to date: reads the records written since the last pass and those it
+/// has not read yet (all of them the first time), and forgets those no longer in the ledger.
+async fn refresh(core: &MountCore, mirror: &mut Mirror, judged: &mut Judged) -> Result<(), Error> {
+    let kv = core.storage.as_ref();
+    // Taken before anything is read: what is written from now on is read next pass.
+    let changed = core.hold.changed.take();
+    if changed.is_none() {
+        mirror.clear();
+    }
+    let ids = ledger::ids(kv).await?;
+    let unread: Vec<String> = ids
+        .iter()
+        .filter(|id| {
+            !mirror.holders.contains_key(id.as_str())
+                || changed.as_ref().is_some_and(|c| c.contains(id.as_str()))
+        })
+        .cloned()
+        .collect();
+    for chunk in unread.chunks(CHUNK) {
+        for (id, record) in chunk.iter().zip(ledger::load_each(kv, chunk).await) {
+            match record {
+                Ok(Some(c)) => mirror.keep(&c),
+                Ok(None) => {
+                    mirror.holders.remove(id);
+                }
+                // An unreadable record is never acted on, here as anywhere; it is read again
+                // next pass.
+                Err(e) => {
+                    mirror.holders.remove(id);
+                    judged.report(format!("ledger record {id}: {e}"));
+                }
+            }
+        }
+    }
+    mirror.retain(&ids.iter().map(String::as_str).collect());
+    Ok(())
+}
+
+/// The role a credential was issued from, if a hold policy covers it. A role deleted since is
+/// still the credential's resource, by the name and connection its record keeps.
 async fn role_view(
     core: &MountCore,
     policies: &PolicySet,
-    cred: &Credential,
+    holder: &Holder,
 ) -> Result<Option<Arc<RoleView>>, Error> {
-    let (connection, labels) = match core.role(&cred.role).await? {
+    let (connection, labels) = match core.role(&holder.role).await? {
         Some(role) => (role.db_name, role.labels),
-        None => (cred.connection.clone(), BTreeMap::new()),
+        None => (holder.connection.to_string(), BTreeMap::new()),
     };
     let view = RoleView {
-        name: cred.role.clone(),
+        name: holder.role.to_string(),
         kind: core.connection_kind(&connection).await?,
         connection,
         labels,
     };
     let requester = Requester::default();
     let headers = BTreeMap::new();
-    let facts = facts_of(cred, &view, None, &requester, &headers, 0);
+    let facts = facts_of("", holder, &view, None, &requester, &headers, 0);
     let covered = !decision::scope(policies, &facts).in_scope.is_empty();
     Ok(covered.then(|| Arc::new(view)))
 }
 
-/// Looks up, a few at once, the entities of `inputs` not yet looked up this pass.
-async fn look_up_identities(
-    core: &MountCore,
-    inputs: &[Input],
-    identities: &mut HashMap<String, Option<Arc<Identity>>>,
-    judged: &mut Judged,
-) {
+/// `inputs` with their requesters' entities, looked up a few at once, afresh each pass (a
+/// group removal must show within the interval); those whose lookup failed are left out.
+async fn with_identities(core: &MountCore, inputs: Vec<Input>, judged: &mut Judged) -> Vec<Input> {
     let wanted: BTreeSet<&str> = inputs
         .iter()
-        .map(|input| input.cred.requester.entity_id.as_str())
-        .filter(|id| !id.is_empty() && !identities.contains_key(*id))
+        .map(|input| input.holder.requester.entity_id.as_str())
+        .filter(|id| !id.is_empty())
         .collect();
     let wanted: Vec<&str> = wanted.into_iter().collect();
+    let mut identities: HashMap<String, Arc<Identity>> = HashMap::new();
     for chunk in wanted.chunks(PARALLEL_LOOKUPS) {
         let found =
             futures_util::future::join_all(chunk.iter().map(|id| core.identity_fresh(id))).await;
         for (id, result) in chunk.iter().zip(found) {
-            let identity = match result {
-                Ok(identity) => Some(identity),
-                Err(e) => {
-                    judged.report(format!(
-                        "identity entity '{id}' (its credentials wait): {e}"
-                    ));
-                    None
+            match result {
+                Ok(identity) => {
+                    identities.insert((*id).to_owned(), identity);
                 }
-            };
-            identities.insert((*id).to_owned(), identity);
+                Err(e) => judged.report(format!(
+                    "identity entity '{id}' (its credentials wait): {e}"
+                )),
+            }
         }
     }
+    inputs
+        .into_iter()
+        .filter_map(|mut input| {
+            input.identity = match input.holder.requester.entity_id.as_str() {
+                "" => None,
+                id => Some(identities.get(id)?.clone()),
+            };
+            Some(input)
+        })
+        .collect()
 }
 
 fn facts_of<'a>(
-    cred: &'a Credential,
+    id: &'a str,
+    holder: &Holder,
     role: &'a RoleView,
     task: Option<&'a Task>,
     requester: &'a Requester,
@@ -279,54 +326,102 @@ fn facts_of<'a>(
         task,
         approval: None,
         credential: Some(CredentialFacts {
-            id: &cred.id,
-            created_at: cred.created_at,
-            deadline: cred.deadline,
+            id,
+            created_at: holder.created_at,
+            deadline: holder.deadline,
         }),
         requested_ttl: 0,
-        ttl: cred.deadline.saturating_sub(now),
+        ttl: holder.deadline.saturating_sub(now),
         now,
     }
 }
 
 /// One credential to decide, with what its decision is made from.
 struct Input {
-    cred: Credential,
+    id: String,
+    holder: Holder,
     role: Arc<RoleView>,
     task: Option<Arc<Task>>,
     /// The requester's entity, where it has one.
     identity: Option<Arc<Identity>>,
 }
 
-fn decide_all(policies: &PolicySet, now: u64, inputs: Vec<Input>) -> Vec<(Credential, Decision)> {
+/// `inputs` in batches of [`EVAL_BATCH`].
+fn in_batches(mut inputs: Vec<Input>) -> Vec<Vec<Input>> {
+    let mut out = Vec::new();
+    while !inputs.is_empty() {
+        let rest = inputs.split_off(inputs.len().min(EVAL_BATCH));
+        out.push(std::mem::replace(&mut inputs, rest));
+    }
+    out
+}
+
+/// What deciding a batch came to: the credentials it ends, and its evaluation errors.
+#[derive(Default)]
+struct Decided {
+    ending: Vec<(Input, Decision)>,
+    errors: BTreeSet<String>,
+}
+
+async fn decide_off_thread(
+    policies: &Arc<PolicySet>,
+    now: u64,
+    inputs: Vec<Input>,
+) -> Result<Decided, Error> {
+    let set = policies.clone();
+    tokio::task::spawn_blocking(move || decide_all(&set, now, inputs))
+        .await
+        .map_err(|e| Error::Internal(format!("the hold decisions stopped: {e}")))
+}
+
+fn decide_all(policies: &PolicySet, now: u64, inputs: Vec<Input>) -> Decided {
     let headers = BTreeMap::new();
     // Credentials of one principal, role and task share their Cedar entities: built once,
     // they are most of a decision's cost.
-    let mut shared: HashMap<(String, String, String, String), decision::Shared> = HashMap::new();
-    inputs
-        .into_iter()
-        .map(|input| {
-            let requester = Requester::from(&input.cred.requester);
-            let task = input.task.as_deref();
-            let facts = facts_of(&input.cred, &input.role, task, &requester, &headers, now);
-            let scoped = decision::scope(policies, &facts);
-            let principal = match requester.entity_id.as_str() {
-                "" => format!("token:{}", requester.token_accessor),
-                id => format!("entity:{id}"),
-            };
-            let key = (
-                principal,
-                requester.display_name.clone(),
-                input.role.name.clone(),
-                input.cred.task_id.clone().unwrap_or_default(),
-            );
-            let entities = shared
-                .entry(key)
-                .or_insert_with(|| decision::Shared::of(&facts, input.identity.as_deref()));
-            let decision = decision::evaluate_shared(policies, &facts, entities, scoped);
-            (input.cred, decision)
-        })
-        .collect()
+    let mut shared: HashMap<(String, String, String, Arc<str>), decision::Shared> = HashMap::new();
+    let mut out = Decided::default();
+    for input in inputs {
+        let requester = Requester::from(input.holder.requester.as_ref());
+        let task = input.task.as_deref();
+        let facts = facts_of(
+            &input.id,
+            &input.holder,
+            &input.role,
+            task,
+            &requester,
+            &headers,
+            now,
+        );
+        let scoped = decision::scope(policies, &facts);
+        let principal = match requester.entity_id.as_str() {
+            "" => format!("token:{}", requester.token_accessor),
+            id => format!("entity:{id}"),
+        };
+        let key = (
+            principal,
+            requester.display_name.clone(),
+            input.role.name.clone(),
+            input
+                .holder
+                .task_id
+                .clone()
+                .unwrap_or_else(|| Arc::from("")),
+        );
+        let entities = shared
+            .entry(key)
+            .or_insert_with(|| decision::Shared::of(&facts, input.identity.as_deref()));
+        let decision = decision::evaluate_shared(policies, &facts, entities, scoped);
+        for e in &decision.errors {
+            if out.errors.len() < ERRORS_KEPT {
+                out.errors
+                    .insert(format!("role '{}': {e}", input.role.name));
+            }
+        }
+        if !decision.allowed {
+            out.ending.push((input, decision));
+        }
+    }
+    out
 }
 
 /// One pass: decides every live credential and marks those it ends for revocation. Returns
@@ -337,6 +432,12 @@ pub async fn sweep(core: &MountCore) -> Map<String, Value> {
     let mut view = Map::new();
     view.insert("at".into(), json!(now));
     let judged = match core.policies().await {
+        Ok(policies) if !policies.has_hold() => {
+            // Nothing to decide: nor anything to keep a mirror of.
+            core.hold.changed.stop();
+            core.hold.mirror.lock().await.clear();
+            Ok(Judged::default())
+        }
         Ok(policies) => judge(core, &policies, now).await,
         Err(e) => Err(e),
     };
@@ -461,37 +562,18 @@ mod tests {
         let n = 10_000;
         let inputs: Vec<Input> = (0..n)
             .map(|i| Input {
-                cred: Credential {
-                    format: ledger::FORMAT,
-                    id: format!("c{i}"),
-                    role: "app".into(),
-                    connection: "db".into(),
-                    principal: format!("p{i}"),
-                    state: State::Active,
-                    created_at: now,
-                    deadline: now + 3600,
-                    max_deadline: now + 3600,
-                    default_ttl: 3600,
-                    due: now + 3600,
-                    requester: RequesterRecord {
+                id: format!("c{i}"),
+                holder: Holder {
+                    role: Arc::from("app"),
+                    connection: Arc::from("db"),
+                    requester: Arc::new(RequesterRecord {
                         entity_id: format!("e{}", i % 100),
                         ..RequesterRecord::default()
-                    },
+                    }),
                     task_id: None,
-                    lease_id: None,
-                    attempts: 0,
-                    last_error: None,
-                    last_attempt_at: None,
-                    revoke_requested_at: None,
-                    revoke_reason: None,
-                    revoked_at: None,
-                    settings: Map::new(),
-                    target_expires: None,
-                    target_issued: None,
-                    guard_until: None,
-                    target_id: None,
-                    name_was_free: None,
-                    revoked_with: None,
+                    created_at: now,
+                    deadline: now + 3600,
+                    active: true,
                 },
                 role: role.clone(),
                 task: None,
@@ -500,7 +582,7 @@ mod tests {
             .collect();
         let t = Instant::now();
         let decided = decide_all(&policies, now, inputs);
-        assert!(decided.iter().all(|(_, d)| d.allowed));
+        assert!(decided.ending.is_empty() && decided.errors.is_empty());
         println!(
             "deciding {n} credentials: {:?} per credential",
             t.elapsed() / n as u32

@@ -68,7 +68,7 @@ impl State {
 }
 
 /// Who asked for the credential. Nothing here is secret (the token accessor is not the token).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RequesterRecord {
     pub entity_id: String,
     pub token_accessor: String,

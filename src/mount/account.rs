@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
 use crate::contract::storage::{Kv, Storage, StorageError, Transaction};
+use crate::mount::ledger_mirror::ChangedRecords;
 
 /// What a request was, for the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -195,16 +196,26 @@ impl Account {
     }
 }
 
-/// Storage, or a transaction of it (`S`), with every call counted in the account.
+/// Storage, or a transaction of it (`S`), with every call counted in the account, and every
+/// write noted for the hold sweep's mirror of the ledger.
 pub struct Counted<S> {
     inner: S,
     account: Arc<Account>,
+    changes: Arc<ChangedRecords>,
 }
 
 impl Counted<Arc<dyn Storage>> {
     /// The mount's storage, counted.
-    pub fn new(inner: Arc<dyn Storage>, account: Arc<Account>) -> Self {
-        Counted { inner, account }
+    pub fn new(
+        inner: Arc<dyn Storage>,
+        account: Arc<Account>,
+        changes: Arc<ChangedRecords>,
+    ) -> Self {
+        Counted {
+            inner,
+            account,
+            changes,
+        }
     }
 }
 
@@ -226,9 +237,11 @@ where
         timed(&self.account, 0, self.inner.get(key)).await
     }
     async fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StorageError> {
+        self.changes.note(key);
         timed(&self.account, 1, self.inner.put(key, value)).await
     }
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.changes.note(key);
         timed(&self.account, 2, self.inner.delete(key)).await
     }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
@@ -244,6 +257,7 @@ impl Storage for Counted<Arc<dyn Storage>> {
             Box::new(Counted {
                 inner,
                 account: self.account.clone(),
+                changes: self.changes.clone(),
             }) as Box<dyn Transaction>
         }))
     }
@@ -252,11 +266,11 @@ impl Storage for Counted<Arc<dyn Storage>> {
 #[async_trait]
 impl Transaction for Counted<Box<dyn Transaction>> {
     async fn commit(self: Box<Self>) -> Result<(), StorageError> {
-        let Counted { inner, account } = *self;
+        let Counted { inner, account, .. } = *self;
         timed(&account, 5, inner.commit()).await
     }
     async fn rollback(self: Box<Self>) -> Result<(), StorageError> {
-        let Counted { inner, account } = *self;
+        let Counted { inner, account, .. } = *self;
         timed(&account, 6, inner.rollback()).await
     }
 }
@@ -269,7 +283,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_counts_its_laps_and_round_trips_and_background_work_apart() {
         let account = Arc::new(Account::default());
-        let storage = Counted::new(Arc::new(NodeStorage::default()), account.clone());
+        let storage = Counted::new(
+            Arc::new(NodeStorage::default()),
+            account.clone(),
+            Arc::default(),
+        );
         account
             .measure(RequestKind::Issue, async {
                 storage.put("a", b"1".to_vec()).await.unwrap();

@@ -4,6 +4,7 @@
 pub(crate) mod access;
 pub(crate) mod account;
 pub(crate) mod decision;
+pub(crate) mod ledger_mirror;
 pub(crate) mod node;
 pub(crate) mod root_password;
 pub(crate) mod scheduler;
@@ -70,6 +71,12 @@ pub struct HoldSweep {
     pub wake: tokio::sync::Notify,
     /// The last pass, as `config/hold` shows it.
     pub last: Mutex<Option<serde_json::Map<String, serde_json::Value>>>,
+    /// The ledger records written since the sweep last read them; the mount's storage notes
+    /// them.
+    pub changed: Arc<ledger_mirror::ChangedRecords>,
+    /// What the sweep last read of each record. Held for a whole pass, so two passes (the
+    /// sweep's and a policy write's) never read the ledger at once.
+    pub mirror: tokio::sync::Mutex<ledger_mirror::Mirror>,
 }
 
 impl HoldSweep {

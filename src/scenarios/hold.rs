@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::contract::host::now;
-use crate::contract::request::{Operation, Request, Requester, Response};
+use crate::contract::request::{LeaseInfo, Operation, Request, Requester, Response};
 use crate::contract::storage::InMemoryStorage;
 use crate::testkit::{self, Fake, FixedHost, who};
 use crate::{Engine, Error};
@@ -21,6 +21,8 @@ struct Mount {
 struct Issued {
     id: String,
     name: String,
+    /// The lease's internal data, for a renewal.
+    internal: serde_json::Map<String, Value>,
 }
 
 impl Mount {
@@ -76,12 +78,11 @@ impl Mount {
             .call(Operation::Update, &format!("creds/{role}"), json!({}), as_)
             .await
             .unwrap();
+        let internal = r.lease.as_ref().unwrap().internal_data.clone();
         Issued {
-            id: r.lease.as_ref().unwrap().internal_data["cred_id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+            id: internal["cred_id"].as_str().unwrap().to_owned(),
             name: r.data.unwrap()["username"].as_str().unwrap().to_owned(),
+            internal,
         }
     }
 
@@ -277,4 +278,32 @@ async fn without_hold_policies_the_sweep_decides_nothing() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let pass = m.last_pass().await;
     assert_eq!(pass["decided"], json!(0), "{pass}");
+}
+
+#[tokio::test]
+async fn a_renewed_credential_is_decided_on_its_new_deadline() {
+    let m = Mount::new().await;
+    let c = m.issue("a", &who("e-dev", "127.0.0.1")).await;
+    let text = "forbid(principal, action == Mayfly::Action::\"hold\", resource) \
+                when { context.credential.remaining_seconds > 5400 };";
+    assert_eq!(m.policy("long-lived", text).await, 0);
+    // Passes have read the credential, with an hour left.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut renew = Request::new(Operation::Renew, "creds/a");
+    renew.lease = Some(LeaseInfo {
+        internal_data: c.internal.clone(),
+        lease_id: "mayfly/creds/a/x".into(),
+        increment: 7200,
+        max_ttl: 86400,
+    });
+    m.engine.handle(renew).await.unwrap();
+    assert!(
+        m.gone_within(&c, 5).await,
+        "decided on the renewed deadline"
+    );
+    let lease = m.lease(&c.id).await;
+    assert_eq!(
+        lease["revoke_reason"],
+        json!("ended by hold policy: forbidden by long-lived")
+    );
 }

@@ -1,0 +1,154 @@
+//! The hold sweep's mirror of the ledger ([`crate::jobs::hold`]): what it read of each record,
+//! and which records were written since, so that each pass reads again only those.
+//!
+//! Exact because one process writes a mount's ledger (the active node's) and every write goes
+//! through the mount's storage, which notes it here ([`crate::mount::account::Counted`]). The
+//! set of written ids is taken before a pass reads anything: a write during the pass is read
+//! again by the next one. A new process starts with an empty mirror and reads everything once.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::model::ledger::{self, Credential, RequesterRecord, State};
+
+/// The ids of the ledger records written since the sweep last took them, noted only while the
+/// sweep keeps a mirror (while a policy decides `hold`): otherwise the set would grow with
+/// every issuance.
+#[derive(Default)]
+pub struct ChangedRecords {
+    ids: Mutex<Option<HashSet<String>>>,
+}
+
+impl ChangedRecords {
+    /// Called by the mount's storage on every put and delete.
+    pub fn note(&self, key: &str) {
+        let Some(id) = key.strip_prefix(ledger::RECORDS) else {
+            return;
+        };
+        if let Some(ids) = self.ids.lock().unwrap().as_mut() {
+            ids.insert(id.to_owned());
+        }
+    }
+
+    /// The ids noted since the last call, noting from now on; `None` when nothing was being
+    /// noted, so every record must be read.
+    pub fn take(&self) -> Option<HashSet<String>> {
+        let mut ids = self.ids.lock().unwrap();
+        match ids.as_mut() {
+            Some(noted) => Some(std::mem::take(noted)),
+            None => {
+                *ids = Some(HashSet::new());
+                None
+            }
+        }
+    }
+
+    /// Stops noting.
+    pub fn stop(&self) {
+        *self.ids.lock().unwrap() = None;
+    }
+}
+
+/// What hold decisions read of a record: who asked, for which role and task, when, until
+/// when, and whether it is live. Its strings are shared among the records that repeat them.
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub role: Arc<str>,
+    pub connection: Arc<str>,
+    pub requester: Arc<RequesterRecord>,
+    pub task_id: Option<Arc<str>>,
+    pub created_at: u64,
+    pub deadline: u64,
+    /// Active (not an intent, nor revoking or revoked).
+    pub active: bool,
+}
+
+impl Holder {
+    /// What hold decisions read of `cred`, with strings of its own.
+    pub fn of(cred: &Credential) -> Holder {
+        Holder {
+            role: Arc::from(cred.role.as_str()),
+            connection: Arc::from(cred.connection.as_str()),
+            requester: Arc::new(cred.requester.clone()),
+            task_id: cred.task_id.as_deref().map(Arc::from),
+            created_at: cred.created_at,
+            deadline: cred.deadline,
+            active: cred.state == State::Active,
+        }
+    }
+}
+
+/// What the last pass read of every record it could read, by id.
+#[derive(Default)]
+pub struct Mirror {
+    pub holders: HashMap<String, Holder>,
+    strings: HashSet<Arc<str>>,
+    requesters: HashSet<Arc<RequesterRecord>>,
+}
+
+impl Mirror {
+    pub fn clear(&mut self) {
+        *self = Mirror::default();
+    }
+
+    /// Keeps what hold decisions read of `cred`.
+    pub fn keep(&mut self, cred: &Credential) {
+        let holder = Holder {
+            role: self.shared(&cred.role),
+            connection: self.shared(&cred.connection),
+            requester: self.requester(&cred.requester),
+            task_id: cred.task_id.as_deref().map(|t| self.shared(t)),
+            created_at: cred.created_at,
+            deadline: cred.deadline,
+            active: cred.state == State::Active,
+        };
+        self.holders.insert(cred.id.clone(), holder);
+    }
+
+    /// Forgets records no longer in the ledger (`ids`, every record id), and the strings only
+    /// they used.
+    pub fn retain(&mut self, ids: &HashSet<&str>) {
+        self.holders.retain(|id, _| ids.contains(id.as_str()));
+        // An interned string held by nothing but the interner has a count of one.
+        self.strings.retain(|s| Arc::strong_count(s) > 1);
+        self.requesters.retain(|r| Arc::strong_count(r) > 1);
+    }
+
+    fn shared(&mut self, s: &str) -> Arc<str> {
+        if let Some(found) = self.strings.get(s) {
+            return found.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.strings.insert(new.clone());
+        new
+    }
+
+    fn requester(&mut self, r: &RequesterRecord) -> Arc<RequesterRecord> {
+        if let Some(found) = self.requesters.get(r) {
+            return found.clone();
+        }
+        let new = Arc::new(r.clone());
+        self.requesters.insert(new.clone());
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_are_noted_only_while_taken() {
+        let changed = ChangedRecords::default();
+        changed.note("ledger/creds/a");
+        assert_eq!(changed.take(), None, "not noting yet: read everything");
+        changed.note("ledger/creds/b");
+        changed.note("ledger/due/000/1_b");
+        changed.note("roles/x");
+        assert_eq!(changed.take(), Some(HashSet::from(["b".to_owned()])));
+        assert_eq!(changed.take(), Some(HashSet::new()));
+        changed.stop();
+        changed.note("ledger/creds/c");
+        assert_eq!(changed.take(), None);
+    }
+}
