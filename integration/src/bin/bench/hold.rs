@@ -130,9 +130,10 @@ pub fn hold(counts: &[usize], report: &mut Report) {
         &format!(
             "Live ledger records written into the mount's storage (dev server), requested by \
              {ENTITIES} identity entities all in group oncall; the hold policies (a group \
-             permit and a time forbid) end none, so every pass reads and decides every \
-             credential. Median of {PASSES} passes. The policy write decides them all too, \
-             to answer hold_would_end."
+             permit and a time forbid) end none, so every pass decides every credential. \
+             A pass reads only the records written since the last (none here); the policy \
+             write that follows the records' writing decides them all to answer \
+             hold_would_end, and so reads each new record once. Median of {PASSES} passes."
         ),
         &[
             "live credentials",
@@ -140,7 +141,7 @@ pub fn hold(counts: &[usize], report: &mut Report) {
             "plugin CPU per pass, ms",
             "server CPU per pass, ms",
             "µs per credential",
-            "policy write, ms",
+            "policy write (its pass reads every new record), ms",
             "plugin RSS after, MiB",
         ],
         &rows,
