@@ -133,7 +133,8 @@ pub async fn judge(core: &MountCore, policies: &Arc<PolicySet>, now: u64) -> Res
         return Ok(judged);
     }
     let kv = core.storage.as_ref();
-    // Held to the end: a policy write's pass waits for the sweep's, and the other way round.
+    // Held while it is brought up to date and read: a policy write's pass waits for the
+    // sweep's, and the other way round.
     let mut mirror = core.hold.mirror.lock().await;
     refresh(core, &mut mirror, &mut judged).await?;
 
@@ -141,9 +142,9 @@ pub async fn judge(core: &MountCore, policies: &Arc<PolicySet>, now: u64) -> Res
     // covers the role; the lookup failed (the entity's credentials wait for the next pass);
     // the task is gone.
     let mut roles: HashMap<Arc<str>, Option<Arc<RoleView>>> = HashMap::new();
-    let mut tasks: HashMap<Arc<str>, Option<Arc<Task>>> = HashMap::new();
     let mut inputs = Vec::new();
-    for (id, holder) in &mirror.holders {
+    let Mirror { holders, tasks, .. } = &mut *mirror;
+    for (id, holder) in holders.iter() {
         if !holder.active || holder.deadline <= now {
             continue;
         }
@@ -212,9 +213,15 @@ async fn refresh(core: &MountCore, mirror: &mut Mirror, judged: &mut Judged) -> 
     let kv = core.storage.as_ref();
     // Taken before anything is read: what is written from now on is read next pass.
     let changed = core.hold.changed.take();
-    if changed.is_none() {
-        mirror.clear();
+    match &changed {
+        None => mirror.clear(),
+        Some(noted) => {
+            for id in &noted.tasks {
+                mirror.tasks.remove(id.as_str());
+            }
+        }
     }
+    let changed = changed.map(|noted| noted.creds);
     let ids = ledger::ids(kv).await?;
     let unread: Vec<String> = ids
         .iter()

@@ -10,34 +10,47 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::model::ledger::{self, Credential, RequesterRecord, State};
+use crate::model::task::{self, Task};
 
-/// The ids of the ledger records written since the sweep last took them, noted only while the
-/// sweep keeps a mirror (while a policy decides `hold`): otherwise the set would grow with
-/// every issuance.
+/// The ids of the ledger records and tasks written since the sweep last took them, noted only
+/// while the sweep keeps a mirror (while a policy decides `hold`): otherwise the sets would
+/// grow with every issuance.
 #[derive(Default)]
 pub struct ChangedRecords {
-    ids: Mutex<Option<HashSet<String>>>,
+    noted: Mutex<Option<Noted>>,
+}
+
+/// What was written since the last [`ChangedRecords::take`].
+#[derive(Debug, Default, PartialEq)]
+pub struct Noted {
+    pub creds: HashSet<String>,
+    pub tasks: HashSet<String>,
 }
 
 impl ChangedRecords {
     /// Called by the mount's storage on every put and delete.
     pub fn note(&self, key: &str) {
-        let Some(id) = key.strip_prefix(ledger::RECORDS) else {
-            return;
-        };
-        if let Some(ids) = self.ids.lock().unwrap().as_mut() {
-            ids.insert(id.to_owned());
+        let (set, id): (fn(&mut Noted) -> &mut HashSet<String>, &str) =
+            if let Some(id) = key.strip_prefix(ledger::RECORDS) {
+                (|n| &mut n.creds, id)
+            } else if let Some(id) = key.strip_prefix(task::PREFIX) {
+                (|n| &mut n.tasks, id)
+            } else {
+                return;
+            };
+        if let Some(noted) = self.noted.lock().unwrap().as_mut() {
+            set(noted).insert(id.to_owned());
         }
     }
 
-    /// The ids noted since the last call, noting from now on; `None` when nothing was being
-    /// noted, so every record must be read.
-    pub fn take(&self) -> Option<HashSet<String>> {
-        let mut ids = self.ids.lock().unwrap();
-        match ids.as_mut() {
-            Some(noted) => Some(std::mem::take(noted)),
+    /// What was noted since the last call, noting from now on; `None` when nothing was being
+    /// noted, so everything must be read.
+    pub fn take(&self) -> Option<Noted> {
+        let mut noted = self.noted.lock().unwrap();
+        match noted.as_mut() {
+            Some(n) => Some(std::mem::take(n)),
             None => {
-                *ids = Some(HashSet::new());
+                *noted = Some(Noted::default());
                 None
             }
         }
@@ -45,7 +58,7 @@ impl ChangedRecords {
 
     /// Stops noting.
     pub fn stop(&self) {
-        *self.ids.lock().unwrap() = None;
+        *self.noted.lock().unwrap() = None;
     }
 }
 
@@ -78,10 +91,13 @@ impl Holder {
     }
 }
 
-/// What the last pass read of every record it could read, by id.
+/// What the last pass read of every record it could read, by id, and of the tasks their
+/// credentials were issued under.
 #[derive(Default)]
 pub struct Mirror {
     pub holders: HashMap<String, Holder>,
+    /// By id; `None`: the task is gone.
+    pub tasks: HashMap<Arc<str>, Option<Arc<Task>>>,
     strings: HashSet<Arc<str>>,
     requesters: HashSet<Arc<RequesterRecord>>,
 }
@@ -109,6 +125,12 @@ impl Mirror {
     /// they used.
     pub fn retain(&mut self, ids: &HashSet<&str>) {
         self.holders.retain(|id, _| ids.contains(id.as_str()));
+        let referenced: HashSet<&str> = self
+            .holders
+            .values()
+            .filter_map(|h| h.task_id.as_deref())
+            .collect();
+        self.tasks.retain(|id, _| referenced.contains(&**id));
         // An interned string held by nothing but the interner has a count of one.
         self.strings.retain(|s| Arc::strong_count(s) > 1);
         self.requesters.retain(|r| Arc::strong_count(r) > 1);
@@ -144,9 +166,12 @@ mod tests {
         assert_eq!(changed.take(), None, "not noting yet: read everything");
         changed.note("ledger/creds/b");
         changed.note("ledger/due/000/1_b");
+        changed.note("tasks/t1");
         changed.note("roles/x");
-        assert_eq!(changed.take(), Some(HashSet::from(["b".to_owned()])));
-        assert_eq!(changed.take(), Some(HashSet::new()));
+        let noted = changed.take().unwrap();
+        assert_eq!(noted.creds, HashSet::from(["b".to_owned()]));
+        assert_eq!(noted.tasks, HashSet::from(["t1".to_owned()]));
+        assert_eq!(changed.take(), Some(Noted::default()));
         changed.stop();
         changed.note("ledger/creds/c");
         assert_eq!(changed.take(), None);

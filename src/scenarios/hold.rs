@@ -307,3 +307,54 @@ async fn a_renewed_credential_is_decided_on_its_new_deadline() {
         json!("ended by hold policy: forbidden by long-lived")
     );
 }
+
+#[tokio::test]
+async fn a_task_changed_after_a_pass_is_decided_as_it_is_now() {
+    let m = Mount::new().await;
+    let dev = who("e-dev", "127.0.0.1");
+    let task = m
+        .call(
+            Operation::Update,
+            "tasks",
+            json!({"ttl": "1h", "metadata": {"ticket": "T-1"}}),
+            &dev,
+        )
+        .await
+        .unwrap();
+    let task_id = task.data.unwrap()["task_id"].as_str().unwrap().to_owned();
+    let r = m
+        .call(
+            Operation::Update,
+            "creds/a",
+            json!({ "task_id": task_id }),
+            &dev,
+        )
+        .await
+        .unwrap();
+    let c = Issued {
+        id: r.lease.as_ref().unwrap().internal_data["cred_id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        name: r.data.unwrap()["username"].as_str().unwrap().to_owned(),
+        internal: serde_json::Map::new(),
+    };
+    let text = "permit(principal, action == Mayfly::Action::\"hold\", resource) \
+                when { context has task && context.task.hasTag(\"ticket\") };";
+    assert_eq!(m.policy("ticketed", text).await, 0);
+    // Passes have read the task, with its ticket.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(m.fake.target.has(&c.name));
+    m.call(
+        Operation::Update,
+        &format!("tasks/{task_id}"),
+        json!({"metadata": {"note": "ticket closed"}}),
+        &dev,
+    )
+    .await
+    .unwrap();
+    assert!(
+        m.gone_within(&c, 5).await,
+        "decided on the task as it is now"
+    );
+}
