@@ -17,7 +17,7 @@ use crate::contract::connection_config::ConnectionConfig;
 use crate::contract::error::Error;
 use crate::contract::fields::{FieldDef, FieldType, FieldValue};
 use crate::contract::host::{Group, Host, Identity};
-use crate::contract::request::Requester;
+use crate::contract::request::{Operation, Request, Requester, Response};
 
 /// A mount's engine over `storage`, with the fake kind `fake` and `host`, not yet started
 /// (the scenarios start it as the node role they need).
@@ -32,6 +32,72 @@ pub fn engine(
         Arc::new(host),
         "v0",
     )
+}
+
+/// A started (active) mount on fresh in-memory storage, with the fake kind and connection `db`
+/// (every role allowed), made by `e-admin`: where most scenarios begin.
+pub struct Mount {
+    pub engine: crate::Engine,
+    pub fake: Arc<Fake>,
+    pub storage: crate::contract::storage::InMemoryStorage,
+}
+
+impl Mount {
+    /// A mount whose host puts each (entity id, group name) of `groups` in its group.
+    pub async fn with_groups(groups: &[(&str, &str)]) -> Mount {
+        let host = FixedHost {
+            groups: groups
+                .iter()
+                .map(|(e, g)| ((*e).to_owned(), (*g).to_owned()))
+                .collect(),
+            ..FixedHost::default()
+        };
+        Mount::start(host).await
+    }
+
+    pub async fn start(host: FixedHost) -> Mount {
+        let storage = crate::contract::storage::InMemoryStorage::new();
+        let fake = Arc::new(Fake::default());
+        let engine = engine(storage.clone(), &fake, host);
+        engine.start(crate::NodeRole::Active);
+        let m = Mount {
+            engine,
+            fake,
+            storage,
+        };
+        let connection = serde_json::json!({"plugin_name": "fake", "url": "fake://x",
+                                            "allowed_roles": "*"});
+        m.admin("config/db", connection).await.unwrap();
+        m
+    }
+
+    /// `op` on `path` with `body`, by `as_`.
+    pub async fn call(
+        &self,
+        op: Operation,
+        path: &str,
+        body: Value,
+        as_: &Requester,
+    ) -> Result<Response, Error> {
+        let mut req = Request::new(op, path).with_data(body);
+        req.requester = as_.clone();
+        self.engine.handle(req).await
+    }
+
+    /// A write of `path` by `as_`.
+    pub async fn update(
+        &self,
+        path: &str,
+        body: Value,
+        as_: &Requester,
+    ) -> Result<Response, Error> {
+        self.call(Operation::Update, path, body, as_).await
+    }
+
+    /// A write of `path` by the mount's admin, `e-admin`.
+    pub async fn admin(&self, path: &str, body: Value) -> Result<Response, Error> {
+        self.update(path, body, &who("e-admin", "127.0.0.1")).await
+    }
 }
 
 /// A requester: entity `entity` (accessor `acc-<entity>`) calling from `addr`.

@@ -1,61 +1,41 @@
 //! Step-up approval: a requester, approvers by entity and by group, and the collection of the
 //! credential, once.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
+use crate::Error;
 use crate::contract::request::{Operation, Request, Requester, Response};
-use crate::contract::storage::InMemoryStorage;
-use crate::testkit::{self, Fake, FixedHost, who};
-use crate::{Engine, Error};
+use crate::testkit::{self, who};
 
-struct Mount {
-    engine: Engine,
-    fake: Arc<Fake>,
+struct Mount(testkit::Mount);
+
+impl std::ops::Deref for Mount {
+    type Target = testkit::Mount;
+    fn deref(&self) -> &testkit::Mount {
+        &self.0
+    }
 }
 
 impl Mount {
     /// Role `prod` needs two approvals: from entity `e-bob`, or from members of group `oncall`
     /// (`e-carol`).
     async fn new() -> Mount {
-        let fake = Arc::new(Fake::default());
-        let host = FixedHost {
-            groups: vec![("e-carol".into(), "oncall".into())],
-            ..FixedHost::default()
-        };
-        let engine = testkit::engine(InMemoryStorage::new(), &fake, host);
-        engine.start(crate::NodeRole::Active);
-        let m = Mount { engine, fake };
-        let admin = who("e-admin", "127.0.0.1");
-        m.call(
-            "config/db",
-            json!({"plugin_name": "fake", "url": "fake://x", "allowed_roles": "*"}),
-            &admin,
-        )
-        .await
-        .unwrap();
-        m.call(
+        let m = Mount(testkit::Mount::with_groups(&[("e-carol", "oncall")]).await);
+        m.admin(
             "roles/prod",
             json!({"db_name": "db", "approvals_required": 2, "approver_entity_ids": ["e-bob"],
                    "approver_group_names": ["oncall"], "default_ttl": "1h"}),
-            &admin,
         )
         .await
         .unwrap();
         m
     }
 
-    async fn call(&self, path: &str, body: Value, as_: &Requester) -> Result<Response, Error> {
-        let mut req = Request::new(Operation::Update, path).with_data(body);
-        req.requester = as_.clone();
-        self.engine.handle(req).await
-    }
-
     async fn ask(&self, as_: &Requester) -> String {
         let r = self
-            .call(
+            .update(
                 "approvals/request",
                 json!({"role": "prod", "reason": "incident", "ttl": "10m"}),
                 as_,
@@ -66,12 +46,12 @@ impl Mount {
     }
 
     async fn decide(&self, id: &str, how: &str, as_: &Requester) -> Result<Response, Error> {
-        self.call(&format!("approvals/{id}/{how}"), json!({}), as_)
+        self.update(&format!("approvals/{id}/{how}"), json!({}), as_)
             .await
     }
 
     async fn collect(&self, id: &str, as_: &Requester) -> Result<Response, Error> {
-        self.call("creds/prod", json!({"approval_id": id}), as_)
+        self.update("creds/prod", json!({"approval_id": id}), as_)
             .await
     }
 }
@@ -93,7 +73,7 @@ async fn a_credential_needs_every_approval_and_is_collected_once_by_its_requeste
         who("e-dave", "127.0.0.1"),
     );
     denied(
-        m.call("creds/prod", json!({}), &alice).await,
+        m.update("creds/prod", json!({}), &alice).await,
         "approvals/request",
     );
     let id = m.ask(&alice).await;
@@ -123,7 +103,7 @@ async fn a_credential_needs_every_approval_and_is_collected_once_by_its_requeste
 
     denied(m.collect(&id, &dave).await, "foreign");
     let issued = m
-        .call(
+        .update(
             "creds/prod",
             json!({"approval_id": id, "ttl": "2h"}),
             &alice,

@@ -1,21 +1,13 @@
 //! Continuous authorization: live credentials decided again against the policies on `hold`,
 //! ended by a satisfied forbid or a closed permit, and nothing else.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::contract::host::now;
-use crate::contract::request::{LeaseInfo, Operation, Request, Requester, Response};
-use crate::contract::storage::InMemoryStorage;
-use crate::testkit::{self, Fake, FixedHost, who};
-use crate::{Engine, Error};
-
-struct Mount {
-    engine: Engine,
-    fake: Arc<Fake>,
-}
+use crate::contract::request::{LeaseInfo, Operation, Request, Requester};
+use crate::testkit::{self, who};
 
 /// A credential as issued: its ledger id and its principal.
 struct Issued {
@@ -25,23 +17,19 @@ struct Issued {
     internal: serde_json::Map<String, Value>,
 }
 
+struct Mount(testkit::Mount);
+
+impl std::ops::Deref for Mount {
+    type Target = testkit::Mount;
+    fn deref(&self) -> &testkit::Mount {
+        &self.0
+    }
+}
+
 impl Mount {
     /// Roles `a` and `b` on one connection; the sweep every second.
     async fn new() -> Mount {
-        let fake = Arc::new(Fake::default());
-        let host = FixedHost {
-            groups: vec![("e-ops".into(), "ops".into())],
-            ..FixedHost::default()
-        };
-        let engine = testkit::engine(InMemoryStorage::new(), &fake, host);
-        engine.start(crate::NodeRole::Active);
-        let m = Mount { engine, fake };
-        m.admin(
-            "config/db",
-            json!({"plugin_name": "fake", "url": "fake://x", "allowed_roles": "*"}),
-        )
-        .await
-        .unwrap();
+        let m = Mount(testkit::Mount::with_groups(&[("e-ops", "ops")]).await);
         for role in ["a", "b"] {
             m.admin(
                 &format!("roles/{role}"),
@@ -54,23 +42,6 @@ impl Mount {
             .await
             .unwrap();
         m
-    }
-
-    async fn call(
-        &self,
-        op: Operation,
-        path: &str,
-        body: Value,
-        as_: &Requester,
-    ) -> Result<Response, Error> {
-        let mut req = Request::new(op, path).with_data(body);
-        req.requester = as_.clone();
-        self.engine.handle(req).await
-    }
-
-    async fn admin(&self, path: &str, body: Value) -> Result<Response, Error> {
-        self.call(Operation::Update, path, body, &who("e-admin", "127.0.0.1"))
-            .await
     }
 
     async fn issue(&self, role: &str, as_: &Requester) -> Issued {

@@ -1,40 +1,26 @@
 //! The operator's tools: tasks ended by hand or at their deadline, bulk revocations, orphans.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::contract::request::{Operation, Request, Requester, Response};
-use crate::contract::storage::InMemoryStorage;
-use crate::testkit;
-use crate::testkit::FixedHost;
-use crate::testkit::{Fake, who};
-use crate::{Engine, Error};
+use crate::Error;
+use crate::contract::request::{Operation, Response};
+use crate::testkit::{self, who};
 
-struct Mount {
-    engine: Engine,
-    fake: Arc<Fake>,
+struct Mount(testkit::Mount);
+
+impl std::ops::Deref for Mount {
+    type Target = testkit::Mount;
+    fn deref(&self) -> &testkit::Mount {
+        &self.0
+    }
 }
 
 impl Mount {
     async fn new() -> Mount {
-        let fake = Arc::new(Fake::default());
-        let host = FixedHost {
-            groups: vec![("e-ops".into(), "ops".into())],
-            ..FixedHost::default()
-        };
-        let engine = testkit::engine(InMemoryStorage::new(), &fake, host);
-        engine.start(crate::NodeRole::Active);
-        let m = Mount { engine, fake };
-        m.write(
-            "config/db",
-            json!({"plugin_name": "fake", "url": "fake://x",
-                                     "allowed_roles": "*"}),
-        )
-        .await
-        .unwrap();
+        let m = Mount(testkit::Mount::with_groups(&[("e-ops", "ops")]).await);
         for role in ["a", "b"] {
             m.write(
                 &format!("roles/{role}"),
@@ -46,25 +32,13 @@ impl Mount {
         m
     }
 
-    async fn call(
-        &self,
-        op: Operation,
-        path: &str,
-        body: Value,
-        as_: Requester,
-    ) -> Result<Response, Error> {
-        let mut req = Request::new(op, path).with_data(body);
-        req.requester = as_;
-        self.engine.handle(req).await
-    }
-
     async fn write(&self, path: &str, body: Value) -> Result<Response, Error> {
-        self.call(Operation::Update, path, body, who("e-1", "127.0.0.1"))
+        self.call(Operation::Update, path, body, &who("e-1", "127.0.0.1"))
             .await
     }
 
     async fn data(&self, op: Operation, path: &str, body: Value) -> serde_json::Map<String, Value> {
-        self.call(op, path, body, who("e-1", "127.0.0.1"))
+        self.call(op, path, body, &who("e-1", "127.0.0.1"))
             .await
             .unwrap()
             .data
@@ -174,7 +148,7 @@ async fn tasks_and_roles_bind_who_may_issue() {
             Operation::Update,
             "creds/a",
             json!({"task_id": "mine"}),
-            other.clone(),
+            &other,
         )
         .await
         .unwrap_err();
@@ -187,7 +161,7 @@ async fn tasks_and_roles_bind_who_may_issue() {
         Operation::Update,
         "creds/b",
         json!({"task_id": "mine"}),
-        other.clone(),
+        &other,
     )
     .await
     .unwrap();
@@ -215,7 +189,7 @@ async fn tasks_and_roles_bind_who_may_issue() {
     ];
     for (as_, binding) in cases {
         let err = m
-            .call(Operation::Update, "creds/b", json!({}), as_)
+            .call(Operation::Update, "creds/b", json!({}), &as_)
             .await
             .unwrap_err();
         assert_eq!(err.status(), 403, "{err}");
@@ -228,7 +202,7 @@ async fn tasks_and_roles_bind_who_may_issue() {
         Operation::Update,
         "creds/b",
         json!({}),
-        who("e-ops", "10.1.1.1"),
+        &who("e-ops", "10.1.1.1"),
     )
     .await
     .unwrap();
@@ -243,19 +217,14 @@ async fn tasks_and_roles_bind_who_may_issue() {
 async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
     let m = Mount::new().await;
     let (owner, other) = (who("e-1", "127.0.0.1"), who("e-2", "127.0.0.1"));
-    m.call(
-        Operation::Update,
-        "tasks/job",
-        json!({"ttl": "1h"}),
-        owner.clone(),
-    )
-    .await
-    .unwrap();
+    m.call(Operation::Update, "tasks/job", json!({"ttl": "1h"}), &owner)
+        .await
+        .unwrap();
     m.call(
         Operation::Update,
         "creds/a",
         json!({"task_id": "job"}),
-        owner.clone(),
+        &owner,
     )
     .await
     .unwrap();
@@ -263,7 +232,7 @@ async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
         Operation::Update,
         "tasks/open",
         json!({"bound_to_owner": false}),
-        owner.clone(),
+        &owner,
     )
     .await
     .unwrap();
@@ -280,10 +249,7 @@ async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
         (Operation::Delete, json!(null), "end"),
     ];
     for (op, body, doing) in refused {
-        let err = m
-            .call(op, "tasks/job", body, other.clone())
-            .await
-            .unwrap_err();
+        let err = m.call(op, "tasks/job", body, &other).await.unwrap_err();
         assert_eq!(err.status(), 403, "{err}");
         let text = err.to_string();
         assert!(
@@ -297,13 +263,13 @@ async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
             Operation::Update,
             "creds/a",
             json!({"task_id": "job"}),
-            other.clone(),
+            &other,
         )
         .await
         .unwrap_err();
     assert_eq!(err.status(), 403, "{err}");
     assert_eq!(m.fake.target.count(), 1, "nothing was revoked");
-    let read = m.call(Operation::Read, "tasks/job", json!(null), owner.clone());
+    let read = m.call(Operation::Read, "tasks/job", json!(null), &owner);
     let read = read.await.unwrap().data.unwrap();
     assert_eq!(
         (read["bound_to_owner"].clone(), read["state"].clone()),
@@ -312,22 +278,13 @@ async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
 
     // Each lists its own; operators (sudo) list and read them all.
     let keys = |r: Response| r.data.unwrap()["keys"].clone();
-    let mine = m
-        .call(Operation::List, "tasks/", json!(null), other.clone())
-        .await;
+    let mine = m.call(Operation::List, "tasks/", json!(null), &other).await;
     assert_eq!(keys(mine.unwrap()), json!([]));
-    let mine = m
-        .call(Operation::List, "tasks/", json!(null), owner.clone())
-        .await;
+    let mine = m.call(Operation::List, "tasks/", json!(null), &owner).await;
     assert_eq!(keys(mine.unwrap()), json!(["job", "open"]));
     let all = m.data(Operation::List, "revoke/task/", Value::Null).await;
     assert_eq!(all["keys"], json!(["job", "open"]));
-    let one = m.call(
-        Operation::Read,
-        "revoke/task/job",
-        json!(null),
-        other.clone(),
-    );
+    let one = m.call(Operation::Read, "revoke/task/job", json!(null), &other);
     assert_eq!(
         one.await.unwrap().data.unwrap()["credentials"]
             .as_array()
@@ -340,14 +297,14 @@ async fn a_bound_task_is_read_changed_and_ended_by_its_owner_alone() {
         Operation::Update,
         "tasks/open",
         json!({"description": "x"}),
-        other.clone(),
+        &other,
     )
     .await
     .unwrap();
 
     // The owner ends it.
     let ended = m
-        .call(Operation::Delete, "tasks/job", json!(null), owner)
+        .call(Operation::Delete, "tasks/job", json!(null), &owner)
         .await;
     assert_eq!(ended.unwrap().data.unwrap()["revoked"], 1);
     assert_eq!(m.fake.target.count(), 0);

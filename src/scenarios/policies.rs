@@ -1,45 +1,27 @@
 //! Cedar policies deciding issuance, renewal and tasks, and policies/simulate.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
+use crate::Error;
 use crate::contract::request::{LeaseInfo, Operation, Request, Requester, Response};
-use crate::contract::storage::InMemoryStorage;
-use crate::testkit;
-use crate::testkit::FixedHost;
-use crate::testkit::{Fake, who};
-use crate::{Engine, Error};
+use crate::testkit::{self, who};
 
-struct Mount {
-    engine: Engine,
-    storage: InMemoryStorage,
+struct Mount(testkit::Mount);
+
+impl std::ops::Deref for Mount {
+    type Target = testkit::Mount;
+    fn deref(&self) -> &testkit::Mount {
+        &self.0
+    }
 }
 
 impl Mount {
     async fn new() -> Mount {
-        let storage = InMemoryStorage::new();
-        let host = FixedHost {
-            groups: vec![("e-ops".into(), "ops".into())],
-            ..FixedHost::default()
-        };
-        let engine = testkit::engine(storage.clone(), &Arc::new(Fake::default()), host);
-        engine.start(crate::NodeRole::Active);
-        let m = Mount { engine, storage };
-        let admin = who("e-admin", "127.0.0.1");
-        m.call(
-            "config/db",
-            json!({"plugin_name": "fake", "url": "fake://x",
-                                   "allowed_roles": "*"}),
-            &admin,
-        )
-        .await
-        .unwrap();
+        let m = Mount(testkit::Mount::with_groups(&[("e-ops", "ops")]).await);
         for role in ["a", "b"] {
-            m.call(
+            m.admin(
                 &format!("roles/{role}"),
                 json!({"db_name": "db", "max_ttl": "2h", "labels": {"env": role}}),
-                &admin,
             )
             .await
             .unwrap();
@@ -47,14 +29,8 @@ impl Mount {
         m
     }
 
-    async fn call(&self, path: &str, body: Value, as_: &Requester) -> Result<Response, Error> {
-        let mut req = Request::new(Operation::Update, path).with_data(body);
-        req.requester = as_.clone();
-        self.engine.handle(req).await
-    }
-
     async fn policy(&self, name: &str, text: &str) -> Response {
-        self.call(
+        self.update(
             &format!("policies/{name}"),
             json!({ "policy": text }),
             &who("e-admin", "127.0.0.1"),
@@ -66,13 +42,18 @@ impl Mount {
     /// Issues from `role` as `as_` with `body`, and asks simulate the same question: the
     /// two must agree. Returns the live result.
     async fn issue(&self, role: &str, body: Value, as_: &Requester) -> Result<Response, Error> {
-        let live = self.call(&format!("creds/{role}"), body.clone(), as_).await;
+        let live = self
+            .update(&format!("creds/{role}"), body.clone(), as_)
+            .await;
         let mut question = json!({"action": "issue", "role": role, "entity_id": as_.entity_id,
                                   "source_address": as_.remote_addr});
         for (k, v) in body.as_object().unwrap() {
             question[k] = v.clone();
         }
-        let sim = self.call("policies/simulate", question, as_).await.unwrap();
+        let sim = self
+            .update("policies/simulate", question, as_)
+            .await
+            .unwrap();
         let sim = sim.data.unwrap();
         let expected = if live.is_ok() { "allow" } else { "deny" };
         assert_eq!(
@@ -181,7 +162,7 @@ async fn task_creation_is_decided_and_capped_and_simulate_moves_the_clock() {
          context.task.owner_entity_id == principal.id };",
     )
     .await;
-    let r = m.call("tasks", json!({"ttl": "3h"}), &dev).await.unwrap();
+    let r = m.update("tasks", json!({"ttl": "3h"}), &dev).await.unwrap();
     let task = r.data.unwrap();
     assert_eq!(
         task["deadline"].as_u64().unwrap() - task["created_at"].as_u64().unwrap(),
@@ -193,7 +174,7 @@ async fn task_creation_is_decided_and_capped_and_simulate_moves_the_clock() {
         r.warnings
     );
     let err = m
-        .call("tasks", json!({}), &who("e-dev", "192.168.0.1"))
+        .update("tasks", json!({}), &who("e-dev", "192.168.0.1"))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("in scope: tasks"), "{err}");
@@ -205,7 +186,7 @@ async fn task_creation_is_decided_and_capped_and_simulate_moves_the_clock() {
     // Eleven minutes on, the same task is too old.
     let later = task["created_at"].as_u64().unwrap() + 660;
     let sim = m
-        .call(
+        .update(
             "policies/simulate",
             json!({"action": "issue", "role": "a", "task_id": id, "time": later}),
             &dev,
@@ -216,7 +197,7 @@ async fn task_creation_is_decided_and_capped_and_simulate_moves_the_clock() {
         .unwrap();
     assert_eq!(sim["decision"], "deny", "{sim:?}");
     let sim = m
-        .call(
+        .update(
             "policies/simulate",
             json!({"action": "issue", "role": "a", "task_id": id, "time": later - 120}),
             &dev,
@@ -247,7 +228,7 @@ async fn bad_policies_and_simulations_are_refused_and_store_nothing() {
     ];
     for (body, expected) in cases {
         let err = m
-            .call("policies/p", body.clone(), &admin)
+            .update("policies/p", body.clone(), &admin)
             .await
             .unwrap_err();
         assert_eq!(err.status(), 400, "{body}");
@@ -266,7 +247,7 @@ async fn bad_policies_and_simulations_are_refused_and_store_nothing() {
         ),
     ] {
         let err = m
-            .call("policies/simulate", body.clone(), &admin)
+            .update("policies/simulate", body.clone(), &admin)
             .await
             .unwrap_err();
         assert_eq!(err.status(), 400, "{body}");
