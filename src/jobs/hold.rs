@@ -138,9 +138,8 @@ pub async fn judge(core: &MountCore, policies: &Arc<PolicySet>, now: u64) -> Res
     let mut mirror = core.hold.mirror.lock().await;
     refresh(core, &mut mirror, &mut judged).await?;
 
-    // Looked up once a pass, however many credentials share them. `None`: no hold policy
-    // covers the role; the lookup failed (the entity's credentials wait for the next pass);
-    // the task is gone.
+    // Each role looked up once a pass, however many credentials share it; `None`: no hold
+    // policy covers it. Tasks are kept in the mirror until written (`None`: gone).
     let mut roles: HashMap<Arc<str>, Option<Arc<RoleView>>> = HashMap::new();
     let mut inputs = Vec::new();
     let Mirror { holders, tasks, .. } = &mut *mirror;
