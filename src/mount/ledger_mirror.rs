@@ -79,15 +79,7 @@ pub struct Holder {
 impl Holder {
     /// What hold decisions read of `cred`, with strings of its own.
     pub fn of(cred: &Credential) -> Holder {
-        Holder {
-            role: Arc::from(cred.role.as_str()),
-            connection: Arc::from(cred.connection.as_str()),
-            requester: Arc::new(cred.requester.clone()),
-            task_id: cred.task_id.as_deref().map(Arc::from),
-            created_at: cred.created_at,
-            deadline: cred.deadline,
-            active: cred.state == State::Active,
-        }
+        Mirror::default().holder(cred)
     }
 }
 
@@ -109,7 +101,13 @@ impl Mirror {
 
     /// Keeps what hold decisions read of `cred`.
     pub fn keep(&mut self, cred: &Credential) {
-        let holder = Holder {
+        let holder = self.holder(cred);
+        self.holders.insert(cred.id.clone(), holder);
+    }
+
+    /// What hold decisions read of `cred`, with the strings this mirror shares.
+    fn holder(&mut self, cred: &Credential) -> Holder {
+        Holder {
             role: self.shared(&cred.role),
             connection: self.shared(&cred.connection),
             requester: self.requester(&cred.requester),
@@ -117,8 +115,7 @@ impl Mirror {
             created_at: cred.created_at,
             deadline: cred.deadline,
             active: cred.state == State::Active,
-        };
-        self.holders.insert(cred.id.clone(), holder);
+        }
     }
 
     /// Forgets records no longer in the ledger (`ids`, every record id), and the strings only

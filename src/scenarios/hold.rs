@@ -45,8 +45,12 @@ impl Mount {
     }
 
     async fn issue(&self, role: &str, as_: &Requester) -> Issued {
+        self.issue_with(role, json!({}), as_).await
+    }
+
+    async fn issue_with(&self, role: &str, body: Value, as_: &Requester) -> Issued {
         let r = self
-            .call(Operation::Update, &format!("creds/{role}"), json!({}), as_)
+            .call(Operation::Update, &format!("creds/{role}"), body, as_)
             .await
             .unwrap();
         let internal = r.lease.as_ref().unwrap().internal_data.clone();
@@ -293,23 +297,7 @@ async fn a_task_changed_after_a_pass_is_decided_as_it_is_now() {
         .await
         .unwrap();
     let task_id = task.data.unwrap()["task_id"].as_str().unwrap().to_owned();
-    let r = m
-        .call(
-            Operation::Update,
-            "creds/a",
-            json!({ "task_id": task_id }),
-            &dev,
-        )
-        .await
-        .unwrap();
-    let c = Issued {
-        id: r.lease.as_ref().unwrap().internal_data["cred_id"]
-            .as_str()
-            .unwrap()
-            .to_owned(),
-        name: r.data.unwrap()["username"].as_str().unwrap().to_owned(),
-        internal: serde_json::Map::new(),
-    };
+    let c = m.issue_with("a", json!({ "task_id": task_id }), &dev).await;
     let text = "permit(principal, action == Mayfly::Action::\"hold\", resource) \
                 when { context has task && context.task.hasTag(\"ticket\") };";
     assert_eq!(m.policy("ticketed", text).await, 0);
