@@ -122,18 +122,28 @@ pub async fn write(
         .ok_or_else(|| Error::bad_request("field 'policy' is required: Cedar policy text"))?;
     let doc = policy_set::check_document(name, text)?;
     let mut warnings = doc.warnings;
-    let candidate = Arc::new(policy_store::compile_with(kv, name, text).await?);
-    let judged = hold::judge(core, &candidate, now()).await?;
-    for e in &judged.errors {
-        warnings.push(format!("hold: not decided: {e}"));
-    }
+    // Another stored document that no longer checks must not block this write (it may be
+    // the fix's first step): the count is then left out, and a warning says why.
+    let would_end = match policy_store::compile_with(kv, name, text).await {
+        Ok(candidate) => {
+            let judged = hold::judge(core, &Arc::new(candidate), now()).await?;
+            for e in &judged.errors {
+                warnings.push(format!("hold: not decided: {e}"));
+            }
+            Some(judged.ending.len())
+        }
+        Err(e) => {
+            warnings.push(format!("hold_would_end not counted: {e}"));
+            None
+        }
+    };
     policy_store::save(kv, name, text).await?;
     let ids: Vec<String> = doc.policies.iter().map(|p| p.id().to_string()).collect();
-    tracing::info!(policy = name, ids = %ids.join(","), hold_would_end = judged.ending.len(),
+    tracing::info!(policy = name, ids = %ids.join(","), hold_would_end = ?would_end,
         "policy saved");
     let mut data = Map::new();
     data.insert("policy_ids".into(), json!(ids));
-    data.insert("hold_would_end".into(), json!(judged.ending.len()));
+    data.insert("hold_would_end".into(), json!(would_end));
     Ok(Response {
         data: Some(data),
         warnings,

@@ -317,3 +317,34 @@ async fn a_task_changed_after_a_pass_is_decided_as_it_is_now() {
         "decided on the task as it is now"
     );
 }
+
+#[tokio::test]
+async fn a_stored_policy_that_no_longer_checks_does_not_block_other_writes() {
+    let m = Mount::new().await;
+    let broken = json!({"policy": "permit(principal, action, resource) when { context.gone };",
+                        "updated_at": 0});
+    crate::contract::storage::put_json(&m.storage, "policies/broken", &broken)
+        .await
+        .unwrap();
+    let r = m
+        .admin(
+            "policies/other",
+            json!({"policy": "permit(principal, action == Mayfly::Action::\"hold\", resource);"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data.unwrap()["hold_would_end"], Value::Null);
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("hold_would_end not counted") && w.contains("broken")),
+        "{:?}",
+        r.warnings
+    );
+    // Rewriting the broken one is counted again.
+    assert_eq!(
+        m.policy("broken", "permit(principal, action, resource);")
+            .await,
+        0
+    );
+}
